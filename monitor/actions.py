@@ -1,0 +1,64 @@
+"""Operator actions that need no daemon: register, retry, ignore, cancel, set-priority.
+
+Each reads the workset, lets the pure core decide (refusing illegal transitions before anything is written),
+and commits conditionally. When the workset changed between the read and the write (a heartbeat does not count:
+it leaves the version alone), the action is re-decided on the fresh record, a few times at most.
+"""
+
+from __future__ import annotations
+
+from monitor import errors, states
+from monitor.model import Priority, Workset, WorksetId
+from monitor.ports import Store
+from monitor.states import Action, Context, Decision
+
+_ATTEMPTS = 5
+
+
+async def register(
+    store: Store,
+    *,
+    workset_id: WorksetId,
+    bucket: str,
+    prefix: str,
+    priority: Priority,
+    ctx: Context,
+    invalid_reason: str | None = None,
+) -> tuple[bool, Workset]:
+    """Register a workset; returns (created, the stored record). An existing id is left exactly as it was."""
+    decision = states.new_workset(
+        workset_id=workset_id,
+        bucket=bucket,
+        prefix=prefix,
+        priority=priority,
+        ctx=ctx,
+        invalid_reason=invalid_reason,
+    )
+    if await store.register(decision):
+        return True, decision.after
+    existing = await store.get(workset_id)
+    if existing is None:  # deleted between the two calls: vanishingly rare, but say it plainly
+        raise errors.Conflict(f"{workset_id} exists but could not be read back")
+    return False, existing
+
+
+async def act(
+    store: Store,
+    workset_id: WorksetId,
+    action: Action,
+    ctx: Context,
+    *,
+    priority: Priority | None = None,
+) -> Decision:
+    """Apply an operator ``action``; raises NotFound, IllegalTransition, or Conflict if it never settles."""
+    for _ in range(_ATTEMPTS):
+        ws = await store.get(workset_id)
+        if ws is None:
+            raise errors.NotFound(f"workset {workset_id} is not registered")
+        decision = states.decide(ws, action, ctx, priority=priority)
+        try:
+            await store.commit(decision)
+        except errors.Conflict:
+            continue
+        return decision
+    raise errors.Conflict(f"{workset_id} kept changing while we tried to {action.value}; try again")

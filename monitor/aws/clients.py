@@ -1,0 +1,120 @@
+"""boto3 clients, built once on the main thread, and the one place botocore errors become ours.
+
+Transport problems (throttling, 5xx, dropped connections) are retried by botocore's ``standard`` mode with an
+explicit attempt budget and short timeouts, so a heartbeat never waits a minute on one call. Everything that
+still fails is translated by ``translate`` into the ``monitor.errors`` tree; nothing above ``monitor.aws`` sees
+botocore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from monitor import errors
+from monitor.config import AwsConfig
+
+T = TypeVar("T")
+
+_THROTTLING = {
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "InternalServerError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "RequestTimeout",
+}
+_ACCESS = {
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+}
+_NOT_FOUND = {"ResourceNotFoundException", "NoSuchBucket", "NoSuchKey", "NotFound", "404"}
+
+
+class Clients:
+    """Lazily created, shared low-level clients (thread-safe once built) for one AWS configuration."""
+
+    def __init__(self, cfg: AwsConfig) -> None:
+        self._cfg = cfg
+        self._session: boto3.session.Session | None = None
+        self._clients: dict[str, Any] = {}
+        self._botocore_config = botocore.config.Config(
+            retries={"mode": "standard", "total_max_attempts": cfg.max_attempts},
+            connect_timeout=cfg.connect_timeout_s,
+            read_timeout=cfg.read_timeout_s,
+            max_pool_connections=16,
+            tcp_keepalive=True,
+        )
+
+    def get(self, service: str) -> Any:
+        if service not in self._clients:
+            try:
+                if self._session is None:
+                    self._session = boto3.session.Session(profile_name=self._cfg.profile, region_name=self._cfg.region)
+                self._clients[service] = self._session.client(
+                    service, endpoint_url=self._cfg.endpoint_url, config=self._botocore_config
+                )
+            except Exception as exc:
+                raise translate(exc, what=f"creating the {service} client") from exc
+        return self._clients[service]
+
+
+def translate(exc: BaseException, *, what: str) -> errors.MonitorError:
+    """Our error for a botocore/boto3 exception raised while doing ``what``."""
+    if isinstance(exc, errors.MonitorError):
+        return exc
+    if isinstance(exc, botocore.exceptions.NoRegionError):
+        return errors.ConfigError("no AWS region: set [aws] region or AWS_REGION")
+    if isinstance(exc, botocore.exceptions.ProfileNotFound):
+        return errors.ConfigError(f"[aws] profile: {exc}")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        return errors.AwsUnavailable(f"{what}: no usable AWS credentials found")
+    if isinstance(
+        exc,
+        botocore.exceptions.EndpointConnectionError
+        | botocore.exceptions.ConnectionClosedError
+        | botocore.exceptions.ConnectTimeoutError
+        | botocore.exceptions.ReadTimeoutError,
+    ):
+        return errors.AwsUnavailable(f"{what}: AWS unreachable ({exc})")
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message") or code
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _NOT_FOUND:
+            return errors.NotFound(f"{what}: {message}")
+        if code in _ACCESS:
+            return errors.AwsError(f"{what}: access denied ({code}: {message})")
+        if code in _THROTTLING or status >= 500:
+            return errors.AwsTemporaryError(f"{what}: {code} ({message}); gave up after retries")
+        return errors.AwsError(f"{what}: {code}: {message}")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return errors.AwsTemporaryError(f"{what}: {exc}")
+    return errors.MonitorError(f"{what}: unexpected {type(exc).__name__}: {exc}")
+
+
+def error_code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+async def call(fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """Run one blocking boto3 call in a worker thread (context variables carry over)."""
+    return await asyncio.to_thread(functools.partial(fn, **kwargs))

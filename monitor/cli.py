@@ -1,0 +1,308 @@
+"""The ``workset-monitor`` command line (DESIGN §8) and the composition root for the operator commands.
+
+Exit codes: 0 ok, 1 failed or refused, 2 usage, 69 AWS unreachable, 78 invalid configuration. Every failure
+an operator can cause is one line on stderr; ``-v`` adds the details (the traceback) for bug reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from monitor import __version__, actions, config, errors, logs, render
+from monitor.aws import clients, codec, schema
+from monitor.aws.dynamo import DynamoStore
+from monitor.clock import Clock, SystemClock
+from monitor.model import (
+    Priority,
+    State,
+    WorksetId,
+    check_bucket,
+    check_workset_id,
+    parse_priority,
+    parse_state,
+)
+from monitor.states import Action, Backoff, Context
+
+PROG = "workset-monitor"
+
+
+@dataclass
+class App:
+    """What a command needs, built lazily so that `--help` and config errors never touch AWS."""
+
+    settings: config.Settings
+    args: argparse.Namespace
+    clock: Clock
+
+    @cached_property
+    def clients(self) -> clients.Clients:
+        return clients.Clients(self.settings.aws)
+
+    @cached_property
+    def store(self) -> DynamoStore:
+        return DynamoStore(self.clients.get("dynamodb"), self.settings.table.name)
+
+    def context(self, default_reason: str) -> Context:
+        run = self.settings.run
+        return Context(
+            now_ms=self.clock.now_ms(),
+            actor=operator_identity(),
+            reason=getattr(self.args, "reason", None) or default_reason,
+            max_attempts=run.max_attempts,
+            backoff=Backoff(base_s=run.retry_backoff_base_s, cap_s=run.retry_backoff_max_s),
+        )
+
+    def emit(self, data: Any, text: str) -> None:
+        print(render.to_json(data) if self.args.json else text)
+
+
+def operator_identity() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers with a numeric user)
+        user = "uid-unknown"
+    return f"operator:{user}@{socket.gethostname()}"
+
+
+# --- commands ----------------------------------------------------------------------------------------------------
+
+
+def cmd_init(app: App) -> int:
+    report = schema.ensure_table(app.clients.get("dynamodb"), app.settings.table)
+    if report.created:
+        text = f"created table {report.table} ({report.billing_mode}) with index {codec.GSI_NAME}; it is active"
+    else:
+        text = f"table {report.table} already exists with the expected keys and index {codec.GSI_NAME}"
+    text += "".join(f"\nnote: {n}" for n in report.notes)
+    app.emit(
+        {
+            "table": report.table,
+            "created": report.created,
+            "billing_mode": report.billing_mode,
+            "notes": report.notes,
+        },
+        text,
+    )
+    return errors.EX_OK
+
+
+async def cmd_register(app: App) -> int:
+    args = app.args
+    workset_id: WorksetId = args.id
+    bucket = args.bucket or app.settings.scan.bucket
+    if not bucket:
+        raise errors.InvalidInput("register needs --bucket (no [scan] bucket is configured)")
+    prefix = args.prefix
+    if prefix is None:
+        if len(app.settings.scan.prefixes) != 1:
+            raise errors.InvalidInput("register needs --prefix (the workset's own folder, e.g. worksets/ws-001/)")
+        prefix = f"{app.settings.scan.prefixes[0]}{workset_id}/"
+    prefix = _workset_prefix(prefix, workset_id)
+    created, ws = await actions.register(
+        app.store,
+        workset_id=workset_id,
+        bucket=bucket,
+        prefix=prefix,
+        priority=args.priority,
+        ctx=app.context("registered by hand"),
+    )
+    if created:
+        text = f"registered {ws.workset_id} ({ws.priority.value}) at {ws.s3_uri}: {ws.state.value}"
+    else:
+        text = f"{ws.workset_id} is already registered ({ws.state.value}, {ws.s3_uri}); nothing changed"
+    app.emit({"registered": created, "workset": render.workset_dict(ws)}, text)
+    return errors.EX_OK
+
+
+async def cmd_show(app: App) -> int:
+    ws = await app.store.get(app.args.id)
+    if ws is None:
+        raise errors.NotFound(f"workset {app.args.id} is not registered")
+    app.emit(render.workset_dict(ws), render.workset_text(ws))
+    return errors.EX_OK
+
+
+async def cmd_history(app: App) -> int:
+    events = await app.store.history(app.args.id)
+    if not events:
+        raise errors.NotFound(f"workset {app.args.id} is not registered")
+    app.emit([render.event_dict(e) for e in events], render.history_table(events))
+    return errors.EX_OK
+
+
+async def cmd_list(app: App) -> int:
+    args = app.args
+    worksets = await app.store.list(state=args.state, priority=args.priority, limit=args.limit)
+    text = render.worksets_table(worksets) if worksets else "no worksets match"
+    app.emit([render.workset_dict(ws) for ws in worksets], text)
+    return errors.EX_OK
+
+
+async def cmd_stats(app: App) -> int:
+    stats = await app.store.stats(now_ms=app.clock.now_ms())
+    app.emit(render.stats_dict(stats), render.stats_table(stats))
+    return errors.EX_OK
+
+
+def _transition(action: Action | Callable[[argparse.Namespace], Action], default_reason: str) -> Any:
+    async def command(app: App) -> int:
+        chosen = action(app.args) if callable(action) else action
+        decision = await actions.act(
+            app.store,
+            app.args.id,
+            chosen,
+            app.context(default_reason),
+            priority=getattr(app.args, "priority", None),
+        )
+        before, after = decision.before, decision.after
+        detail = f"priority {before.priority.value} -> {after.priority.value}" if before.state is after.state else ""
+        text = f"{after.workset_id}: {before.state.value} -> {after.state.value}"
+        text += f" ({detail})" if detail else ""
+        app.emit(
+            {
+                "workset_id": after.workset_id,
+                "from_state": before.state.value,
+                "to_state": after.state.value,
+                "event": render.event_dict(decision.event),
+            },
+            text,
+        )
+        return errors.EX_OK
+
+    return command
+
+
+# --- argument parsing --------------------------------------------------------------------------------------------
+
+
+def _arg(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(value: str) -> Any:
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = check.__name__
+    return convert
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"must be at least 1, got {number}")
+    return number
+
+
+def _workset_prefix(prefix: str, workset_id: str) -> str:
+    prefix = prefix.lstrip("/")
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    if prefix.rstrip("/").rsplit("/", 1)[-1] != workset_id:
+        raise errors.InvalidInput(
+            f"--prefix {prefix!r} is not the folder of {workset_id!r}: the workset id is the folder name, "
+            f"so the prefix must end in {workset_id}/"
+        )
+    return prefix
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help=f"config file (default: $WORKSET_MONITOR_CONFIG or {config.DEFAULT_CONFIG_PATH})",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="details on errors")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(prog=PROG, description="Operate the workset monitor.")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default: $WORKSET_MONITOR_CONFIG or {config.DEFAULT_CONFIG_PATH})",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="details on errors")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    workset_id = _arg(check_workset_id)
+    add("init", cmd_init, "create the table and index, or verify an existing table")
+
+    p = add("register", cmd_register, "register a workset by hand")
+    p.add_argument("id", type=workset_id, metavar="ID")
+    p.add_argument("--bucket", type=_arg(check_bucket), help="default: [scan] bucket")
+    p.add_argument("--prefix", help="the workset's own folder, e.g. worksets/ws-001/")
+    p.add_argument("--priority", type=_arg(parse_priority), default=Priority.NORMAL, help="urgent, normal or low")
+    p.add_argument("--reason", help="recorded in the audit trail")
+
+    add("show", cmd_show, "show one workset").add_argument("id", type=workset_id, metavar="ID")
+    add("history", cmd_history, "show a workset's audit trail").add_argument("id", type=workset_id, metavar="ID")
+
+    p = add("list", cmd_list, "list worksets, urgent first then oldest first")
+    p.add_argument("--state", type=_arg(parse_state), help=", ".join(s.value for s in State))
+    p.add_argument("--priority", type=_arg(parse_priority), help="urgent, normal or low")
+    p.add_argument("--limit", type=_arg(_positive), help="at most this many (default: all)")
+
+    add("stats", cmd_stats, "count worksets per state and priority")
+
+    p = add(
+        "retry",
+        _transition(lambda a: Action.RETRY_FORCE if a.force else Action.RETRY, "retry requested"),
+        "re-open an error, cancelled or retrying workset (--force: also complete or ignored)",
+    )
+    p.add_argument("id", type=workset_id, metavar="ID")
+    p.add_argument("--force", action="store_true", help="also re-open complete and ignored worksets")
+    p.add_argument("--reason", help="recorded in the audit trail")
+
+    for name, action, text in (
+        ("ignore", Action.IGNORE, "hands off: the monitor will never touch this workset again"),
+        ("cancel", Action.CANCEL, "cancel a workset; a running one is stopped at its next heartbeat"),
+    ):
+        p = add(name, _transition(action, f"{name} requested"), text)
+        p.add_argument("id", type=workset_id, metavar="ID")
+        p.add_argument("--reason", help="recorded in the audit trail")
+
+    p = add("set-priority", _transition(Action.SET_PRIORITY, "priority changed"), "change a workset's priority")
+    p.add_argument("id", type=workset_id, metavar="ID")
+    p.add_argument("priority", type=_arg(parse_priority), metavar="PRIORITY", help="urgent, normal or low")
+    p.add_argument("--reason", help="recorded in the audit trail")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
+    try:
+        loaded = config.load(args.config)
+        logs.configure(level=loaded.settings.log.level, fmt=loaded.settings.log.format)
+        app = App(settings=loaded.settings, args=args, clock=SystemClock())
+        result = args.handler(app)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result)
+    except errors.MonitorError as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not an operator mistake: say so, details with -v
+        if verbose:
+            traceback.print_exc()
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
+        return errors.EX_FAILED

@@ -1,0 +1,168 @@
+"""The records the whole program passes around: frozen, typed, free of I/O.
+
+A ``Workset`` is the control item of one workset (small: it is rewritten on every heartbeat); an ``Event`` is one
+entry of its audit trail, stored as a separate item and numbered by the workset's ``version`` at the time of the
+change, so a trail is contiguous by construction (seq 1, 2, 3 ... with no gaps).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NewType
+
+WorksetId = NewType("WorksetId", str)
+
+_WORKSET_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+class State(StrEnum):
+    READY = "ready"
+    IN_PROGRESS = "in_progress"
+    RETRYING = "retrying"
+    COMPLETE = "complete"
+    ERROR = "error"
+    IGNORED = "ignored"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({State.COMPLETE, State.ERROR, State.IGNORED, State.CANCELLED})
+
+
+class Priority(StrEnum):
+    URGENT = "urgent"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """Sort rank: 0 is claimed first."""
+        return _RANK[self]
+
+    def at_least(self, other: Priority) -> bool:
+        """Whether this priority is as important as ``other`` or more (urgent >= normal >= low)."""
+        return self.rank <= other.rank
+
+
+_RANK = {Priority.URGENT: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+
+
+class EventType(StrEnum):
+    REGISTERED = "registered"
+    INVALID = "invalid"
+    STARTED = "started"
+    STEP_FINISHED = "step_finished"
+    RELEASED = "released"
+    RETRYING = "retrying"
+    COMPLETE = "complete"
+    ERROR = "error"
+    LEASE_EXPIRED = "lease_expired"
+    CANCELLED = "cancelled"
+    IGNORED = "ignored"
+    REOPENED = "reopened"
+    PRIORITY_CHANGED = "priority_changed"
+    TEST = "test"
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who holds a workset right now. ``token`` is fresh per claim and fences every holder write."""
+
+    token: str
+    owner: str
+    heartbeat_at_ms: int
+    expires_at_ms: int  # the holder's own wall-clock estimate: a hint for humans, never used for safety
+
+
+@dataclass(frozen=True, slots=True)
+class Workset:
+    workset_id: WorksetId
+    state: State
+    priority: Priority
+    bucket: str
+    prefix: str  # the workset's own folder, ending in "/"
+    created_at_ms: int
+    updated_at_ms: int
+    available_at_ms: int  # claimable (ready/retrying) once this has passed
+    attempts: int = 0  # attempts that count: +1 per claim, given back when a claim is released
+    version: int = 1  # +1 on every audited change; also the seq of the latest event
+    epoch: int = 0  # +1 on every claim; handed to steps as a fencing token
+    hb_count: int = 0  # +1 per heartbeat; the liveness signal the sweeper watches
+    lease: Lease | None = None
+    current_step: str | None = None
+    steps_done: tuple[str, ...] = ()
+    last_error: str | None = None
+    error_category: str | None = None
+
+    @property
+    def s3_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    workset_id: WorksetId
+    seq: int
+    type: EventType
+    at_ms: int
+    actor: str  # lease owner "<host>:<pid>:<random>", or "operator:<user>@<host>", or "scanner:..."
+    from_state: State | None
+    to_state: State
+    reason: str = ""
+    attempt: int = 0
+    epoch: int = 0
+    detail: str = ""  # bounded: an error or output tail, never a growing list
+    priority: Priority = Priority.NORMAL
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counts per state and priority, read from every page of the index."""
+
+    counts: dict[State, dict[Priority, int]] = field(default_factory=dict)
+    oldest_ready_age_s: float | None = None
+
+    def count(self, state: State, priority: Priority | None = None) -> int:
+        per = self.counts.get(state, {})
+        return per.get(priority, 0) if priority else sum(per.values())
+
+    @property
+    def total(self) -> int:
+        return sum(self.count(s) for s in State)
+
+
+def check_workset_id(value: str) -> WorksetId:
+    """Return the id if it is a safe folder name, else raise ValueError saying why."""
+    if not _WORKSET_ID.fullmatch(value) or value in {".", ".."}:
+        raise ValueError(
+            f"invalid workset id {value!r}: use 1-128 characters from A-Z a-z 0-9 . _ - (and not '.' or '..')"
+        )
+    return WorksetId(value)
+
+
+def check_bucket(value: str) -> str:
+    if not _BUCKET.fullmatch(value) or ".." in value:
+        raise ValueError(f"invalid S3 bucket name {value!r}: 3-63 characters from a-z 0-9 . -")
+    return value
+
+
+def parse_priority(value: str) -> Priority:
+    try:
+        return Priority(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(p.value for p in Priority)
+        raise ValueError(f"invalid priority {value!r}: use one of {choices}") from None
+
+
+def parse_state(value: str) -> State:
+    try:
+        return State(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in State)
+        raise ValueError(f"invalid state {value!r}: use one of {choices}") from None

@@ -1,0 +1,124 @@
+"""How records look to an operator: plain dicts for ``--json``, aligned text tables otherwise."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from monitor.model import Event, Priority, State, Stats, Workset
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def workset_dict(ws: Workset) -> dict[str, Any]:
+    return {
+        "workset_id": ws.workset_id,
+        "state": ws.state.value,
+        "priority": ws.priority.value,
+        "s3_uri": ws.s3_uri,
+        "bucket": ws.bucket,
+        "prefix": ws.prefix,
+        "created_at": iso(ws.created_at_ms),
+        "updated_at": iso(ws.updated_at_ms),
+        "available_at": iso(ws.available_at_ms),
+        "attempts": ws.attempts,
+        "version": ws.version,
+        "epoch": ws.epoch,
+        "heartbeats": ws.hb_count,
+        "lease_owner": ws.lease.owner if ws.lease else None,
+        "lease_heartbeat_at": iso(ws.lease.heartbeat_at_ms) if ws.lease else None,
+        "lease_expires_at_hint": iso(ws.lease.expires_at_ms) if ws.lease else None,
+        "current_step": ws.current_step,
+        "steps_done": list(ws.steps_done),
+        "last_error": ws.last_error,
+        "error_category": ws.error_category,
+    }
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    return {
+        "workset_id": event.workset_id,
+        "seq": event.seq,
+        "type": event.type.value,
+        "at": iso(event.at_ms),
+        "actor": event.actor,
+        "from_state": event.from_state.value if event.from_state else None,
+        "to_state": event.to_state.value,
+        "reason": event.reason,
+        "attempt": event.attempt,
+        "epoch": event.epoch,
+        "priority": event.priority.value,
+        "detail": event.detail,
+    }
+
+
+def stats_dict(stats: Stats) -> dict[str, Any]:
+    return {
+        "counts": {s.value: {p.value: stats.count(s, p) for p in Priority} for s in State},
+        "totals": {s.value: stats.count(s) for s in State},
+        "total": stats.total,
+        "oldest_ready_age_s": stats.oldest_ready_age_s,
+    }
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def workset_text(ws: Workset) -> str:
+    data = workset_dict(ws)
+    data["steps_done"] = ", ".join(ws.steps_done) or None
+    width = max(len(k) for k in data)
+    return "\n".join(f"{k.ljust(width)}  {'-' if v is None else v}" for k, v in data.items())
+
+
+def worksets_table(worksets: Sequence[Workset]) -> str:
+    rows = [
+        (
+            ws.workset_id,
+            ws.state.value,
+            ws.priority.value,
+            ws.attempts,
+            iso(ws.available_at_ms),
+            iso(ws.updated_at_ms),
+            ws.lease.owner if ws.lease else (ws.last_error or ""),
+        )
+        for ws in worksets
+    ]
+    return table(("WORKSET", "STATE", "PRIORITY", "ATTEMPTS", "AVAILABLE_AT", "UPDATED_AT", "OWNER/ERROR"), rows)
+
+
+def history_table(events: Sequence[Event]) -> str:
+    rows = [
+        (
+            e.seq,
+            iso(e.at_ms),
+            e.type.value,
+            f"{e.from_state.value if e.from_state else '-'} -> {e.to_state.value}",
+            e.actor,
+            e.reason,
+        )
+        for e in events
+    ]
+    return table(("SEQ", "AT", "EVENT", "TRANSITION", "BY", "REASON"), rows)
+
+
+def stats_table(stats: Stats) -> str:
+    rows = [(s.value, *(stats.count(s, p) for p in Priority), stats.count(s)) for s in State]
+    rows.append(("total", *(sum(stats.count(s, p) for s in State) for p in Priority), stats.total))
+    text = table(("STATE", *(p.value.upper() for p in Priority), "TOTAL"), rows)
+    age = stats.oldest_ready_age_s
+    return text + "\n\noldest ready: " + ("none waiting" if age is None else f"{age:.0f} s")

@@ -1,0 +1,266 @@
+"""The pure core: which action is legal in which state, and what the workset looks like afterwards.
+
+Every change to a workset goes through ``decide``: it refuses illegal actions with ``IllegalTransition`` and
+otherwise returns the new control record plus the audit event to commit with it, in one transaction. Time and
+randomness are parameters, so every rule here is tested exhaustively without I/O.
+
+The table (``TABLE``) maps (state, action) to the next state. Two actions end in a state chosen by the attempt
+count: a temporary failure and a lease expiry go to ``retrying`` while attempts remain, else to ``error`` (the
+dead letter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+
+from monitor import errors
+from monitor.model import Event, EventType, Lease, Priority, State, Workset, WorksetId
+
+MAX_ERROR_CHARS = 400  # last_error on the control item; full detail lives in the event
+MAX_DETAIL_CHARS = 8000  # an event's detail (error or output tail); events must stay far below 400 KB
+
+
+class Action(StrEnum):
+    CLAIM = "claim"
+    STEP_FINISHED = "step_finished"
+    COMPLETE = "complete"
+    FAIL_TEMPORARY = "fail_temporary"
+    FAIL_PERMANENT = "fail_permanent"
+    RELEASE = "release"  # the holder gives the workset back (shutdown): no failure counted
+    FORCE_RELEASE = "force_release"  # an operator takes the lease away: no failure counted
+    EXPIRE = "expire"  # the sweeper found the holder dead
+    RETRY = "retry"
+    RETRY_FORCE = "retry_force"
+    IGNORE = "ignore"
+    CANCEL = "cancel"
+    SET_PRIORITY = "set_priority"
+
+
+_RETRY_OR_DEAD = "retrying-or-error"  # marker: decided by attempts vs max_attempts
+
+S = State
+_ANY = tuple(State)
+_REOPENABLE = (S.ERROR, S.CANCELLED, S.RETRYING)
+
+TABLE: dict[tuple[State, Action], State | str] = {
+    **{(s, Action.CLAIM): S.IN_PROGRESS for s in (S.READY, S.RETRYING)},
+    (S.IN_PROGRESS, Action.STEP_FINISHED): S.IN_PROGRESS,
+    (S.IN_PROGRESS, Action.COMPLETE): S.COMPLETE,
+    (S.IN_PROGRESS, Action.FAIL_TEMPORARY): _RETRY_OR_DEAD,
+    (S.IN_PROGRESS, Action.FAIL_PERMANENT): S.ERROR,
+    (S.IN_PROGRESS, Action.RELEASE): S.READY,
+    (S.IN_PROGRESS, Action.FORCE_RELEASE): S.READY,
+    (S.IN_PROGRESS, Action.EXPIRE): _RETRY_OR_DEAD,
+    **{(s, Action.RETRY): S.READY for s in _REOPENABLE},
+    **{(s, Action.RETRY_FORCE): S.READY for s in (*_REOPENABLE, S.COMPLETE, S.IGNORED)},
+    **{(s, Action.IGNORE): S.IGNORED for s in _ANY if s is not S.IGNORED},
+    **{(s, Action.CANCEL): S.CANCELLED for s in (S.READY, S.RETRYING, S.IN_PROGRESS)},
+    **{(s, Action.SET_PRIORITY): s for s in _ANY},
+}
+
+_HINTS = {
+    (S.COMPLETE, Action.RETRY): "re-opening a complete workset needs retry --force",
+    (S.IGNORED, Action.RETRY): "re-opening an ignored workset needs retry --force",
+    (S.READY, Action.RETRY): "it is already waiting to be claimed",
+    (S.IN_PROGRESS, Action.RETRY): "it is running; cancel or release it first",
+    (S.IN_PROGRESS, Action.RETRY_FORCE): "it is running; cancel or release it first",
+}
+
+_EVENT_FOR: dict[Action, EventType] = {
+    Action.CLAIM: EventType.STARTED,
+    Action.FAIL_TEMPORARY: EventType.RETRYING,
+    Action.STEP_FINISHED: EventType.STEP_FINISHED,
+    Action.COMPLETE: EventType.COMPLETE,
+    Action.FAIL_PERMANENT: EventType.ERROR,
+    Action.RELEASE: EventType.RELEASED,
+    Action.FORCE_RELEASE: EventType.RELEASED,
+    Action.EXPIRE: EventType.LEASE_EXPIRED,
+    Action.RETRY: EventType.REOPENED,
+    Action.RETRY_FORCE: EventType.REOPENED,
+    Action.IGNORE: EventType.IGNORED,
+    Action.CANCEL: EventType.CANCELLED,
+    Action.SET_PRIORITY: EventType.PRIORITY_CHANGED,
+}
+
+
+def target(state: State, action: Action, *, attempts: int, max_attempts: int) -> State:
+    """The state ``action`` leads to from ``state``; raises IllegalTransition when the table refuses it."""
+    found = TABLE.get((state, action))
+    if found is None:
+        hint = _HINTS.get((state, action))
+        message = f"cannot {action.value.replace('_', ' ')} a workset that is {state.value}"
+        raise errors.IllegalTransition(
+            f"{message}: {hint}" if hint else message, state=state.value, action=action.value
+        )
+    if found == _RETRY_OR_DEAD:
+        return State.RETRYING if attempts < max_attempts else State.ERROR
+    return State(found)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with equal jitter: attempt n waits between d/2 and d, d = min(cap, base * 2^(n-1))."""
+
+    base_s: float = 60.0
+    cap_s: float = 3600.0
+
+    def delay_s(self, attempt: int, *, rand: float) -> float:
+        """Delay before the next attempt after ``attempt`` failed ones; ``rand`` is uniform in [0, 1)."""
+        exponent = min(max(attempt, 1) - 1, 62)  # no float overflow for absurd attempt counts
+        ceiling = min(self.cap_s, self.base_s * 2.0**exponent)
+        return ceiling / 2 + rand * ceiling / 2
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything ``decide`` needs besides the workset: who acts, when, and the retry policy."""
+
+    now_ms: int
+    actor: str
+    reason: str = ""
+    max_attempts: int = 3
+    backoff: Backoff = Backoff()
+    rand: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    before: Workset
+    after: Workset
+    event: Event
+
+
+def gsi_sort_key(ws: Workset) -> str:
+    """Sort key of the state-priority index: urgent first, then FIFO by available_at, then id."""
+    return f"{ws.priority.rank}#{ws.available_at_ms:015d}#{ws.workset_id}"
+
+
+def new_workset(
+    *,
+    workset_id: WorksetId,
+    bucket: str,
+    prefix: str,
+    priority: Priority,
+    ctx: Context,
+    invalid_reason: str | None = None,
+) -> Decision:
+    """The first record of a workset: ``ready``, or ``error`` with category validation when it is invalid."""
+    state = State.ERROR if invalid_reason else State.READY
+    ws = Workset(
+        workset_id=workset_id,
+        state=state,
+        priority=priority,
+        bucket=bucket,
+        prefix=prefix,
+        created_at_ms=ctx.now_ms,
+        updated_at_ms=ctx.now_ms,
+        available_at_ms=ctx.now_ms,
+        last_error=_short(invalid_reason) if invalid_reason else None,
+        error_category="validation" if invalid_reason else None,
+    )
+    event = Event(
+        workset_id=workset_id,
+        seq=ws.version,
+        type=EventType.INVALID if invalid_reason else EventType.REGISTERED,
+        at_ms=ctx.now_ms,
+        actor=ctx.actor,
+        from_state=None,
+        to_state=state,
+        reason=invalid_reason or ctx.reason,
+        priority=priority,
+    )
+    # A placeholder "before": registration has no prior record; stores treat version 0 as "must not exist".
+    return Decision(before=dataclasses.replace(ws, version=0), after=ws, event=event)
+
+
+def decide(
+    ws: Workset,
+    action: Action,
+    ctx: Context,
+    *,
+    lease: Lease | None = None,
+    step: str | None = None,
+    error: str | None = None,
+    error_category: str | None = None,
+    priority: Priority | None = None,
+) -> Decision:
+    """Apply ``action`` to ``ws``: the new record and its event, or IllegalTransition."""
+    new_state = target(ws.state, action, attempts=ws.attempts, max_attempts=ctx.max_attempts)
+    changes: dict[str, object] = {
+        "state": new_state,
+        "version": ws.version + 1,
+        "updated_at_ms": ctx.now_ms,
+    }
+    event_type = _EVENT_FOR[action]
+
+    if action is Action.CLAIM:
+        if lease is None:
+            raise ValueError("a claim needs the new lease")
+        if ws.available_at_ms > ctx.now_ms:
+            raise errors.IllegalTransition(
+                f"cannot claim {ws.workset_id}: not due until {ws.available_at_ms}",
+                state=ws.state.value,
+                action=action.value,
+            )
+        changes |= {"lease": lease, "attempts": ws.attempts + 1, "epoch": ws.epoch + 1, "current_step": None}
+    elif action is Action.STEP_FINISHED:
+        if not step:
+            raise ValueError("step_finished needs the step name")
+        changes |= {"steps_done": (*ws.steps_done, step), "current_step": None}
+    elif action in (Action.RELEASE, Action.FORCE_RELEASE):
+        changes |= {"attempts": max(ws.attempts - 1, 0)}  # a released claim gives its attempt back
+    elif action is Action.SET_PRIORITY:
+        if priority is None:
+            raise ValueError("set_priority needs the new priority")
+        changes |= {"priority": priority}
+
+    if new_state is not State.IN_PROGRESS:
+        changes |= {"lease": None, "current_step": None}
+    if new_state is State.RETRYING:
+        delay_s = ctx.backoff.delay_s(ws.attempts, rand=ctx.rand)
+        changes |= {"available_at_ms": ctx.now_ms + round(delay_s * 1000)}
+    elif new_state is State.READY:
+        changes |= {"available_at_ms": ctx.now_ms}
+    if action is Action.FAIL_TEMPORARY:
+        # An expiry stays "lease_expired" either way: the event says why, the state says what next.
+        event_type = EventType.RETRYING if new_state is State.RETRYING else EventType.ERROR
+
+    if action in (Action.FAIL_TEMPORARY, Action.FAIL_PERMANENT, Action.EXPIRE):
+        default_category = "lease" if action is Action.EXPIRE else "step"
+        changes |= {
+            "last_error": _short(error or ctx.reason),
+            "error_category": error_category or default_category,
+        }
+    if new_state is State.READY and action in (Action.RETRY, Action.RETRY_FORCE):
+        # A re-opened workset starts with a clean slate; the trail keeps the old errors.
+        changes |= {"attempts": 0, "steps_done": (), "last_error": None, "error_category": None}
+    if new_state is State.COMPLETE:
+        changes |= {"last_error": None, "error_category": None}
+
+    after = dataclasses.replace(ws, **changes)  # type: ignore[arg-type]
+    event = Event(
+        workset_id=ws.workset_id,
+        seq=after.version,
+        type=event_type,
+        at_ms=ctx.now_ms,
+        actor=ctx.actor,
+        from_state=ws.state,
+        to_state=after.state,
+        reason=ctx.reason or step or "",
+        attempt=after.attempts if action is Action.CLAIM else ws.attempts,
+        epoch=after.epoch,
+        detail=_bounded(error or ""),
+        priority=after.priority,
+    )
+    return Decision(before=ws, after=after, event=event)
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_DETAIL_CHARS else "…" + text[-(MAX_DETAIL_CHARS - 1) :]
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"

@@ -1,0 +1,54 @@
+"""Dependencies point down (STYLE rule 2): a module may import only modules on its own layer or below."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+# Lowest first. A module not listed here fails the test, so every new module gets a place on purpose.
+LAYERS: list[set[str]] = [
+    {"monitor", "monitor.errors", "monitor.clock", "monitor.model"},
+    {"monitor.states"},
+    {"monitor.config", "monitor.logs"},
+    {"monitor.ports"},
+    {"monitor.aws", "monitor.aws.codec", "monitor.aws.clients"},
+    {"monitor.aws.schema", "monitor.aws.dynamo", "monitor.memory", "monitor.render"},
+    {"monitor.actions"},
+    {"monitor.cli"},
+    {"monitor.__main__"},
+]
+LEVEL = {module: level for level, group in enumerate(LAYERS) for module in group}
+ADAPTER_ONLY = ("boto3", "botocore", "moto")  # only monitor.aws.* (and the composition root) may touch these
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_every_module_has_a_layer_and_imports_only_downwards() -> None:
+    problems = []
+    for path in sorted((ROOT / "monitor").rglob("*.py")):
+        name = module_name(path)
+        if name not in LEVEL:
+            problems.append(f"{name} has no layer in tests/test_architecture.py")
+            continue
+        for target in imports(path):
+            if target in LEVEL and LEVEL[target] > LEVEL[name]:
+                problems.append(f"{name} (layer {LEVEL[name]}) imports {target} (layer {LEVEL[target]})")
+            if target.split(".")[0] in ADAPTER_ONLY and not name.startswith("monitor.aws"):
+                problems.append(f"{name} imports {target}: AWS libraries belong in monitor.aws")
+    assert not problems, "\n".join(problems)

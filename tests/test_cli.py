@@ -1,0 +1,252 @@
+"""The operator's story, told through the real command line against a moto server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from monitor import cli, states
+from monitor.aws import schema
+from monitor.aws.dynamo import DynamoStore
+from monitor.config import TableConfig
+from monitor.model import Lease, WorksetId
+from monitor.states import Action, Context
+from tests.conftest import REGION, run
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, aws_endpoint: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[aws]\nregion = "{REGION}"\nendpoint_url = "{aws_endpoint}"\n\n'
+        '[table]\nname = "daylily-worksets"\n\n[scan]\nbucket = "lab-bucket"\nprefixes = ["worksets/"]\n'
+    )
+    return path
+
+
+def sh(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script exactly as an operator would."""
+    env = dict(os.environ, WORKSET_MONITOR_CONFIG=str(config))
+    exe = Path(sys.executable).with_name("workset-monitor")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def refused(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 or code == 2, result.stderr
+    return result.stderr
+
+
+def test_an_operator_sets_up_and_works_the_queue(config_file: Path, aws_endpoint: str) -> None:
+    assert "created table daylily-worksets" in ok(sh(config_file, "init"))
+    assert "already exists with the expected keys" in ok(sh(config_file, "init"))
+
+    for name, priority in (("ws-low", "low"), ("ws-urgent", "urgent"), ("ws-normal", "normal")):
+        out = ok(
+            sh(
+                config_file,
+                "register",
+                name,
+                "--bucket",
+                "lab-bucket",
+                "--prefix",
+                f"worksets/{name}/",
+                "--priority",
+                priority,
+            )
+        )
+        assert f"registered {name} ({priority})" in out
+    assert "already registered" in ok(sh(config_file, "register", "ws-low", "--priority", "urgent"))
+
+    table = ok(sh(config_file, "list", "--state", "ready")).splitlines()
+    assert [row.split()[0] for row in table[1:]] == ["ws-urgent", "ws-normal", "ws-low"]
+    listed = json.loads(ok(sh(config_file, "list", "--state", "ready", "--json")))
+    assert [w["workset_id"] for w in listed] == ["ws-urgent", "ws-normal", "ws-low"]
+    assert listed[0]["s3_uri"] == "s3://lab-bucket/worksets/ws-urgent/"
+
+    stats = json.loads(ok(sh(config_file, "stats", "--json")))
+    assert stats["totals"]["ready"] == 3 == stats["total"]
+    assert stats["counts"]["ready"] == {"urgent": 1, "normal": 1, "low": 1}
+
+    assert "ws-low: ready -> ignored" in ok(sh(config_file, "ignore", "ws-low", "--reason", "sample swap"))
+    _complete(aws_endpoint, "ws-normal")  # as a daemon would, through the store
+
+    for name, state in (("ws-normal", "complete"), ("ws-low", "ignored")):
+        err = refused(sh(config_file, "retry", name))
+        assert f"cannot retry a workset that is {state}" in err and "--force" in err
+    history = json.loads(ok(sh(config_file, "history", "ws-low", "--json")))
+    assert [e["type"] for e in history] == ["registered", "ignored"]  # the refusal wrote nothing
+
+    assert "ws-low: ignored -> ready" in ok(sh(config_file, "retry", "ws-low", "--force", "--reason", "swap fixed"))
+    history = json.loads(ok(sh(config_file, "history", "ws-low", "--json")))
+    assert [(e["seq"], e["type"], e["from_state"], e["to_state"]) for e in history] == [
+        (1, "registered", None, "ready"),
+        (2, "ignored", "ready", "ignored"),
+        (3, "reopened", "ignored", "ready"),
+    ]
+    assert all(e["actor"].startswith("operator:") for e in history)
+    assert [e["reason"] for e in history[1:]] == ["sample swap", "swap fixed"]
+    text = ok(sh(config_file, "history", "ws-normal"))
+    for expected in (
+        "registered",
+        "started",
+        "complete",
+        "ready -> in_progress",
+        "host-a:42:abc",
+        "operator:",
+    ):
+        assert expected in text
+
+    stats = json.loads(ok(sh(config_file, "stats", "--json")))
+    assert stats["totals"] == {**dict.fromkeys(stats["totals"], 0), "ready": 2, "complete": 1}
+
+
+def _complete(endpoint: str, name: str) -> None:
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
+    store = DynamoStore(client, "daylily-worksets")
+
+    async def scenario() -> None:
+        ws = await store.get(WorksetId(name))
+        assert ws is not None
+        lease = Lease(token="t", owner="host-a:42:abc", heartbeat_at_ms=ws.created_at_ms, expires_at_ms=0)
+        holder = Context(now_ms=ws.created_at_ms + 1, actor="host-a:42:abc", reason="claimed")
+        claimed = await store.commit(states.decide(ws, Action.CLAIM, holder, lease=lease))
+        await store.commit(states.decide(claimed, Action.COMPLETE, holder), fence_token="t")
+
+    run(scenario())
+
+
+# --- refusals and failures, in-process for speed ------------------------------------------------------------------
+
+
+def main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+@pytest.fixture
+def ready_table(config_file: Path, aws_endpoint: str) -> Path:
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint)
+    schema.ensure_table(client, TableConfig(name="daylily-worksets"))
+    return config_file
+
+
+def test_register_defaults_to_the_configured_bucket_and_prefix(ready_table: Path, capsys: Any) -> None:
+    code, out, _ = main(capsys, "--config", str(ready_table), "register", "ws-7", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["registered"] and data["workset"]["s3_uri"] == "s3://lab-bucket/worksets/ws-7/"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("register", "bad/id"), "invalid workset id 'bad/id'"),
+        (
+            ("register", "ws-1", "--priority", "high"),
+            "invalid priority 'high': use one of urgent, normal, low",
+        ),
+        (("register", "ws-1", "--bucket", "Bad_Bucket"), "invalid S3 bucket name"),
+        (("list", "--state", "running"), "invalid state 'running'"),
+        (("list", "--limit", "0"), "must be at least 1"),
+        (("retry",), "the following arguments are required: ID"),
+    ],
+)
+def test_malformed_arguments_are_usage_errors(
+    ready_table: Path, capsys: Any, args: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--config", str(ready_table), *args])
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_prefix_that_is_not_the_workset_folder_is_refused(ready_table: Path, capsys: Any) -> None:
+    code, _, err = main(capsys, "--config", str(ready_table), "register", "ws-1", "--prefix", "worksets/other/")
+    assert code == 1 and "must end in ws-1/" in err
+
+
+def test_unknown_worksets_are_reported_plainly(ready_table: Path, capsys: Any) -> None:
+    for command in ("show", "history", "retry", "cancel", "ignore"):
+        code, _, err = main(capsys, "--config", str(ready_table), command, "ghost")
+        assert code == 1 and "workset ghost is not registered" in err
+
+
+def test_cancel_set_priority_and_show(ready_table: Path, capsys: Any) -> None:
+    cfg = ("--config", str(ready_table))
+    assert main(capsys, *cfg, "register", "a")[0] == 0
+    assert main(capsys, *cfg, "register", "b", "--priority", "low")[0] == 0
+    code, out, _ = main(capsys, *cfg, "set-priority", "b", "urgent")
+    assert code == 0 and "b: ready -> ready (priority low -> urgent)" in out
+    assert [w["workset_id"] for w in json.loads(main(capsys, *cfg, "list", "--json")[1])] == ["b", "a"]
+    assert main(capsys, *cfg, "cancel", "a")[0] == 0
+    code, _, err = main(capsys, *cfg, "cancel", "a")
+    assert code == 1 and "cannot cancel a workset that is cancelled" in err
+    code, out, _ = main(capsys, *cfg, "show", "a")
+    assert code == 0 and "cancelled" in out
+    shown = json.loads(main(capsys, *cfg, "show", "a", "--json")[1])
+    assert shown["state"] == "cancelled" and shown["version"] == 2
+    code, out, _ = main(capsys, *cfg, "stats")
+    assert code == 0 and "cancelled" in out and "oldest ready:" in out
+
+
+def test_a_missing_table_points_at_init(config_file: Path, capsys: Any) -> None:
+    code, _, err = main(capsys, "--config", str(config_file), "list")
+    assert code == 1 and "table daylily-worksets does not exist (run `workset-monitor init`)" in err
+
+
+def test_init_refuses_a_table_with_the_wrong_schema(config_file: Path, aws_endpoint: str, capsys: Any) -> None:
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint)
+    client.create_table(
+        TableName="daylily-worksets",
+        AttributeDefinitions=[{"AttributeName": "workset_id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "workset_id", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    code, _, err = main(capsys, "--config", str(config_file), "init")
+    assert code == 1 and "exists but cannot be used" in err and "expected pk HASH, sk RANGE" in err
+
+
+def test_unreachable_aws_exits_69(tmp_path: Path, capsys: Any) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[aws]\nregion = "us-east-1"\nendpoint_url = "http://127.0.0.1:9"\nmax_attempts = 1\nconnect_timeout_s = 1\n'
+    )
+    code, _, err = main(capsys, "--config", str(path), "stats")
+    assert code == 69 and "AWS unreachable" in err
+
+
+def test_json_output_of_a_transition(ready_table: Path, capsys: Any) -> None:
+    cfg = ("--config", str(ready_table))
+    main(capsys, *cfg, "register", "a")
+    code, out, _ = main(capsys, *cfg, "ignore", "a", "--json", "--reason", "duplicate run")
+    data = json.loads(out)
+    assert code == 0 and (data["from_state"], data["to_state"]) == ("ready", "ignored")
+    assert data["event"]["reason"] == "duplicate run" and data["event"]["seq"] == 2
+
+
+def test_help_and_version_work_without_config(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--version"])
+    assert caught.value.code == 0 and "workset-monitor" in capsys.readouterr().out
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0 and "register" in result.stdout

@@ -1,0 +1,109 @@
+"""`init`: create, verify, refuse a table with the wrong shape, wait for ACTIVE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from monitor import errors
+from monitor.aws import codec, schema
+from monitor.config import TableConfig
+
+
+def test_creates_the_table_and_index_then_finds_it_correct(dynamodb: Any) -> None:
+    first = schema.ensure_table(dynamodb, TableConfig(name="ws-table"))
+    assert first.created and first.billing_mode == "PAY_PER_REQUEST"
+    table = dynamodb.describe_table(TableName="ws-table")["Table"]
+    [index] = table["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "state-priority-index" == codec.GSI_NAME
+    assert {k["AttributeName"]: k["KeyType"] for k in index["KeySchema"]} == {
+        "state": "HASH",
+        "gsi_sk": "RANGE",
+    }
+    assert index["Projection"]["ProjectionType"] == "INCLUDE"
+    second = schema.ensure_table(dynamodb, TableConfig(name="ws-table"))
+    assert not second.created and second.notes == ()
+
+
+def test_provisioned_tables_get_capacity_on_table_and_index(dynamodb: Any) -> None:
+    cfg = TableConfig(name="prov-table", billing_mode="PROVISIONED", read_capacity=3, write_capacity=4)
+    schema.ensure_table(dynamodb, cfg)
+    table = dynamodb.describe_table(TableName="prov-table")["Table"]
+    assert table["ProvisionedThroughput"]["WriteCapacityUnits"] == 4
+    assert table["GlobalSecondaryIndexes"][0]["ProvisionedThroughput"]["ReadCapacityUnits"] == 3
+    report = schema.ensure_table(dynamodb, TableConfig(name="prov-table"))
+    assert report.notes and "PROVISIONED" in report.notes[0]
+
+
+def test_a_table_with_the_wrong_keys_is_refused_with_every_difference(dynamodb: Any) -> None:
+    dynamodb.create_table(
+        TableName="legacy",
+        AttributeDefinitions=[{"AttributeName": "workset_id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "workset_id", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    with pytest.raises(errors.SchemaMismatch) as caught:
+        schema.ensure_table(dynamodb, TableConfig(name="legacy"))
+    message = str(caught.value)
+    assert "table legacy exists but cannot be used" in message
+    assert "key schema is workset_id HASH, expected pk HASH, sk RANGE" in message
+    assert "index state-priority-index is missing (found: none)" in message
+
+
+def test_an_index_with_the_wrong_projection_or_keys_is_refused(dynamodb: Any) -> None:
+    request = schema.create_table_request(TableConfig(name="wrong-index"))
+    request["GlobalSecondaryIndexes"][0]["Projection"] = {"ProjectionType": "KEYS_ONLY"}
+    request["GlobalSecondaryIndexes"][0]["KeySchema"][1]["AttributeName"] = "priority"
+    request["AttributeDefinitions"] = [
+        {"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "state", "priority")
+    ]
+    dynamodb.create_table(**request)
+    with pytest.raises(errors.SchemaMismatch) as caught:
+        schema.ensure_table(dynamodb, TableConfig(name="wrong-index"))
+    assert "keys are state HASH, priority RANGE" in str(caught.value)
+    assert "projects KEYS_ONLY" in str(caught.value)
+
+
+class SlowTable:
+    """A DynamoDB stand-in whose new table takes a few polls to become ACTIVE."""
+
+    def __init__(self) -> None:
+        self.describes = 0
+        self.created: dict[str, Any] | None = None
+
+    def describe_table(self, TableName: str) -> dict[str, Any]:
+        import botocore.exceptions
+
+        self.describes += 1
+        if self.created is None:
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "ResourceNotFoundException", "Message": "no"}}, "DescribeTable"
+            )
+        status = "ACTIVE" if self.describes >= 4 else "CREATING"
+        index = dict(self.created["GlobalSecondaryIndexes"][0], IndexStatus=status)
+        return {
+            "Table": dict(
+                self.created,
+                TableStatus=status,
+                GlobalSecondaryIndexes=[index],
+                BillingModeSummary={"BillingMode": "PAY_PER_REQUEST"},
+            )
+        }
+
+    def create_table(self, **request: Any) -> None:
+        self.created = request
+
+
+def test_waits_until_table_and_index_are_active() -> None:
+    fake = SlowTable()
+    sleeps: list[float] = []
+    report = schema.ensure_table(fake, TableConfig(name="slow-table"), poll_s=2, sleep=sleeps.append)
+    assert report.created and fake.describes == 4 and sleeps == [2, 2]
+
+
+def test_gives_up_when_the_table_never_becomes_active() -> None:
+    fake = SlowTable()
+    fake.describes = -(10**9)
+    with pytest.raises(errors.AwsTemporaryError, match="not ACTIVE"):
+        schema.ensure_table(fake, TableConfig(name="slow-table"), timeout_s=0, sleep=lambda s: None)
