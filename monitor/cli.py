@@ -59,6 +59,7 @@ class App:
             reason=getattr(self.args, "reason", None) or default_reason,
             max_attempts=run.max_attempts,
             backoff=Backoff(base_s=run.retry_backoff_base_s, cap_s=run.retry_backoff_max_s),
+            hold_off_s=self.settings.lease.duration_s,
         )
 
     def emit(self, data: Any, text: str) -> None:
@@ -274,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, _transition(action, f"{name} requested"), text)
         p.add_argument("id", type=workset_id, metavar="ID")
         p.add_argument("--reason", help="recorded in the audit trail")
+
+    p = add(
+        "release",
+        _transition(Action.FORCE_RELEASE, "released by operator"),
+        "take a running workset away from its holder (-> ready, no failure counted; claimable after one lease)",
+    )
+    p.add_argument("id", type=workset_id, metavar="ID")
+    p.add_argument("--reason", required=True, help="recorded in the audit trail (required)")
 
     p = add("set-priority", _transition(Action.SET_PRIORITY, "priority changed"), "change a workset's priority")
     p.add_argument("id", type=workset_id, metavar="ID")

@@ -56,6 +56,12 @@ class LeaseLost(Conflict):
     temporary = False
 
 
+class FleetFull(MonitorError):
+    """A claim was refused because ``run.max_fleet_concurrent`` worksets are already in progress fleet-wide."""
+
+    temporary = True
+
+
 class SchemaMismatch(MonitorError):
     """An existing table does not have the keys or index this program needs."""
 

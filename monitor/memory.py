@@ -40,7 +40,14 @@ class MemoryStore:
     async def get(self, workset_id: WorksetId) -> Workset | None:
         return self._worksets.get(workset_id)
 
-    async def commit(self, decision: Decision, *, fence_token: str | None = None) -> Workset:
+    async def commit(
+        self,
+        decision: Decision,
+        *,
+        fence_token: str | None = None,
+        expect_heartbeats: int | None = None,
+        fleet_cap: int | None = None,
+    ) -> Workset:
         before = decision.before
         current = self._worksets.get(before.workset_id)
         if current is None:
@@ -49,11 +56,15 @@ class MemoryStore:
             raise errors.LeaseLost(
                 f"{before.workset_id}: our lease is gone (now {current.state.value}, epoch {current.epoch})"
             )
-        if current.state is not before.state or current.version != before.version:
+        stale = current.state is not before.state or current.version != before.version
+        if stale or (expect_heartbeats is not None and current.hb_count != expect_heartbeats):
             raise errors.Conflict(
                 f"{before.workset_id} changed concurrently: expected {before.state.value} v{before.version}, "
                 f"found {current.state.value} v{current.version}"
             )
+        entering = decision.after.state is State.IN_PROGRESS and before.state is not State.IN_PROGRESS
+        if entering and fleet_cap is not None and await self.fleet_running() >= fleet_cap:
+            raise errors.FleetFull(f"the fleet already runs {fleet_cap} worksets (run.max_fleet_concurrent)")
         # Like the DynamoDB update: only attributes the decision changed are written; counters others own
         # (hb_count, bumped by heartbeats without a version change) keep their current value.
         changed = {
@@ -65,6 +76,28 @@ class MemoryStore:
         self._worksets[after.workset_id] = after
         self._events[after.workset_id].append(decision.event)
         return after
+
+    async def heartbeat(self, workset_id: WorksetId, *, token: str, now_ms: int, expires_at_ms: int) -> int | None:
+        ws = self._worksets.get(workset_id)
+        if ws is None or ws.state is not State.IN_PROGRESS or ws.lease is None or ws.lease.token != token:
+            return None
+        lease = dataclasses.replace(ws.lease, heartbeat_at_ms=now_ms, expires_at_ms=expires_at_ms)
+        self._worksets[workset_id] = dataclasses.replace(ws, lease=lease, hb_count=ws.hb_count + 1)
+        return ws.hb_count + 1
+
+    async def event(self, workset_id: WorksetId, seq: int) -> Event | None:
+        return next((e for e in self._events.get(workset_id, []) if e.seq == seq), None)
+
+    async def due(self, *, now_ms: int, limit: int) -> list[Workset]:
+        claimable = (State.READY, State.RETRYING)
+        due = [ws for ws in self._worksets.values() if ws.state in claimable and ws.available_at_ms <= now_ms]
+        return sorted(due, key=gsi_sort_key)[:limit]
+
+    async def running(self) -> list[Workset]:
+        return await self.list(state=State.IN_PROGRESS)
+
+    async def fleet_running(self) -> int:
+        return sum(ws.state is State.IN_PROGRESS for ws in self._worksets.values())
 
     async def history(self, workset_id: WorksetId) -> list[Event]:
         return list(self._events.get(workset_id, []))

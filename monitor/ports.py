@@ -4,9 +4,10 @@ implement them.
 Store guarantees (both implementations, one behavioural test suite):
 - ``register`` is an idempotent conditional create: an existing id is left untouched and ``False`` returned.
 - ``commit`` writes a ``Decision`` only if the item is still in ``decision.before.state`` at
-  ``decision.before.version`` (and, when ``fence_token`` is given, still holds that lease token); the control item
-  and the audit event are written together or not at all. A lost condition raises ``Conflict`` (``LeaseLost``
-  when the token no longer matches).
+  ``decision.before.version`` (and, when ``fence_token`` is given, still holds that lease token); the control item,
+  the audit event and the fleet counter are written together or not at all. A lost condition raises ``Conflict``
+  (``LeaseLost`` when the token no longer matches).
+- A heartbeat changes neither ``version`` nor anything an operator decision depends on.
 - Reads are strongly consistent for single worksets; listings follow every page and never truncate silently.
 """
 
@@ -25,8 +26,42 @@ class Store(Protocol):
 
     async def get(self, workset_id: WorksetId) -> Workset | None: ...
 
-    async def commit(self, decision: Decision, *, fence_token: str | None = None) -> Workset:
-        """Conditionally apply ``decision``; returns the new record."""
+    async def commit(
+        self,
+        decision: Decision,
+        *,
+        fence_token: str | None = None,
+        expect_heartbeats: int | None = None,
+        fleet_cap: int | None = None,
+    ) -> Workset:
+        """Conditionally apply ``decision``; returns the new record.
+
+        ``fence_token``: only while this lease token is on the item (holder writes). ``expect_heartbeats``: only
+        while the heartbeat counter is unchanged (the sweeper's takeover). ``fleet_cap``: refuse with FleetFull a
+        move into in_progress when that many worksets are in progress fleet-wide.
+        """
+        ...
+
+    async def heartbeat(self, workset_id: WorksetId, *, token: str, now_ms: int, expires_at_ms: int) -> int | None:
+        """Renew the lease held under ``token``: the new heartbeat count, or None if the token is not on the item."""
+        ...
+
+    async def event(self, workset_id: WorksetId, seq: int) -> Event | None:
+        """One event of the trail (to tell whether a write whose response was lost was applied)."""
+        ...
+
+    async def due(self, *, now_ms: int, limit: int) -> list[Workset]:
+        """Up to ``limit`` claim candidates (ready or retrying, available_at passed): urgent first, then FIFO.
+
+        Possibly stale: a candidate is only a nomination, the claim's conditional write decides."""
+        ...
+
+    async def running(self) -> list[Workset]:
+        """Every in_progress workset, read consistently."""
+        ...
+
+    async def fleet_running(self) -> int:
+        """How many worksets are in progress fleet-wide, by the counter the fleet cap is enforced with."""
         ...
 
     async def history(self, workset_id: WorksetId) -> list[Event]:

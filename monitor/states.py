@@ -12,7 +12,7 @@ dead letter).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from monitor import errors
@@ -121,8 +121,12 @@ class Context:
     actor: str
     reason: str = ""
     max_attempts: int = 3
-    backoff: Backoff = Backoff()
+    backoff: Backoff = field(default_factory=Backoff)
     rand: float = 0.5
+    # A workset taken away from a holder that may still be running (operator release, or re-opened after cancel
+    # or ignore) becomes claimable only this long after it was taken: the old holder notices at its next heartbeat
+    # or fences itself, and stops its step, before anyone else can start one.
+    hold_off_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +226,13 @@ def decide(
         delay_s = ctx.backoff.delay_s(ws.attempts, rand=ctx.rand)
         changes |= {"available_at_ms": ctx.now_ms + round(delay_s * 1000)}
     elif new_state is State.READY:
-        changes |= {"available_at_ms": ctx.now_ms}
+        hold_off_ms = round(ctx.hold_off_s * 1000)
+        if action is Action.FORCE_RELEASE:
+            changes |= {"available_at_ms": ctx.now_ms + hold_off_ms}
+        elif ws.state in (State.CANCELLED, State.IGNORED):
+            changes |= {"available_at_ms": max(ctx.now_ms, ws.updated_at_ms + hold_off_ms)}
+        else:
+            changes |= {"available_at_ms": ctx.now_ms}
     if action is Action.FAIL_TEMPORARY:
         # An expiry stays "lease_expired" either way: the event says why, the state says what next.
         event_type = EventType.RETRYING if new_state is State.RETRYING else EventType.ERROR

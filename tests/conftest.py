@@ -4,17 +4,20 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import threading
 import time
 import urllib.request
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
 import pytest
+
+from monitor import logs
+from monitor.aws.emulator import Emulator, speed_up_transactions
+from monitor.ports import Store
 
 T = TypeVar("T")
 
@@ -34,6 +37,7 @@ for _name in [k for k in os.environ if k.startswith("WORKSET_MONITOR_") or k == 
     del os.environ[_name]
 
 ROOT = Path(__file__).resolve().parent.parent
+logs.configure(level="debug", fmt="json")  # library logs go through the stdlib, where pytest captures them
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -61,17 +65,14 @@ def _no_leaked_threads() -> Iterator[None]:
     assert not leaked, f"test leaked threads: {[t.name for t in leaked]}"
 
 
+speed_up_transactions()  # in-process moto too: per-item rollback snapshots instead of whole-table copies
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
-    """One ThreadedMotoServer on a free loopback port for the whole session."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    """One emulator (moto server, one request at a time) on a free loopback port for the whole session."""
+    with Emulator(host="127.0.0.1", port=0) as emulator:
+        yield emulator.endpoint
 
 
 @pytest.fixture
@@ -94,3 +95,27 @@ def mocked_aws() -> Iterator[None]:
 @pytest.fixture
 def dynamodb(mocked_aws: None) -> Any:
     return boto3.client("dynamodb", region_name=REGION)
+
+
+TEST_TABLE = "worksets-test"
+
+
+@pytest.fixture(params=["memory", "dynamodb"])
+def make_store(request: pytest.FixtureRequest) -> Iterator[Callable[..., Store]]:
+    """A factory: make_store(page_size=None) -> a fresh, empty store of the parametrized kind."""
+    from monitor.aws import schema
+    from monitor.aws.dynamo import DynamoStore
+    from monitor.config import TableConfig
+    from monitor.memory import MemoryStore
+
+    if request.param == "memory":
+        yield lambda page_size=None: MemoryStore()
+        return
+    client = request.getfixturevalue("dynamodb")
+    schema.ensure_table(client, TableConfig(name=TEST_TABLE))
+    yield lambda page_size=None: DynamoStore(client, TEST_TABLE, page_size=page_size)
+
+
+@pytest.fixture
+def store(make_store: Callable[..., Store]) -> Store:
+    return make_store()

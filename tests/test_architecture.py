@@ -13,9 +13,10 @@ LAYERS: list[set[str]] = [
     {"monitor.states"},
     {"monitor.config", "monitor.logs"},
     {"monitor.ports"},
-    {"monitor.aws", "monitor.aws.codec", "monitor.aws.clients"},
+    {"monitor.aws", "monitor.aws.codec", "monitor.aws.clients", "monitor.aws.emulator"},
     {"monitor.aws.schema", "monitor.aws.dynamo", "monitor.memory", "monitor.render"},
-    {"monitor.actions"},
+    {"monitor.actions", "monitor.leases"},
+    {"monitor.sweeper"},
     {"monitor.cli"},
     {"monitor.__main__"},
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,34 +13,17 @@ from monitor import actions, errors, states
 from monitor.aws import codec, schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.config import TableConfig
-from monitor.memory import MemoryStore
 from monitor.model import EventType, Lease, Priority, State, Workset, WorksetId
 from monitor.ports import Store
 from monitor.states import Action, Context
-from tests.conftest import run
+from tests.conftest import TEST_TABLE, run
 
 T0 = 1_800_000_000_000
-TABLE = "worksets-test"
+TABLE = TEST_TABLE
 
 
 def ctx(now_ms: int = T0, actor: str = "operator:test@host", **kw: Any) -> Context:
     return Context(now_ms=now_ms, actor=actor, **kw)
-
-
-@pytest.fixture(params=["memory", "dynamodb"])
-def make_store(request: pytest.FixtureRequest) -> Iterator[Callable[..., Store]]:
-    """A factory: make_store(page_size=None) -> a fresh, empty store of the parametrized kind."""
-    if request.param == "memory":
-        yield lambda page_size=None: MemoryStore()
-        return
-    client = request.getfixturevalue("dynamodb")
-    schema.ensure_table(client, TableConfig(name=TABLE))
-    yield lambda page_size=None: DynamoStore(client, TABLE, page_size=page_size)
-
-
-@pytest.fixture
-def store(make_store: Callable[..., Store]) -> Store:
-    return make_store()
 
 
 async def add(

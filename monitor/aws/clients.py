@@ -22,7 +22,10 @@ from monitor.config import AwsConfig
 
 T = TypeVar("T")
 
-_THROTTLING = {
+_TRANSIENT = {
+    "TransactionCanceledException",  # only reaches translate() when no condition failed: conflict or throttling
+    "TransactionConflictException",
+    "TransactionInProgressException",
     "Throttling",
     "ThrottlingException",
     "ThrottledException",
@@ -103,7 +106,7 @@ def translate(exc: BaseException, *, what: str) -> errors.MonitorError:
             return errors.NotFound(f"{what}: {message}")
         if code in _ACCESS:
             return errors.AwsError(f"{what}: access denied ({code}: {message})")
-        if code in _THROTTLING or status >= 500:
+        if code in _TRANSIENT or status >= 500:
             return errors.AwsTemporaryError(f"{what}: {code} ({message}); gave up after retries")
         return errors.AwsError(f"{what}: {code}: {message}")
     if isinstance(exc, botocore.exceptions.BotoCoreError):

@@ -18,8 +18,28 @@ from monitor.states import gsi_sort_key
 
 CONTROL_SK = "ws"
 EVENT_SK_PREFIX = "evt#"
+FLEET_KEY = {"pk": {"S": "#fleet"}, "sk": {"S": "counter"}}  # '#' cannot start a workset id
 GSI_NAME = "state-priority-index"
-GSI_PROJECTED = ("version", "attempts", "epoch")  # enough to claim without reading the item first
+# Everything but the attributes a heartbeat rewrites, so a claim needs no read first and heartbeats never write the
+# index. Every other attribute changes only together with `version`, which is projected anyway.
+HEARTBEAT_ATTRIBUTES = ("hb_count", "heartbeat_at_ms", "lease_expires_at_ms")
+GSI_PROJECTED = (
+    "priority",
+    "bucket",
+    "prefix",
+    "created_at_ms",
+    "updated_at_ms",
+    "available_at_ms",
+    "attempts",
+    "version",
+    "epoch",
+    "lease_token",
+    "lease_owner",
+    "current_step",
+    "steps_done",
+    "last_error",
+    "error_category",
+)
 
 Item = dict[str, dict[str, Any]]
 

@@ -12,7 +12,9 @@ All reads that return many items follow ``LastEvaluatedKey`` to the end.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import heapq
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import botocore.exceptions
@@ -20,7 +22,7 @@ import botocore.exceptions
 from monitor import errors
 from monitor.aws import clients, codec
 from monitor.model import Event, Priority, State, Stats, Workset, WorksetId
-from monitor.states import Decision
+from monitor.states import Decision, gsi_sort_key
 
 LIST_ORDER = (
     State.READY,
@@ -32,6 +34,7 @@ LIST_ORDER = (
     State.IGNORED,
 )
 _BATCH_GET_MAX = 100
+_CANCELLED = ("TransactionCanceledException",)
 
 
 class DynamoStore:
@@ -54,26 +57,35 @@ class DynamoStore:
             self._event_put(decision.event),
         ]
         try:
-            await self._call("transact_write_items", what="registering", TransactItems=items)
+            await self._call("transact_write_items", what="registering", inspect=_CANCELLED, TransactItems=items)
         except botocore.exceptions.ClientError as exc:
             if _cancelled_by_condition(exc):
                 return False
             raise clients.translate(exc, what=f"registering {decision.after.workset_id}") from exc
         return True
 
-    async def commit(self, decision: Decision, *, fence_token: str | None = None) -> Workset:
+    async def commit(
+        self,
+        decision: Decision,
+        *,
+        fence_token: str | None = None,
+        expect_heartbeats: int | None = None,
+        fleet_cap: int | None = None,
+    ) -> Workset:
         before, after = decision.before, decision.after
         update = _update_expression(codec.workset_fields(before), codec.workset_fields(after))
+        names, values = update["ExpressionAttributeNames"], update["ExpressionAttributeValues"]
         condition = "#state = :expect_state AND #version = :expect_version"
-        update["ExpressionAttributeNames"] |= {"#state": "state", "#version": "version"}
-        update["ExpressionAttributeValues"] |= {
-            ":expect_state": {"S": before.state.value},
-            ":expect_version": {"N": str(before.version)},
-        }
+        names |= {"#state": "state", "#version": "version"}
+        values |= {":expect_state": {"S": before.state.value}, ":expect_version": {"N": str(before.version)}}
         if fence_token is not None:
             condition += " AND #lease_token = :fence_token"
-            update["ExpressionAttributeNames"]["#lease_token"] = "lease_token"  # noqa: S105 - a name, not a secret
-            update["ExpressionAttributeValues"][":fence_token"] = {"S": fence_token}
+            names["#lease_token"] = "lease_token"  # noqa: S105 - an attribute name, not a secret
+            values[":fence_token"] = {"S": fence_token}
+        if expect_heartbeats is not None:
+            condition += " AND #hb_count = :expect_hb"
+            names["#hb_count"] = "hb_count"
+            values[":expect_hb"] = {"N": str(expect_heartbeats)}
         control = {
             "Update": {
                 "TableName": self._table,
@@ -83,17 +95,65 @@ class DynamoStore:
                 **update,
             }
         }
+        items = [control, self._event_put(decision.event)]
+        fleet = self._fleet_update(before, after, fleet_cap)
+        if fleet is not None:
+            items.append(fleet)
         try:
-            await self._call(
-                "transact_write_items",
-                what="committing",
-                TransactItems=[control, self._event_put(decision.event)],
-            )
+            await self._call("transact_write_items", what="committing", inspect=_CANCELLED, TransactItems=items)
         except botocore.exceptions.ClientError as exc:
             if not _cancelled_by_condition(exc):
                 raise clients.translate(exc, what=f"updating {before.workset_id}") from exc
+            reasons = _reasons(exc)
+            if len(reasons) > 2 and reasons[2].get("Code") == "ConditionalCheckFailed":
+                raise errors.FleetFull(
+                    f"the fleet already runs {fleet_cap} worksets (run.max_fleet_concurrent)"
+                ) from exc
             raise _conflict(exc, decision, fence_token) from exc
         return after
+
+    def _fleet_update(self, before: Workset, after: Workset, cap: int | None) -> dict[str, Any] | None:
+        """Keep the fleet-wide in-progress counter exact: +1 entering in_progress (capped), -1 leaving it."""
+        entering = after.state is State.IN_PROGRESS and before.state is not State.IN_PROGRESS
+        leaving = before.state is State.IN_PROGRESS and after.state is not State.IN_PROGRESS
+        if not (entering or leaving):
+            return None
+        update: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": codec.FLEET_KEY,
+            "UpdateExpression": "ADD running :delta",
+            "ExpressionAttributeValues": {":delta": {"N": "1" if entering else "-1"}},
+        }
+        if entering and cap is not None:
+            update["ConditionExpression"] = "attribute_not_exists(running) OR running < :cap"
+            update["ExpressionAttributeValues"][":cap"] = {"N": str(cap)}
+        return {"Update": update}
+
+    async def heartbeat(self, workset_id: WorksetId, *, token: str, now_ms: int, expires_at_ms: int) -> int | None:
+        try:
+            response = await self._call(
+                "update_item",
+                what=f"heartbeating {workset_id}",
+                inspect=("ConditionalCheckFailedException",),
+                TableName=self._table,
+                Key=codec.control_key(workset_id),
+                UpdateExpression="SET heartbeat_at_ms = :now, lease_expires_at_ms = :expires ADD hb_count :one",
+                ConditionExpression="lease_token = :token AND #state = :in_progress",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={
+                    ":now": {"N": str(now_ms)},
+                    ":expires": {"N": str(expires_at_ms)},
+                    ":one": {"N": "1"},
+                    ":token": {"S": token},
+                    ":in_progress": {"S": State.IN_PROGRESS.value},
+                },
+                ReturnValues="UPDATED_NEW",
+            )
+        except botocore.exceptions.ClientError as exc:
+            if clients.error_code(exc) == "ConditionalCheckFailedException":
+                return None
+            raise clients.translate(exc, what=f"heartbeating {workset_id}") from exc
+        return int(response["Attributes"]["hb_count"]["N"])
 
     def _event_put(self, event: Event) -> dict[str, Any]:
         return {
@@ -117,6 +177,69 @@ class DynamoStore:
         item = response.get("Item")
         return codec.workset_from_item(item) if item else None
 
+    async def event(self, workset_id: WorksetId, seq: int) -> Event | None:
+        response = await self._call(
+            "get_item",
+            what=f"reading event {seq} of {workset_id}",
+            TableName=self._table,
+            Key={"pk": {"S": workset_id}, "sk": {"S": codec.event_sk(seq)}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return codec.event_from_item(item) if item else None
+
+    async def due(self, *, now_ms: int, limit: int) -> list[Workset]:
+        """Claimable worksets whose time has come, in claim order; read from the index (may be stale)."""
+        ready = await self._due_in(State.READY, now_ms=now_ms, limit=limit)
+        retrying = await self._due_in(State.RETRYING, now_ms=now_ms, limit=limit)
+        return list(heapq.merge(ready, retrying, key=gsi_sort_key))[:limit]
+
+    async def _due_in(self, state: State, *, now_ms: int, limit: int) -> list[Workset]:
+        """Due items of one state. Within a priority the index is sorted by available_at, so the first item that is
+        not yet due ends that priority: the next query starts at the next priority instead of reading on."""
+        found: list[Workset] = []
+        rank = 0
+        while rank < len(Priority) and len(found) < limit:
+            pages = self._pages(
+                "query",
+                what=f"finding due {state.value} worksets",
+                limit=max(limit, 10),
+                TableName=self._table,
+                IndexName=codec.GSI_NAME,
+                KeyConditionExpression="#state = :state AND gsi_sk >= :from",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={":state": {"S": state.value}, ":from": {"S": f"{rank}#"}},
+            )
+            next_rank = len(Priority)
+            async with contextlib.aclosing(pages):
+                async for item in pages:
+                    ws = codec.workset_from_item(item)
+                    if ws.available_at_ms > now_ms:
+                        next_rank = ws.priority.rank + 1
+                        break
+                    found.append(ws)
+                    if len(found) >= limit:
+                        break
+            rank = next_rank
+        return found
+
+    async def running(self) -> list[Workset]:
+        """Every in_progress workset, read consistently from the table (the sweeper's view)."""
+        ids = [WorksetId(item["pk"]["S"]) async for item in self._index(State.IN_PROGRESS, None, projection="pk")]
+        found = await self._batch_get(ids)
+        return [ws for ws in (found.get(i) for i in ids) if ws is not None and ws.state is State.IN_PROGRESS]
+
+    async def fleet_running(self) -> int:
+        """The fleet-wide in-progress counter that ``run.max_fleet_concurrent`` is enforced against."""
+        response = await self._call(
+            "get_item",
+            what="reading the fleet counter",
+            TableName=self._table,
+            Key=codec.FLEET_KEY,
+            ConsistentRead=True,
+        )
+        return int(response.get("Item", {}).get("running", {}).get("N", "0"))
+
     async def history(self, workset_id: WorksetId) -> list[Event]:
         pages = self._pages(
             "query",
@@ -133,10 +256,12 @@ class DynamoStore:
     ) -> list[Workset]:
         ids: list[WorksetId] = []
         for wanted in (state,) if state else LIST_ORDER:
-            async for item in self._index(wanted, priority):
-                ids.append(WorksetId(item["pk"]["S"]))
-                if limit is not None and len(ids) >= limit:
-                    break
+            pages = self._index(wanted, priority, projection="pk")
+            async with contextlib.aclosing(pages):
+                async for item in pages:
+                    ids.append(WorksetId(item["pk"]["S"]))
+                    if limit is not None and len(ids) >= limit:
+                        break
             if limit is not None and len(ids) >= limit:
                 break
         found = await self._batch_get(ids)
@@ -165,13 +290,13 @@ class DynamoStore:
 
     def _index(
         self, state: State, priority: Priority | None, *, projection: str | None = None
-    ) -> AsyncIterator[codec.Item]:
+    ) -> AsyncGenerator[codec.Item, None]:
         condition = "#state = :state"
         values: dict[str, Any] = {":state": {"S": state.value}}
         if priority is not None:
             condition += " AND begins_with(gsi_sk, :rank)"
             values[":rank"] = {"S": f"{priority.rank}#"}
-        extra = {"ProjectionExpression": projection} if projection else {}
+        extra: dict[str, Any] = {"ProjectionExpression": projection} if projection else {}
         return self._pages(
             "query",
             what=f"listing {state.value} worksets",
@@ -200,9 +325,12 @@ class DynamoStore:
                     delay_s = min(delay_s * 2, 2.0)
         return found
 
-    async def _pages(self, operation: str, *, what: str, **kwargs: Any) -> AsyncIterator[codec.Item]:
-        if self._page_size is not None:
-            kwargs["Limit"] = self._page_size
+    async def _pages(
+        self, operation: str, *, what: str, limit: int | None = None, **kwargs: Any
+    ) -> AsyncGenerator[codec.Item, None]:
+        page = self._page_size if limit is None else min(limit, self._page_size or limit)
+        if page is not None:
+            kwargs["Limit"] = page
         while True:
             response = await self._call(operation, what=what, **kwargs)
             for item in response.get("Items", []):
@@ -212,14 +340,18 @@ class DynamoStore:
                 return
             kwargs["ExclusiveStartKey"] = last
 
-    async def _call(self, operation: str, *, what: str, **kwargs: Any) -> Any:
-        """One AWS call off the event loop; ClientErrors propagate for the caller to inspect."""
+    async def _call(self, operation: str, *, what: str, inspect: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        """One AWS call off the event loop. Errors become ours, except ClientErrors whose code is in ``inspect``:
+        those propagate for the caller to look into (condition failures)."""
         try:
             return await clients.call(getattr(self._client, operation), **kwargs)
         except botocore.exceptions.ClientError as exc:
-            if clients.error_code(exc) == "ResourceNotFoundException":
+            code = clients.error_code(exc)
+            if code in inspect:
+                raise
+            if code == "ResourceNotFoundException":
                 raise errors.NotFound(f"table {self._table} does not exist (run `workset-monitor init`)") from exc
-            raise
+            raise clients.translate(exc, what=what) from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise clients.translate(exc, what=what) from exc
 

@@ -1,0 +1,132 @@
+"""A local AWS emulator (moto) on 127.0.0.1 for tests, ``demo`` and benchmarks. Never used against real AWS.
+
+Stock moto differs from DynamoDB in two ways that matter here, and this module corrects both:
+
+- **Atomicity.** moto's DynamoDB backend takes no lock, so on a threaded server two conditional writes to one item
+  can both pass their check; real DynamoDB never allows that. Every request here runs under one lock, so a
+  "double claim" in a multi-process test is our bug, never the emulator's.
+- **Transaction cost.** moto's ``TransactWriteItems`` deep-copies every table it touches (for rollback) on every
+  call, which makes each transaction cost O(table size). ``speed_up_transactions`` keeps moto's own implementation
+  but snapshots only the items the transaction touches, and restores just those on cancellation.
+
+Requires the ``dev`` extra (moto, flask, flask-cors).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import threading
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from moto.dynamodb import models
+from moto.dynamodb.models.table import Table
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+
+class Emulator:
+    """A moto server on a loopback port, one request at a time."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        speed_up_transactions()
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._app = _Serialized(DomainDispatcherApplication(create_backend_app))
+        self._host, self._port = host, port
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        assert self._server is not None, "start() first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> Emulator:
+        self._server = make_server(self._host, self._port, self._app, threaded=True, request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="aws-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _Serialized:
+    """WSGI middleware: one request at a time (the response body is produced inside the lock too)."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        with self._lock:
+            return list(self._app(environ, start_response))
+
+
+@functools.cache  # once per process
+def speed_up_transactions() -> None:
+    """Make moto's TransactWriteItems snapshot only the items it touches, for rollback."""
+    original = models.DynamoDBBackend.transact_write_items
+    shallow = types.SimpleNamespace(deepcopy=_deepcopy_except_tables, copy=copy.copy)
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        snapshot = [_remember(self, op_type, op) for item in transact_items for op_type, op in item.items()]
+        module_copy = models.copy  # type: ignore[attr-defined]
+        models.copy = shallow  # type: ignore[attr-defined,assignment]
+        try:
+            original(self, transact_items)
+        except Exception:
+            for restore in reversed([s for s in snapshot if s is not None]):
+                restore()
+            raise
+        finally:
+            models.copy = module_copy  # type: ignore[attr-defined]
+
+    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
+def _deepcopy_except_tables(value: Any, memo: Any = None) -> Any:
+    """moto's rollback copy of a whole table becomes the table itself; our per-item snapshot restores instead."""
+    return value if isinstance(value, Table) else copy.deepcopy(value, memo)
+
+
+def _remember(backend: Any, op_type: str, op: dict[str, Any]) -> Callable[[], None] | None:
+    """A function that puts one item back as it is now (or deletes it if it does not exist yet)."""
+    if op_type not in ("Put", "Update", "Delete"):
+        return None
+    try:
+        table = backend.get_table(op["TableName"])
+    except Exception:  # an unknown table: moto itself will refuse the transaction, nothing to restore
+        return None
+    if op_type == "Put":
+        key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+        if table.range_key_attr is not None:
+            key[table.range_key_attr] = op["Item"][table.range_key_attr]
+    else:
+        key = op["Key"]
+    current = backend.get_item(op["TableName"], key)
+    saved = None if current is None else json.loads(json.dumps(current.to_json()["Attributes"]))
+
+    def restore() -> None:
+        if saved is None:
+            backend.delete_item(op["TableName"], key)
+        else:
+            backend.put_item(op["TableName"], saved)
+
+    return restore

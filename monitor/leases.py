@@ -1,0 +1,357 @@
+"""Leases: claiming due worksets, keeping them with heartbeats, and writing only while we hold them.
+
+Guarantees, given the store contract (``ports.Store``):
+
+- **One holder.** A claim is one conditional transaction on the base table (control item + ``started`` event +
+  fleet counter): it succeeds only on the exact version the index nominated, so two claimers can never both win.
+  A lost race is normal and counted.
+- **Fencing.** Every write a holder makes is conditioned on its per-claim token. Once the token is gone (operator
+  cancel/release, sweeper takeover) no write of ours can land, however late it arrives.
+- **Renewal.** A heartbeat is conditioned on the token only, so a retried heartbeat whose first response was lost
+  still succeeds. A refused heartbeat is re-read consistently before the lease is declared lost.
+- **Self-fencing.** ``renew_deadline_s`` (two thirds of the lease) after the start of the last successful renewal,
+  measured on our monotonic clock, the holding declares itself lost and refuses every further write, without asking
+  the table. A sweeper can take over no earlier than a full lease plus grace after it saw that renewal, so the
+  holder has always stopped first (with a third of the lease plus grace to spare for killing its step).
+- **Idempotent holder writes.** A write that failed transiently is checked against the audit trail before it is
+  retried: if its event is there, it was applied and its response lost.
+
+Not guaranteed: that an external side effect of a step is fenced; steps get ``WORKSET_EPOCH`` for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import random
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+from monitor import errors, logs, states
+from monitor.clock import Clock
+from monitor.config import LeaseConfig, RunConfig
+from monitor.model import Event, Lease, State, Workset
+from monitor.ports import Store
+from monitor.states import Action, Backoff, Context, Decision
+
+log = logs.get("monitor.leases")
+
+_WRITE_RETRY_MAX_S = 5.0
+
+
+def new_owner_id(rng: random.Random | None = None) -> str:
+    """``<host>:<pid>:<random>``: unique per process start, so a restarted daemon is never taken for its predecessor."""
+    suffix = f"{(rng or random.SystemRandom()).getrandbits(32):08x}"
+    return f"{socket.gethostname()}:{os.getpid()}:{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Lease and retry timings, all derived from the configuration."""
+
+    duration_s: float = 60.0
+    heartbeat_s: float = 15.0
+    grace_s: float = 10.0
+    max_attempts: int = 3
+    backoff: Backoff = field(default_factory=Backoff)
+    fleet_cap: int | None = None
+
+    @classmethod
+    def from_config(cls, lease: LeaseConfig, run: RunConfig) -> Policy:
+        return cls(
+            duration_s=lease.duration_s,
+            heartbeat_s=lease.heartbeat_s,
+            grace_s=lease.grace_s,
+            max_attempts=run.max_attempts,
+            backoff=Backoff(base_s=run.retry_backoff_base_s, cap_s=run.retry_backoff_max_s),
+            fleet_cap=run.max_fleet_concurrent,
+        )
+
+    @property
+    def renew_deadline_s(self) -> float:
+        """How long a holder may go without a successful renewal before it stops acting."""
+        return self.duration_s * 2 / 3
+
+    @property
+    def takeover_after_s(self) -> float:
+        """How long a sweeper must see a lease unchanged before taking it over."""
+        return self.duration_s + self.grace_s
+
+    @property
+    def heartbeat_retry_s(self) -> float:
+        return max(self.heartbeat_s / 4, 0.5)
+
+
+class Claimer:
+    """Claims due worksets for one daemon (``owner``)."""
+
+    def __init__(self, store: Store, clock: Clock, *, owner: str, policy: Policy, rng: random.Random | None = None):
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self._rng = rng or random.Random()
+        self.owner = owner
+        self.counts: collections.Counter[str] = collections.Counter()  # claims by result: won, lost, fleet_full...
+
+    async def claim(self, *, slots: int) -> list[Holding]:
+        """Claim up to ``slots`` worksets, urgent first then oldest first. Never raises for a lost race."""
+        if slots <= 0:
+            return []
+        candidates = await self._store.due(now_ms=self._clock.now_ms(), limit=slots * 2)
+        held: list[Holding] = []
+        for candidate in candidates:
+            if len(held) >= slots:
+                break
+            try:
+                holding = await self._claim_one(candidate)
+            except errors.FleetFull:
+                self.counts["fleet_full"] += 1
+                break
+            if holding is not None:
+                held.append(holding)
+        return held
+
+    async def _claim_one(self, candidate: Workset) -> Holding | None:
+        now_ms = self._clock.now_ms()
+        lease = Lease(
+            token=uuid.UUID(int=self._rng.getrandbits(128), version=4).hex,
+            owner=self.owner,
+            heartbeat_at_ms=now_ms,
+            expires_at_ms=now_ms + round(self._policy.duration_s * 1000),
+        )
+        ctx = Context(now_ms=now_ms, actor=self.owner, reason="claimed", max_attempts=self._policy.max_attempts)
+        try:
+            decision = states.decide(candidate, Action.CLAIM, ctx, lease=lease)
+        except errors.IllegalTransition:  # the index was stale: not claimable (any more)
+            self.counts["lost"] += 1
+            return None
+        renewed_at = self._clock.monotonic()
+        try:
+            after = await self._store.commit(decision, fleet_cap=self._policy.fleet_cap)
+        except errors.FleetFull:
+            raise
+        except errors.Conflict:
+            self.counts["lost"] += 1
+            return None
+        except errors.MonitorError as exc:
+            if not exc.temporary:
+                raise
+            current = await self._reread(candidate)  # did the claim land although its response was lost?
+            if current is None or current.lease is None or current.lease.token != lease.token:
+                self.counts["error"] += 1
+                log.warning("claim failed", workset_id=candidate.workset_id, error=str(exc))
+                return None
+            after = current
+        self.counts["won"] += 1
+        log.info("claimed", workset_id=after.workset_id, epoch=after.epoch, attempt=after.attempts)
+        return Holding(self._store, self._clock, ws=after, policy=self._policy, renewed_at=renewed_at, rng=self._rng)
+
+    async def _reread(self, candidate: Workset) -> Workset | None:
+        try:
+            return await self._store.get(candidate.workset_id)
+        except errors.MonitorError:
+            return None
+
+
+class Holding:
+    """One workset we hold: its heartbeat and the only way to write to it."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        ws: Workset,
+        policy: Policy,
+        renewed_at: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        assert ws.lease is not None, "a holding needs a leased workset"
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self._rng = rng or random.Random()
+        self.ws = ws
+        self.token = ws.lease.token
+        self.owner = ws.lease.owner
+        self.epoch = ws.epoch
+        self.renewed_at = renewed_at  # monotonic start of the last successful renewal (or of the claim)
+        self.lost = asyncio.Event()
+        self.lost_reason = ""
+        self.heartbeats = collections.Counter[str]()  # by result: ok, spurious_refusal, error, lost
+
+    @property
+    def workset_id(self) -> str:
+        return self.ws.workset_id
+
+    # --- liveness ----------------------------------------------------------------------------------------------
+
+    def fenced(self) -> bool:
+        """True once we must not act: the lease is lost, or renewal has failed for too long."""
+        if not self.lost.is_set() and self._clock.monotonic() - self.renewed_at >= self._policy.renew_deadline_s:
+            self._lose(f"no successful renewal for {self._policy.renew_deadline_s:g} s")
+        return self.lost.is_set()
+
+    async def heartbeat_once(self) -> bool:
+        """Renew once; False when the lease is (now) lost or this attempt failed transiently."""
+        if self.fenced():
+            return False
+        started = self._clock.monotonic()
+        now_ms = self._clock.now_ms()
+        try:
+            count = await self._store.heartbeat(
+                self.ws.workset_id,
+                token=self.token,
+                now_ms=now_ms,
+                expires_at_ms=now_ms + round(self._policy.duration_s * 1000),
+            )
+        except errors.MonitorError as exc:
+            if not exc.temporary:
+                raise
+            self.heartbeats["error"] += 1
+            log.warning("heartbeat failed; will retry", workset_id=self.workset_id, error=str(exc))
+            return False
+        if count is None:
+            return await self._confirm_refusal(started)
+        self.renewed_at = started
+        self.heartbeats["ok"] += 1
+        return True
+
+    async def _confirm_refusal(self, started: float) -> bool:
+        try:
+            current = await self._store.get(self.ws.workset_id)
+        except errors.MonitorError as exc:
+            if not exc.temporary:
+                raise
+            self.heartbeats["error"] += 1
+            return False
+        if (
+            current is not None
+            and current.state is State.IN_PROGRESS
+            and current.lease
+            and (current.lease.token == self.token)
+        ):
+            self.renewed_at = started  # refused, yet still ours: the item was renewed concurrently
+            self.heartbeats["spurious_refusal"] += 1
+            return True
+        self._lose(_why_gone(current))
+        return False
+
+    async def keep_alive(self, stop: asyncio.Event) -> None:
+        """Heartbeat every ``heartbeat_s`` (sooner after a failure) until ``stop`` is set or the lease is lost."""
+        while not self.lost.is_set():
+            ok = await self.heartbeat_once()
+            if self.lost.is_set():
+                return
+            wait = self._policy.heartbeat_s if ok else self._policy.heartbeat_retry_s
+            # Never sleep past the renew deadline: wake in time to self-fence.
+            wait = min(wait, max(self.renewed_at + self._policy.renew_deadline_s - self._clock.monotonic(), 0))
+            if await self._clock.sleep(wait * self._rng.uniform(0.9, 1.0), until=stop):
+                return
+
+    def _lose(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self.lost_reason = reason
+            self.heartbeats["lost"] += 1
+            self.lost.set()
+            log.warning("lease lost", workset_id=self.workset_id, epoch=self.epoch, reason=reason)
+
+    # --- fenced writes -----------------------------------------------------------------------------------------
+
+    async def step_finished(self, step: str) -> None:
+        await self._write(Action.STEP_FINISHED, reason=f"step {step} finished", step=step)
+
+    async def complete(self, reason: str = "all steps finished") -> None:
+        await self._write(Action.COMPLETE, reason=reason)
+
+    async def fail(self, error: str, *, temporary: bool, category: str = "step") -> State:
+        """Record a failed attempt: retrying (temporary, attempts left) or error. Returns the new state."""
+        action = Action.FAIL_TEMPORARY if temporary else Action.FAIL_PERMANENT
+        decision = await self._write(
+            action, reason=error.splitlines()[-1][:200] if error else "", error=error, error_category=category
+        )
+        return decision.after.state
+
+    async def release(self, reason: str) -> None:
+        """Give the workset back without counting a failure (only once its step has stopped)."""
+        await self._write(Action.RELEASE, reason=reason)
+
+    async def _write(self, action: Action, *, reason: str, **kw: object) -> Decision:
+        delay_s = 0.5
+        pending: list[Decision] = []  # attempts that failed transiently: any of them may have landed
+        while True:
+            if self.fenced():
+                raise errors.LeaseLost(f"{self.workset_id}: {self.lost_reason}")
+            ctx = Context(
+                now_ms=self._clock.now_ms(),
+                actor=self.owner,
+                reason=reason,
+                max_attempts=self._policy.max_attempts,
+                backoff=self._policy.backoff,
+                rand=self._rng.random(),
+            )
+            decision = states.decide(self.ws, action, ctx, **kw)  # type: ignore[arg-type]
+            try:
+                self._settle(await self._store.commit(decision, fence_token=self.token))
+                return decision
+            except errors.Conflict as exc:
+                landed = await self._landed(pending)
+                if landed is not None:
+                    return landed
+                await self._refresh(exc)
+            except errors.MonitorError as exc:
+                if not exc.temporary:
+                    raise
+                pending.append(decision)
+                log.warning("write failed; will retry", workset_id=self.workset_id, action=action.value, error=str(exc))
+                await self._clock.sleep(delay_s)
+                delay_s = min(delay_s * 2, _WRITE_RETRY_MAX_S)
+                landed = await self._landed(pending)
+                if landed is not None:
+                    return landed
+
+    async def _landed(self, pending: list[Decision]) -> Decision | None:
+        """The pending decision that was applied although its response was lost, if any."""
+        for decision in pending:
+            try:
+                event = await self._store.event(self.ws.workset_id, decision.event.seq)
+            except errors.MonitorError:
+                return None
+            if event is not None and _same(event, decision.event):
+                self._settle(decision.after)
+                return decision
+        return None
+
+    def _settle(self, ws: Workset) -> None:
+        """Adopt the record we just wrote; once it has left in_progress we hold nothing and write nothing more."""
+        self.ws = ws
+        if ws.state is not State.IN_PROGRESS and not self.lost.is_set():
+            self.lost_reason = f"handed back by us ({ws.state.value})"
+            self.lost.set()
+
+    async def _refresh(self, cause: errors.Conflict) -> None:
+        """After a refused write: carry on with the fresh record if it is still ours, else we have lost it."""
+        current = await self._store.get(self.ws.workset_id)
+        if (
+            current is None
+            or current.state is not State.IN_PROGRESS
+            or not current.lease
+            or (current.lease.token != self.token)
+        ):
+            self._lose(_why_gone(current))
+            raise errors.LeaseLost(f"{self.workset_id}: {self.lost_reason}") from cause
+        self.ws = current
+
+
+def _same(stored: Event, ours: Event) -> bool:
+    return (stored.type, stored.actor, stored.epoch, stored.at_ms) == (ours.type, ours.actor, ours.epoch, ours.at_ms)
+
+
+def _why_gone(current: Workset | None) -> str:
+    if current is None:
+        return "the workset no longer exists"
+    if current.state is State.IN_PROGRESS and current.lease:
+        return f"taken over by {current.lease.owner} (epoch {current.epoch})"
+    return f"the workset is now {current.state.value} (epoch {current.epoch})"

@@ -1,0 +1,105 @@
+"""The sweeper: finds worksets whose holder died and hands them back for a retry, without trusting any clock.
+
+Every daemon runs one; no leader is needed. Each sweep reads every ``in_progress`` workset consistently and
+remembers, per workset, the pair (lease token, heartbeat count) with the local monotonic time it first saw that
+pair. A live holder changes the pair at every heartbeat. Only when the same pair has been seen for a full lease plus
+grace does the sweeper take over, with a write conditioned on exactly that pair: ``retrying`` (with backoff) or
+``error`` once attempts are exhausted, and a ``lease_expired`` event. If the holder heartbeats at the last moment,
+exactly one of the two writes wins.
+
+Wall-clock fields (``heartbeat_at_ms``, ``lease_expires_at_ms``) are never read here: a holder whose clock is an hour
+off changes nothing. Memory is bounded: only worksets still in progress are remembered, at most ``max_tracked``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from monitor import errors, logs, states
+from monitor.clock import Clock
+from monitor.leases import Policy
+from monitor.model import WorksetId
+from monitor.ports import Store
+from monitor.states import Action, Context, Decision
+
+log = logs.get("monitor.sweeper")
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    token: str | None
+    hb_count: int
+    since: float  # monotonic
+
+
+class Sweeper:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        actor: str,
+        policy: Policy,
+        max_tracked: int = 100_000,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._actor = actor
+        self._policy = policy
+        self._max_tracked = max_tracked
+        self._rng = rng or random.Random()
+        self._seen: dict[WorksetId, _Seen] = {}
+        self.taken_over = 0
+
+    @property
+    def tracked(self) -> int:
+        return len(self._seen)
+
+    async def sweep_once(self) -> list[Decision]:
+        """One pass: observe every in-progress workset, take over those silent for a lease plus grace."""
+        running = await self._store.running()
+        now = self._clock.monotonic()
+        seen: dict[WorksetId, _Seen] = {}
+        taken: list[Decision] = []
+        for ws in running:
+            token = ws.lease.token if ws.lease else None
+            previous = self._seen.get(ws.workset_id)
+            if previous is None or (previous.token, previous.hb_count) != (token, ws.hb_count):
+                previous = _Seen(token=token, hb_count=ws.hb_count, since=now)
+            silent_s = now - previous.since
+            if silent_s < self._policy.takeover_after_s:
+                seen[ws.workset_id] = previous
+                continue
+            owner = ws.lease.owner if ws.lease else "nobody"
+            ctx = Context(
+                now_ms=self._clock.now_ms(),
+                actor=self._actor,
+                reason=f"no heartbeat from {owner} for {silent_s:.0f} s",
+                max_attempts=self._policy.max_attempts,
+                backoff=self._policy.backoff,
+                rand=self._rng.random(),
+            )
+            decision = states.decide(ws, Action.EXPIRE, ctx, error=ctx.reason, error_category="lease")
+            try:
+                await self._store.commit(decision, fence_token=token, expect_heartbeats=previous.hb_count)
+            except errors.Conflict:
+                continue  # a last-moment heartbeat, an operator, or another sweeper got there first
+            self.taken_over += 1
+            taken.append(decision)
+            log.warning(
+                "lease expired; taken over",
+                workset_id=ws.workset_id,
+                lease_owner=owner,
+                state=decision.after.state.value,
+                silent_s=round(silent_s),
+            )
+        if len(seen) > self._max_tracked:  # keep the oldest observations: they are the ones about to expire
+            seen = dict(sorted(seen.items(), key=lambda kv: kv[1].since)[: self._max_tracked])
+        self._seen = seen
+        return taken
+
+    def next_interval_s(self, interval_s: float) -> float:
+        """A jittered sweep interval (±20 %), so a fleet's sweepers do not move in lockstep."""
+        return interval_s * self._rng.uniform(0.8, 1.2)

@@ -1,0 +1,99 @@
+"""Fault injection for tests: around a Store (scripted interleavings) and around a boto3 client (AWS failures).
+
+``StoreSpy`` counts calls per method, can run a hook just before a call (to script "the heartbeat lands between
+the sweeper's read and its write"), and can make a call fail before or after it was applied.
+
+``FaultyClient`` wraps a real boto3 client. Per call it may raise a throttling error or an HTTP 500 (nothing
+applied), or apply the call and then raise a timeout (the write landed, its response was lost) — the failures a
+daemon sees once botocore's own retries are spent.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import botocore.exceptions
+
+from monitor import errors
+
+
+class StoreSpy:
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.before: dict[str, Callable[[], Awaitable[None]]] = {}
+        self.fail_before: dict[str, int] = collections.defaultdict(int)  # method -> how many calls fail unapplied
+        self.fail_after: dict[str, int] = collections.defaultdict(int)  # method -> how many calls fail applied
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._store, name)
+        if not callable(target):
+            return target
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            hook = self.before.pop(name, None)
+            if hook is not None:
+                await hook()
+            if self.fail_before[name] > 0:
+                self.fail_before[name] -= 1
+                raise errors.AwsTemporaryError(f"injected: {name} throttled")
+            result = await target(*args, **kwargs)
+            if self.fail_after[name] > 0:
+                self.fail_after[name] -= 1
+                raise errors.AwsTemporaryError(f"injected: {name} applied, response lost")
+            return result
+
+        return call
+
+
+_THROTTLE = {
+    "Error": {"Code": "ThrottlingException", "Message": "injected"},
+    "ResponseMetadata": {"HTTPStatusCode": 400},
+}
+_SERVER = {"Error": {"Code": "InternalServerError", "Message": "injected"}, "ResponseMetadata": {"HTTPStatusCode": 500}}
+_WRITES = {"transact_write_items", "update_item", "put_item"}
+
+
+class FaultyClient:
+    """A boto3 client that fails a fraction of calls: throttled, server error, or applied-then-timed-out."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        seed: int,
+        throttle: float = 0.0,
+        server_error: float = 0.0,
+        lost_response: float = 0.0,
+    ) -> None:
+        self._client = client
+        self._rng = random.Random(seed)
+        self._throttle, self._server_error, self._lost_response = throttle, server_error, lost_response
+        self.injected: collections.Counter[str] = collections.Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._client, name)
+        if not callable(target) or name.startswith("_") or name in ("meta", "exceptions"):
+            return target
+
+        def call(**kwargs: Any) -> Any:
+            roll = self._rng.random()
+            if roll < self._throttle:
+                self.injected["throttle"] += 1
+                raise botocore.exceptions.ClientError(_THROTTLE, name)
+            roll -= self._throttle
+            if roll < self._server_error:
+                self.injected["server_error"] += 1
+                raise botocore.exceptions.ClientError(_SERVER, name)
+            roll -= self._server_error
+            result = target(**kwargs)
+            if name in _WRITES and roll < self._lost_response:
+                self.injected["lost_response"] += 1
+                raise botocore.exceptions.ReadTimeoutError(endpoint_url="injected")
+            return result
+
+        return call

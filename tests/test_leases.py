@@ -1,0 +1,449 @@
+"""Leases, told as scripted interleavings of simulated daemons on one fake clock (no real sleeps).
+
+Every scenario runs against the in-memory store and DynamoDB (moto).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from monitor import actions, errors
+from monitor.clock import FakeClock
+from monitor.leases import Claimer, Holding, Policy
+from monitor.model import EventType, Priority, State, WorksetId
+from monitor.ports import Store
+from monitor.states import Action, Backoff, Context
+from monitor.sweeper import Sweeper
+from tests.conftest import run
+from tests.faults import StoreSpy
+
+POLICY = Policy(duration_s=60, heartbeat_s=15, grace_s=10, max_attempts=3, backoff=Backoff(base_s=60, cap_s=600))
+HOUR_MS = 3_600_000
+
+
+@dataclass
+class World:
+    store: StoreSpy
+    clock: FakeClock
+
+    def daemon(self, name: str, *, skew_ms: int = 0, policy: Policy = POLICY) -> Claimer:
+        return Claimer(
+            self.store,
+            self.clock.skewed(skew_ms),
+            owner=f"{name}:1:aaaa",
+            policy=policy,  # type: ignore[arg-type]
+            rng=random.Random(name),
+        )
+
+    def sweeper(self, name: str = "sweeper", *, policy: Policy = POLICY) -> Sweeper:
+        return Sweeper(self.store, self.clock, actor=f"{name}:9:ffff", policy=policy, rng=random.Random(0))  # type: ignore[arg-type]
+
+    async def register(self, *names: str, priority: Priority = Priority.NORMAL) -> None:
+        for name in names:
+            await actions.register(
+                self.store,  # type: ignore[arg-type]
+                workset_id=WorksetId(name),
+                bucket="lab-bucket",
+                prefix=f"worksets/{name}/",
+                priority=priority,
+                ctx=Context(now_ms=self.clock.now_ms(), actor="scanner"),
+            )
+
+    async def events(self, name: str) -> list[EventType]:
+        return [e.type for e in await self.store.history(WorksetId(name))]
+
+
+@pytest.fixture
+def world(store: Store) -> World:
+    return World(store=StoreSpy(store), clock=FakeClock())
+
+
+async def claim_one(daemon: Claimer) -> Holding:
+    [holding] = await daemon.claim(slots=1)
+    return holding
+
+
+def test_a_paused_holder_is_taken_over_and_can_never_write_again(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        a, b, sweeper = world.daemon("host-a"), world.daemon("host-b"), world.sweeper()
+        held_a = await claim_one(a)
+        assert held_a.epoch == 1
+
+        await sweeper.sweep_once()  # first sight of A's lease
+        world.clock.advance(POLICY.takeover_after_s - 1)
+        assert await sweeper.sweep_once() == []  # silent, but not yet for a full lease plus grace
+        world.clock.advance(1)
+        [expiry] = await sweeper.sweep_once()
+        assert expiry.after.state is State.RETRYING and expiry.event.type is EventType.LEASE_EXPIRED
+
+        world.clock.advance(POLICY.backoff.cap_s)  # past any backoff
+        held_b = await claim_one(b)
+        assert held_b.epoch == 2
+
+        # A wakes up. It fences itself without asking the table...
+        calls = sum(world.store.calls.values())
+        assert not await held_a.heartbeat_once()
+        for write in (held_a.step_finished("stage"), held_a.complete()):
+            with pytest.raises(errors.LeaseLost):
+                await write
+        assert sum(world.store.calls.values()) == calls
+        # ...and a zombie that skipped that check is refused by the table itself.
+        held_a.renewed_at = world.clock.monotonic()
+        held_a.lost.clear()
+        assert not await held_a.heartbeat_once()
+        assert "taken over by host-b" in held_a.lost_reason
+        held_a.lost.clear()
+        with pytest.raises(errors.LeaseLost):
+            await held_a.complete()
+
+        await held_b.step_finished("stage")
+        await held_b.complete()
+        history = await world.store.history(WorksetId("ws-1"))
+        completes = [e for e in history if e.type is EventType.COMPLETE]
+        assert len(completes) == 1 and completes[0].epoch == 2 and completes[0].actor == "host-b:1:aaaa"
+        assert [e.type for e in history] == [
+            EventType.REGISTERED,
+            EventType.STARTED,
+            EventType.LEASE_EXPIRED,
+            EventType.STARTED,
+            EventType.STEP_FINISHED,
+            EventType.COMPLETE,
+        ]
+
+    run(scenario())
+
+
+def test_a_heartbeat_whose_response_was_lost_keeps_the_lease(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        world.store.fail_after["heartbeat"] = 1
+        world.clock.advance(POLICY.heartbeat_s)
+        assert not await held.heartbeat_once()  # applied, but we could not know
+        world.clock.advance(POLICY.heartbeat_retry_s)
+        assert await held.heartbeat_once()  # the retry carries the same token: accepted
+        assert not held.lost.is_set()
+        ws = await world.store.get(WorksetId("ws-1"))
+        assert ws is not None and ws.hb_count == 2 and ws.lease is not None and ws.lease.token == held.token
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("first", ["heartbeat", "sweeper"])
+def test_sweeper_against_a_last_moment_heartbeat_exactly_one_wins(world: World, first: str) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a", policy=_patient()))
+        sweeper = world.sweeper()
+        await sweeper.sweep_once()
+        world.clock.advance(POLICY.takeover_after_s)
+
+        async def heartbeat_lands() -> None:
+            assert await held.heartbeat_once()
+
+        if first == "heartbeat":  # lands between the sweeper's read and its conditional write
+            world.store.before["commit"] = heartbeat_lands
+            assert await sweeper.sweep_once() == []
+            ws = await world.store.get(WorksetId("ws-1"))
+            assert ws is not None and ws.state is State.IN_PROGRESS and not held.lost.is_set()
+        else:
+            assert len(await sweeper.sweep_once()) == 1
+            assert not await held.heartbeat_once()
+            assert held.lost.is_set() and "retrying" in held.lost_reason
+        assert (await world.events("ws-1")).count(EventType.LEASE_EXPIRED) == (first == "sweeper")
+
+    run(scenario())
+
+
+def _patient() -> Policy:
+    """A holder that has not self-fenced yet (so the race is decided by the table, not by the holder)."""
+    return Policy(duration_s=600, heartbeat_s=15, grace_s=10, max_attempts=3)
+
+
+@pytest.mark.parametrize("skew_ms", [-HOUR_MS, HOUR_MS])
+def test_a_holder_with_a_wrong_wall_clock_changes_nothing(world: World, skew_ms: int) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        world.clock.advance(2 * HOUR_MS / 1000)  # due by any of the clocks involved
+        held = await claim_one(world.daemon("host-skewed", skew_ms=skew_ms))
+        sweeper = world.sweeper()
+        for _ in range(12):  # three leases' worth of healthy heartbeats: never taken over
+            await sweeper.sweep_once()
+            world.clock.advance(POLICY.heartbeat_s)
+            assert await held.heartbeat_once()
+        assert await sweeper.sweep_once() == []
+        # Then it dies: the takeover comes exactly a lease plus grace after the last change, as for anyone.
+        world.clock.advance(POLICY.takeover_after_s - 0.5)
+        assert await sweeper.sweep_once() == []
+        world.clock.advance(0.5)
+        assert len(await sweeper.sweep_once()) == 1
+
+    run(scenario())
+
+
+def test_the_holder_fences_itself_before_anyone_can_take_over(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        sweeper = world.sweeper()
+        await sweeper.sweep_once()
+        world.store.fail_before["heartbeat"] = 10**6  # the table is unreachable for this holder from now on
+        while not held.lost.is_set():
+            world.clock.advance(POLICY.heartbeat_retry_s)
+            await held.heartbeat_once()
+            assert await sweeper.sweep_once() == [], "taken over while the holder still believed it held the lease"
+        fenced_at = world.clock.monotonic()
+        world.clock.advance(POLICY.takeover_after_s)
+        assert len(await sweeper.sweep_once()) == 1
+        margin = POLICY.takeover_after_s - POLICY.renew_deadline_s
+        assert margin >= 20 and fenced_at <= 1000 + POLICY.renew_deadline_s + POLICY.heartbeat_retry_s
+
+    run(scenario())
+
+
+def test_keep_alive_heartbeats_until_stopped(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        stop = asyncio.Event()
+        start = world.clock.monotonic()
+
+        async def stop_after_five() -> None:
+            if world.store.calls["heartbeat"] >= 5:
+                stop.set()
+            else:
+                world.store.before["heartbeat"] = stop_after_five
+
+        world.store.before["heartbeat"] = stop_after_five
+        await asyncio.wait_for(held.keep_alive(stop), timeout=5)
+        assert not held.lost.is_set() and held.heartbeats["ok"] == 5
+        ws = await world.store.get(WorksetId("ws-1"))
+        assert ws is not None and ws.hb_count == 5
+        elapsed = world.clock.monotonic() - start  # about one heartbeat interval between renewals (with jitter)
+        assert 4 * 0.9 * POLICY.heartbeat_s <= elapsed <= 4 * POLICY.heartbeat_s
+
+    run(scenario())
+
+
+def test_keep_alive_stops_when_the_lease_is_cancelled(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        await actions.act(
+            world.store,
+            WorksetId("ws-1"),
+            Action.CANCEL,  # type: ignore[arg-type]
+            Context(now_ms=world.clock.now_ms(), actor="operator:me@x", reason="wrong samples"),
+        )
+        await asyncio.wait_for(held.keep_alive(asyncio.Event()), timeout=5)
+        assert held.lost.is_set() and "cancelled" in held.lost_reason
+
+    run(scenario())
+
+
+def test_retries_back_off_and_a_poison_workset_is_dead_lettered(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("poison")
+        daemon = world.daemon("host-a")
+        delays = []
+        for attempt in range(1, POLICY.max_attempts + 1):
+            held = await claim_one(daemon)
+            assert held.ws.attempts == attempt
+            state = await held.fail(f"exit 75 on attempt {attempt}", temporary=True)
+            ws = await world.store.get(WorksetId("poison"))
+            assert ws is not None and ws.state is state
+            if attempt < POLICY.max_attempts:
+                assert state is State.RETRYING
+                delays.append((ws.available_at_ms - world.clock.now_ms()) / 1000)
+                assert await daemon.claim(slots=1) == []  # not due yet
+                world.clock.advance(delays[-1])
+            else:
+                assert state is State.ERROR and ws.error_category == "step"
+        assert 30 <= delays[0] <= 60 and 60 <= delays[1] <= 120
+        assert await daemon.claim(slots=1) == []
+        assert (await world.events("poison")).count(EventType.STARTED) == POLICY.max_attempts
+
+    run(scenario())
+
+
+def test_a_permanent_failure_goes_straight_to_error(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        assert await held.fail("exit 2: bad manifest", temporary=False) is State.ERROR
+        assert (await world.events("ws-1"))[-1] is EventType.ERROR
+
+    run(scenario())
+
+
+def test_release_gives_the_workset_back_without_a_failure(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        daemon = world.daemon("host-a")
+        for _ in range(5):  # five restarts in a row must not use up the attempts
+            held = await claim_one(daemon)
+            await held.release("shutdown")
+            assert held.lost.is_set()
+        ws = await world.store.get(WorksetId("ws-1"))
+        assert ws is not None and (ws.state, ws.attempts, ws.epoch) == (State.READY, 0, 5)
+        with pytest.raises(errors.LeaseLost):
+            await held.complete()  # released: we hold nothing any more
+
+    run(scenario())
+
+
+def test_claims_follow_priority_and_a_lost_race_is_counted(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("low", priority=Priority.LOW)
+        await world.register("normal")
+        await world.register("urgent", priority=Priority.URGENT)
+        stale = await world.store.due(now_ms=world.clock.now_ms(), limit=10)  # B reads the index first...
+        held = await world.daemon("host-a").claim(slots=2)  # ...then A claims
+        assert [h.workset_id for h in held] == ["urgent", "normal"]
+
+        b = Claimer(StaleIndex(world.store, stale), world.clock, owner="host-b:1:bbbb", policy=POLICY)  # type: ignore[arg-type]
+        [won] = await b.claim(slots=3)
+        assert won.workset_id == "low" and (b.counts["lost"], b.counts["won"]) == (2, 1)
+
+    run(scenario())
+
+
+class StaleIndex:
+    """A store whose index answers from an old snapshot (DynamoDB's GSIs are eventually consistent)."""
+
+    def __init__(self, store: object, snapshot: object) -> None:
+        self._store, self._snapshot = store, snapshot
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def due(self, **_: object) -> object:
+        return self._snapshot
+
+
+def test_a_claim_whose_response_was_lost_is_still_ours(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        world.store.fail_after["commit"] = 1
+        held = await claim_one(world.daemon("host-a"))
+        ws = await world.store.get(WorksetId("ws-1"))
+        assert ws is not None and ws.lease is not None and ws.lease.token == held.token
+
+    run(scenario())
+
+
+def test_a_write_whose_response_was_lost_is_not_applied_twice(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        world.store.fail_after["commit"] = 1
+        world.store.fail_before["commit"] = 0
+        await held.step_finished("stage")
+        world.store.fail_after["commit"] = 1
+        await held.complete()
+        events = await world.events("ws-1")
+        assert events == [EventType.REGISTERED, EventType.STARTED, EventType.STEP_FINISHED, EventType.COMPLETE]
+
+    run(scenario())
+
+
+def test_a_write_retries_through_transient_errors(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        world.store.fail_before["commit"] = 3
+        await held.complete()
+        assert (await world.events("ws-1"))[-1] is EventType.COMPLETE
+
+    run(scenario())
+
+
+def test_a_concurrent_operator_change_does_not_cost_the_holder_its_lease(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        await actions.act(
+            world.store,
+            WorksetId("ws-1"),
+            Action.SET_PRIORITY,  # type: ignore[arg-type]
+            Context(now_ms=world.clock.now_ms(), actor="operator:me@x"),
+            priority=Priority.URGENT,
+        )
+        await held.complete()  # decided on a stale version: re-read, still ours, decided again
+        ws = await world.store.get(WorksetId("ws-1"))
+        assert ws is not None and (ws.state, ws.priority) == (State.COMPLETE, Priority.URGENT)
+
+    run(scenario())
+
+
+def test_operator_release_takes_the_lease_and_holds_the_workset_back_for_one_lease(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        ctx = Context(
+            now_ms=world.clock.now_ms(), actor="operator:me@x", reason="host-a wedged", hold_off_s=POLICY.duration_s
+        )
+        await actions.act(world.store, WorksetId("ws-1"), Action.FORCE_RELEASE, ctx)  # type: ignore[arg-type]
+        assert not await held.heartbeat_once() and "ready" in held.lost_reason
+        b = world.daemon("host-b")
+        assert await b.claim(slots=1) == []
+        world.clock.advance(POLICY.duration_s)
+        assert (await claim_one(b)).ws.attempts == 1  # the released attempt was given back
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("cap", [1, 2])
+def test_the_fleet_cap_is_exact(world: World, cap: int) -> None:
+    async def scenario() -> None:
+        await world.register(*(f"ws-{i}" for i in range(5)))
+        policy = Policy(duration_s=60, heartbeat_s=15, grace_s=10, fleet_cap=cap)
+        daemons = [world.daemon(f"host-{i}", policy=policy) for i in range(3)]
+        held = [h for d in daemons for h in await d.claim(slots=2)]
+        assert len(held) == cap == await world.store.fleet_running()
+        assert sum(d.counts["fleet_full"] for d in daemons) >= 1
+        await held[0].complete()
+        assert await world.store.fleet_running() == cap - 1
+        more = await daemons[2].claim(slots=2)
+        assert len(more) == 1 and await world.store.fleet_running() == cap
+        # Every way out of in_progress gives the slot back: failure, release, operator cancel, takeover.
+        await more[0].fail("boom", temporary=True)
+        assert await world.store.fleet_running() == cap - 1
+
+    run(scenario())
+
+
+def test_the_sweepers_memory_only_holds_worksets_in_progress(world: World) -> None:
+    async def scenario() -> None:
+        await world.register(*(f"ws-{i}" for i in range(6)))
+        held = await world.daemon("host-a").claim(slots=6)
+        sweeper = world.sweeper()
+        await sweeper.sweep_once()
+        assert sweeper.tracked == 6
+        for h in held[:4]:
+            await h.complete()
+        await sweeper.sweep_once()
+        assert sweeper.tracked == 2
+        bounded = Sweeper(world.store, world.clock, actor="s", policy=POLICY, max_tracked=1)  # type: ignore[arg-type]
+        await bounded.sweep_once()
+        assert bounded.tracked == 1
+
+    run(scenario())
+
+
+def test_policy_derives_everything_from_one_lease() -> None:
+    p = Policy(duration_s=60, heartbeat_s=15, grace_s=10)
+    assert (p.renew_deadline_s, p.takeover_after_s, p.heartbeat_retry_s) == (40, 70, 3.75)
+    assert p.renew_deadline_s < p.takeover_after_s
+
+
+def test_owner_ids_are_unique_per_process_start() -> None:
+    from monitor.leases import new_owner_id
+
+    first, second = new_owner_id(), new_owner_id()
+    assert first != second and first.count(":") == 2
