@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import boto3
 import pytest
+from hypothesis import HealthCheck, settings
 
 from monitor import logs
 from monitor.aws.emulator import Emulator, speed_up_transactions
@@ -38,6 +39,21 @@ for _name in [k for k in os.environ if k.startswith("WORKSET_MONITOR_") or k == 
 
 ROOT = Path(__file__).resolve().parent.parent
 logs.configure(level="debug", fmt="json")  # library logs go through the stdlib, where pytest captures them
+
+# `make test` is repeatable; explore further with:
+#   .venv/bin/pytest --hypothesis-profile=deep tests/test_lease_properties.py
+settings.register_profile(
+    "ci",
+    max_examples=30,
+    stateful_step_count=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "deep", max_examples=500, stateful_step_count=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("ci")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

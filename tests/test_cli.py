@@ -250,3 +250,39 @@ def test_help_and_version_work_without_config(capsys: Any) -> None:
         [sys.executable, "-m", "monitor", "--help"], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0 and "register" in result.stdout
+
+
+def test_release_takes_a_running_workset_back_and_requires_a_reason(
+    ready_table: Path, aws_endpoint: str, capsys: Any
+) -> None:
+    cfg = ("--config", str(ready_table))
+    main(capsys, *cfg, "register", "stuck")
+    code, _, err = main(capsys, *cfg, "release", "stuck", "--reason", "x")
+    assert code == 1 and "cannot force release a workset that is ready" in err
+    _claim(aws_endpoint, "stuck")
+    with pytest.raises(SystemExit) as caught:
+        cli.main([*cfg, "release", "stuck"])
+    assert caught.value.code == 2 and "--reason" in capsys.readouterr().err
+    code, out, _ = main(capsys, *cfg, "release", "stuck", "--reason", "host-a is wedged", "--json")
+    data = json.loads(out)
+    assert code == 0 and (data["from_state"], data["to_state"]) == ("in_progress", "ready")
+    shown = json.loads(main(capsys, *cfg, "show", "stuck", "--json")[1])
+    assert shown["lease_owner"] is None and shown["attempts"] == 0
+    assert shown["available_at"] > shown["updated_at"]  # held back one lease so the old holder stops first
+    history = json.loads(main(capsys, *cfg, "history", "stuck", "--json")[1])
+    assert (history[-1]["type"], history[-1]["reason"]) == ("released", "host-a is wedged")
+
+
+def _claim(endpoint: str, name: str) -> None:
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
+    store = DynamoStore(client, "daylily-worksets")
+
+    async def scenario() -> None:
+        ws = await store.get(WorksetId(name))
+        assert ws is not None
+        lease = Lease(token="t", owner="host-a:42:abc", heartbeat_at_ms=ws.created_at_ms, expires_at_ms=0)
+        await store.commit(
+            states.decide(ws, Action.CLAIM, Context(now_ms=ws.created_at_ms + 1, actor="a"), lease=lease)
+        )
+
+    run(scenario())

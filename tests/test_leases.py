@@ -447,3 +447,38 @@ def test_owner_ids_are_unique_per_process_start() -> None:
 
     first, second = new_owner_id(), new_owner_id()
     assert first != second and first.count(":") == 2
+
+
+def test_a_claim_and_a_heartbeat_are_one_round_trip_each(dynamodb: object) -> None:
+    """Counted at the HTTP layer (retries included): what AWS bills."""
+    import collections
+
+    from monitor.aws import schema
+    from monitor.aws.dynamo import DynamoStore
+    from monitor.config import TableConfig
+
+    sends: collections.Counter[str] = collections.Counter()
+    dynamodb.meta.events.register(  # type: ignore[attr-defined]
+        "before-send.dynamodb", lambda event_name, **_: sends.update([event_name.rsplit(".", 1)[-1]])
+    )
+    schema.ensure_table(dynamodb, TableConfig(name="round-trips"))
+    world = World(store=StoreSpy(DynamoStore(dynamodb, "round-trips")), clock=FakeClock())
+
+    async def scenario() -> None:
+        await world.register("urgent", priority=Priority.URGENT)
+        await world.register("normal")
+        daemon = world.daemon("host-a")
+        sends.clear()
+        assert await daemon.claim(slots=0) == []
+        assert sends == {}  # no free slot, no call at all
+        held = await daemon.claim(slots=2)
+        assert sends == {"Query": 2, "TransactWriteItems": 2}  # one index query per claimable state, one write each
+        sends.clear()
+        for holding in held:
+            assert await holding.heartbeat_once()
+        assert sends == {"UpdateItem": 2}
+        sends.clear()
+        assert await daemon.claim(slots=1) == []
+        assert sends == {"Query": 2}  # an idle claim round
+
+    run(scenario())

@@ -107,3 +107,28 @@ def test_gives_up_when_the_table_never_becomes_active() -> None:
     fake.describes = -(10**9)
     with pytest.raises(errors.AwsTemporaryError, match="not ACTIVE"):
         schema.ensure_table(fake, TableConfig(name="slow-table"), timeout_s=0, sleep=lambda s: None)
+
+
+def test_the_index_projects_everything_but_what_heartbeats_rewrite() -> None:
+    """Claims read candidates from the index alone; a heartbeat must never cause an index write."""
+    from monitor.model import Lease, Priority, State, Workset, WorksetId
+
+    ws = Workset(
+        workset_id=WorksetId("w"),
+        state=State.IN_PROGRESS,
+        priority=Priority.LOW,
+        bucket="b-1",
+        prefix="w/",
+        created_at_ms=1,
+        updated_at_ms=1,
+        available_at_ms=1,
+        lease=Lease(token="t", owner="o", heartbeat_at_ms=1, expires_at_ms=1),
+        current_step="s",
+        steps_done=("a",),
+        last_error="e",
+        error_category="c",
+    )
+    attributes = set(codec.workset_fields(ws))
+    keys = {"state", "gsi_sk"}
+    assert set(codec.GSI_PROJECTED) == attributes - keys - set(codec.HEARTBEAT_ATTRIBUTES)
+    assert len(codec.GSI_PROJECTED) <= 20  # DynamoDB's limit for INCLUDE projections
