@@ -8,7 +8,7 @@ it leaves the version alone), the action is re-decided on the fresh record, a fe
 from __future__ import annotations
 
 from monitor import errors, states
-from monitor.model import Priority, Workset, WorksetId
+from monitor.model import Priority, State, Workset, WorksetId
 from monitor.ports import Store
 from monitor.states import Action, Context, Decision
 
@@ -24,6 +24,8 @@ async def register(
     priority: Priority,
     ctx: Context,
     invalid_reason: str | None = None,
+    imported: State = State.READY,
+    imported_error: str | None = None,
 ) -> tuple[bool, Workset]:
     """Register a workset; returns (created, the stored record). An existing id is left exactly as it was."""
     decision = states.new_workset(
@@ -33,6 +35,8 @@ async def register(
         priority=priority,
         ctx=ctx,
         invalid_reason=invalid_reason,
+        imported=imported,
+        imported_error=imported_error,
     )
     if await store.register(decision):
         return True, decision.after

@@ -20,7 +20,9 @@ from typing import Any
 from monitor import __version__, actions, config, errors, logs, render
 from monitor.aws import clients, codec, schema
 from monitor.aws.dynamo import DynamoStore
+from monitor.aws.s3 import S3Source
 from monitor.clock import Clock, SystemClock
+from monitor.migration import Migration
 from monitor.model import (
     Priority,
     State,
@@ -30,6 +32,8 @@ from monitor.model import (
     parse_priority,
     parse_state,
 )
+from monitor.ports import Store
+from monitor.sentinels import SentinelMirror
 from monitor.states import Action, Backoff, Context
 
 PROG = "workset-monitor"
@@ -48,8 +52,17 @@ class App:
         return clients.Clients(self.settings.aws)
 
     @cached_property
-    def store(self) -> DynamoStore:
-        return DynamoStore(self.clients.get("dynamodb"), self.settings.table.name)
+    def store(self) -> Store:
+        store: Store = DynamoStore(self.clients.get("dynamodb"), self.settings.table.name)
+        if self.settings.scan.write_sentinels and self.settings.scan.bucket:
+            store = SentinelMirror(store, self.source)
+        return store
+
+    @cached_property
+    def source(self) -> S3Source:
+        if not self.settings.scan.bucket:
+            raise errors.ConfigError(f"this command needs [scan] bucket (or ${config.ENV_PREFIX}SCAN__BUCKET)")
+        return S3Source(self.clients.get("s3"), self.settings.scan.bucket)
 
     def context(self, default_reason: str) -> Context:
         run = self.settings.run
@@ -152,6 +165,27 @@ async def cmd_stats(app: App) -> int:
     stats = await app.store.stats(now_ms=app.clock.now_ms())
     app.emit(render.stats_dict(stats), render.stats_table(stats))
     return errors.EX_OK
+
+
+async def cmd_migrate(app: App) -> int:
+    args, scan = app.args, app.settings.scan
+    migration = Migration(
+        app.store,
+        app.source,
+        app.clock,
+        prefixes=scan.prefixes,
+        actor=operator_identity(),
+        in_flight=args.in_flight,
+        max_manifest_bytes=scan.max_manifest_bytes,
+    )
+    progress = render.progress_bar("planning") if sys.stderr.isatty() and not args.json else None
+    report = await migration.plan(progress)
+    if not args.dry_run:
+        progress = render.progress_bar("applying") if sys.stderr.isatty() and not args.json else None
+        report = await migration.apply(report, progress)
+    where = ", ".join(f"s3://{scan.bucket}/{p}" for p in scan.prefixes)
+    app.emit(render.migration_dict(report, dry_run=args.dry_run), render.migration_text(report, where, args.dry_run))
+    return errors.EX_FAILED if report.mismatches else errors.EX_OK
 
 
 def _transition(action: Action | Callable[[argparse.Namespace], Action], default_reason: str) -> Any:
@@ -283,6 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("id", type=workset_id, metavar="ID")
     p.add_argument("--reason", required=True, help="recorded in the audit trail (required)")
+
+    p = add("migrate", cmd_migrate, "import worksets from legacy daylily.* sentinel files (see docs/migration.md)")
+    p.add_argument("--dry-run", action="store_true", help="report what would be done; write nothing")
+    p.add_argument(
+        "--in-flight",
+        choices=("skip", "ready", "error"),
+        default="skip",
+        help="folders left daylily.in_progress or daylily.lock by the legacy monitor: leave them (skip, default), "
+        "run them again (ready), or record them as failed (error)",
+    )
 
     p = add("set-priority", _transition(Action.SET_PRIORITY, "priority changed"), "change a workset's priority")
     p.add_argument("id", type=workset_id, metavar="ID")

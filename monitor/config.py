@@ -97,6 +97,15 @@ class ScanConfig(Section):
     prefixes: list[str] = Field(default_factory=lambda: [""])  # "" is the bucket's top level
     interval_s: Seconds = 60.0
     write_sentinels: bool = False  # also write legacy daylily.* sentinels on every transition (rollback aid)
+    max_manifest_bytes: int = Field(10 << 20, ge=1024)  # a larger stage_samples.tsv makes the workset invalid
+    sqs_queue_url: str | None = None  # optional: S3 notifications of daylily.ready for registration in seconds
+
+    @field_validator("sqs_queue_url")
+    @classmethod
+    def _queue(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"https?://[^/\s]+/\S+", value):
+            raise ValueError("must be an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>)")
+        return value
 
     @field_validator("bucket")
     @classmethod

@@ -8,6 +8,7 @@ no lock: on one event loop every method body runs without interleaving.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from monitor import errors
 from monitor.model import Event, Priority, State, Stats, Workset, WorksetId
@@ -98,6 +99,10 @@ class MemoryStore:
 
     async def fleet_running(self) -> int:
         return sum(ws.state is State.IN_PROGRESS for ws in self._worksets.values())
+
+    async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:
+        wanted = self._worksets.keys() if workset_ids is None else set(workset_ids) & self._worksets.keys()
+        return {i: f"{self._worksets[i].bucket}/{self._worksets[i].prefix}" for i in wanted}
 
     async def history(self, workset_id: WorksetId) -> list[Event]:
         return list(self._events.get(workset_id, []))

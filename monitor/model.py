@@ -67,6 +67,7 @@ class EventType(StrEnum):
     IGNORED = "ignored"
     REOPENED = "reopened"
     PRIORITY_CHANGED = "priority_changed"
+    DUPLICATE = "duplicate"
     TEST = "test"
 
 

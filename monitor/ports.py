@@ -13,6 +13,8 @@ Store guarantees (both implementations, one behavioural test suite):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from monitor.model import Event, Priority, State, Stats, Workset, WorksetId
@@ -75,3 +77,59 @@ class Store(Protocol):
         ...
 
     async def stats(self, *, now_ms: int) -> Stats: ...
+
+    async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:
+        """``bucket/prefix`` of the given worksets that exist (all registered worksets when None), every page."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One folder's direct contents: file name -> size, and sub-folder names."""
+
+    files: Mapping[str, int] = field(default_factory=dict)
+    folders: frozenset[str] = frozenset()
+
+
+class TooLarge(Exception):
+    def __init__(self, key: str, max_bytes: int) -> None:
+        super().__init__(f"{key} is larger than {max_bytes} bytes")
+        self.key, self.max_bytes = key, max_bytes
+
+
+class Source(Protocol):
+    """Where worksets arrive (S3). Keys are relative to ``bucket``; folders end in '/'."""
+
+    bucket: str
+
+    async def folders(self, prefix: str) -> list[str]:
+        """Child folder names of ``prefix``, every page."""
+        ...
+
+    async def top_level(self, folder: str) -> Listing: ...
+
+    async def has_objects(self, prefix: str) -> bool: ...
+
+    async def exists(self, bucket: str, key: str) -> bool: ...
+
+    async def read(self, key: str, *, max_bytes: int) -> bytes:
+        """The object's bytes, or TooLarge."""
+        ...
+
+    async def write(self, key: str, body: bytes) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    body: str
+    receipt: str
+
+
+class Queue(Protocol):
+    """Notifications of new objects (SQS)."""
+
+    async def receive(self, *, wait_s: int, max_messages: int = 10) -> list[Message]: ...
+
+    async def delete(self, message: Message) -> None: ...

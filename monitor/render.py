@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from monitor.migration import Report
 from monitor.model import Event, Priority, State, Stats, Workset
 
 
@@ -122,3 +124,69 @@ def stats_table(stats: Stats) -> str:
     text = table(("STATE", *(p.value.upper() for p in Priority), "TOTAL"), rows)
     age = stats.oldest_ready_age_s
     return text + "\n\noldest ready: " + ("none waiting" if age is None else f"{age:.0f} s")
+
+
+def migration_dict(report: Report, *, dry_run: bool) -> dict[str, Any]:
+    return {
+        "dry_run": dry_run,
+        "folders": len(report.plans),
+        "by_sentinel": dict(report.by_sentinel()),
+        "by_decision": dict(report.by_decision()),
+        "written": report.written,
+        "mismatches": report.mismatches,
+        "worksets": [
+            {
+                "workset_id": p.workset_id,
+                "folder": p.folder,
+                "sentinel": p.sentinel,
+                "decision": p.decision,
+                "target": p.target.value if p.target else None,
+                "priority": p.priority.value,
+                "reason": p.reason,
+            }
+            for p in report.plans
+        ],
+    }
+
+
+def migration_text(report: Report, where: str, dry_run: bool) -> str:
+    rows = [
+        (p.workset_id, p.sentinel or "-", p.decision, p.target.value if p.target else "-", p.reason)
+        for p in report.plans
+    ]
+    parts = [
+        f"{len(report.plans)} folders under {where}",
+        "",
+        table(("LEGACY SENTINEL", "FOLDERS"), sorted(report.by_sentinel().items())),
+        "",
+        table(("DECISION", "FOLDERS"), sorted(report.by_decision().items())),
+        "",
+        table(("WORKSET", "SENTINEL", "DECISION", "BECOMES", "REASON"), rows) if rows else "no folders",
+    ]
+    undecided = [p for p in report.plans if p.decision == "decide"]
+    if undecided:
+        parts += [
+            "",
+            f"{len(undecided)} folder(s) left in progress by the legacy monitor were not touched; "
+            "re-run with --in-flight ready (run again) or --in-flight error (record as failed).",
+        ]
+    if dry_run:
+        parts += ["", "dry run: nothing was written."]
+    else:
+        parts += ["", f"applied: {report.written} workset(s) registered."]
+        parts += [f"verified: {'0 mismatches' if not report.mismatches else f'{len(report.mismatches)} MISMATCHES'}"]
+        parts += [f"  {m}" for m in report.mismatches]
+    return "\n".join(parts)
+
+
+def progress_bar(label: str, width: int = 30) -> Callable[[int, int], None]:
+    """A one-line progress bar on stderr (for terminals only)."""
+
+    def show(done: int, total: int) -> None:
+        filled = width * done // max(total, 1)
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show

@@ -36,6 +36,7 @@ class Action(StrEnum):
     IGNORE = "ignore"
     CANCEL = "cancel"
     SET_PRIORITY = "set_priority"
+    REPORT_DUPLICATE = "report_duplicate"  # the same folder name turned up under another prefix: audited, no change
 
 
 _RETRY_OR_DEAD = "retrying-or-error"  # marker: decided by attempts vs max_attempts
@@ -58,6 +59,7 @@ TABLE: dict[tuple[State, Action], State | str] = {
     **{(s, Action.IGNORE): S.IGNORED for s in _ANY if s is not S.IGNORED},
     **{(s, Action.CANCEL): S.CANCELLED for s in (S.READY, S.RETRYING, S.IN_PROGRESS)},
     **{(s, Action.SET_PRIORITY): s for s in _ANY},
+    **{(s, Action.REPORT_DUPLICATE): s for s in _ANY},
 }
 
 _HINTS = {
@@ -82,6 +84,7 @@ _EVENT_FOR: dict[Action, EventType] = {
     Action.IGNORE: EventType.IGNORED,
     Action.CANCEL: EventType.CANCELLED,
     Action.SET_PRIORITY: EventType.PRIORITY_CHANGED,
+    Action.REPORT_DUPLICATE: EventType.DUPLICATE,
 }
 
 
@@ -149,9 +152,17 @@ def new_workset(
     priority: Priority,
     ctx: Context,
     invalid_reason: str | None = None,
+    imported: State = State.READY,
+    imported_error: str | None = None,
 ) -> Decision:
-    """The first record of a workset: ``ready``, or ``error`` with category validation when it is invalid."""
-    state = State.ERROR if invalid_reason else State.READY
+    """The first record of a workset.
+
+    Normally ``ready``; ``error`` with category validation (and an ``invalid`` event) when ``invalid_reason`` is
+    given; or the ``imported`` state a migration found in legacy sentinels (``imported_error`` for a legacy error).
+    """
+    state = State.ERROR if invalid_reason else imported
+    error = invalid_reason or (imported_error if state is State.ERROR else None)
+    category = "validation" if invalid_reason else ("legacy" if state is State.ERROR else None)
     ws = Workset(
         workset_id=workset_id,
         state=state,
@@ -161,8 +172,8 @@ def new_workset(
         created_at_ms=ctx.now_ms,
         updated_at_ms=ctx.now_ms,
         available_at_ms=ctx.now_ms,
-        last_error=_short(invalid_reason) if invalid_reason else None,
-        error_category="validation" if invalid_reason else None,
+        last_error=_short(error) if error else None,
+        error_category=category,
     )
     event = Event(
         workset_id=workset_id,
@@ -174,6 +185,7 @@ def new_workset(
         to_state=state,
         reason=invalid_reason or ctx.reason,
         priority=priority,
+        detail=_bounded(error or ""),
     )
     # A placeholder "before": registration has no prior record; stores treat version 0 as "must not exist".
     return Decision(before=dataclasses.replace(ws, version=0), after=ws, event=event)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from monitor import logs
-from monitor.aws.emulator import Emulator, speed_up_transactions
+from monitor.aws.emulator import Emulator, speed_up
 from monitor.ports import Store
 
 T = TypeVar("T")
@@ -81,7 +81,7 @@ def _no_leaked_threads() -> Iterator[None]:
     assert not leaked, f"test leaked threads: {[t.name for t in leaked]}"
 
 
-speed_up_transactions()  # in-process moto too: per-item rollback snapshots instead of whole-table copies
+speed_up()  # in-process moto too: per-item transaction rollback, prefix-indexed listings
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,14 @@ from tests.conftest import ROOT
 # Lowest first. A module not listed here fails the test, so every new module gets a place on purpose.
 LAYERS: list[set[str]] = [
     {"monitor", "monitor.errors", "monitor.clock", "monitor.model"},
-    {"monitor.states"},
+    {"monitor.states", "monitor.manifest", "monitor.legacy"},
     {"monitor.config", "monitor.logs"},
     {"monitor.ports"},
     {"monitor.aws", "monitor.aws.codec", "monitor.aws.clients", "monitor.aws.emulator"},
-    {"monitor.aws.schema", "monitor.aws.dynamo", "monitor.memory", "monitor.render"},
-    {"monitor.actions", "monitor.leases"},
-    {"monitor.sweeper"},
+    {"monitor.aws.schema", "monitor.aws.dynamo", "monitor.aws.s3", "monitor.aws.sqs", "monitor.memory"},
+    {"monitor.actions", "monitor.leases", "monitor.validation", "monitor.sentinels"},
+    {"monitor.sweeper", "monitor.scanner", "monitor.migration"},
+    {"monitor.events", "monitor.render"},
     {"monitor.cli"},
     {"monitor.__main__"},
 ]

@@ -43,6 +43,7 @@ LEGAL: dict[tuple[State, Action], State | str] = {
     (S.RETRYING, A.CANCEL): S.CANCELLED,
     (S.IN_PROGRESS, A.CANCEL): S.CANCELLED,
     **{(s, A.SET_PRIORITY): s for s in State},
+    **{(s, A.REPORT_DUPLICATE): s for s in State},
 }
 
 T0 = 1_800_000_000_000

@@ -352,7 +352,7 @@ def test_a_missing_table_is_reported_with_the_fix(dynamodb: Any) -> None:
 def test_more_than_a_thousand_worksets_are_never_truncated(dynamodb: Any, page_size: int | None) -> None:
     """The system we replace capped listings at 1000 items; seeded in bulk because moto's transactions are slow."""
     schema.ensure_table(dynamodb, TableConfig(name=TABLE))
-    count = 1500
+    count = 1100
     for start in range(0, count, 25):
         batch = []
         for i in range(start, start + 25):

@@ -240,6 +240,21 @@ class DynamoStore:
         )
         return int(response.get("Item", {}).get("running", {}).get("N", "0"))
 
+    async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:
+        """``bucket/prefix`` per workset: from the index for all of them (keys and two attributes, every page), or
+        one consistent BatchGetItem per 100 given ids."""
+        found: dict[WorksetId, str] = {}
+        if workset_ids is None:
+            for state in LIST_ORDER:
+                async for item in self._index(
+                    state, None, projection="pk, #bucket, #prefix", names={"#bucket": "bucket", "#prefix": "prefix"}
+                ):
+                    found[WorksetId(item["pk"]["S"])] = f"{item['bucket']['S']}/{item['prefix']['S']}"
+            return found
+        for ws in (await self._batch_get(workset_ids)).values():
+            found[ws.workset_id] = f"{ws.bucket}/{ws.prefix}"
+        return found
+
     async def history(self, workset_id: WorksetId) -> list[Event]:
         pages = self._pages(
             "query",
@@ -289,7 +304,12 @@ class DynamoStore:
         return Stats(counts=counts, oldest_ready_age_s=age)
 
     def _index(
-        self, state: State, priority: Priority | None, *, projection: str | None = None
+        self,
+        state: State,
+        priority: Priority | None,
+        *,
+        projection: str | None = None,
+        names: dict[str, str] | None = None,
     ) -> AsyncGenerator[codec.Item, None]:
         condition = "#state = :state"
         values: dict[str, Any] = {":state": {"S": state.value}}
@@ -303,7 +323,7 @@ class DynamoStore:
             TableName=self._table,
             IndexName=codec.GSI_NAME,
             KeyConditionExpression=condition,
-            ExpressionAttributeNames={"#state": "state"},
+            ExpressionAttributeNames={"#state": "state", **(names or {})},
             ExpressionAttributeValues=values,
             **extra,
         )

@@ -6,14 +6,20 @@ Stock moto differs from DynamoDB in two ways that matter here, and this module c
   can both pass their check; real DynamoDB never allows that. Every request here runs under one lock, so a
   "double claim" in a multi-process test is our bug, never the emulator's.
 - **Transaction cost.** moto's ``TransactWriteItems`` deep-copies every table it touches (for rollback) on every
-  call, which makes each transaction cost O(table size). ``speed_up_transactions`` keeps moto's own implementation
-  but snapshots only the items the transaction touches, and restores just those on cancellation.
+  call, which makes each transaction cost O(table size). ``speed_up`` keeps moto's own implementation but
+  snapshots only the items the transaction touches, and restores just those on cancellation.
+- **Listing cost.** moto's ``ListObjectsV2`` copies and scans every key of the bucket for every call, whatever the
+  prefix, so a bucket of a million objects made each workset listing slow. ``speed_up`` hands moto's own listing
+  code only the keys under the prefix, found by bisection in a sorted index rebuilt after keys are added or removed.
+
+Neither change alters what a request returns; they exist so that tests and benchmarks at realistic sizes finish.
 
 Requires the ``dev`` extra (moto, flask, flask-cors).
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import functools
 import json
@@ -26,6 +32,8 @@ from typing import Any
 from moto.dynamodb import models
 from moto.dynamodb.models.table import Table
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from moto.s3.models import S3Backend
+from moto.s3.utils import _VersionedKeyStore
 from werkzeug.serving import make_server
 
 
@@ -33,7 +41,7 @@ class Emulator:
     """A moto server on a loopback port, one request at a time."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        speed_up_transactions()
+        speed_up()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._app = _Serialized(DomainDispatcherApplication(create_backend_app))
         self._host, self._port = host, port
@@ -80,7 +88,13 @@ class _Serialized:
 
 
 @functools.cache  # once per process
-def speed_up_transactions() -> None:
+def speed_up() -> None:
+    """Both corrections of moto's costs (transactions, listings); idempotent."""
+    _speed_up_transactions()
+    _speed_up_listings()
+
+
+def _speed_up_transactions() -> None:
     """Make moto's TransactWriteItems snapshot only the items it touches, for rollback."""
     original = models.DynamoDBBackend.transact_write_items
     shallow = types.SimpleNamespace(deepcopy=_deepcopy_except_tables, copy=copy.copy)
@@ -130,3 +144,60 @@ def _remember(backend: Any, op_type: str, op: dict[str, Any]) -> Callable[[], No
             backend.put_item(op["TableName"], saved)
 
     return restore
+
+
+def _speed_up_listings() -> None:
+    original = S3Backend.list_objects
+
+    def list_objects(self: Any, bucket: Any, prefix: str | None, *args: Any, **kwargs: Any) -> Any:
+        if not prefix:
+            return original(self, bucket, prefix, *args, **kwargs)
+        return original(self, _PrefixView(bucket, prefix), prefix, *args, **kwargs)  # type: ignore[arg-type]
+
+    S3Backend.list_objects = list_objects  # type: ignore[method-assign]
+    for name in ("__setitem__", "setlist", "pop", "__delitem__"):
+        setattr(_VersionedKeyStore, name, _marking_dirty(getattr(_VersionedKeyStore, name)))
+
+
+def _marking_dirty(method: Any) -> Any:
+    """Wrap a key-store mutator so the sorted index is rebuilt when the set of keys changes."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+        present = dict.__contains__(self, key)
+        result = method(self, key, *args, **kwargs)
+        if present != dict.__contains__(self, key):
+            self.__dict__["_generation"] = self.__dict__.get("_generation", 0) + 1
+        return result
+
+    return wrapper
+
+
+class _PrefixView:
+    """The bucket as moto's listing code sees it, with ``keys.items()`` limited to the keys under ``prefix``."""
+
+    def __init__(self, bucket: Any, prefix: str) -> None:
+        self._bucket = bucket
+        self.keys = _PrefixKeys(bucket.keys, prefix)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bucket, name)
+
+
+class _PrefixKeys:
+    def __init__(self, store: Any, prefix: str) -> None:
+        self._store, self._prefix = store, prefix
+
+    def items(self) -> Any:
+        state = self._store.__dict__
+        generation = state.get("_generation", 0)
+        built_for, names = state.get("_sorted_names", (None, []))
+        if built_for != generation:  # keys were added or removed since the index was built
+            names = sorted(dict.keys(self._store))
+            state["_sorted_names"] = (generation, names)  # a concurrent change bumps _generation: rebuilt next time
+        prefix = self._prefix
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the first string after every string that starts with prefix
+        for name in names[bisect.bisect_left(names, prefix) : bisect.bisect_left(names, end)]:
+            versions = dict.get(self._store, name)
+            if versions:
+                yield name, versions[-1]

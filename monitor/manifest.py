@@ -1,0 +1,150 @@
+"""Parsing what a workset carries, strictly and without I/O: the sample manifest, data references, the priority.
+
+Every rejection is an ``Invalid`` naming the file, the line and the column (1-based) so an operator can open the file
+and fix it. Nothing here trusts its input: sizes are bounded by the caller, text must be UTF-8 without NUL bytes,
+and a data reference may not leave the workset's ``sample_data/`` folder.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from monitor.model import Priority
+
+MANIFEST = "stage_samples.tsv"
+WORK_FILE = "daylily_work.yaml"
+INFO_FILE = "daylily_info.yaml"
+SAMPLE_DATA = "sample_data"
+REQUIRED_FILES = (MANIFEST, WORK_FILE, INFO_FILE)
+
+_FASTQ_COLUMNS = {"r1_fq", "r2_fq"}
+_PRIORITY_LINE = re.compile(r"^priority[ \t]*:[ \t]*(?P<value>[^#]*?)[ \t]*(#.*)?$")
+
+
+class Invalid(Exception):
+    """A workset that cannot be run as it is, and exactly where the problem is."""
+
+    def __init__(self, file: str, message: str, *, line: int | None = None, column: int | None = None) -> None:
+        self.file, self.line, self.column, self.message = file, line, column, message
+        where = file + (f" line {line}" if line else "") + (f" column {column}" if column else "")
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A manifest cell that names data: where it is in the file and what object it must be."""
+
+    line: int
+    column: int
+    header: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    references: tuple[Reference, ...]
+
+
+def is_data_column(name: str) -> bool:
+    """R1_FQ/R2_FQ, or a name ending ``_uri``/``_path`` or starting ``s3``/``path`` (case-insensitive)."""
+    lowered = name.strip().lower()
+    return lowered in _FASTQ_COLUMNS or lowered.endswith(("_uri", "_path")) or lowered.startswith(("s3", "path"))
+
+
+def decode_text(data: bytes, *, file: str) -> str:
+    """UTF-8 text (a leading BOM is dropped); binary content is refused with the position of the first bad byte."""
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise Invalid(file, "contains NUL bytes: binary data, not text", line=line)
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise Invalid(file, f"not UTF-8 text (byte 0x{data[exc.start]:02x})", line=line, column=column) from None
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """The manifest: tab-separated, a header row, the same number of columns on every line; CRLF tolerated."""
+    text = decode_text(data, file=MANIFEST)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline
+    lines = [line.removesuffix("\r") for line in lines]
+    if not lines or not lines[0].strip():
+        raise Invalid(MANIFEST, "the header row is missing (the first line is empty)", line=1)
+    header = tuple(cell.strip() for cell in lines[0].split("\t"))
+    for index, name in enumerate(header, start=1):
+        if not name:
+            raise Invalid(MANIFEST, "header cell is empty", line=1, column=index)
+    seen: dict[str, int] = {}
+    for index, name in enumerate(header, start=1):
+        if name.lower() in seen:
+            raise Invalid(MANIFEST, f"column {name!r} repeats column {seen[name.lower()]}", line=1, column=index)
+        seen[name.lower()] = index
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            raise Invalid(MANIFEST, "blank line inside the manifest", line=number)
+        cells = tuple(line.split("\t"))
+        if len(cells) != len(header):
+            raise Invalid(MANIFEST, f"{len(cells)} columns, but the header has {len(header)}", line=number, column=1)
+        rows.append(cells)
+    if not rows:
+        raise Invalid(MANIFEST, "no sample rows after the header", line=2)
+    data_columns = [i for i, name in enumerate(header) if is_data_column(name)]
+    references = tuple(
+        Reference(line=number, column=i + 1, header=header[i], value=row[i].strip())
+        for number, row in enumerate(rows, start=2)
+        for i in data_columns
+        if row[i].strip()
+    )
+    return Manifest(header=header, rows=tuple(rows), references=references)
+
+
+def resolve(reference: Reference, *, bucket: str, folder: str) -> tuple[str, str]:
+    """The (bucket, key) a reference names: an ``s3://`` URI as is, a relative path under ``<folder>sample_data/``."""
+    value = reference.value
+    where = {"line": reference.line, "column": reference.column}
+    if value.startswith("s3://"):
+        target_bucket, _, key = value.removeprefix("s3://").partition("/")
+        if not target_bucket or not key:
+            raise Invalid(MANIFEST, f"{reference.header}: {value!r} is not a complete s3://bucket/key URI", **where)
+        return target_bucket, key
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+        raise Invalid(MANIFEST, f"{reference.header}: {value!r} uses a scheme other than s3://", **where)
+    if value.startswith("/") or "\\" in value:
+        raise Invalid(
+            MANIFEST, f"{reference.header}: {value!r} must be relative to {SAMPLE_DATA}/ (no leading / or \\)", **where
+        )
+    parts = PurePosixPath(value).parts
+    if any(part == ".." for part in parts):
+        raise Invalid(MANIFEST, f"{reference.header}: {value!r} may not leave {SAMPLE_DATA}/ ('..')", **where)
+    if any(ord(ch) < 32 for ch in value):
+        raise Invalid(MANIFEST, f"{reference.header}: {value!r} contains control characters", **where)
+    relative = "/".join(p for p in parts if p not in (".", ""))
+    return bucket, f"{folder}{SAMPLE_DATA}/{relative}"
+
+
+def parse_priority(data: bytes) -> Priority:
+    """The top-level ``priority:`` of daylily_info.yaml (urgent, normal or low); normal when absent.
+
+    Only this one scalar key is read, line by line; the rest of the file belongs to the pipeline."""
+    text = decode_text(data, file=INFO_FILE)
+    for number, raw in enumerate(text.splitlines(), start=1):
+        match = _PRIORITY_LINE.match(raw.rstrip("\r"))
+        if not match:
+            continue
+        value = match.group("value").strip().strip("'\"").strip()
+        try:
+            return Priority(value.lower())
+        except ValueError:
+            column = match.start("value") + 1
+            raise Invalid(
+                INFO_FILE, f"priority {value!r} is not one of urgent, normal, low", line=number, column=column
+            ) from None
+    return Priority.NORMAL
