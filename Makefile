@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit bench clean
+.PHONY: test lint typecheck unit bench demo clean
 
 test: lint typecheck unit
 
@@ -26,6 +26,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q -n auto
+
+# The daemon end to end against an embedded AWS emulator (no AWS account, loopback only).
+demo: $(STAMP)
+	$(BIN)/workset-monitor demo --until-idle
 
 bench: $(STAMP)
 	$(BIN)/python bench/claim.py

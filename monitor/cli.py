@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import socket
 import sys
 import traceback
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from monitor import __version__, actions, config, errors, logs, render
+from monitor import __version__, actions, config, errors, leases, logs, render, steps
 from monitor.aws import clients, codec, schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.aws.s3 import S3Source
+from monitor.aws.sqs import SqsQueue
 from monitor.clock import Clock, SystemClock
 from monitor.migration import Migration
 from monitor.model import (
@@ -35,6 +37,8 @@ from monitor.model import (
 from monitor.ports import Store
 from monitor.sentinels import SentinelMirror
 from monitor.states import Action, Backoff, Context
+from monitor.supervisor import Services, Supervisor
+from monitor.systemd import Notifier
 
 PROG = "workset-monitor"
 
@@ -43,9 +47,13 @@ PROG = "workset-monitor"
 class App:
     """What a command needs, built lazily so that `--help` and config errors never touch AWS."""
 
-    settings: config.Settings
+    loaded: config.Loaded
     args: argparse.Namespace
     clock: Clock
+
+    @property
+    def settings(self) -> config.Settings:
+        return self.loaded.settings
 
     @cached_property
     def clients(self) -> clients.Clients:
@@ -167,6 +175,28 @@ async def cmd_stats(app: App) -> int:
     return errors.EX_OK
 
 
+async def cmd_run(app: App) -> int:
+    settings = app.settings
+    if not settings.scan.bucket:
+        raise errors.ConfigError(f"run needs [scan] bucket (or ${config.ENV_PREFIX}SCAN__BUCKET)")
+    queue = None
+    if settings.scan.sqs_queue_url:
+        queue = SqsQueue(app.clients.get("sqs"), settings.scan.sqs_queue_url)
+    environ = dict(os.environ)
+    watchdog = environ.get("WATCHDOG_USEC")
+    services = Services(
+        store=app.store,
+        source=app.source,
+        clock=app.clock,
+        runner=steps.Runner(app.clock, base_env=environ),
+        owner=leases.new_owner_id(),
+        notifier=Notifier(environ.get("NOTIFY_SOCKET"), watchdog_usec=int(watchdog) if watchdog else None),
+        queue=queue,
+        reload=lambda: config.load(app.loaded.path),
+    )
+    return await Supervisor(settings, services, config_path=str(app.loaded.path)).run(once=app.args.once)
+
+
 async def cmd_migrate(app: App) -> int:
     args, scan = app.args, app.settings.scan
     migration = Migration(
@@ -248,6 +278,15 @@ def _workset_prefix(prefix: str, workset_id: str) -> str:
     return prefix
 
 
+def _demo(args: argparse.Namespace) -> int:
+    logs.configure(level="warning", fmt="console")
+    try:
+        from monitor import demo  # noqa: PLC0415 - lazy: the emulator needs moto (the dev extra)
+    except ImportError as exc:
+        raise errors.MonitorError(f"the demo needs the emulator: pip install 'workset-monitor[dev]' ({exc})") from exc
+    return demo.run(until_idle=args.until_idle)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -274,6 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     workset_id = _arg(check_workset_id)
+    p = sub.add_parser(
+        "demo",
+        help="the daemon end to end against an embedded AWS emulator (no config needed)",
+        description="Run the real daemon against a local AWS emulator, seeded with example worksets.",
+    )
+    p.add_argument("--until-idle", action="store_true", help="stop once every workset is terminal; print a summary")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="details on errors")
+    p.set_defaults(handler=None)
+
+    p = add("run", cmd_run, "the daemon, in the foreground (systemd and Docker run this)")
+    p.add_argument("--once", action="store_true", help="one scan and claim round, finish those worksets, exit")
     add("init", cmd_init, "create the table and index, or verify an existing table")
 
     p = add("register", cmd_register, "register a workset by hand")
@@ -339,9 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     try:
+        if args.command == "demo":
+            return _demo(args)
         loaded = config.load(args.config)
         logs.configure(level=loaded.settings.log.level, fmt=loaded.settings.log.format)
-        app = App(settings=loaded.settings, args=args, clock=SystemClock())
+        app = App(loaded=loaded, args=args, clock=SystemClock())
         result = args.handler(app)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)

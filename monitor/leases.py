@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import os
 import random
 import socket
@@ -206,6 +207,7 @@ class Holding:
                 token=self.token,
                 now_ms=now_ms,
                 expires_at_ms=now_ms + round(self._policy.duration_s * 1000),
+                step=self.ws.current_step,
             )
         except errors.MonitorError as exc:
             if not exc.temporary:
@@ -260,8 +262,12 @@ class Holding:
 
     # --- fenced writes -----------------------------------------------------------------------------------------
 
-    async def step_finished(self, step: str) -> None:
-        await self._write(Action.STEP_FINISHED, reason=f"step {step} finished", step=step)
+    def step_started(self, step: str) -> None:
+        """Note the running step; the next heartbeat records it (for `show`), no extra write."""
+        self.ws = dataclasses.replace(self.ws, current_step=step)
+
+    async def step_finished(self, step: str, *, detail: str = "") -> None:
+        await self._write(Action.STEP_FINISHED, reason=f"step {step} finished", step=step, detail=detail)
 
     async def complete(self, reason: str = "all steps finished") -> None:
         await self._write(Action.COMPLETE, reason=reason)

@@ -76,3 +76,8 @@ def set_level(level: str) -> None:
 def get(name: str = "monitor") -> Any:
     """A structlog logger; bind context with ``.bind()`` or ``structlog.contextvars.bound_contextvars``."""
     return structlog.stdlib.get_logger(name)
+
+
+def bind(**values: Any) -> None:
+    """Bind context for every later record of the current asyncio task (each task has its own copy)."""
+    structlog.contextvars.bind_contextvars(**values)

@@ -78,12 +78,14 @@ class MemoryStore:
         self._events[after.workset_id].append(decision.event)
         return after
 
-    async def heartbeat(self, workset_id: WorksetId, *, token: str, now_ms: int, expires_at_ms: int) -> int | None:
+    async def heartbeat(
+        self, workset_id: WorksetId, *, token: str, now_ms: int, expires_at_ms: int, step: str | None = None
+    ) -> int | None:
         ws = self._worksets.get(workset_id)
         if ws is None or ws.state is not State.IN_PROGRESS or ws.lease is None or ws.lease.token != token:
             return None
         lease = dataclasses.replace(ws.lease, heartbeat_at_ms=now_ms, expires_at_ms=expires_at_ms)
-        self._worksets[workset_id] = dataclasses.replace(ws, lease=lease, hb_count=ws.hb_count + 1)
+        self._worksets[workset_id] = dataclasses.replace(ws, lease=lease, hb_count=ws.hb_count + 1, current_step=step)
         return ws.hb_count + 1
 
     async def event(self, workset_id: WorksetId, seq: int) -> Event | None:

@@ -44,8 +44,11 @@ class Store(Protocol):
         """
         ...
 
-    async def heartbeat(self, workset_id: WorksetId, *, token: str, now_ms: int, expires_at_ms: int) -> int | None:
-        """Renew the lease held under ``token``: the new heartbeat count, or None if the token is not on the item."""
+    async def heartbeat(
+        self, workset_id: WorksetId, *, token: str, now_ms: int, expires_at_ms: int, step: str | None = None
+    ) -> int | None:
+        """Renew the lease held under ``token`` and record the running ``step``: the new heartbeat count, or None if
+        the token is not on the item."""
         ...
 
     async def event(self, workset_id: WorksetId, seq: int) -> Event | None:

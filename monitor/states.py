@@ -201,6 +201,7 @@ def decide(
     error: str | None = None,
     error_category: str | None = None,
     priority: Priority | None = None,
+    detail: str = "",
 ) -> Decision:
     """Apply ``action`` to ``ws``: the new record and its event, or IllegalTransition."""
     new_state = target(ws.state, action, attempts=ws.attempts, max_attempts=ctx.max_attempts)
@@ -273,7 +274,7 @@ def decide(
         reason=ctx.reason or step or "",
         attempt=after.attempts if action is Action.CLAIM else ws.attempts,
         epoch=after.epoch,
-        detail=_bounded(error or ""),
+        detail=_bounded(error or detail),
         priority=after.priority,
     )
     return Decision(before=ws, after=after, event=event)

@@ -22,7 +22,7 @@ FLEET_KEY = {"pk": {"S": "#fleet"}, "sk": {"S": "counter"}}  # '#' cannot start 
 GSI_NAME = "state-priority-index"
 # Everything but the attributes a heartbeat rewrites, so a claim needs no read first and heartbeats never write the
 # index. Every other attribute changes only together with `version`, which is projected anyway.
-HEARTBEAT_ATTRIBUTES = ("hb_count", "heartbeat_at_ms", "lease_expires_at_ms")
+HEARTBEAT_ATTRIBUTES = ("hb_count", "heartbeat_at_ms", "lease_expires_at_ms", "current_step")
 GSI_PROJECTED = (
     "priority",
     "bucket",
@@ -35,7 +35,6 @@ GSI_PROJECTED = (
     "epoch",
     "lease_token",
     "lease_owner",
-    "current_step",
     "steps_done",
     "last_error",
     "error_category",

@@ -129,7 +129,21 @@ class DynamoStore:
             update["ExpressionAttributeValues"][":cap"] = {"N": str(cap)}
         return {"Update": update}
 
-    async def heartbeat(self, workset_id: WorksetId, *, token: str, now_ms: int, expires_at_ms: int) -> int | None:
+    async def heartbeat(
+        self, workset_id: WorksetId, *, token: str, now_ms: int, expires_at_ms: int, step: str | None = None
+    ) -> int | None:
+        values: dict[str, Any] = {
+            ":now": {"N": str(now_ms)},
+            ":expires": {"N": str(expires_at_ms)},
+            ":one": {"N": "1"},
+            ":token": {"S": token},
+            ":in_progress": {"S": State.IN_PROGRESS.value},
+        }
+        update = "SET heartbeat_at_ms = :now, lease_expires_at_ms = :expires"
+        if step is not None:
+            update += ", current_step = :step"
+            values[":step"] = {"S": step}
+        update += " ADD hb_count :one" + ("" if step is not None else " REMOVE current_step")
         try:
             response = await self._call(
                 "update_item",
@@ -137,16 +151,10 @@ class DynamoStore:
                 inspect=("ConditionalCheckFailedException",),
                 TableName=self._table,
                 Key=codec.control_key(workset_id),
-                UpdateExpression="SET heartbeat_at_ms = :now, lease_expires_at_ms = :expires ADD hb_count :one",
+                UpdateExpression=update,
                 ConditionExpression="lease_token = :token AND #state = :in_progress",
                 ExpressionAttributeNames={"#state": "state"},
-                ExpressionAttributeValues={
-                    ":now": {"N": str(now_ms)},
-                    ":expires": {"N": str(expires_at_ms)},
-                    ":one": {"N": "1"},
-                    ":token": {"S": token},
-                    ":in_progress": {"S": State.IN_PROGRESS.value},
-                },
+                ExpressionAttributeValues=values,
                 ReturnValues="UPDATED_NEW",
             )
         except botocore.exceptions.ClientError as exc:

@@ -1,0 +1,121 @@
+"""Driving one claimed workset: its steps in order, under its lease, to one recorded outcome.
+
+- Steps already recorded as finished (by us or by an earlier holder on any host) are skipped: a new holder resumes at
+  the first unfinished step. A ``poll`` step simply runs again and re-attaches to the external run.
+- The heartbeat runs beside the steps. A lost lease (taken over, cancelled, self-fenced) kills the running step's
+  process group at once and nothing more is written.
+- ``drain`` (graceful shutdown): no new step starts; ``kill``: the running step is stopped. Either way the workset is
+  released to ``ready`` (no failure counted) only after the step's processes are gone.
+- A step's outcome decides: done → next step (its output tail in the ``step_finished`` event); exit 75 or a timeout →
+  ``retrying`` with backoff (``error`` once attempts are used up); any other exit → ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from enum import StrEnum
+
+from monitor import errors, logs
+from monitor.config import StepConfig
+from monitor.leases import Holding
+from monitor.model import State
+from monitor.steps import Outcome, Runner
+
+log = logs.get("monitor.driver")
+
+
+class Ending(StrEnum):
+    COMPLETE = "complete"
+    RETRYING = "retrying"
+    ERROR = "error"
+    RELEASED = "released"
+    LOST = "lost"
+
+
+async def drive(
+    holding: Holding,
+    *,
+    steps: Sequence[StepConfig],
+    runner: Runner,
+    drain: asyncio.Event,
+    kill: asyncio.Event,
+) -> Ending:
+    """Run the workset's remaining steps; returns how it ended. Never raises for a lost lease."""
+    logs.bind(workset_id=holding.workset_id, lease_owner=holding.owner, epoch=holding.epoch)
+    stop_heartbeat = asyncio.Event()
+    heartbeat = asyncio.create_task(holding.keep_alive(stop_heartbeat), name=f"heartbeat {holding.workset_id}")
+    halt = asyncio.Event()  # stops the running step: lease lost, or shutdown ran out of patience
+    watcher = asyncio.create_task(_first_of(halt, holding.lost, kill))
+    try:
+        return await _steps(holding, steps=steps, runner=runner, drain=drain, kill=kill, halt=halt)
+    except errors.LeaseLost:
+        log.warning("lease lost; workset abandoned", workset_id=holding.workset_id, reason=holding.lost_reason)
+        return Ending.LOST
+    finally:
+        stop_heartbeat.set()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await heartbeat
+
+
+async def _steps(
+    holding: Holding,
+    *,
+    steps: Sequence[StepConfig],
+    runner: Runner,
+    drain: asyncio.Event,
+    kill: asyncio.Event,
+    halt: asyncio.Event,
+) -> Ending:
+    for step in steps:
+        if step.name in holding.ws.steps_done:
+            continue
+        if drain.is_set() or kill.is_set():
+            await holding.release("daemon shutting down")
+            return Ending.RELEASED
+        holding.step_started(step.name)
+        ws = holding.ws
+        values = {
+            "workset_id": ws.workset_id,
+            "bucket": ws.bucket,
+            "prefix": ws.prefix,
+            "s3_uri": ws.s3_uri,
+            "attempt": ws.attempts,
+            "epoch": ws.epoch,
+        }
+        log.info("step started", workset_id=ws.workset_id, step=step.name, kind=step.kind, epoch=ws.epoch)
+        result = await runner.run(step, values, stop=halt)
+        log.info(
+            "step ended",
+            workset_id=ws.workset_id,
+            step=step.name,
+            outcome=result.outcome.value,
+            exit_code=result.exit_code,
+            seconds=result.seconds,
+        )
+        if holding.lost.is_set():
+            raise errors.LeaseLost(holding.lost_reason)
+        summary = result.describe(step.name)
+        if result.outcome is Outcome.STOPPED:
+            await holding.release(f"daemon shutting down; {summary}")
+            return Ending.RELEASED
+        if result.outcome is Outcome.DONE:
+            await holding.step_finished(step.name, detail=summary)
+            continue
+        state = await holding.fail(summary, temporary=result.outcome is Outcome.TEMPORARY)
+        return Ending.RETRYING if state is State.RETRYING else Ending.ERROR
+    await holding.complete()
+    return Ending.COMPLETE
+
+
+async def _first_of(target: asyncio.Event, *sources: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(source.wait()) for source in sources]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        target.set()
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,380 @@
+"""``workset-monitor run``: the supervisor of the daemon's named root tasks, and its lifecycle.
+
+Root tasks: ``scanner`` (discovery every ``scan.interval_s``), ``claimer`` (fills free slots, urgent first),
+``sweeper`` (dead holders), ``events`` (optional SQS notifications), ``reloader`` (SIGHUP), ``watchdog`` (systemd).
+Each is guarded: temporary AWS trouble is logged and retried on the next tick, but a root task that dies for any other
+reason brings the daemon down in order, with exit code 1, so systemd or Docker restarts it. Never a half-alive
+process. Each claimed workset gets a driver task of its own (``driver.drive``), which is not a root task: its failure
+is recorded on its workset, not the daemon's.
+
+Signal handlers only set flags. Shutdown is ordinary code in logged phases: stop intake, drain running steps for up to
+``run.shutdown_grace_s``, stop what still runs, release those worksets to ``ready`` once their processes are gone,
+then exit 0. A second SIGTERM/SIGINT skips the drain. SIGHUP reloads the config file: a bad file is logged and the old
+configuration kept; safe keys apply live; keys that need a restart are reported and keep their old value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor import __version__, errors, logs
+from monitor.clock import Clock
+from monitor.config import Loaded, Settings
+from monitor.driver import Ending, drive
+from monitor.events import ReadyListener
+from monitor.leases import Claimer, Holding, Policy
+from monitor.ports import Queue, Source, Store
+from monitor.scanner import Scanner
+from monitor.steps import Runner
+from monitor.sweeper import Sweeper
+from monitor.systemd import Notifier
+
+log = logs.get("monitor.supervisor")
+
+# (section, key or None for the whole section): changing these needs a restart; a reload keeps the old value.
+RESTART_ONLY: tuple[tuple[str, str | None], ...] = (
+    ("aws", None),
+    ("table", None),
+    ("lease", None),
+    ("scan", "bucket"),
+    ("scan", "write_sentinels"),
+    ("scan", "sqs_queue_url"),
+    ("metrics", "host"),
+    ("metrics", "port"),
+    ("metrics", "cloudwatch"),
+    ("log", "format"),
+)
+CLAIM_INTERVAL_S = 5.0  # at most this long between claim rounds while idle (a slot freeing up wakes it sooner)
+
+
+@dataclass
+class Services:
+    """What the daemon works with; built by the CLI (or a test) from the configuration."""
+
+    store: Store
+    source: Source
+    clock: Clock
+    runner: Runner
+    owner: str
+    notifier: Notifier = field(default_factory=lambda: Notifier(None))
+    queue: Queue | None = None
+    reload: Callable[[], Loaded] | None = None  # reads and validates the config file again
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, services: Services, *, config_path: str = "") -> None:
+        self.settings = settings
+        self._s = services
+        self._config_path = config_path
+        policy = Policy.from_config(settings.lease, settings.run)
+        self.scanner = Scanner(
+            services.store,
+            services.source,
+            services.clock,
+            prefixes=list(settings.scan.prefixes),
+            actor=f"scanner:{services.owner}",
+            max_manifest_bytes=settings.scan.max_manifest_bytes,
+        )
+        self.claimer = Claimer(services.store, services.clock, owner=services.owner, policy=policy)
+        self.sweeper = Sweeper(services.store, services.clock, actor=f"sweeper:{services.owner}", policy=policy)
+        self.drivers: dict[str, asyncio.Task[Ending]] = {}
+        self.endings: Counter[str] = Counter()
+        self.last_success: dict[str, float] = {}  # loop name -> monotonic time of its last good tick
+        self.reload_successful = True
+        self.failed: str | None = None  # the root task that brought the daemon down
+        self._stop = asyncio.Event()
+        self._fast = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._wake_claimer = asyncio.Event()
+        self._drain = asyncio.Event()
+        self._kill = asyncio.Event()
+        self._roots: dict[str, asyncio.Task[None]] = {}
+        self._started_at = services.clock.monotonic()
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def run(self, *, once: bool = False) -> int:
+        """Run until a signal (or, with ``once``, one scan and claim round); returns the process exit code."""
+        self._install_signal_handlers()
+        log.info(
+            "starting",
+            version=__version__,
+            config=self._config_path,
+            table=self.settings.table.name,
+            bucket=self.settings.scan.bucket,
+            prefixes=self.settings.scan.prefixes,
+            owner=self._s.owner,
+            steps=[s.name for s in self.settings.pipeline.steps],
+            once=once,
+        )
+        try:
+            if once:
+                await self._once()
+            else:
+                await self._forever()
+        finally:
+            await self._shutdown()
+            self._remove_signal_handlers()
+            self._s.notifier.close()
+        log.info(
+            "stopped",
+            exit_code=1 if self.failed else 0,
+            failed_task=self.failed,
+            endings=dict(self.endings),
+            scanner=dict(self.scanner.totals),
+            claims=dict(self.claimer.counts),
+            takeovers=self.sweeper.taken_over,
+        )
+        return 1 if self.failed else 0
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown; a second request skips the drain."""
+        if self._stop.is_set():
+            self._fast.set()
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def _forever(self) -> None:
+        scan_s = lambda: self.settings.scan.interval_s  # noqa: E731 - read at every tick: reloads apply live
+        self._start("scanner", self._loop("scanner", scan_s, self._scan_tick))
+        self._start("claimer", self._claimer())
+        self._start(
+            "sweeper",
+            self._loop(
+                "sweeper", lambda: self.sweeper.next_interval_s(self.settings.lease.sweep_interval_s), self._sweep_tick
+            ),
+        )
+        if self._s.queue is not None and self.settings.scan.bucket:
+            listener = ReadyListener(
+                self._s.queue, self.scanner, bucket=self.settings.scan.bucket, prefixes=self.scanner_prefixes
+            )
+            self._start("events", self._loop("events", lambda: 0.0, lambda: self._events_tick(listener)))
+        self._start("reloader", self._reloader())
+        if self._s.notifier.watchdog_interval_s:
+            self._start("watchdog", self._watchdog(self._s.notifier.watchdog_interval_s))
+        self._s.notifier.ready(f"serving: {len(self.settings.scan.prefixes)} prefix(es), owner {self._s.owner}")
+        await self._stop.wait()
+
+    async def _once(self) -> None:
+        await self._scan_tick()
+        await self._claim_round()
+        if self.drivers:
+            await self._wait_drivers(None, until=self._stop)
+
+    async def _shutdown(self) -> None:
+        self._s.notifier.stopping("stopping: draining running steps")
+        log.info("shutdown: stop intake", running=len(self.drivers))
+        for task in self._roots.values():
+            task.cancel()
+        await asyncio.gather(*self._roots.values(), return_exceptions=True)
+        if self.drivers:
+            grace = 0.0 if self._fast.is_set() else self.settings.run.shutdown_grace_s
+            log.info("shutdown: drain", running=len(self.drivers), grace_s=grace)
+            self._drain.set()
+            await self._wait_drivers(grace, until=self._fast)
+        if self.drivers:
+            log.info("shutdown: stop steps and release", running=len(self.drivers))
+            self._kill.set()
+            await self._wait_drivers(None)
+        log.info("shutdown: done")
+
+    async def _wait_drivers(self, timeout_s: float | None, *, until: asyncio.Event | None = None) -> None:
+        """Wait for every driver to end, at most ``timeout_s``, or until ``until`` is set."""
+        # asyncio.wait never cancels what it waits for, so cancelling `waiter` leaves the drivers running.
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(asyncio.wait(set(self.drivers.values())))
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(until.wait() if until else asyncio.Event().wait())
+        await asyncio.wait({waiter, stopper}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        for future in (waiter, stopper):
+            future.cancel()
+        await asyncio.gather(waiter, stopper, return_exceptions=True)
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    # --- root tasks --------------------------------------------------------------------------------------------
+
+    def _start(self, name: str, coro: Awaitable[None]) -> None:
+        self._roots[name] = asyncio.create_task(self._guard(name, coro), name=name)
+
+    async def _guard(self, name: str, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if self.failed is None:
+                self.failed = name
+            log.critical("root task died; shutting down", task=name, exc_info=True)
+            self._stop.set()
+
+    async def _loop(self, name: str, interval_s: Callable[[], float], body: Callable[[], Awaitable[object]]) -> None:
+        """Run ``body`` every ``interval_s()`` seconds (the time the work took is subtracted), tolerating hiccups."""
+        while not self._stop.is_set():
+            started = self._s.clock.monotonic()
+            try:
+                await body()
+                self.last_success[name] = self._s.clock.monotonic()
+            except errors.MonitorError as exc:
+                if not exc.temporary:
+                    raise
+                log.warning("loop tick failed; will retry", loop=name, error=str(exc))
+            elapsed = self._s.clock.monotonic() - started
+            await self._s.clock.sleep(max(interval_s() - elapsed, 0), until=self._stop)
+
+    async def _scan_tick(self) -> None:
+        report = await self.scanner.scan_once()
+        if report.outcomes:
+            log.info("scan", folders=report.folders, **report.outcomes)
+        if report["registered"]:
+            self._wake_claimer.set()
+
+    async def _sweep_tick(self) -> None:
+        if await self.sweeper.sweep_once():
+            self._wake_claimer.set()
+
+    async def _events_tick(self, listener: ReadyListener) -> None:
+        if await listener.poll_once(wait_s=min(20, int(self.settings.scan.interval_s))):
+            self._wake_claimer.set()
+
+    async def _claimer(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self._claim_round()
+                self.last_success["claimer"] = self._s.clock.monotonic()
+            except errors.MonitorError as exc:
+                if not exc.temporary:
+                    raise
+                log.warning("claim round failed; will retry", error=str(exc))
+            self._wake_claimer.clear()
+            await self._s.clock.sleep(min(CLAIM_INTERVAL_S, self.settings.scan.interval_s), until=self._wake_claimer)
+
+    async def _claim_round(self) -> None:
+        free = self.settings.run.max_concurrent - len(self.drivers)
+        for holding in await self.claimer.claim(slots=free):
+            self._spawn(holding)
+
+    def _spawn(self, holding: Holding) -> None:
+        task = asyncio.create_task(
+            drive(
+                holding,
+                steps=list(self.settings.pipeline.steps),
+                runner=self._s.runner,
+                drain=self._drain,
+                kill=self._kill,
+            ),
+            name=f"driver {holding.workset_id}",
+        )
+        self.drivers[holding.workset_id] = task
+        task.add_done_callback(functools.partial(self._driver_done, holding))
+
+    def _driver_done(self, holding: Holding, task: asyncio.Task[Ending]) -> None:
+        self.drivers.pop(holding.workset_id, None)
+        self._wake_claimer.set()
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:  # a bug or a permanent AWS error in one workset's driver: that workset is swept later
+            self.endings["crashed"] += 1
+            log.error(
+                "driver failed; the sweeper will recover the workset", workset_id=holding.workset_id, exc_info=exc
+            )
+            return
+        self.endings[task.result().value] += 1
+        log.info("workset finished here", workset_id=holding.workset_id, ending=task.result().value)
+
+    async def _watchdog(self, interval_s: float) -> None:
+        while not self._stop.is_set():
+            if self.healthy()[0]:
+                self._s.notifier.watchdog()
+            await self._s.clock.sleep(interval_s, until=self._stop)
+
+    def healthy(self) -> tuple[bool, str]:
+        """(True, "") when every loop has completed a tick recently, else (False, which loop is stuck)."""
+        now = self._s.clock.monotonic()
+        limits = {
+            "scanner": 3 * self.settings.scan.interval_s + 60,
+            "claimer": 3 * CLAIM_INTERVAL_S + 60,
+            "sweeper": 3 * self.settings.lease.sweep_interval_s + 60,
+        }
+        for name, limit in limits.items():
+            silent_s = now - self.last_success.get(name, self._started_at)
+            if name in self._roots and silent_s > limit:
+                return False, f"loop {name} has not completed a tick for {silent_s:.0f} s"
+        return True, ""
+
+    # --- reload ------------------------------------------------------------------------------------------------
+
+    async def _reloader(self) -> None:
+        while not self._stop.is_set():
+            await self._s.clock.sleep(3600, until=self._reload)
+            if self._reload.is_set():
+                self._reload.clear()
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Read the config file again; apply what is safe live. False (old config kept) when it is invalid."""
+        if self._s.reload is None:
+            return False
+        self._s.notifier.reloading()
+        try:
+            loaded = await asyncio.to_thread(self._s.reload)
+        except errors.ConfigError as exc:
+            self.reload_successful = False
+            log.error("config reload failed; keeping the running configuration", error=str(exc))
+            self._s.notifier.send("READY=1", f"STATUS=reload failed: {exc}"[:200])
+            return False
+        new, kept = keep_restart_only(self.settings, loaded.settings)
+        for key in kept:
+            log.warning("config key needs a restart; keeping the running value", key=key)
+        self.apply(new)
+        self.reload_successful = True
+        log.info("config reloaded", config=str(loaded.path), restart_needed=kept)
+        self._s.notifier.ready("serving (configuration reloaded)")
+        return True
+
+    def apply(self, new: Settings) -> None:
+        """Switch to ``new`` settings: intervals, concurrency, retries, steps, prefixes, channels, log level."""
+        self.settings = new
+        policy = Policy.from_config(new.lease, new.run)
+        self.claimer._policy = policy
+        self.sweeper._policy = policy
+        self.scanner._prefixes[:] = new.scan.prefixes
+        self.scanner._max_manifest_bytes = new.scan.max_manifest_bytes
+        logs.set_level(new.log.level)
+        self._wake_claimer.set()
+
+    @property
+    def scanner_prefixes(self) -> list[str]:
+        return self.scanner._prefixes
+
+
+def keep_restart_only(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
+    """``new`` with every restart-only key that changed put back to its ``old`` value, and those keys' names."""
+    kept: list[str] = []
+    sections: dict[str, Any] = {}
+    for section, key in RESTART_ONLY:
+        old_section, new_section = getattr(old, section), sections.get(section, getattr(new, section))
+        if key is None:
+            if old_section != new_section:
+                kept.append(section)
+                sections[section] = old_section
+        elif getattr(old_section, key) != getattr(new_section, key):
+            kept.append(f"{section}.{key}")
+            sections[section] = new_section.model_copy(update={key: getattr(old_section, key)})
+    return new.model_copy(update=sections), kept
