@@ -120,21 +120,26 @@ class Runner:
             return Result(Outcome.FAILED, None, f"could not start {argv[0]!r}: {exc.strerror or exc}", 0.0)
         tail: collections.deque[bytes] = collections.deque()
         reader = asyncio.create_task(_pump(process, tail, step=step.name))
-        waiter = asyncio.create_task(process.wait())
+        # Not process.wait(): asyncio reports the exit only once every pipe is closed, which a grandchild that
+        # inherited our stdout can delay for ever.
+        exited = asyncio.create_task(_exited(process))
         stopper = asyncio.create_task(stop.wait())
         try:
-            done, _ = await asyncio.wait({waiter, stopper}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({exited, stopper}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
-        if waiter not in done:
+        if exited not in done:
+            exited.cancel()
             await self._kill(process)
         else:  # the step is over; whatever it left running in its group goes with it (it would hold our pipe)
             _signal_group(process.pid, signal.SIGTERM)
-            await self._reap_group(process.pid, reader)
-        await asyncio.gather(waiter, reader, return_exceptions=True)
+        await self._reap_group(process.pid, reader)
+        await asyncio.gather(exited, stopper, reader, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):  # the pipes are closed now: let asyncio finish the transport
+            await asyncio.wait_for(process.wait(), timeout=1)
         text = _tail_text(tail)
         seconds = _since(started)
-        if waiter not in done:
+        if exited not in done:
             timed_out = stopper not in done
             return Result(Outcome.TEMPORARY if timed_out else Outcome.STOPPED, None, text, seconds)
         code = process.returncode
@@ -149,9 +154,9 @@ class Runner:
         """SIGTERM the whole group, SIGKILL what is left after the grace period; returns when the child is gone."""
         _signal_group(process.pid, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(process.wait()), timeout=self._kill_grace_s)
+            await asyncio.wait_for(_exited(process), timeout=self._kill_grace_s)
         _signal_group(process.pid, signal.SIGKILL)  # also reaches grandchildren that outlived their parent
-        await process.wait()
+        await _exited(process)
 
     async def _reap_group(self, pgid: int, reader: asyncio.Task[None]) -> None:
         """Wait for the group's output to end (every member gone); SIGKILL stragglers after the grace period."""
@@ -159,6 +164,13 @@ class Runner:
             await asyncio.wait_for(asyncio.shield(reader), timeout=self._kill_grace_s)
         except TimeoutError:
             _signal_group(pgid, signal.SIGKILL)
+
+
+async def _exited(process: asyncio.subprocess.Process) -> int:
+    """The child's exit code, as soon as it has exited (whatever still holds its output pipe)."""
+    while process.returncode is None:  # noqa: ASYNC110 - asyncio offers no exit event apart from the pipes
+        await asyncio.sleep(0.05)
+    return process.returncode
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -1,0 +1,210 @@
+"""`workset-monitor run` as a real child process against the emulator: systemd notify, SIGTERM, SIGKILL and
+takeover by a second daemon, SIGHUP with a broken file, and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from monitor.aws import schema
+from monitor.aws.dynamo import DynamoStore
+from monitor.config import TableConfig
+from monitor.model import EventType, State, Workset, WorksetId
+from tests.conftest import REGION, ROOT, run
+from tests.lab import BUCKET, Lab
+
+TABLE = "daemon-test"
+
+
+class Daemon:
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log
+        self._log = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout_s: float = 30) -> int:
+        code = self.process.wait(timeout=timeout_s)
+        self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def env(aws_endpoint: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=aws_endpoint)
+    s3.create_bucket(Bucket=BUCKET)
+    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint)
+    schema.ensure_table(dynamodb, TableConfig(name=TABLE))
+    daemons: list[Daemon] = []
+
+    def start(config: Path, name: str = "daemon", **kw: Any) -> Daemon:
+        daemon = Daemon(config, tmp_path / f"{name}.log", **kw)
+        daemons.append(daemon)
+        return daemon
+
+    yield {
+        "lab": Lab(s3),
+        "store": DynamoStore(dynamodb, TABLE),
+        "tmp": tmp_path,
+        "endpoint": aws_endpoint,
+        "start": start,
+    }
+    for daemon in daemons:
+        daemon.stop()
+
+
+def write_config(env: dict[str, Any], step_code: str, *, name: str = "config.toml", extra: str = "") -> Path:
+    path: Path = env["tmp"] / name
+    command = json.dumps([sys.executable, "-c", step_code])
+    path.write_text(
+        f'[aws]\nregion = "{REGION}"\nendpoint_url = "{env["endpoint"]}"\nmax_attempts = 2\n'
+        f'[table]\nname = "{TABLE}"\n[scan]\nbucket = "{BUCKET}"\nprefixes = ["w/"]\ninterval_s = 0.5\n'
+        "[lease]\nduration_s = 3\nheartbeat_s = 0.75\nsweep_interval_s = 0.5\ngrace_s = 1\n"
+        "[run]\nshutdown_grace_s = 1\nretry_backoff_base_s = 1\nretry_backoff_max_s = 1\n"
+        f'[log]\nformat = "json"\n{extra}\n[[pipeline.steps]]\nname = "main"\ncommand = {command}\n'
+    )
+    return path
+
+
+def until(check: Callable[[], Any], timeout_s: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def get(env: dict[str, Any], name: str) -> Workset | None:
+    return run(env["store"].get(WorksetId(name)))
+
+
+def test_systemd_hears_ready_watchdog_and_stopping(env: dict[str, Any]) -> None:
+    sock_path = env["tmp"] / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(10)
+    daemon = env["start"](
+        write_config(env, "print(1)"), env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
+    )
+    messages: list[str] = []
+    try:
+        while messages.count("WATCHDOG=1") < 3:
+            messages += sock.recv(4096).decode().split("\n")
+        assert "READY=1" in messages and messages.index("READY=1") < messages.index("WATCHDOG=1")
+        assert any(m.startswith("STATUS=serving") for m in messages)
+        daemon.signal(signal.SIGTERM)
+        while "STOPPING=1" not in messages:
+            messages += sock.recv(4096).decode().split("\n")
+    finally:
+        sock.close()
+    assert daemon.wait() == 0
+
+
+def test_sigterm_during_a_long_step_gives_the_workset_back_and_exits_0(env: dict[str, Any]) -> None:
+    env["lab"].workset("ws-long", prefix="w/")
+    daemon = env["start"](write_config(env, "import time; print('working', flush=True); time.sleep(60)"))
+    until(lambda: (ws := get(env, "ws-long")) and ws.current_step == "main", what="the step to start")
+    stopped_at = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    assert time.monotonic() - stopped_at < 1 + 5 + 3  # grace + kill grace + a release write
+    ws = get(env, "ws-long")
+    assert ws is not None and (ws.state, ws.attempts, ws.lease) == (State.READY, 0, None)
+    assert '"shutdown: drain"' in daemon.log() and '"stopped"' in daemon.log()
+
+
+def test_after_sigkill_a_second_daemon_takes_the_workset_over_and_completes_it(env: dict[str, Any]) -> None:
+    pids = env["tmp"] / "pids"
+    pids.mkdir()
+    code = (
+        f"import os, time; open(os.path.join({str(pids)!r}, os.environ['WORKSET_EPOCH']), 'w')"
+        ".write(str(os.getpid())); time.sleep(60 if os.environ['WORKSET_EPOCH'] == '1' else 0)"
+    )
+    config = write_config(env, code)
+    env["lab"].workset("ws-crash", prefix="w/")
+    first = env["start"](config, name="first")
+    until((pids / "1").exists, what="the first attempt's step")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    os.killpg(int((pids / "1").read_text()), signal.SIGKILL)  # under systemd the control group goes with it
+    killed_at = time.monotonic()
+    second = env["start"](config, name="second")
+    ws = until(
+        lambda: (w := get(env, "ws-crash")) and w.state is State.COMPLETE and w, timeout_s=40, what="the takeover"
+    )
+    assert time.monotonic() - killed_at < 3 + 1 + 0.5 + 1 + 10  # lease + grace + sweep + backoff + slack
+    assert ws.epoch == 2
+    history = run(env["store"].history(WorksetId("ws-crash")))
+    assert [e.type for e in history] == [
+        EventType.REGISTERED,
+        EventType.STARTED,
+        EventType.LEASE_EXPIRED,
+        EventType.STARTED,
+        EventType.STEP_FINISHED,
+        EventType.COMPLETE,
+    ]
+    assert history[-1].actor != history[1].actor
+    second.signal(signal.SIGTERM)
+    assert second.wait() == 0
+
+
+def test_sighup_with_a_broken_file_keeps_the_daemon_running_on_the_old_one(env: dict[str, Any]) -> None:
+    config = write_config(env, "print('ok')")
+    daemon = env["start"](config)
+    until(lambda: '"starting"' in daemon.log(), what="the daemon to start")
+    good = config.read_text()
+    config.write_text(good + "\n[run]\nmax_concurrent = 'many'\n")
+    daemon.signal(signal.SIGHUP)
+    until(lambda: "config reload failed" in daemon.log(), what="the reload to fail")
+    env["lab"].workset("ws-after", prefix="w/")
+    until(lambda: (ws := get(env, "ws-after")) and ws.state is State.COMPLETE, what="work to go on")
+    config.write_text(good.replace('format = "json"', 'format = "json"\nlevel = "debug"'))
+    daemon.signal(signal.SIGHUP)
+    until(lambda: '"config reloaded"' in daemon.log(), what="a good reload")
+    assert daemon.process.poll() is None
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_the_demo_runs_end_to_end() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "demo", "--until-idle"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo finished: every workset reached its expected state." in result.stdout
+    assert "ws-flaky-cluster    complete  normal    2" in result.stdout

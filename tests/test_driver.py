@@ -1,0 +1,165 @@
+"""Driving claimed worksets with real step processes: order, outcomes, resume after a restart, lost leases."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from monitor import actions
+from monitor.clock import SystemClock
+from monitor.config import StepConfig
+from monitor.driver import Ending, drive
+from monitor.leases import Claimer, Holding, Policy
+from monitor.memory import MemoryStore
+from monitor.model import EventType, Priority, State, WorksetId
+from monitor.states import Action, Context
+from monitor.steps import Runner
+from tests.conftest import run
+
+POLICY = Policy(duration_s=3, heartbeat_s=0.5, grace_s=1, max_attempts=2)
+
+
+def py(name: str, code: str, *, kind: str = "exec") -> StepConfig:
+    return StepConfig(name=name, command=[sys.executable, "-c", code], kind=kind, timeout_s=20, interval_s=0.1)  # type: ignore[arg-type]
+
+
+class Rig:
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.clock = SystemClock()
+        self.runner = Runner(self.clock, base_env={"PATH": "/usr/bin:/bin"}, kill_grace_s=1)
+        self.drain, self.kill = asyncio.Event(), asyncio.Event()
+
+    async def register(self, name: str = "ws-1") -> None:
+        await actions.register(
+            self.store,
+            workset_id=WorksetId(name),
+            bucket="lab",
+            prefix=f"w/{name}/",
+            priority=Priority.NORMAL,
+            ctx=Context(now_ms=self.clock.now_ms(), actor="t"),
+        )
+
+    async def claim(self, owner: str = "host-a:1:0") -> Holding:
+        [holding] = await Claimer(self.store, self.clock, owner=owner, policy=POLICY).claim(slots=1)
+        return holding
+
+    async def drive(self, holding: Holding, steps: list[StepConfig]) -> Ending:
+        return await drive(holding, steps=steps, runner=self.runner, drain=self.drain, kill=self.kill)
+
+    async def events(self, name: str = "ws-1") -> list[EventType]:
+        return [e.type for e in await self.store.history(WorksetId(name))]
+
+
+def test_steps_run_in_order_and_the_workset_completes(tmp_path: Path) -> None:
+    log = tmp_path / "order"
+    rig = Rig()
+    steps = [py(n, f"open({str(log)!r}, 'a').write('{n} '); print('did {n}')") for n in ("stage", "run", "export")]
+
+    async def scenario() -> None:
+        await rig.register()
+        assert await rig.drive(await rig.claim(), steps) is Ending.COMPLETE
+        history = await rig.store.history(WorksetId("ws-1"))
+        assert [e.type for e in history][-4:] == [EventType.STEP_FINISHED] * 3 + [EventType.COMPLETE]
+        assert "did stage" in history[2].detail
+
+    run(scenario())
+    assert log.read_text() == "stage run export "
+
+
+def test_a_temporary_failure_retries_and_a_permanent_one_is_an_error() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        await rig.register("flaky")
+        assert await rig.drive(await rig.claim(), [py("s", "import sys; sys.exit(75)")]) is Ending.RETRYING
+        await rig.register("broken")  # registered later, so the next claim cannot be the retrying one
+        assert (
+            await rig.drive(await rig.claim(), [py("s", "import sys; print('bad ref'); sys.exit(2)")]) is Ending.ERROR
+        )
+        broken = await rig.store.get(WorksetId("broken"))
+        assert broken is not None and broken.state is State.ERROR and "bad ref" in (broken.last_error or "")
+
+    run(scenario())
+
+
+def test_after_a_restart_finished_steps_are_skipped_and_a_poll_step_reattaches(tmp_path: Path) -> None:
+    runs, job_done = tmp_path / "stage-runs", tmp_path / "job-done"
+    stage = py(
+        "stage",
+        f"p = __import__('pathlib').Path({str(runs)!r}); p.write_text(p.read_text() + 'x' if p.exists() else 'x')",
+    )
+    wait = py(
+        "analyse", f"import pathlib, sys; sys.exit(0 if pathlib.Path({str(job_done)!r}).exists() else 75)", kind="poll"
+    )
+    rig = Rig()
+
+    async def scenario() -> None:
+        await rig.register()
+        first = await rig.claim("host-a:1:0")
+        task = asyncio.create_task(rig.drive(first, [stage, wait]))
+        while first.ws.current_step != "analyse":  # stage done, polling the external job now
+            await asyncio.sleep(0.05)
+        rig.kill.set()  # the daemon stops while the external job is still running
+        assert await task is Ending.RELEASED
+        rig.kill.clear()
+        second = await rig.claim("host-b:2:0")  # another daemon picks it up
+        assert second.ws.steps_done == ("stage",)
+        job_done.write_text("")
+        assert await rig.drive(second, [stage, wait]) is Ending.COMPLETE
+
+    run(scenario())
+    assert runs.read_text() == "x", "the finished exec step ran again"
+
+
+def test_a_cancelled_workset_has_its_step_killed_at_the_next_heartbeat(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    rig = Rig()
+
+    async def scenario() -> None:
+        await rig.register()
+        holding = await rig.claim()
+        task = asyncio.create_task(
+            rig.drive(holding, [py("long", f"import time; open({str(started)!r}, 'w'); time.sleep(60)")])
+        )
+        while not started.exists():
+            await asyncio.sleep(0.05)
+        await actions.act(
+            rig.store, WorksetId("ws-1"), Action.CANCEL, Context(now_ms=rig.clock.now_ms(), actor="operator:me@x")
+        )
+        assert await asyncio.wait_for(task, timeout=10) is Ending.LOST
+        ws = await rig.store.get(WorksetId("ws-1"))
+        assert ws is not None and ws.state is State.CANCELLED
+        assert (await rig.events())[-1] is EventType.CANCELLED  # nothing written after the cancel
+
+    run(scenario())
+
+
+def test_draining_lets_the_running_step_finish_then_releases(tmp_path: Path) -> None:
+    rig = Rig()
+    marker = tmp_path / "first-done"
+
+    async def scenario() -> None:
+        await rig.register()
+        holding = await rig.claim()
+        steps = [py("first", f"import time; time.sleep(0.5); open({str(marker)!r}, 'w')"), py("second", "print(2)")]
+        task = asyncio.create_task(rig.drive(holding, steps))
+        await asyncio.sleep(0.1)
+        rig.drain.set()
+        assert await task is Ending.RELEASED
+        ws = await rig.store.get(WorksetId("ws-1"))
+        assert ws is not None and ws.state is State.READY and ws.steps_done == ("first",) and ws.attempts == 0
+
+    run(scenario())
+    assert marker.exists()
+
+
+def test_no_steps_configured_completes_at_once() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        await rig.register()
+        assert await rig.drive(await rig.claim(), []) is Ending.COMPLETE
+
+    run(scenario())

@@ -1,0 +1,155 @@
+"""The supervisor in-process (S3 and DynamoDB on moto, real step processes): rounds, crashes, shutdown, reload."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from monitor import config, errors
+from monitor.aws import schema
+from monitor.aws.dynamo import DynamoStore
+from monitor.aws.s3 import S3Source
+from monitor.clock import SystemClock
+from monitor.config import TableConfig
+from monitor.model import State, WorksetId
+from monitor.steps import Runner
+from monitor.supervisor import Services, Supervisor, keep_restart_only
+from tests.conftest import REGION, run
+from tests.lab import BUCKET, Lab
+
+TABLE = "sup-test"
+
+
+def write_config(path: Path, *, steps: str = 'command = ["true"]', extra: str = "") -> Path:
+    path.write_text(
+        f'[table]\nname = "{TABLE}"\n[scan]\nbucket = "{BUCKET}"\nprefixes = ["w/"]\ninterval_s = 0.5\n'
+        "[lease]\nduration_s = 4\nheartbeat_s = 1\nsweep_interval_s = 0.5\ngrace_s = 1\n"
+        "[run]\nmax_concurrent = 2\nshutdown_grace_s = 1\nretry_backoff_base_s = 1\nretry_backoff_max_s = 1\n"
+        f'{extra}\n[[pipeline.steps]]\nname = "main"\n{steps}\n'
+    )
+    return path
+
+
+@pytest.fixture
+def world(mocked_aws: None, tmp_path: Path) -> dict[str, Any]:
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=BUCKET)
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    schema.ensure_table(dynamodb, TableConfig(name=TABLE))
+    return {"lab": Lab(s3), "store": DynamoStore(dynamodb, TABLE), "source": S3Source(s3, BUCKET), "tmp": tmp_path}
+
+
+def supervisor(world: dict[str, Any], path: Path, **kw: Any) -> Supervisor:
+    loaded = config.load(path, {})
+    clock = SystemClock()
+    services = Services(
+        store=world["store"],
+        source=kw.pop("source", world["source"]),
+        clock=clock,
+        runner=Runner(clock, base_env=dict(os.environ), kill_grace_s=1),
+        owner="host-t:1:0",
+        reload=lambda: config.load(path, {}),
+    )
+    return Supervisor(loaded.settings, services, config_path=str(path))
+
+
+def states(world: dict[str, Any]) -> dict[str, State]:
+    return {ws.workset_id: ws.state for ws in run(world["store"].list())}
+
+
+def test_once_scans_claims_and_finishes_what_it_claimed(world: dict[str, Any]) -> None:
+    for name in ("a", "b", "c"):
+        world["lab"].workset(name, prefix="w/")
+    sup = supervisor(world, write_config(world["tmp"] / "c.toml"))
+    assert run(sup.run(once=True)) == 0
+    assert sorted(states(world).values()) == [State.COMPLETE, State.COMPLETE, State.READY]  # max_concurrent = 2
+    assert sup.endings == {"complete": 2}
+
+
+def test_a_dying_root_task_brings_the_daemon_down_with_exit_1(world: dict[str, Any]) -> None:
+    class Broken(S3Source):
+        async def folders(self, prefix: str) -> list[str]:
+            raise RuntimeError("a bug in discovery")
+
+    broken = Broken(world["source"]._client, BUCKET)
+    sup = supervisor(world, write_config(world["tmp"] / "c.toml"), source=broken)
+    assert run(asyncio.wait_for(sup.run(), timeout=20)) == 1
+    assert sup.failed == "scanner"
+
+
+def test_temporary_aws_trouble_does_not_kill_the_daemon(world: dict[str, Any]) -> None:
+    calls = 0
+
+    class Flaky(S3Source):
+        async def folders(self, prefix: str) -> list[str]:
+            nonlocal calls
+            calls += 1
+            raise errors.AwsTemporaryError("SlowDown")
+
+    sup = supervisor(world, write_config(world["tmp"] / "c.toml"), source=Flaky(world["source"]._client, BUCKET))
+
+    async def scenario() -> int:
+        task = asyncio.create_task(sup.run())
+        while calls < 3:
+            await asyncio.sleep(0.05)
+        sup.request_stop()
+        return await task
+
+    assert run(asyncio.wait_for(scenario(), timeout=20)) == 0 and sup.failed is None
+    assert sup.healthy()[0] is True
+
+
+def test_stop_during_a_long_step_releases_the_workset_within_the_grace(world: dict[str, Any]) -> None:
+    world["lab"].workset("slow", prefix="w/")
+    path = write_config(
+        world["tmp"] / "c.toml", steps=f'command = ["{sys.executable}", "-c", "import time; time.sleep(60)"]'
+    )
+    sup = supervisor(world, path)
+
+    async def scenario() -> int:
+        task = asyncio.create_task(sup.run())
+        while not sup.drivers:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        sup.request_stop()
+        return await task
+
+    assert run(asyncio.wait_for(scenario(), timeout=20)) == 0
+    ws = run(world["store"].get(WorksetId("slow")))
+    assert ws is not None and ws.state is State.READY and ws.attempts == 0 and sup.endings == {"released": 1}
+
+
+def test_a_broken_reload_keeps_the_running_configuration(world: dict[str, Any]) -> None:
+    path = write_config(world["tmp"] / "c.toml")
+    sup = supervisor(world, path)
+    path.write_text(path.read_text() + "\n[run]\nmax_concurrent = 'lots'\n")
+    assert run(sup.reload()) is False
+    assert sup.reload_successful is False and sup.settings.run.max_concurrent == 2
+
+
+def test_a_reload_applies_safe_keys_and_keeps_restart_only_ones(world: dict[str, Any]) -> None:
+    path = write_config(world["tmp"] / "c.toml")
+    sup = supervisor(world, path)
+    text = path.read_text().replace("max_concurrent = 2", "max_concurrent = 5").replace(TABLE, "another-table")
+    path.write_text(text.replace('prefixes = ["w/"]', 'prefixes = ["w/", "x/"]') + '\n[log]\nlevel = "debug"\n')
+    assert run(sup.reload()) is True
+    assert sup.settings.run.max_concurrent == 5 and sup.settings.table.name == TABLE
+    assert sup.scanner_prefixes == ["w/", "x/"] and sup.reload_successful
+
+
+def test_restart_only_keys_are_kept_and_named(tmp_path: Path) -> None:
+    old = config.load(write_config(tmp_path / "a.toml"), {}).settings
+    new = config.load(
+        write_config(tmp_path / "b.toml", extra='[aws]\nregion = "eu-west-1"\n[metrics]\nport = 12000\n'), {}
+    ).settings
+    merged, kept = keep_restart_only(
+        old, new.model_copy(update={"run": new.run.model_copy(update={"max_attempts": 9})})
+    )
+    assert sorted(kept) == ["aws", "metrics.port"]
+    assert merged.aws == old.aws and merged.metrics.port == old.metrics.port and merged.run.max_attempts == 9
