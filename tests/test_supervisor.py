@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -153,3 +154,27 @@ def test_restart_only_keys_are_kept_and_named(tmp_path: Path) -> None:
     )
     assert sorted(kept) == ["aws", "metrics.port"]
     assert merged.aws == old.aws and merged.metrics.port == old.metrics.port and merged.run.max_attempts == 9
+
+
+def test_loops_subtract_the_time_their_work_took_and_health_names_a_stuck_loop(world: dict[str, Any]) -> None:
+    from monitor.clock import FakeClock
+
+    sup = supervisor(world, write_config(world["tmp"] / "c.toml"))
+    clock = FakeClock()
+    sup._s.clock = clock
+    sup._started_at = clock.monotonic()
+    starts: list[float] = []
+
+    async def work() -> None:
+        starts.append(clock.monotonic())
+        clock.advance(0.3)  # the work itself takes 0.3 s of the 1 s interval
+        if len(starts) == 5:
+            sup.request_stop()
+
+    run(sup._loop("scanner", lambda: 1.0, work))
+    assert [round(b - a, 6) for a, b in itertools.pairwise(starts)] == [1.0] * 4
+    sup._roots["scanner"] = None  # type: ignore[assignment]  # pretend it is a running root task
+    assert sup.healthy() == (True, "")
+    clock.advance(3 * sup.settings.scan.interval_s + 61)
+    healthy, why = sup.healthy()
+    assert not healthy and "loop scanner has not completed a tick" in why
