@@ -22,10 +22,13 @@ from monitor import __version__, actions, config, errors, leases, logs, render, 
 from monitor.aws import clients, codec, schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.aws.s3 import S3Source
+from monitor.aws.sns import SnsChannel
 from monitor.aws.sqs import SqsQueue
 from monitor.clock import Clock, SystemClock
 from monitor.migration import Migration
 from monitor.model import (
+    Event,
+    EventType,
     Priority,
     State,
     WorksetId,
@@ -34,6 +37,10 @@ from monitor.model import (
     parse_priority,
     parse_state,
 )
+from monitor.notify import filters
+from monitor.notify.linear import LinearChannel
+from monitor.notify.outbox import Channel, Doorbell, Outbox, linear_issue_lookup
+from monitor.notify.webhook import WebhookChannel
 from monitor.ports import Store
 from monitor.sentinels import SentinelMirror
 from monitor.states import Action, Backoff, Context
@@ -61,10 +68,27 @@ class App:
 
     @cached_property
     def store(self) -> Store:
-        store: Store = DynamoStore(self.clients.get("dynamodb"), self.settings.table.name)
+        """The store for operator commands: events they cause go to the outbox for the daemon to deliver."""
+        return self.make_store(outbox=lambda event: filters.anyone_wants(self.settings.notify, event))
+
+    def make_store(self, *, outbox: Callable[[Event], bool], on_pending: Callable[[], None] | None = None) -> Store:
+        store: Store = DynamoStore(
+            self.clients.get("dynamodb"), self.settings.table.name, outbox=outbox, on_pending=on_pending
+        )
         if self.settings.scan.write_sentinels and self.settings.scan.bucket:
             store = SentinelMirror(store, self.source)
         return store
+
+    def channels(self, notify: config.NotifyConfig, store: Store) -> list[Channel]:
+        """The configured notification channels, in delivery order."""
+        found: list[Channel] = []
+        if notify.sns is not None:
+            found.append(SnsChannel(self.clients.get("sns"), notify.sns.topic_arn))
+        if notify.linear is not None:
+            found.append(LinearChannel(notify.linear, has_issue=linear_issue_lookup(store)))
+        if notify.webhook is not None:
+            found.append(WebhookChannel(notify.webhook))
+        return found
 
     @cached_property
     def source(self) -> S3Source:
@@ -184,17 +208,50 @@ async def cmd_run(app: App) -> int:
         queue = SqsQueue(app.clients.get("sqs"), settings.scan.sqs_queue_url)
     environ = dict(os.environ)
     watchdog = environ.get("WATCHDOG_USEC")
+    owner = leases.new_owner_id()
+    doorbell = Doorbell(settings.notify)
+    store = app.make_store(outbox=doorbell.wants, on_pending=doorbell.ring)
+    outbox = Outbox(store, app.clock, owner=owner, doorbell=doorbell, channels=app.channels(settings.notify, store))
     services = Services(
-        store=app.store,
+        store=store,
         source=app.source,
         clock=app.clock,
         runner=steps.Runner(app.clock, base_env=environ),
-        owner=leases.new_owner_id(),
+        owner=owner,
         notifier=Notifier(environ.get("NOTIFY_SOCKET"), watchdog_usec=int(watchdog) if watchdog else None),
         queue=queue,
         reload=lambda: config.load(app.loaded.path),
+        outbox=outbox,
+        channels=lambda notify: app.channels(notify, store),
     )
     return await Supervisor(settings, services, config_path=str(app.loaded.path)).run(once=app.args.once)
+
+
+async def cmd_notify_test(app: App) -> int:
+    channels = app.channels(app.settings.notify, app.store)
+    if not channels:
+        raise errors.MonitorError(
+            "no notification channel is configured ([notify.sns], [notify.linear], [notify.webhook])"
+        )
+    event = Event(
+        workset_id=WorksetId("notify-test"),
+        seq=0,
+        type=EventType.TEST,
+        at_ms=app.clock.now_ms(),
+        actor=operator_identity(),
+        from_state=None,
+        to_state=State.READY,
+        reason="a test from `workset-monitor notify-test`: this channel works",
+    )
+    results: dict[str, str] = {}
+    for channel in channels:
+        try:
+            results[channel.name] = await channel.send(event, None)
+        except errors.DeliveryError as exc:
+            results[channel.name] = f"FAILED: {exc}"
+    text = render.table(("CHANNEL", "RESULT"), sorted(results.items()))
+    app.emit(results, text)
+    return errors.EX_OK if all(r == "sent" for r in results.values()) else errors.EX_FAILED
 
 
 async def cmd_migrate(app: App) -> int:
@@ -343,6 +400,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("stats", cmd_stats, "count worksets per state and priority")
 
+    _add_transitions(add, workset_id)
+    add("notify-test", cmd_notify_test, "send a test event through every configured notification channel")
+
+    p = add("migrate", cmd_migrate, "import worksets from legacy daylily.* sentinel files (see docs/migration.md)")
+    p.add_argument("--dry-run", action="store_true", help="report what would be done; write nothing")
+    p.add_argument(
+        "--in-flight",
+        choices=("skip", "ready", "error"),
+        default="skip",
+        help="folders left daylily.in_progress or daylily.lock by the legacy monitor: leave them (skip, default), "
+        "run them again (ready), or record them as failed (error)",
+    )
+
+    return parser
+
+
+def _add_transitions(add: Callable[..., argparse.ArgumentParser], workset_id: Callable[[str], Any]) -> None:
+    """The audited operator transitions: retry, ignore, cancel, release, set-priority."""
     p = add(
         "retry",
         _transition(lambda a: Action.RETRY_FORCE if a.force else Action.RETRY, "retry requested"),
@@ -368,21 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=workset_id, metavar="ID")
     p.add_argument("--reason", required=True, help="recorded in the audit trail (required)")
 
-    p = add("migrate", cmd_migrate, "import worksets from legacy daylily.* sentinel files (see docs/migration.md)")
-    p.add_argument("--dry-run", action="store_true", help="report what would be done; write nothing")
-    p.add_argument(
-        "--in-flight",
-        choices=("skip", "ready", "error"),
-        default="skip",
-        help="folders left daylily.in_progress or daylily.lock by the legacy monitor: leave them (skip, default), "
-        "run them again (ready), or record them as failed (error)",
-    )
-
     p = add("set-priority", _transition(Action.SET_PRIORITY, "priority changed"), "change a workset's priority")
     p.add_argument("id", type=workset_id, metavar="ID")
     p.add_argument("priority", type=_arg(parse_priority), metavar="PRIORITY", help="urgent, normal or low")
     p.add_argument("--reason", help="recorded in the audit trail")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

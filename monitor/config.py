@@ -34,7 +34,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from monitor import errors
-from monitor.model import EventType, Priority, check_bucket
+from monitor.model import NOTIFIABLE_EVENTS, EventType, Priority, check_bucket
 
 ENV_PREFIX = "WORKSET_MONITOR_"
 ENV_CONFIG_PATH = "WORKSET_MONITOR_CONFIG"
@@ -43,18 +43,6 @@ DOCKER_SECRETS_DIR = Path("/run/secrets")
 DEFAULT_METRICS_PORT = 10090  # Prometheus' default-port list is full below 10000
 
 STEP_PLACEHOLDERS = frozenset({"workset_id", "bucket", "prefix", "s3_uri", "attempt", "epoch"})
-NOTIFIABLE_EVENTS = frozenset(
-    {
-        EventType.REGISTERED,
-        EventType.STARTED,
-        EventType.RETRYING,
-        EventType.COMPLETE,
-        EventType.ERROR,
-        EventType.CANCELLED,
-        EventType.LEASE_EXPIRED,
-        EventType.INVALID,
-    }
-)
 
 Seconds = Annotated[float, Field(gt=0)]
 

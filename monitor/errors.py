@@ -81,3 +81,12 @@ class AwsUnavailable(AwsError):
 
     exit_code = EX_UNAVAILABLE
     temporary = True
+
+
+class DeliveryError(MonitorError):
+    """A notification channel refused or failed a message."""
+
+    def __init__(self, message: str, *, temporary: bool, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+        self.retry_after_s = retry_after_s

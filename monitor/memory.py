@@ -8,7 +8,7 @@ no lock: on one event loop every method body runs without interleaving.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from monitor import errors
 from monitor.model import Event, Priority, State, Stats, Workset, WorksetId
@@ -26,16 +26,21 @@ _LIST_ORDER = (
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(
+        self, *, outbox: Callable[[Event], bool] | None = None, on_pending: Callable[[], None] | None = None
+    ) -> None:
         self._worksets: dict[WorksetId, Workset] = {}
         self._events: dict[WorksetId, list[Event]] = {}
+        self._outbox = outbox
+        self._on_pending = on_pending
+        self._claims: dict[str, tuple[str, int]] = {}  # event id -> (owner, until ms)
 
     async def register(self, decision: Decision) -> bool:
         ws = decision.after
         if ws.workset_id in self._worksets:
             return False
         self._worksets[ws.workset_id] = ws
-        self._events[ws.workset_id] = [decision.event]
+        self._events[ws.workset_id] = [self._outboxed(decision.event)]
         return True
 
     async def get(self, workset_id: WorksetId) -> Workset | None:
@@ -75,8 +80,43 @@ class MemoryStore:
         }
         after = dataclasses.replace(current, **changed)
         self._worksets[after.workset_id] = after
-        self._events[after.workset_id].append(decision.event)
+        self._events[after.workset_id].append(self._outboxed(decision.event))
         return after
+
+    def _outboxed(self, event: Event) -> Event:
+        if not (self._outbox and self._outbox(event)):
+            return event
+        if self._on_pending is not None:
+            self._on_pending()
+        return dataclasses.replace(event, pending=True)
+
+    async def pending_events(self, *, limit: int) -> list[Event]:
+        pending = [e for events in self._events.values() for e in events if e.pending]
+        return sorted(pending, key=lambda e: (e.at_ms, e.workset_id, e.seq))[:limit]
+
+    async def claim_event(self, event: Event, *, owner: str, now_ms: int, hold_ms: int) -> bool:
+        current = await self.event(event.workset_id, event.seq)
+        holder = self._claims.get(event.event_id)
+        if current is None or not current.pending or (holder and holder[0] != owner and holder[1] >= now_ms):
+            return False
+        self._claims[event.event_id] = (owner, now_ms + hold_ms)
+        return True
+
+    async def record_delivery(self, event: Event, channel: str, outcome: str) -> None:
+        self._replace_event(event, lambda e: dataclasses.replace(e, notified={**e.notified, channel: outcome}))
+
+    async def finish_event(self, event: Event, *, done: bool) -> None:
+        self._claims.pop(event.event_id, None)
+        if done:
+            self._replace_event(event, lambda e: dataclasses.replace(e, pending=False))
+        else:
+            self._replace_event(event, lambda e: dataclasses.replace(e, delivery_attempts=e.delivery_attempts + 1))
+
+    def _replace_event(self, event: Event, change: Callable[[Event], Event]) -> None:
+        events = self._events[event.workset_id]
+        for index, stored in enumerate(events):
+            if stored.seq == event.seq:
+                events[index] = change(stored)
 
     async def heartbeat(
         self, workset_id: WorksetId, *, token: str, now_ms: int, expires_at_ms: int, step: str | None = None

@@ -120,6 +120,29 @@ class Event:
     epoch: int = 0
     detail: str = ""  # bounded: an error or output tail, never a growing list
     priority: Priority = Priority.NORMAL
+    pending: bool = False  # in the notification outbox: some channel still has to hear about it
+    notified: dict[str, str] = field(default_factory=dict)  # channel -> "sent", "skipped" or "failed: why"
+    delivery_attempts: int = 0  # delivery rounds that ended with a channel still failing temporarily
+
+    @property
+    def event_id(self) -> str:
+        """Stable across retries and restarts: what channels use to recognise a repeat."""
+        return f"{self.workset_id}#{self.seq}"
+
+
+NOTIFIABLE_EVENTS = frozenset(
+    {
+        EventType.REGISTERED,
+        EventType.STARTED,
+        EventType.RETRYING,
+        EventType.COMPLETE,
+        EventType.ERROR,
+        EventType.CANCELLED,
+        EventType.LEASE_EXPIRED,
+        EventType.INVALID,
+    }
+)
+PROBLEM_EVENTS = frozenset({EventType.ERROR, EventType.LEASE_EXPIRED, EventType.INVALID})
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ Store guarantees (both implementations, one behavioural test suite):
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -80,6 +81,22 @@ class Store(Protocol):
         ...
 
     async def stats(self, *, now_ms: int) -> Stats: ...
+
+    async def pending_events(self, *, limit: int) -> builtins.list[Event]:
+        """Events in the notification outbox, oldest first."""
+        ...
+
+    async def claim_event(self, event: Event, *, owner: str, now_ms: int, hold_ms: int) -> bool:
+        """Take the delivery of ``event`` for ``hold_ms`` (False when another daemon holds it or it is done)."""
+        ...
+
+    async def record_delivery(self, event: Event, channel: str, outcome: str) -> None:
+        """Note one channel's outcome ("sent", "skipped", "failed: ...") so it is never sent there again."""
+        ...
+
+    async def finish_event(self, event: Event, *, done: bool) -> None:
+        """Take ``event`` out of the outbox (``done``), or give back its claim and count a failed round."""
+        ...
 
     async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:
         """``bucket/prefix`` of the given worksets that exist (all registered worksets when None), every page."""

@@ -5,17 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
+from monitor.clock import iso
 from monitor.migration import Report
 from monitor.model import Event, Priority, State, Stats, Workset
-
-
-def iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def workset_dict(ws: Workset) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """``workset-monitor run``: the supervisor of the daemon's named root tasks, and its lifecycle.
 
 Root tasks: ``scanner`` (discovery every ``scan.interval_s``), ``claimer`` (fills free slots, urgent first),
-``sweeper`` (dead holders), ``events`` (optional SQS notifications), ``reloader`` (SIGHUP), ``watchdog`` (systemd).
+``sweeper`` (dead holders), ``events`` (optional SQS notifications), ``notifier`` (the outbox), ``reloader``
+(SIGHUP), ``watchdog`` (systemd).
 Each is guarded: temporary AWS trouble is logged and retried on the next tick, but a root task that dies for any other
 reason brings the daemon down in order, with exit code 1, so systemd or Docker restarts it. Never a half-alive
 process. Each claimed workset gets a driver task of its own (``driver.drive``), which is not a root task: its failure
@@ -9,8 +10,9 @@ is recorded on its workset, not the daemon's.
 
 Signal handlers only set flags. Shutdown is ordinary code in logged phases: stop intake, drain running steps for up to
 ``run.shutdown_grace_s``, stop what still runs, release those worksets to ``ready`` once their processes are gone,
-then exit 0. A second SIGTERM/SIGINT skips the drain. SIGHUP reloads the config file: a bad file is logged and the old
-configuration kept; safe keys apply live; keys that need a restart are reported and keep their old value.
+flush the notification outbox (bounded; what is left is delivered after the next start), then exit 0. A second
+SIGTERM/SIGINT skips the drain. SIGHUP reloads the config file: a bad file is logged and the old configuration kept;
+safe keys apply live; keys that need a restart are reported and keep their old value.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from typing import Any
 
 from monitor import __version__, errors, logs
 from monitor.clock import Clock
-from monitor.config import Loaded, Settings
+from monitor.config import Loaded, NotifyConfig, Settings
 from monitor.driver import Ending, drive
 from monitor.events import ReadyListener
 from monitor.leases import Claimer, Holding, Policy
+from monitor.notify.outbox import Channel, Outbox
 from monitor.ports import Queue, Source, Store
 from monitor.scanner import Scanner
 from monitor.steps import Runner
@@ -65,6 +68,8 @@ class Services:
     notifier: Notifier = field(default_factory=lambda: Notifier(None))
     queue: Queue | None = None
     reload: Callable[[], Loaded] | None = None  # reads and validates the config file again
+    outbox: Outbox | None = None  # notification delivery
+    channels: Callable[[NotifyConfig], list[Channel]] | None = None  # rebuilds the channels on reload
 
 
 class Supervisor:
@@ -157,6 +162,10 @@ class Supervisor:
                 self._s.queue, self.scanner, bucket=self.settings.scan.bucket, prefixes=self.scanner_prefixes
             )
             self._start("events", self._loop("events", lambda: 0.0, lambda: self._events_tick(listener)))
+        if self._s.outbox is not None:
+            self._start(
+                "notifier", self._s.outbox.run(stop=self._stop, interval_s=lambda: self.settings.scan.interval_s)
+            )
         self._start("reloader", self._reloader())
         if self._s.notifier.watchdog_interval_s:
             self._start("watchdog", self._watchdog(self._s.notifier.watchdog_interval_s))
@@ -168,6 +177,8 @@ class Supervisor:
         await self._claim_round()
         if self.drivers:
             await self._wait_drivers(None, until=self._stop)
+        if self._s.outbox is not None:
+            await self._s.outbox.deliver_pending()
 
     async def _shutdown(self) -> None:
         self._s.notifier.stopping("stopping: draining running steps")
@@ -184,6 +195,9 @@ class Supervisor:
             log.info("shutdown: stop steps and release", running=len(self.drivers))
             self._kill.set()
             await self._wait_drivers(None)
+        if self._s.outbox is not None:
+            log.info("shutdown: flush notifications")
+            await self._s.outbox.flush(timeout_s=10.0)
         log.info("shutdown: done")
 
     async def _wait_drivers(self, timeout_s: float | None, *, until: asyncio.Event | None = None) -> None:
@@ -357,6 +371,8 @@ class Supervisor:
         self.scanner._prefixes[:] = new.scan.prefixes
         self.scanner._max_manifest_bytes = new.scan.max_manifest_bytes
         logs.set_level(new.log.level)
+        if self._s.outbox is not None and self._s.channels is not None:
+            self._s.outbox.reconfigure(new.notify, self._s.channels(new.notify))
         self._wake_claimer.set()
 
     @property

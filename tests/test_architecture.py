@@ -15,7 +15,10 @@ LAYERS: list[set[str]] = [
     {"monitor.ports"},
     {"monitor.aws", "monitor.aws.codec", "monitor.aws.clients", "monitor.aws.emulator", "monitor.aws.demo_steps"},
     {"monitor.aws.schema", "monitor.aws.dynamo", "monitor.aws.s3", "monitor.aws.sqs", "monitor.memory"},
+    {"monitor.notify", "monitor.notify.filters", "monitor.notify.message", "monitor.notify.http"},
+    {"monitor.notify.linear", "monitor.notify.webhook", "monitor.aws.sns"},
     {
+        "monitor.notify.outbox",
         "monitor.actions",
         "monitor.leases",
         "monitor.validation",

@@ -15,8 +15,11 @@ def test_creates_the_table_and_index_then_finds_it_correct(dynamodb: Any) -> Non
     first = schema.ensure_table(dynamodb, TableConfig(name="ws-table"))
     assert first.created and first.billing_mode == "PAY_PER_REQUEST"
     table = dynamodb.describe_table(TableName="ws-table")["Table"]
-    [index] = table["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == "state-priority-index" == codec.GSI_NAME
+    indexes = {i["IndexName"]: i for i in table["GlobalSecondaryIndexes"]}
+    assert set(indexes) == {"state-priority-index", "outbox-index"}
+    index = indexes[codec.GSI_NAME]
+    outbox = indexes[codec.OUTBOX_GSI]
+    assert {k["AttributeName"]: k["KeyType"] for k in outbox["KeySchema"]} == {"outbox": "HASH", "outbox_sk": "RANGE"}
     assert {k["AttributeName"]: k["KeyType"] for k in index["KeySchema"]} == {
         "state": "HASH",
         "gsi_sk": "RANGE",
@@ -31,7 +34,7 @@ def test_provisioned_tables_get_capacity_on_table_and_index(dynamodb: Any) -> No
     schema.ensure_table(dynamodb, cfg)
     table = dynamodb.describe_table(TableName="prov-table")["Table"]
     assert table["ProvisionedThroughput"]["WriteCapacityUnits"] == 4
-    assert table["GlobalSecondaryIndexes"][0]["ProvisionedThroughput"]["ReadCapacityUnits"] == 3
+    assert all(i["ProvisionedThroughput"]["ReadCapacityUnits"] == 3 for i in table["GlobalSecondaryIndexes"])
     report = schema.ensure_table(dynamodb, TableConfig(name="prov-table"))
     assert report.notes and "PROVISIONED" in report.notes[0]
 
@@ -56,13 +59,27 @@ def test_an_index_with_the_wrong_projection_or_keys_is_refused(dynamodb: Any) ->
     request["GlobalSecondaryIndexes"][0]["Projection"] = {"ProjectionType": "KEYS_ONLY"}
     request["GlobalSecondaryIndexes"][0]["KeySchema"][1]["AttributeName"] = "priority"
     request["AttributeDefinitions"] = [
-        {"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "state", "priority")
+        {"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "state", "priority", "outbox", "outbox_sk")
     ]
     dynamodb.create_table(**request)
     with pytest.raises(errors.SchemaMismatch) as caught:
         schema.ensure_table(dynamodb, TableConfig(name="wrong-index"))
     assert "keys are state HASH, priority RANGE" in str(caught.value)
     assert "projects KEYS_ONLY" in str(caught.value)
+
+
+def test_a_table_from_before_notifications_gets_the_outbox_index_added(dynamodb: Any) -> None:
+    request = schema.create_table_request(TableConfig(name="older"))
+    request["GlobalSecondaryIndexes"] = request["GlobalSecondaryIndexes"][:1]
+    request["AttributeDefinitions"] = [
+        a for a in request["AttributeDefinitions"] if not a["AttributeName"].startswith("outbox")
+    ]
+    dynamodb.create_table(**request)
+    report = schema.ensure_table(dynamodb, TableConfig(name="older"), poll_s=0)
+    assert report.notes and "added the index outbox-index" in report.notes[0]
+    names = {i["IndexName"] for i in dynamodb.describe_table(TableName="older")["Table"]["GlobalSecondaryIndexes"]}
+    assert names == {"state-priority-index", "outbox-index"}
+    assert schema.ensure_table(dynamodb, TableConfig(name="older")).notes == ()
 
 
 class SlowTable:
@@ -81,12 +98,12 @@ class SlowTable:
                 {"Error": {"Code": "ResourceNotFoundException", "Message": "no"}}, "DescribeTable"
             )
         status = "ACTIVE" if self.describes >= 4 else "CREATING"
-        index = dict(self.created["GlobalSecondaryIndexes"][0], IndexStatus=status)
+        indexes = [dict(i, IndexStatus=status) for i in self.created["GlobalSecondaryIndexes"]]
         return {
             "Table": dict(
                 self.created,
                 TableStatus=status,
-                GlobalSecondaryIndexes=[index],
+                GlobalSecondaryIndexes=indexes,
                 BillingModeSummary={"BillingMode": "PAY_PER_REQUEST"},
             )
         }

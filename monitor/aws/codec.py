@@ -20,6 +20,9 @@ CONTROL_SK = "ws"
 EVENT_SK_PREFIX = "evt#"
 FLEET_KEY = {"pk": {"S": "#fleet"}, "sk": {"S": "counter"}}  # '#' cannot start a workset id
 GSI_NAME = "state-priority-index"
+OUTBOX_GSI = "outbox-index"  # sparse: only events some channel still has to hear about
+OUTBOX_PENDING = "pending"
+CHANNELS = ("sns", "linear", "webhook")
 # Everything but the attributes a heartbeat rewrites, so a claim needs no read first and heartbeats never write the
 # index. Every other attribute changes only together with `version`, which is projected anyway.
 HEARTBEAT_ATTRIBUTES = ("hb_count", "heartbeat_at_ms", "lease_expires_at_ms", "current_step")
@@ -127,8 +130,21 @@ def event_item(event: Event) -> Item:
         "epoch": event.epoch,
         "detail": event.detail or None,
         "priority": event.priority.value,
+        "outbox": OUTBOX_PENDING if event.pending else None,
+        "outbox_sk": outbox_sort_key(event) if event.pending else None,
+        **{f"notify_{channel}": outcome for channel, outcome in event.notified.items()},
+        "notify_attempts": event.delivery_attempts or None,
     }
     return encode_fields(fields)
+
+
+def outbox_sort_key(event: Event) -> str:
+    """Oldest first across all worksets."""
+    return f"{event.at_ms:015d}#{event.workset_id}#{event.seq:010d}"
+
+
+def event_key(workset_id: str, seq: int) -> Item:
+    return {"pk": {"S": workset_id}, "sk": {"S": event_sk(seq)}}
 
 
 def event_from_item(item: Item) -> Event:
@@ -146,6 +162,9 @@ def event_from_item(item: Item) -> Event:
         epoch=v.get("epoch", 0),
         detail=v.get("detail", ""),
         priority=Priority(v.get("priority", Priority.NORMAL.value)),
+        pending=v.get("outbox") == OUTBOX_PENDING,
+        notified={c: v[f"notify_{c}"] for c in CHANNELS if f"notify_{c}" in v},
+        delivery_attempts=v.get("notify_attempts", 0),
     )
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import botocore.exceptions
@@ -38,10 +39,20 @@ _CANCELLED = ("TransactionCanceledException",)
 
 
 class DynamoStore:
-    def __init__(self, client: Any, table: str, *, page_size: int | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        *,
+        page_size: int | None = None,
+        outbox: Callable[[Event], bool] | None = None,
+        on_pending: Callable[[], None] | None = None,
+    ) -> None:
         self._client = client
         self._table = table
         self._page_size = page_size  # None: DynamoDB's own 1 MB pages; tests set it small to force paging
+        self._outbox = outbox  # which new events some notification channel wants: they go to the outbox
+        self._on_pending = on_pending  # called after a write that put an event in the outbox
 
     # --- writes ----------------------------------------------------------------------------------------------
 
@@ -62,6 +73,7 @@ class DynamoStore:
             if _cancelled_by_condition(exc):
                 return False
             raise clients.translate(exc, what=f"registering {decision.after.workset_id}") from exc
+        self._rang(decision.event)
         return True
 
     async def commit(
@@ -110,7 +122,12 @@ class DynamoStore:
                     f"the fleet already runs {fleet_cap} worksets (run.max_fleet_concurrent)"
                 ) from exc
             raise _conflict(exc, decision, fence_token) from exc
+        self._rang(decision.event)
         return after
+
+    def _rang(self, event: Event) -> None:
+        if self._on_pending is not None and self._outbox is not None and self._outbox(event):
+            self._on_pending()
 
     def _fleet_update(self, before: Workset, after: Workset, cap: int | None) -> dict[str, Any] | None:
         """Keep the fleet-wide in-progress counter exact: +1 entering in_progress (capped), -1 leaving it."""
@@ -164,6 +181,8 @@ class DynamoStore:
         return int(response["Attributes"]["hb_count"]["N"])
 
     def _event_put(self, event: Event) -> dict[str, Any]:
+        if self._outbox is not None and self._outbox(event):
+            event = dataclasses.replace(event, pending=True)
         return {
             "Put": {
                 "TableName": self._table,
@@ -247,6 +266,68 @@ class DynamoStore:
             ConsistentRead=True,
         )
         return int(response.get("Item", {}).get("running", {}).get("N", "0"))
+
+    # --- the notification outbox --------------------------------------------------------------------------------
+
+    async def pending_events(self, *, limit: int) -> list[Event]:
+        response = await self._call(
+            "query",
+            what="reading the notification outbox",
+            TableName=self._table,
+            IndexName=codec.OUTBOX_GSI,
+            KeyConditionExpression="outbox = :pending",
+            ExpressionAttributeValues={":pending": {"S": codec.OUTBOX_PENDING}},
+            Limit=limit,
+        )
+        return [codec.event_from_item(item) for item in response.get("Items", [])]
+
+    async def claim_event(self, event: Event, *, owner: str, now_ms: int, hold_ms: int) -> bool:
+        try:
+            await self._call(
+                "update_item",
+                what=f"claiming the delivery of {event.event_id}",
+                inspect=("ConditionalCheckFailedException",),
+                TableName=self._table,
+                Key=codec.event_key(event.workset_id, event.seq),
+                UpdateExpression="SET claimed_by = :me, claim_until_ms = :until",
+                ConditionExpression="outbox = :pending AND (attribute_not_exists(claim_until_ms) "
+                "OR claim_until_ms < :now OR claimed_by = :me)",
+                ExpressionAttributeValues={
+                    ":me": {"S": owner},
+                    ":until": {"N": str(now_ms + hold_ms)},
+                    ":now": {"N": str(now_ms)},
+                    ":pending": {"S": codec.OUTBOX_PENDING},
+                },
+            )
+        except botocore.exceptions.ClientError:
+            return False
+        return True
+
+    async def record_delivery(self, event: Event, channel: str, outcome: str) -> None:
+        await self._call(
+            "update_item",
+            what=f"recording the delivery of {event.event_id}",
+            TableName=self._table,
+            Key=codec.event_key(event.workset_id, event.seq),
+            UpdateExpression="SET #outcome = :outcome",
+            ExpressionAttributeNames={"#outcome": f"notify_{channel}"},
+            ExpressionAttributeValues={":outcome": {"S": outcome}},
+        )
+
+    async def finish_event(self, event: Event, *, done: bool) -> None:
+        """Leave the outbox (``done``), or give the claim back after a temporary failure and count the attempt."""
+        update = "REMOVE claimed_by, claim_until_ms"
+        if done:
+            update += ", outbox, outbox_sk"
+        extra: dict[str, Any] = {} if done else {"ExpressionAttributeValues": {":one": {"N": "1"}}}
+        await self._call(
+            "update_item",
+            what=f"finishing the delivery of {event.event_id}",
+            TableName=self._table,
+            Key=codec.event_key(event.workset_id, event.seq),
+            UpdateExpression=update + ("" if done else " ADD notify_attempts :one"),
+            **extra,
+        )
 
     async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:
         """``bucket/prefix`` per workset: from the index for all of them (keys and two attributes, every page), or

@@ -16,11 +16,12 @@ import botocore.exceptions
 
 from monitor import errors
 from monitor.aws import clients
-from monitor.aws.codec import GSI_NAME, GSI_PROJECTED
+from monitor.aws.codec import GSI_NAME, GSI_PROJECTED, OUTBOX_GSI
 from monitor.config import TableConfig
 
 _KEYS = {"pk": "HASH", "sk": "RANGE"}
 _GSI_KEYS = {"state": "HASH", "gsi_sk": "RANGE"}
+_OUTBOX_KEYS = {"outbox": "HASH", "outbox_sk": "RANGE"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,46 +50,96 @@ def ensure_table(
         except botocore.exceptions.ClientError as exc:
             if clients.error_code(exc) != "ResourceInUseException":
                 raise clients.translate(exc, what=f"creating table {cfg.name}") from exc
-    deadline = time.monotonic() + timeout_s
-    while True:
-        description = _describe(client, cfg.name)
-        if description is not None and _active(description):
-            break
-        if time.monotonic() > deadline:
-            raise errors.AwsTemporaryError(f"table {cfg.name} is not ACTIVE after {timeout_s:g} s")
-        sleep(poll_s)
+    description = _wait_active(client, cfg.name, timeout_s=timeout_s, poll_s=poll_s, sleep=sleep)
     problems = verify(description)
+    notes: tuple[str, ...] = ()
+    if not problems and _add_outbox_index(client, cfg, description):
+        notes = (f"added the index {OUTBOX_GSI} (notification outbox) to the existing table",)
+        description = _wait_active(client, cfg.name, timeout_s=timeout_s, poll_s=poll_s, sleep=sleep)
+    problems = verify(description, outbox=True)
     if problems:
         raise errors.SchemaMismatch(f"table {cfg.name} exists but cannot be used: " + "; ".join(problems))
     billing = description.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED")
-    notes: tuple[str, ...] = ()
     if billing != cfg.billing_mode:
-        notes = (f"table billing mode is {billing}, config says {cfg.billing_mode} (left unchanged)",)
+        notes += (f"table billing mode is {billing}, config says {cfg.billing_mode} (left unchanged)",)
     return InitReport(table=cfg.name, created=created, billing_mode=billing, notes=notes)
 
 
 def create_table_request(cfg: TableConfig) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "TableName": cfg.name,
+        "AttributeDefinitions": [
+            {"AttributeName": name, "AttributeType": "S"} for name in (*_KEYS, *_GSI_KEYS, *_OUTBOX_KEYS)
+        ],
+        "KeySchema": [{"AttributeName": n, "KeyType": t} for n, t in _KEYS.items()],
+        "GlobalSecondaryIndexes": [_state_index(cfg), _outbox_index(cfg)],
+        "BillingMode": cfg.billing_mode,
+    }
+    if cfg.billing_mode == "PROVISIONED":
+        request["ProvisionedThroughput"] = _throughput(cfg)
+    return request
+
+
+def _state_index(cfg: TableConfig) -> dict[str, Any]:
     index: dict[str, Any] = {
         "IndexName": GSI_NAME,
         "KeySchema": [{"AttributeName": n, "KeyType": t} for n, t in _GSI_KEYS.items()],
         "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(GSI_PROJECTED)},
     }
-    request: dict[str, Any] = {
-        "TableName": cfg.name,
-        "AttributeDefinitions": [{"AttributeName": name, "AttributeType": "S"} for name in (*_KEYS, *_GSI_KEYS)],
-        "KeySchema": [{"AttributeName": n, "KeyType": t} for n, t in _KEYS.items()],
-        "GlobalSecondaryIndexes": [index],
-        "BillingMode": cfg.billing_mode,
+    return index | ({"ProvisionedThroughput": _throughput(cfg)} if cfg.billing_mode == "PROVISIONED" else {})
+
+
+def _outbox_index(cfg: TableConfig) -> dict[str, Any]:
+    index: dict[str, Any] = {
+        "IndexName": OUTBOX_GSI,
+        "KeySchema": [{"AttributeName": n, "KeyType": t} for n, t in _OUTBOX_KEYS.items()],
+        "Projection": {"ProjectionType": "ALL"},  # only pending events are in it: few and small
     }
-    if cfg.billing_mode == "PROVISIONED":
-        throughput = {"ReadCapacityUnits": cfg.read_capacity, "WriteCapacityUnits": cfg.write_capacity}
-        request["ProvisionedThroughput"] = throughput
-        index["ProvisionedThroughput"] = throughput
-    return request
+    return index | ({"ProvisionedThroughput": _throughput(cfg)} if cfg.billing_mode == "PROVISIONED" else {})
 
 
-def verify(description: dict[str, Any]) -> list[str]:
-    """Every way the described table differs from what this program needs (empty when usable)."""
+def _throughput(cfg: TableConfig) -> dict[str, Any]:
+    return {"ReadCapacityUnits": cfg.read_capacity, "WriteCapacityUnits": cfg.write_capacity}
+
+
+def _add_outbox_index(client: Any, cfg: TableConfig, description: dict[str, Any]) -> bool:
+    """Tables made before notifications existed get the outbox index added in place; True when it was."""
+    if any(i["IndexName"] == OUTBOX_GSI for i in description.get("GlobalSecondaryIndexes", [])):
+        return False
+    index = _outbox_index(cfg)
+    if description.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED") == "PROVISIONED":
+        throughput = description.get("ProvisionedThroughput", {})
+        index["ProvisionedThroughput"] = {
+            "ReadCapacityUnits": throughput.get("ReadCapacityUnits") or cfg.read_capacity or 1,
+            "WriteCapacityUnits": throughput.get("WriteCapacityUnits") or cfg.write_capacity or 1,
+        }
+    try:
+        client.update_table(
+            TableName=cfg.name,
+            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in _OUTBOX_KEYS],
+            GlobalSecondaryIndexUpdates=[{"Create": index}],
+        )
+    except botocore.exceptions.ClientError as exc:
+        raise clients.translate(exc, what=f"adding index {OUTBOX_GSI} to table {cfg.name}") from exc
+    return True
+
+
+def _wait_active(
+    client: Any, name: str, *, timeout_s: float, poll_s: float, sleep: Callable[[float], None]
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        description = _describe(client, name)
+        if description is not None and _active(description):
+            return description
+        if time.monotonic() > deadline:
+            raise errors.AwsTemporaryError(f"table {name} is not ACTIVE after {timeout_s:g} s")
+        sleep(poll_s)
+
+
+def verify(description: dict[str, Any], *, outbox: bool = False) -> list[str]:
+    """Every way the described table differs from what this program needs (empty when usable); the outbox index
+    is only required with ``outbox`` (``ensure_table`` adds it to older tables)."""
     problems = []
     types = {a["AttributeName"]: a["AttributeType"] for a in description.get("AttributeDefinitions", [])}
     keys = {k["AttributeName"]: k["KeyType"] for k in description.get("KeySchema", [])}
@@ -113,6 +164,13 @@ def verify(description: dict[str, Any]) -> list[str]:
     included = set(projection.get("NonKeyAttributes", []))
     if kind != "ALL" and not (kind == "INCLUDE" and set(GSI_PROJECTED) <= included):
         problems.append(f"index {GSI_NAME} projects {kind} {sorted(included)}, expected INCLUDE {list(GSI_PROJECTED)}")
+    outbox_index = indexes.get(OUTBOX_GSI)
+    if outbox and outbox_index is None:
+        problems.append(f"global secondary index {OUTBOX_GSI} is missing")
+    elif outbox_index is not None:
+        keys_found = {k["AttributeName"]: k["KeyType"] for k in outbox_index.get("KeySchema", [])}
+        if keys_found != _OUTBOX_KEYS or outbox_index.get("Projection", {}).get("ProjectionType") != "ALL":
+            problems.append(f"index {OUTBOX_GSI} must have keys {_fmt(_OUTBOX_KEYS)} and project ALL")
     return problems
 
 

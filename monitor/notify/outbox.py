@@ -1,0 +1,236 @@
+"""At-least-once delivery of notifications from the outbox.
+
+An event some channel wants is written *with* its transition, marked pending (``outbox-index``), so a notification
+can only be lost together with the change it reports. This loop delivers pending events, oldest first:
+
+1. **Claim** the event (a conditional write; the claim lasts ``hold_s``), so two daemons never both send it.
+2. For each configured channel not yet recorded on the event: skip it if its filters say so, else send it, with
+   bounded retries (exponential backoff with jitter, at least what the server asked for); record the channel's
+   outcome on the event right away, so a crash never re-sends what was delivered.
+3. **Finish**: out of the outbox once every channel has an outcome. A channel still failing temporarily leaves the
+   event pending; the claim runs out and the event is tried again, up to ``max_rounds`` rounds, then recorded as
+   failed (and logged as an error).
+
+A crash between commit and delivery loses nothing: the event is still pending and is delivered after the restart,
+with the same event id. Delivery never blocks or fails a state transition: it runs beside them, woken by ``ring``
+as soon as one is committed here, and polling for events committed elsewhere (the CLI, other daemons).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import tenacity
+
+from monitor import errors, logs
+from monitor.clock import Clock
+from monitor.config import NotifyConfig
+from monitor.model import PROBLEM_EVENTS, Event, Workset
+from monitor.notify import filters
+from monitor.ports import Store
+
+log = logs.get("monitor.notify")
+
+
+class Channel(Protocol):
+    name: str
+
+    async def send(self, event: Event, ws: Workset | None) -> str:
+        """Deliver; returns "sent" (or "skipped" when the channel decides the event is not for it)."""
+        ...
+
+
+class Doorbell:
+    """What the store needs from the outbox, made before either: which new events enter it, and a bell to ring
+    after committing one (the outbox loop wakes at once instead of at its next poll)."""
+
+    def __init__(self, notify: NotifyConfig) -> None:
+        self.notify = notify
+        self.rung = asyncio.Event()
+
+    def wants(self, event: Event) -> bool:
+        return filters.anyone_wants(self.notify, event)
+
+    def ring(self) -> None:
+        self.rung.set()
+
+
+class Outbox:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        owner: str,
+        doorbell: Doorbell,
+        channels: Sequence[Channel],
+        hold_s: float = 60.0,
+        max_rounds: int = 8,
+        tries: int = 4,
+        backoff_s: float = 0.5,
+        max_wait_s: float = 30.0,
+        batch: int = 25,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._owner = owner
+        self._doorbell = doorbell
+        self._channels = list(channels)
+        self._hold_ms = round(hold_s * 1000)
+        self._max_rounds = max_rounds
+        self._tries = tries
+        self._backoff_s = backoff_s
+        self._max_wait_s = max_wait_s
+        self._batch = batch
+        self._sleep = sleep
+        self._not_before: dict[str, float] = {}  # event id -> monotonic time: not ours to retry before then
+        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (channel, outcome)
+        self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)  # commit -> delivered
+        self.observe: Callable[[str, str, float | None], None] | None = None  # metrics hook: channel, outcome, s
+
+    @property
+    def notify(self) -> NotifyConfig:
+        return self._doorbell.notify
+
+    def reconfigure(self, notify: NotifyConfig, channels: Sequence[Channel]) -> None:
+        self._doorbell.notify, self._channels = notify, list(channels)
+
+    async def run(self, *, stop: asyncio.Event, interval_s: Callable[[], float]) -> None:
+        while not stop.is_set():
+            self._doorbell.rung.clear()
+            try:
+                await self.deliver_pending()
+            except errors.MonitorError as exc:
+                if not exc.temporary:
+                    raise
+                log.warning("outbox round failed; will retry", error=str(exc))
+            await self._clock.sleep(interval_s(), until=self._doorbell.rung)
+
+    async def flush(self, *, timeout_s: float) -> None:
+        """Deliver what is pending now, within ``timeout_s`` (at shutdown)."""
+        try:
+            await asyncio.wait_for(self.deliver_pending(), timeout=timeout_s)
+        except TimeoutError:
+            log.warning("outbox not fully flushed at shutdown; the next daemon start delivers the rest")
+        except errors.MonitorError as exc:
+            log.warning("outbox flush failed; the next daemon start delivers the rest", error=str(exc))
+
+    async def deliver_pending(self) -> int:
+        """One pass over the pending events; returns how many left the outbox."""
+        finished = 0
+        while True:
+            now = self._clock.monotonic()
+            batch = [
+                e
+                for e in await self._store.pending_events(limit=self._batch)
+                if self._not_before.get(e.event_id, 0) <= now
+            ]
+            if not batch:
+                return finished
+            progressed = False
+            for event in batch:
+                outcome = await self.deliver(event)
+                finished += outcome == "done"
+                progressed |= outcome != "busy"
+            if not progressed:
+                return finished
+
+    async def deliver(self, event: Event) -> str:
+        """Deliver one event to every channel that should have it: "done", "later" or "busy" (another daemon)."""
+        now_ms = self._clock.now_ms()
+        if not await self._store.claim_event(event, owner=self._owner, now_ms=now_ms, hold_ms=self._hold_ms):
+            self._not_before[event.event_id] = self._clock.monotonic() + self._hold_ms / 1000
+            return "busy"
+        ws = await self._store.get(event.workset_id)
+        wanted = filters.channels(self.notify)
+        retry_later = False
+        for channel in self._channels:
+            if channel.name in event.notified:
+                continue
+            config = wanted.get(channel.name)
+            if config is None or not filters.wants(self.notify, config, event):
+                await self._record(event, channel.name, "skipped")
+                continue
+            outcome = await self._send(channel, event, ws)
+            if outcome is None:
+                retry_later = True
+                continue
+            await self._record(event, channel.name, outcome)
+        if retry_later and event.delivery_attempts + 1 < self._max_rounds:
+            await self._store.finish_event(event, done=False)
+            self._not_before[event.event_id] = self._clock.monotonic() + self._hold_ms / 1000
+            return "later"
+        if retry_later:
+            for channel in self._channels:
+                if channel.name not in event.notified and channel.name in wanted:
+                    reason = f"failed: gave up after {self._max_rounds} rounds"
+                    log.error("notification given up", channel=channel.name, event_id=event.event_id)
+                    await self._record(event, channel.name, reason)
+        await self._store.finish_event(event, done=True)
+        self._not_before.pop(event.event_id, None)
+        return "done"
+
+    async def _send(self, channel: Channel, event: Event, ws: Workset | None) -> str | None:
+        """The channel's outcome, "failed: ..." for a permanent refusal, None when it is worth another round."""
+        try:
+            async for attempt in tenacity.AsyncRetrying(
+                stop=tenacity.stop_after_attempt(self._tries),
+                wait=self._wait,
+                retry=tenacity.retry_if_exception(lambda e: isinstance(e, errors.DeliveryError) and e.temporary),
+                reraise=True,
+                sleep=self._sleep,
+            ):
+                with attempt:
+                    return await channel.send(event, ws)
+        except errors.DeliveryError as exc:
+            if exc.temporary:
+                log.warning(
+                    "notification failed for now; will retry",
+                    channel=channel.name,
+                    event_id=event.event_id,
+                    error=str(exc),
+                )
+                self._count(channel.name, "retry_later", None)
+                return None
+            log.error("notification refused", channel=channel.name, event_id=event.event_id, error=str(exc))
+            return f"failed: {exc}"[:500]
+        return None  # unreachable: AsyncRetrying either returns or raises
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exponential = min(self._backoff_s * 2 ** (state.attempt_number - 1), self._max_wait_s)
+        base = exponential / 2 + tenacity.wait_random(0, exponential / 2)(state)
+        exc = state.outcome.exception() if state.outcome else None
+        asked = getattr(exc, "retry_after_s", None)
+        return float(max(base, min(asked, self._max_wait_s)) if asked else base)
+
+    async def _record(self, event: Event, channel: str, outcome: str) -> None:
+        await self._store.record_delivery(event, channel, outcome)
+        event.notified[channel] = outcome  # our copy, so a later round does not send it again
+        latency = max(self._clock.now_ms() - event.at_ms, 0) / 1000 if outcome == "sent" else None
+        if latency is not None:
+            self.latencies_s.append(latency)
+        kind = outcome if outcome in ("sent", "skipped") else "failed"
+        self._count(channel, kind, latency)
+        if outcome == "sent":
+            log.info("notification sent", channel=channel, event_id=event.event_id, latency_s=latency)
+
+    def _count(self, channel: str, outcome: str, latency: float | None) -> None:
+        self.counts[(channel, outcome)] += 1
+        if self.observe is not None:
+            self.observe(channel, outcome, latency)
+
+
+def linear_issue_lookup(store: Store) -> Callable[[Event], Awaitable[bool]]:
+    """Whether an earlier problem of ``event``'s workset already reached Linear (and so made its issue)."""
+
+    async def has_issue(event: Event) -> bool:
+        history = await store.history(event.workset_id)
+        return any(
+            e.seq < event.seq and e.type in PROBLEM_EVENTS and e.notified.get("linear") == "sent" for e in history
+        )
+
+    return has_issue
