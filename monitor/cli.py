@@ -211,7 +211,14 @@ async def cmd_run(app: App) -> int:
     owner = leases.new_owner_id()
     doorbell = Doorbell(settings.notify)
     store = app.make_store(outbox=doorbell.wants, on_pending=doorbell.ring)
-    outbox = Outbox(store, app.clock, owner=owner, doorbell=doorbell, channels=app.channels(settings.notify, store))
+    outbox = Outbox(
+        store,
+        app.clock,
+        owner=owner,
+        doorbell=doorbell,
+        channels=app.channels(settings.notify, store),
+        hold_s=settings.notify.claim_s,
+    )
     services = Services(
         store=store,
         source=app.source,

@@ -220,6 +220,7 @@ class NotifyConfig(Section):
         ]
     )
     min_priority: Priority = Priority.LOW
+    claim_s: Seconds = 60.0  # a daemon delivering an event holds it this long; a dead one's events wait this long
     sns: SnsConfig | None = None
     linear: LinearConfig | None = None
     webhook: WebhookConfig | None = None

@@ -181,6 +181,10 @@ def test_unknown_keys_are_errors_at_every_level(tmp_path: Path, text: str, expec
         ),
         ("[[pipeline.steps]]\ncommand = ['x']\n", "line 1: pipeline.steps[0].name: required key is missing"),
         ("[aws]\nendpoint_url = 'localhost:5000'\n", "aws.endpoint_url: must be an http:// or https:// URL"),
+        ("[notify.sns]\ntopic = 'x'\n", "line 2: notify.sns.topic: unknown key"),
+        ("[notify.sns]\ntopic_arn = 'arn:aws:sns:us-east-1:123:alerts'\n", "notify.sns.topic_arn: String should match"),
+        ("[notify.linear]\napi_key = 'k'\nteam_id = ''\n", "notify.linear.team_id: String should have at least 1"),
+        ("[notify.webhook]\nurl = 'hooks.slack.com/x'\n", "notify.webhook.url: must be an http:// or https:// URL"),
         ("[metrics]\nport = 70000\n", "metrics.port: Input should be less than or equal to 65535"),
     ],
 )

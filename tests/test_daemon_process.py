@@ -22,6 +22,7 @@ from monitor.aws.dynamo import DynamoStore
 from monitor.config import TableConfig
 from monitor.model import EventType, State, Workset, WorksetId
 from tests.conftest import REGION, ROOT, run
+from tests.fake_http import FakeServer, Reply
 from tests.lab import BUCKET, Lab
 
 TABLE = "daemon-test"
@@ -208,3 +209,30 @@ def test_the_demo_runs_end_to_end() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo finished: every workset reached its expected state." in result.stdout
     assert "ws-flaky-cluster    complete  normal    2" in result.stdout
+
+
+def test_a_notification_survives_a_daemon_killed_while_delivering_it(env: dict[str, Any]) -> None:
+    server = FakeServer().start()
+    try:
+        server.script = [Reply(delay_s=3)]  # the first delivery hangs: the daemon dies in the middle of it
+        notify = f'[notify]\nevents = ["error"]\nclaim_s = 2\n[notify.webhook]\nurl = "{server.url}"\ntimeout_s = 30\n'
+        config = write_config(env, "import sys; print('bad reference'); sys.exit(2)", extra=notify)
+        env["lab"].workset("ws-fails", prefix="w/")
+        first = env["start"](config, name="first")
+        until(lambda: server.requests, what="the first delivery attempt")
+        first.signal(signal.SIGKILL)
+        first.wait()
+        [pending] = run(env["store"].pending_events(limit=10))  # committed, not delivered
+        assert (pending.workset_id, pending.type) == ("ws-fails", EventType.ERROR)
+        second = env["start"](config, name="second")
+        until(lambda: not run(env["store"].pending_events(limit=10)), what="the delivery after the restart")
+        history = run(env["store"].history(WorksetId("ws-fails")))
+        error = next(e for e in history if e.type is EventType.ERROR)
+        assert error.notified == {"webhook": "sent"}
+        ids = {r.headers["x-workset-monitor-event-id"] for r in server.requests}
+        assert ids == {error.event_id} and len(server.requests) >= 2  # the same event id: none lost
+        second.signal(signal.SIGTERM)
+        assert second.wait() == 0
+    finally:
+        server.stop()
+        time.sleep(3)  # the hung request's thread finishes its delayed reply

@@ -1,0 +1,381 @@
+"""Notifications: SNS read back through an SQS subscription, Linear and webhook against a local HTTP server that fails
+on demand, filters, and the outbox's at-least-once, never-twice bookkeeping."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from monitor import actions, errors
+from monitor.aws import schema
+from monitor.aws.dynamo import DynamoStore
+from monitor.aws.sns import SnsChannel
+from monitor.clock import FakeClock
+from monitor.config import NotifyConfig, TableConfig
+from monitor.leases import Claimer, Policy
+from monitor.memory import MemoryStore
+from monitor.model import Event, EventType, Priority, State, WorksetId
+from monitor.notify import linear, message, webhook
+from monitor.notify.linear import LinearChannel
+from monitor.notify.outbox import Channel, Doorbell, Outbox, linear_issue_lookup
+from monitor.notify.webhook import WebhookChannel
+from monitor.states import Action, Context
+from tests.conftest import REGION, run
+from tests.fake_http import FakeServer, Reply, serve
+
+ARN = f"arn:aws:sns:{REGION}:123456789012:workset-alerts"
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    yield from serve()
+
+
+class Rig:
+    """A store whose new events go to an outbox, a fake clock, and a recording sleep for the retries."""
+
+    def __init__(self, notify: dict[str, Any], store: Any = None) -> None:
+        self.clock = FakeClock()
+        self.doorbell = Doorbell(NotifyConfig.model_validate(notify))
+        self.store = store or MemoryStore(outbox=self.doorbell.wants, on_pending=self.doorbell.ring)
+        self.waits: list[float] = []
+        self.channels: list[Channel] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+    def outbox(self, owner: str = "host-a:1:0", **kw: Any) -> Outbox:
+        return Outbox(
+            self.store,
+            self.clock,
+            owner=owner,
+            doorbell=self.doorbell,
+            channels=self.channels,
+            sleep=self.sleep,
+            backoff_s=0.01,
+            **kw,
+        )
+
+    async def register(self, name: str, *, priority: Priority = Priority.URGENT, invalid: str | None = None) -> None:
+        await actions.register(
+            self.store,
+            workset_id=WorksetId(name),
+            bucket="lab-bucket",
+            prefix=f"w/{name}/",
+            priority=priority,
+            ctx=Context(now_ms=self.clock.now_ms(), actor="scanner"),
+            invalid_reason=invalid,
+        )
+
+    async def run_once(self, name: str, *, fail: str | None = None) -> None:
+        """Claim the workset and complete it (or fail it permanently)."""
+        [held] = await Claimer(self.store, self.clock, owner="host-a:1:0", policy=Policy()).claim(slots=1)
+        assert held.workset_id == name
+        if fail:
+            await held.fail(fail, temporary=False)
+        else:
+            await held.complete()
+
+    async def events(self, name: str) -> list[Event]:
+        return await self.store.history(WorksetId(name))
+
+
+def linear_cfg(server: FakeServer, **kw: Any) -> dict[str, Any]:
+    return {
+        "linear": {"api_key": "lin_api_secret123", "team_id": "team-1", "api_url": server.url, "timeout_s": 0.5, **kw}
+    }
+
+
+# --- SNS ---------------------------------------------------------------------------------------------------------
+
+
+def test_sns_publishes_a_filterable_message_read_back_through_sqs(mocked_aws: None) -> None:
+    sns, sqs = boto3.client("sns", region_name=REGION), boto3.client("sqs", region_name=REGION)
+    topic = sns.create_topic(Name="workset-alerts")["TopicArn"]
+    queue = sqs.create_queue(QueueName="tap")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    schema.ensure_table(dynamodb, TableConfig(name="notify"))
+    rig = Rig({"sns": {"topic_arn": topic}})
+    rig.store = DynamoStore(dynamodb, "notify", outbox=rig.doorbell.wants, on_pending=rig.doorbell.ring)
+    rig.channels = [SnsChannel(sns, topic)]
+    long_name = "ws-" + "x" * 120
+
+    async def scenario() -> None:
+        await rig.register(long_name, invalid="stage_samples.tsv line 3 column 5: R2_FQ missing\nsecond line")
+        assert rig.doorbell.rung.is_set()
+        assert await rig.outbox().deliver_pending() == 1
+        [event] = await rig.events(long_name)
+        assert (event.pending, event.notified) == (False, {"sns": "sent"})
+        assert await rig.store.pending_events(limit=10) == []
+
+    run(scenario())
+    [received] = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    envelope = json.loads(received["Body"])
+    assert len(envelope["Subject"]) <= 100 and "\n" not in envelope["Subject"]
+    assert envelope["Subject"].startswith(f"[workset-monitor] {long_name[:40]}")
+    assert {k: v["Value"] for k, v in envelope["MessageAttributes"].items()} == {
+        "workset_id": long_name,
+        "event_type": "invalid",
+        "state": "error",
+        "priority": "urgent",
+    }
+    body = envelope["Message"]
+    for expected in (
+        "event: invalid",
+        "state: error",
+        "priority: urgent",
+        f"s3 uri: s3://lab-bucket/w/{long_name}/",
+        "reason: stage_samples.tsv line 3 column 5",
+        "event id:",
+    ):
+        assert expected in body
+
+
+def test_sns_refusals_are_permanent_and_throttling_is_not(mocked_aws: None) -> None:
+    channel = SnsChannel(boto3.client("sns", region_name=REGION), ARN)  # the topic does not exist
+    event = Event(WorksetId("w"), 1, EventType.ERROR, 0, "a", None, State.ERROR)
+    with pytest.raises(errors.DeliveryError) as caught:
+        run(channel.send(event, None))
+    assert not caught.value.temporary
+
+
+def test_a_subject_never_exceeds_100_characters_or_one_line() -> None:
+    event = Event(WorksetId("w" * 128), 1, EventType.LEASE_EXPIRED, 0, "a", None, State.RETRYING)
+    assert len(message.subject(event)) == 100 and "\n" not in message.subject(event)
+
+
+# --- Linear ------------------------------------------------------------------------------------------------------
+
+
+def test_linear_makes_one_issue_per_workset_and_comments_after(server: FakeServer) -> None:
+    rig = Rig({"events": ["invalid", "error", "complete", "retrying"], **linear_cfg(server)})
+    rig.channels = [LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await rig.register("ws-1")
+        await rig.run_once("ws-1", fail="exit 2: reference missing")  # first problem: an issue
+        await rig.register("ws-2", priority=Priority.LOW)
+        await rig.run_once("ws-2")  # complete, never in trouble: no issue, no comment
+        await rig.outbox().deliver_pending()
+        await actions.act(rig.store, WorksetId("ws-1"), Action.RETRY, Context(now_ms=rig.clock.now_ms(), actor="op"))
+        await rig.run_once("ws-1")  # complete after the fix: a comment on the same issue
+        await rig.outbox().deliver_pending()
+        assert [e.notified.get("linear") for e in await rig.events("ws-2") if e.type is EventType.COMPLETE] == [
+            "skipped"
+        ]
+
+    run(scenario())
+    calls = [r.json() for r in server.requests]
+    assert len(calls) == 2
+    create, comment = calls[0]["variables"]["input"], calls[1]["variables"]["input"]
+    assert "issueCreate" in calls[0]["query"] and "commentCreate" in calls[1]["query"]
+    assert create["id"] == linear.issue_id("team-1", "ws-1") == comment["issueId"]
+    assert (create["teamId"], create["priority"]) == ("team-1", 1)
+    assert "exit 2: reference missing" in create["description"] and "complete" in comment["body"]
+    assert all(r.headers["authorization"] == "lin_api_secret123" for r in server.requests)
+
+
+def test_linear_retries_429_and_500_honouring_the_reset_and_never_sends_twice(server: FakeServer) -> None:
+    server.script = [
+        Reply(429, {"errors": [{"message": "slow down"}]}, {"Retry-After": "7"}),
+        Reply(500, {"errors": [{"message": "boom"}]}),
+        Reply(200, {"data": {"issueCreate": {"success": True}}}),
+    ]
+    rig = Rig(linear_cfg(server))
+    rig.channels = [LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await rig.register("ws-1", invalid="manifest missing")
+        outbox = rig.outbox()
+        assert await outbox.deliver_pending() == 1
+        assert await outbox.deliver_pending() == 0  # nothing left: the success is not sent again
+
+    run(scenario())
+    assert len(server.requests) == 3
+    assert rig.waits[0] >= 7  # waited at least what the 429 asked for
+    ids = {r.json()["variables"]["input"]["id"] for r in server.requests}
+    assert len(ids) == 1  # the same client-chosen id on every retry
+
+
+def test_linear_timeouts_are_retried_and_a_duplicate_after_a_lost_response_counts_as_sent(server: FakeServer) -> None:
+    server.script = [Reply(delay_s=1.0), Reply(200, {"errors": [{"message": "Entity already exists"}]})]
+    rig = Rig(linear_cfg(server))
+    rig.channels = [LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await rig.register("ws-1", invalid="manifest missing")
+        assert await rig.outbox().deliver_pending() == 1
+        [event] = await rig.events("ws-1")
+        assert event.notified == {"linear": "sent"}
+
+    run(scenario())
+
+
+def test_a_rejected_linear_key_is_permanent_loud_and_not_retried(server: FakeServer, caplog: Any) -> None:
+    server.default = Reply(401, {"errors": [{"message": "Authentication required"}]})
+    rig = Rig(linear_cfg(server))
+    rig.channels = [LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await rig.register("ws-1", invalid="manifest missing")
+        assert await rig.outbox().deliver_pending() == 1
+        [event] = await rig.events("ws-1")
+        assert event.notified["linear"].startswith("failed: Linear refused the API key")
+        assert "check notify.linear.api_key" in event.notified["linear"]
+
+    run(scenario())
+    assert len(server.requests) == 1
+    assert "lin_api_secret123" not in caplog.text
+
+
+def test_a_channel_down_for_good_is_given_up_after_the_rounds(server: FakeServer) -> None:
+    server.default = Reply(503)
+    rig = Rig(linear_cfg(server))
+    rig.channels = [LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await rig.register("ws-1", invalid="manifest missing")
+        outbox = rig.outbox(max_rounds=3, tries=2, hold_s=5)
+        for _ in range(3):
+            await outbox.deliver_pending()
+            rig.clock.advance(6)  # the claim runs out; the next round may try again
+        [event] = await rig.events("ws-1")
+        assert not event.pending and event.notified["linear"] == "failed: gave up after 3 rounds"
+
+    run(scenario())
+    assert len(server.requests) == 6
+
+
+# --- webhook -----------------------------------------------------------------------------------------------------
+
+
+def test_the_webhook_posts_slack_text_and_fields_and_signs_them(server: FakeServer) -> None:
+    server.script = [Reply(500)]
+    rig = Rig({"webhook": {"url": server.url, "secret": "s3cr3t"}})
+    rig.channels = [WebhookChannel(rig.doorbell.notify.webhook)]  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await rig.register("ws-1", invalid="manifest missing")
+        assert await rig.outbox().deliver_pending() == 1
+
+    run(scenario())
+    assert len(server.requests) == 2  # a 500, then the retry
+    request = server.requests[-1]
+    data = request.json()
+    assert data["text"].startswith("*ws-1* invalid (urgent, attempt 0): manifest missing")
+    assert data["event"]["event_id"] == "ws-1#1" == request.headers["x-workset-monitor-event-id"]
+    assert webhook.verify(request.body, request.headers["x-workset-monitor-signature"], "s3cr3t")
+    assert not webhook.verify(request.body + b" ", request.headers["x-workset-monitor-signature"], "s3cr3t")
+    assert not webhook.verify(request.body, request.headers["x-workset-monitor-signature"], "wrong")
+
+
+# --- filters and the outbox ----------------------------------------------------------------------------------------
+
+
+def test_filters_per_channel_and_priority(server: FakeServer) -> None:
+    config = {
+        "events": ["invalid", "complete"],
+        "min_priority": "normal",
+        "webhook": {"url": server.url, "events": ["complete"]},
+        **linear_cfg(server, min_priority="urgent"),
+    }
+    rig = Rig(config)
+    rig.channels = [
+        LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store)),  # type: ignore[arg-type]
+        WebhookChannel(rig.doorbell.notify.webhook),
+    ]  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await rig.register("low", priority=Priority.LOW, invalid="bad")  # below min_priority everywhere
+        await rig.register("normal", priority=Priority.NORMAL, invalid="bad")  # linear: urgent only; webhook: complete
+        await rig.register("fine", priority=Priority.URGENT)  # a registration: nobody wants it
+        await rig.register("urgent", priority=Priority.URGENT, invalid="bad")  # linear wants it, the webhook not
+        outbox = rig.outbox()
+        assert await outbox.deliver_pending() == 1
+        for name in ("low", "normal", "fine"):
+            [event] = await rig.events(name)
+            assert not event.pending and event.notified == {}, name  # never entered the outbox
+        [urgent] = await rig.events("urgent")
+        assert urgent.notified == {"linear": "sent", "webhook": "skipped"}
+        assert outbox.counts == {("linear", "sent"): 1, ("webhook", "skipped"): 1}
+
+    run(scenario())
+    assert len(server.requests) == 1 and "issueCreate" in server.requests[0].json()["query"]
+
+
+def test_two_daemons_never_both_send_an_event(server: FakeServer) -> None:
+    rig = Rig({"webhook": {"url": server.url}})
+    rig.channels = [WebhookChannel(rig.doorbell.notify.webhook)]  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        for i in range(10):
+            await rig.register(f"ws-{i}", invalid="bad")
+        a, b = rig.outbox("host-a:1:0"), rig.outbox("host-b:2:0")
+        pending = await rig.store.pending_events(limit=100)
+        for event in pending:  # both see every pending event and race for each
+            await a.deliver(event)
+            await b.deliver(event)
+        assert await rig.store.pending_events(limit=100) == []
+
+    run(scenario())
+    ids = [r.headers["x-workset-monitor-event-id"] for r in server.requests]
+    assert len(ids) == 10 == len(set(ids))
+
+
+def test_a_crash_mid_delivery_resends_only_what_was_not_recorded(server: FakeServer) -> None:
+    rig = Rig({"webhook": {"url": server.url}, **linear_cfg(server)})
+    rig.channels = [
+        LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store)),  # type: ignore[arg-type]
+        WebhookChannel(rig.doorbell.notify.webhook),
+    ]  # type: ignore[arg-type]
+
+    class Crash(Exception):
+        pass
+
+    async def scenario() -> None:
+        await rig.register("ws-1", invalid="bad")
+        first = rig.outbox("host-a:1:0", hold_s=30)
+        original = rig.store.finish_event
+
+        async def die(*args: Any, **kwargs: Any) -> None:
+            raise Crash  # both channels sent and recorded, then the process dies before finishing
+
+        rig.store.finish_event = die  # type: ignore[method-assign]
+        with pytest.raises(Crash):
+            await first.deliver_pending()
+        rig.store.finish_event = original  # type: ignore[method-assign]
+        rig.clock.advance(31)  # the dead daemon's claim runs out
+        assert await rig.outbox("host-b:2:0").deliver_pending() == 1
+
+    run(scenario())
+    assert len(server.requests) == 2  # one to Linear, one to the webhook: nothing sent twice
+
+
+def test_notify_test_reports_every_channel(server: FakeServer, tmp_path: Any, capsys: Any) -> None:
+    from monitor import cli
+
+    server.script = [
+        Reply(200, {"data": {"issueCreate": {"success": True}}}),
+        Reply(500),
+        Reply(500),
+        Reply(500),
+        Reply(500),
+    ]
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[notify.webhook]\nurl = "{server.url}"\ntimeout_s = 1\n[notify.linear]\nteam_id = "t"\n'
+        f'api_key = "lin_api_x"\napi_url = "{server.url}"\n'
+    )
+    assert cli.main(["--config", str(path), "notify-test", "--json"]) == 1
+    results = json.loads(capsys.readouterr().out)
+    assert results["linear"] == "sent" and results["webhook"].startswith("FAILED: HTTP 500")
+    empty = tmp_path / "none.toml"
+    empty.write_text("")
+    assert cli.main(["--config", str(empty), "notify-test"]) == 1
+    assert "no notification channel is configured" in capsys.readouterr().err
