@@ -379,3 +379,21 @@ def test_notify_test_reports_every_channel(server: FakeServer, tmp_path: Any, ca
     empty.write_text("")
     assert cli.main(["--config", str(empty), "notify-test"]) == 1
     assert "no notification channel is configured" in capsys.readouterr().err
+
+
+def test_retry_after_and_rate_limit_reset_headers() -> None:
+    import time as _time
+
+    from monitor.notify.http import retry_after
+
+    assert retry_after({"Retry-After": "12"}) == 12
+    assert 29 <= (retry_after({"retry-after": _http_date(_time.time() + 30)}) or 0) <= 31
+    assert 9 <= (retry_after({"X-RateLimit-Requests-Reset": str(int((_time.time() + 10) * 1000))}) or 0) <= 11
+    assert 9 <= (retry_after({"x-ratelimit-requests-reset": str(int(_time.time() + 10))}) or 0) <= 11
+    assert retry_after({}) is None
+
+
+def _http_date(epoch: float) -> str:
+    import email.utils
+
+    return email.utils.formatdate(epoch, usegmt=True)
