@@ -4,9 +4,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit bench demo clean
+.PHONY: test lint typecheck unit tools bench demo clean
 
-test: lint typecheck unit
+test: lint typecheck tools unit
+
+# promtool and prometheus (Debian's `prometheus` package) for the alert-rule tests and the scrape test.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's prometheus package (promtool, prometheus)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "promtool/prometheus missing: install Debian's 'prometheus' package (sudo apt-get install prometheus)"; exit 1; \
+	  fi; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

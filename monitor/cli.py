@@ -20,11 +20,13 @@ from typing import Any
 
 from monitor import __version__, actions, config, errors, leases, logs, render, steps
 from monitor.aws import clients, codec, schema
+from monitor.aws.cloudwatch import CloudWatchPublisher
 from monitor.aws.dynamo import DynamoStore
 from monitor.aws.s3 import S3Source
 from monitor.aws.sns import SnsChannel
 from monitor.aws.sqs import SqsQueue
 from monitor.clock import Clock, SystemClock
+from monitor.metrics import Metrics, ObservedStore
 from monitor.migration import Migration
 from monitor.model import (
     Event,
@@ -57,6 +59,7 @@ class App:
     loaded: config.Loaded
     args: argparse.Namespace
     clock: Clock
+    metrics: Metrics | None = None  # only the daemon serves metrics
 
     @property
     def settings(self) -> config.Settings:
@@ -64,7 +67,7 @@ class App:
 
     @cached_property
     def clients(self) -> clients.Clients:
-        return clients.Clients(self.settings.aws)
+        return clients.Clients(self.settings.aws, instrument=self.metrics.instrument if self.metrics else None)
 
     @cached_property
     def store(self) -> Store:
@@ -77,6 +80,8 @@ class App:
         )
         if self.settings.scan.write_sentinels and self.settings.scan.bucket:
             store = SentinelMirror(store, self.source)
+        if self.metrics is not None:
+            store = ObservedStore(store, self.metrics)
         return store
 
     def channels(self, notify: config.NotifyConfig, store: Store) -> list[Channel]:
@@ -203,6 +208,7 @@ async def cmd_run(app: App) -> int:
     settings = app.settings
     if not settings.scan.bucket:
         raise errors.ConfigError(f"run needs [scan] bucket (or ${config.ENV_PREFIX}SCAN__BUCKET)")
+    app.metrics = metrics = Metrics()
     queue = None
     if settings.scan.sqs_queue_url:
         queue = SqsQueue(app.clients.get("sqs"), settings.scan.sqs_queue_url)
@@ -223,13 +229,19 @@ async def cmd_run(app: App) -> int:
         store=store,
         source=app.source,
         clock=app.clock,
-        runner=steps.Runner(app.clock, base_env=environ),
+        runner=steps.Runner(
+            app.clock, base_env=environ, observe=lambda step, r: metrics.step(step, r.outcome.value, r.seconds)
+        ),
         owner=owner,
         notifier=Notifier(environ.get("NOTIFY_SOCKET"), watchdog_usec=int(watchdog) if watchdog else None),
         queue=queue,
         reload=lambda: config.load(app.loaded.path),
         outbox=outbox,
         channels=lambda notify: app.channels(notify, store),
+        metrics=metrics,
+        cloudwatch=CloudWatchPublisher(app.clients.get("cloudwatch"), settings.metrics.cloudwatch.namespace)
+        if settings.metrics.cloudwatch
+        else None,
     )
     return await Supervisor(settings, services, config_path=str(app.loaded.path)).run(once=app.args.once)
 

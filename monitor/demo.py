@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -57,7 +58,6 @@ def run(*, until_idle: bool, out: TextIO = sys.stdout, timeout_s: float = TIMEOU
         print(f"emulator:  {endpoint} (moto, loopback only)", file=out)
         print(f"config:    {config}", file=out)
         print(f"daemon log: {workdir / 'daemon.log'}", file=out)
-        print("metrics:   not served yet (the metrics side port arrives with the observability work)\n", file=out)
         with (workdir / "daemon.log").open("w") as log_file:
             daemon = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
                 [sys.executable, "-m", "monitor", "run", "--config", str(config)],
@@ -65,6 +65,7 @@ def run(*, until_idle: bool, out: TextIO = sys.stdout, timeout_s: float = TIMEOU
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
+            print(f"metrics:   {_metrics_url(workdir / 'daemon.log', daemon)}  (also /healthz, /readyz)\n", file=out)
             try:
                 finals = asyncio.run(_watch(clients, daemon, out, until_idle=until_idle, timeout_s=timeout_s))
             except KeyboardInterrupt:
@@ -149,6 +150,10 @@ shutdown_grace_s = 5.0
 retry_backoff_base_s = 2.0
 retry_backoff_max_s = 4.0
 
+[metrics]
+host = "127.0.0.1"
+port = 0  # a free port; the daemon logs which
+
 [log]
 level = "info"
 format = "json"
@@ -184,6 +189,17 @@ async def _watch(
             print(f"timed out after {timeout_s:.0f} s", file=out)
             return latest
         await asyncio.sleep(0.5)
+
+
+def _metrics_url(log: Path, daemon: subprocess.Popen[bytes], timeout_s: float = 20.0) -> str:
+    """Where the daemon serves its metrics, from its "serving metrics" log line."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and daemon.poll() is None:
+        for line in log.read_text().splitlines():
+            if '"serving metrics"' in line:
+                return str(json.loads(line)["url"])
+        time.sleep(0.1)
+    return "(not known: see the daemon log)"
 
 
 def _clock(started: float) -> str:

@@ -95,6 +95,7 @@ class Claimer:
         self._rng = rng or random.Random()
         self.owner = owner
         self.counts: collections.Counter[str] = collections.Counter()  # claims by result: won, lost, fleet_full...
+        self.heartbeats: collections.Counter[str] = collections.Counter()  # of all its holdings: ok, lost...
 
     async def claim(self, *, slots: int) -> list[Holding]:
         """Claim up to ``slots`` worksets, urgent first then oldest first. Never raises for a lost race."""
@@ -168,6 +169,7 @@ class Holding:
         policy: Policy,
         renewed_at: float,
         rng: random.Random | None = None,
+        heartbeats: collections.Counter[str] | None = None,
     ) -> None:
         assert ws.lease is not None, "a holding needs a leased workset"
         self._store = store
@@ -181,7 +183,8 @@ class Holding:
         self.renewed_at = renewed_at  # monotonic start of the last successful renewal (or of the claim)
         self.lost = asyncio.Event()
         self.lost_reason = ""
-        self.heartbeats = collections.Counter[str]()  # by result: ok, spurious_refusal, error, lost
+        # by result: ok, spurious_refusal, error, lost (shared by a claimer's holdings, for the metrics)
+        self.heartbeats = heartbeats if heartbeats is not None else collections.Counter[str]()
 
     @property
     def workset_id(self) -> str:
@@ -301,6 +304,14 @@ class Holding:
             decision = states.decide(self.ws, action, ctx, **kw)  # type: ignore[arg-type]
             try:
                 self._settle(await self._store.commit(decision, fence_token=self.token))
+                log.info(
+                    "recorded",
+                    workset_id=self.workset_id,
+                    action=action.value,
+                    state=decision.after.state.value,
+                    lease_owner=self.owner,
+                    epoch=self.epoch,
+                )
                 return decision
             except errors.Conflict as exc:
                 landed = await self._landed(pending)

@@ -168,4 +168,8 @@ class MemoryStore:
             counts[ws.state][ws.priority] += 1
         ready = [ws.available_at_ms for ws in self._worksets.values() if ws.state is State.READY]
         age = max(now_ms - min(ready), 0) / 1000 if ready else None
-        return Stats(counts=counts, oldest_ready_age_s=age)
+        stalest: dict[State, int] = {}
+        for ws in self._worksets.values():
+            stalest[ws.state] = min(stalest.get(ws.state, ws.updated_at_ms), ws.updated_at_ms)
+        ages = {state: max(now_ms - at, 0) / 1000 for state, at in stalest.items()}
+        return Stats(counts=counts, oldest_ready_age_s=age, oldest_change_age_s=ages)

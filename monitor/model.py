@@ -151,6 +151,7 @@ class Stats:
 
     counts: dict[State, dict[Priority, int]] = field(default_factory=dict)
     oldest_ready_age_s: float | None = None
+    oldest_change_age_s: dict[State, float] = field(default_factory=dict)  # per state: since its stalest change
 
     def count(self, state: State, priority: Priority | None = None) -> int:
         per = self.counts.get(state, {})

@@ -23,7 +23,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -79,13 +79,27 @@ def environment(values: Mapping[str, object], step: str, base: Mapping[str, str]
 class Runner:
     """Runs steps; ``base_env`` is the environment children inherit (the daemon's own, given by the CLI)."""
 
-    def __init__(self, clock: Clock, *, base_env: Mapping[str, str], kill_grace_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        base_env: Mapping[str, str],
+        kill_grace_s: float = 5.0,
+        observe: Callable[[str, Result], None] | None = None,
+    ) -> None:
         self._clock = clock
         self._base_env = dict(base_env)
         self._kill_grace_s = kill_grace_s
+        self._observe = observe  # metrics: every finished run, by step name
 
     async def run(self, step: StepConfig, values: Mapping[str, object], *, stop: asyncio.Event) -> Result:
         """Run ``step`` to its outcome, or until ``stop`` is set (then the process group is killed)."""
+        result = await self._run(step, values, stop=stop)
+        if self._observe is not None:
+            self._observe(step.name, result)
+        return result
+
+    async def _run(self, step: StepConfig, values: Mapping[str, object], *, stop: asyncio.Event) -> Result:
         if step.kind == "exec":
             return await self._once(step, values, stop=stop, timeout_s=step.timeout_s)
         started = time.monotonic()

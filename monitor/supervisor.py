@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,9 +32,12 @@ from monitor.config import Loaded, NotifyConfig, Settings
 from monitor.driver import Ending, drive
 from monitor.events import ReadyListener
 from monitor.leases import Claimer, Holding, Policy
+from monitor.metrics import Metrics, Publisher
+from monitor.model import Stats
 from monitor.notify.outbox import Channel, Outbox
 from monitor.ports import Queue, Source, Store
 from monitor.scanner import Scanner
+from monitor.sideport import SidePort
 from monitor.steps import Runner
 from monitor.sweeper import Sweeper
 from monitor.systemd import Notifier
@@ -70,6 +74,8 @@ class Services:
     reload: Callable[[], Loaded] | None = None  # reads and validates the config file again
     outbox: Outbox | None = None  # notification delivery
     channels: Callable[[NotifyConfig], list[Channel]] | None = None  # rebuilds the channels on reload
+    metrics: Metrics | None = None  # Prometheus; served on the side port
+    cloudwatch: Publisher | None = None  # optional, for sites without Prometheus
 
 
 class Supervisor:
@@ -101,6 +107,14 @@ class Supervisor:
         self._kill = asyncio.Event()
         self._roots: dict[str, asyncio.Task[None]] = {}
         self._started_at = services.clock.monotonic()
+        self._loaded_at = time.time()
+        self._side_port: SidePort | None = None
+        self.latest_stats: Stats | None = None  # the last queue refresh (gauges, CloudWatch)
+        self._stats_at: float | None = None  # monotonic time of it
+        if services.metrics is not None:
+            services.metrics.attach(self)
+            if services.outbox is not None:
+                services.outbox.observe = services.metrics.notification
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -148,6 +162,17 @@ class Supervisor:
         self._reload.set()
 
     async def _forever(self) -> None:
+        if self._s.metrics is not None:
+            self._side_port = SidePort(self._s.metrics.registry, health=self.healthy, ready=self.ready)
+            self._side_port.start(self.settings.metrics.host, self.settings.metrics.port)
+            host, port = self._side_port.address
+            log.info("serving metrics", url=f"http://{host}:{port}/metrics")
+            self._start(
+                "gauges", self._loop("gauges", lambda: self.settings.metrics.queue_refresh_s, self._gauges_tick)
+            )
+        if self._s.cloudwatch is not None and self.settings.metrics.cloudwatch is not None:
+            cw = self.settings.metrics.cloudwatch
+            self._start("cloudwatch", self._loop("cloudwatch", lambda: cw.interval_s, self._cloudwatch_tick))
         scan_s = lambda: self.settings.scan.interval_s  # noqa: E731 - read at every tick: reloads apply live
         self._start("scanner", self._loop("scanner", scan_s, self._scan_tick))
         self._start("claimer", self._claimer())
@@ -198,6 +223,8 @@ class Supervisor:
         if self._s.outbox is not None:
             log.info("shutdown: flush notifications")
             await self._s.outbox.flush(timeout_s=10.0)
+        if self._side_port is not None:
+            self._side_port.stop()
         log.info("shutdown: done")
 
     async def _wait_drivers(self, timeout_s: float | None, *, until: asyncio.Event | None = None) -> None:
@@ -237,9 +264,19 @@ class Supervisor:
             log.critical("root task died; shutting down", task=name, exc_info=True)
             self._stop.set()
 
-    async def _loop(self, name: str, interval_s: Callable[[], float], body: Callable[[], Awaitable[object]]) -> None:
-        """Run ``body`` every ``interval_s()`` seconds (the time the work took is subtracted), tolerating hiccups."""
+    async def _loop(
+        self,
+        name: str,
+        interval_s: Callable[[], float],
+        body: Callable[[], Awaitable[object]],
+        *,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        """Run ``body`` every ``interval_s()`` seconds (the time the work took is subtracted), tolerating hiccups;
+        ``wake`` runs it early."""
         while not self._stop.is_set():
+            if wake is not None:
+                wake.clear()
             started = self._s.clock.monotonic()
             try:
                 await body()
@@ -249,10 +286,13 @@ class Supervisor:
                     raise
                 log.warning("loop tick failed; will retry", loop=name, error=str(exc))
             elapsed = self._s.clock.monotonic() - started
-            await self._s.clock.sleep(max(interval_s() - elapsed, 0), until=self._stop)
+            await self._s.clock.sleep(max(interval_s() - elapsed, 0), until=wake or self._stop)
 
     async def _scan_tick(self) -> None:
+        started = time.perf_counter()
         report = await self.scanner.scan_once()
+        if self._s.metrics is not None:
+            self._s.metrics.scan_duration.observe(time.perf_counter() - started)
         if report.outcomes:
             log.info("scan", folders=report.folders, **report.outcomes)
         if report["registered"]:
@@ -312,6 +352,17 @@ class Supervisor:
         self.endings[task.result().value] += 1
         log.info("workset finished here", workset_id=holding.workset_id, ending=task.result().value)
 
+    async def _gauges_tick(self) -> None:
+        """Queue depth and ages from the table, on their own interval: a scrape never queries the table."""
+        assert self._s.metrics is not None
+        stats = await self._s.store.stats(now_ms=self._s.clock.now_ms())
+        self._s.metrics.queue(stats, oldest_age_s=stats.oldest_change_age_s, now_s=time.time())
+        self.latest_stats, self._stats_at = stats, self._s.clock.monotonic()
+
+    async def _cloudwatch_tick(self) -> None:
+        assert self._s.cloudwatch is not None
+        await self._s.cloudwatch.publish(self.latest_stats, self.counters())
+
     async def _watchdog(self, interval_s: float) -> None:
         while not self._stop.is_set():
             if self.healthy()[0]:
@@ -325,12 +376,43 @@ class Supervisor:
             "scanner": 3 * self.settings.scan.interval_s + 60,
             "claimer": 3 * CLAIM_INTERVAL_S + 60,
             "sweeper": 3 * self.settings.lease.sweep_interval_s + 60,
+            "notifier": 3 * self.settings.scan.interval_s + 60,
+            "gauges": 3 * self.settings.metrics.queue_refresh_s + 60,
         }
         for name, limit in limits.items():
             silent_s = now - self.last_success.get(name, self._started_at)
             if name in self._roots and silent_s > limit:
                 return False, f"loop {name} has not completed a tick for {silent_s:.0f} s"
         return True, ""
+
+    def ready(self) -> tuple[bool, str]:
+        """(True, "") once the table has answered a queue refresh recently."""
+        if self._stats_at is None:
+            return False, "the table has not answered yet"
+        silent_s = self._s.clock.monotonic() - self._stats_at
+        if silent_s > 3 * self.settings.metrics.queue_refresh_s + 30:
+            return False, f"the table has not answered for {silent_s:.0f} s"
+        return True, ""
+
+    # --- what the metrics read at scrape time (metrics.Sources) ---------------------------------------------------
+
+    def counters(self) -> dict[str, dict[tuple[str, ...], float]]:
+        hb = self.claimer.heartbeats
+        return {
+            "claims": {(k,): v for k, v in self.claimer.counts.items()},
+            "heartbeats": {(k,): v for k, v in hb.items()},
+            "leases_lost": {(): hb.get("lost", 0)},
+            "stale_leases_reclaimed": {(): self.sweeper.taken_over},
+            "notifications": {k: float(v) for k, v in self._s.outbox.counts.items()} if self._s.outbox else {},
+            "error_transitions": {(): self._s.metrics.errors_written()} if self._s.metrics is not None else {},
+        }
+
+    def loop_ticks(self) -> dict[str, float]:
+        now_mono, now_wall = self._s.clock.monotonic(), time.time()
+        return {name: now_wall - (now_mono - at) for name, at in self.last_success.items()}
+
+    def reload_state(self) -> tuple[bool, float]:
+        return self.reload_successful, self._loaded_at
 
     # --- reload ------------------------------------------------------------------------------------------------
 
@@ -358,6 +440,7 @@ class Supervisor:
             log.warning("config key needs a restart; keeping the running value", key=key)
         self.apply(new)
         self.reload_successful = True
+        self._loaded_at = time.time()
         log.info("config reloaded", config=str(loaded.path), restart_needed=kept)
         self._s.notifier.ready("serving (configuration reloaded)")
         return True

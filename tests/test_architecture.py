@@ -15,8 +15,15 @@ LAYERS: list[set[str]] = [
     {"monitor.ports"},
     {"monitor.aws", "monitor.aws.codec", "monitor.aws.clients", "monitor.aws.emulator", "monitor.aws.demo_steps"},
     {"monitor.aws.schema", "monitor.aws.dynamo", "monitor.aws.s3", "monitor.aws.sqs", "monitor.memory"},
-    {"monitor.notify", "monitor.notify.filters", "monitor.notify.message", "monitor.notify.http"},
-    {"monitor.notify.linear", "monitor.notify.webhook", "monitor.aws.sns"},
+    {
+        "monitor.notify",
+        "monitor.notify.filters",
+        "monitor.notify.message",
+        "monitor.notify.http",
+        "monitor.metrics",
+        "monitor.sideport",
+    },
+    {"monitor.notify.linear", "monitor.notify.webhook", "monitor.aws.sns", "monitor.aws.cloudwatch"},
     {
         "monitor.notify.outbox",
         "monitor.actions",

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,7 +85,9 @@ def env(aws_endpoint: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         daemon.stop()
 
 
-def write_config(env: dict[str, Any], step_code: str, *, name: str = "config.toml", extra: str = "") -> Path:
+def write_config(
+    env: dict[str, Any], step_code: str, *, name: str = "config.toml", extra: str = "", metrics_port: int = 0
+) -> Path:
     path: Path = env["tmp"] / name
     command = json.dumps([sys.executable, "-c", step_code])
     path.write_text(
@@ -90,7 +95,8 @@ def write_config(env: dict[str, Any], step_code: str, *, name: str = "config.tom
         f'[table]\nname = "{TABLE}"\n[scan]\nbucket = "{BUCKET}"\nprefixes = ["w/"]\ninterval_s = 0.5\n'
         "[lease]\nduration_s = 3\nheartbeat_s = 0.75\nsweep_interval_s = 0.5\ngrace_s = 1\n"
         "[run]\nshutdown_grace_s = 1\nretry_backoff_base_s = 1\nretry_backoff_max_s = 1\n"
-        f'[log]\nformat = "json"\n{extra}\n[[pipeline.steps]]\nname = "main"\ncommand = {command}\n'
+        f'[log]\nformat = "json"\n[metrics]\nport = {metrics_port}\nqueue_refresh_s = 1\n'
+        f'{extra}\n[[pipeline.steps]]\nname = "main"\ncommand = {command}\n'
     )
     return path
 
@@ -236,3 +242,92 @@ def test_a_notification_survives_a_daemon_killed_while_delivering_it(env: dict[s
     finally:
         server.stop()
         time.sleep(3)  # the hung request's thread finishes its delayed reply
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_real_prometheus_scrapes_the_daemon(env: dict[str, Any]) -> None:
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "prometheus is missing: `make tools` installs Debian's prometheus package"
+    port, prom_port = free_port(), free_port()
+    for name in ("ws-a", "ws-b", "ws-c"):
+        env["lab"].workset(name, prefix="w/")
+    daemon = env["start"](write_config(env, "print('ok')", metrics_port=port))
+    until(
+        lambda: all((w := get(env, n)) and w.state is State.COMPLETE for n in ("ws-a", "ws-b", "ws-c")),
+        what="the worksets to complete",
+    )
+    config = env["tmp"] / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"scrape_configs:\n  - job_name: workset-monitor\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+    )
+    server = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={env['tmp'] / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def query(expr: str) -> float | None:
+            url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    result = json.load(response)["data"]["result"]
+            except OSError:
+                return None
+            return float(result[0]["value"][1]) if result else None
+
+        until(lambda: query('up{job="workset-monitor"}') == 1, timeout_s=60, what="Prometheus to scrape the daemon")
+        until(
+            lambda: query('sum(workset_monitor_worksets{state="complete"})') == 3,
+            timeout_s=60,
+            what="the queue gauge in Prometheus",
+        )
+        assert query('sum(workset_monitor_worksets{state="ready"})') == 0
+        assert (query('sum(workset_monitor_transitions_total{to_state="complete"})') or 0) == 3
+        assert query("workset_monitor_config_last_reload_successful") == 1
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    starting = next(json.loads(line) for line in daemon.log().splitlines() if '"event": "starting"' in line)
+    assert {"version", "config", "table", "prefixes", "owner"} <= set(starting)
+    stopped = next(json.loads(line) for line in daemon.log().splitlines() if '"event": "stopped"' in line)
+    assert stopped["endings"] == {"complete": 3} and stopped["exit_code"] == 0
+
+
+def test_secrets_never_reach_the_log(env: dict[str, Any]) -> None:
+    server = FakeServer().start()
+    server.default = Reply(401, {"errors": [{"message": "Authentication required"}]})
+    secrets = {
+        "WORKSET_MONITOR_NOTIFY__LINEAR__API_KEY": "lin_api_TOPSECRETKEY",
+        "WORKSET_MONITOR_NOTIFY__WEBHOOK__URL": "http://127.0.0.1:9/services/T000/B000/XOXBTOKENSECRET",
+        "WORKSET_MONITOR_NOTIFY__WEBHOOK__SECRET": "HMACSECRETVALUE",
+    }
+    try:
+        extra = f'[notify]\nevents = ["error"]\n[notify.linear]\nteam_id = "t"\napi_url = "{server.url}"\n'
+        config = write_config(env, "import sys; sys.exit(2)", extra=extra)
+        env["lab"].workset("ws-secret", prefix="w/")
+        daemon = env["start"](config, env={**secrets, "WORKSET_MONITOR_LOG__LEVEL": "debug"})
+        until(lambda: (ws := get(env, "ws-secret")) and ws.state is State.ERROR, what="the failure")
+        until(lambda: '"notification refused"' in daemon.log(), what="the notification attempts")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    finally:
+        server.stop()
+    log = daemon.log()
+    assert "Linear refused the API key" in log  # the failure itself is reported...
+    for value in ("TOPSECRETKEY", "XOXBTOKENSECRET", "HMACSECRETVALUE"):
+        assert value not in log, f"a secret ({value}) reached the log"  # ...but never the secrets

@@ -55,8 +55,9 @@ _NOT_FOUND = {"ResourceNotFoundException", "NoSuchBucket", "NoSuchKey", "NotFoun
 class Clients:
     """Lazily created, shared low-level clients (thread-safe once built) for one AWS configuration."""
 
-    def __init__(self, cfg: AwsConfig) -> None:
+    def __init__(self, cfg: AwsConfig, *, instrument: Callable[[str, Any], Any] | None = None) -> None:
         self._cfg = cfg
+        self._instrument = instrument  # metrics: hooks every client's calls
         self._session: boto3.session.Session | None = None
         self._clients: dict[str, Any] = {}
         self._botocore_config = botocore.config.Config(
@@ -72,9 +73,12 @@ class Clients:
             try:
                 if self._session is None:
                     self._session = boto3.session.Session(profile_name=self._cfg.profile, region_name=self._cfg.region)
-                self._clients[service] = self._session.client(
+                client = self._session.client(
                     service, endpoint_url=self._cfg.endpoint_url, config=self._botocore_config
                 )
+                if self._instrument is not None:
+                    self._instrument(service, client)
+                self._clients[service] = client
             except Exception as exc:
                 raise translate(exc, what=f"creating the {service} client") from exc
         return self._clients[service]

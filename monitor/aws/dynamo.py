@@ -380,17 +380,21 @@ class DynamoStore:
         counts: dict[State, dict[Priority, int]] = {}
         by_rank = {p.rank: p for p in Priority}
         oldest_ready_ms: int | None = None
+        stalest: dict[State, int] = {}
         for state in State:
             per = dict.fromkeys(Priority, 0)
-            async for item in self._index(state, None, projection="gsi_sk"):
+            async for item in self._index(state, None, projection="gsi_sk, updated_at_ms"):
                 rank, available_at, _ = item["gsi_sk"]["S"].split("#", 2)
                 per[by_rank[int(rank)]] += 1
                 if state is State.READY:
                     at = int(available_at)
                     oldest_ready_ms = at if oldest_ready_ms is None else min(oldest_ready_ms, at)
+                updated = int(item.get("updated_at_ms", {}).get("N", now_ms))
+                stalest[state] = min(stalest.get(state, updated), updated)
             counts[state] = per
         age = None if oldest_ready_ms is None else max(now_ms - oldest_ready_ms, 0) / 1000
-        return Stats(counts=counts, oldest_ready_age_s=age)
+        ages = {state: max(now_ms - at, 0) / 1000 for state, at in stalest.items()}
+        return Stats(counts=counts, oldest_ready_age_s=age, oldest_change_age_s=ages)
 
     def _index(
         self,

@@ -96,6 +96,10 @@ class Outbox:
     def notify(self) -> NotifyConfig:
         return self._doorbell.notify
 
+    @property
+    def doorbell(self) -> Doorbell:
+        return self._doorbell
+
     def reconfigure(self, notify: NotifyConfig, channels: Sequence[Channel]) -> None:
         self._doorbell.notify, self._channels = notify, list(channels)
 

@@ -1,0 +1,268 @@
+"""Prometheus metrics (DESIGN §10: the names are a contract), on an injected registry.
+
+Two kinds of sources, chosen so nothing in the daemon's core knows about Prometheus:
+
+- *observations* (histograms, AWS calls, queue gauges) are pushed here by hooks: botocore's event system for every
+  AWS call (service, operation, outcome, retries; so the cost of every loop is visible), the supervisor for scans,
+  steps and the queue refresh, the outbox for deliveries;
+- *counts* the loops keep anyway (claims, heartbeats, lost leases, takeovers, notifications, loop ticks, the last
+  reload) are read at scrape time by ``DaemonCollector``; a scrape never calls AWS.
+
+Label values are bounded: states, priorities, channels, loops, step names from the config, AWS operation names.
+No workset id is ever a label.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from monitor import __version__
+from monitor.model import Priority, State, Stats, Workset
+from monitor.ports import Store
+from monitor.states import Decision
+
+P = "workset_monitor_"
+AGE_STATES = (State.READY, State.IN_PROGRESS, State.RETRYING)
+_SCAN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_STEP_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+_DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    """Every metric of one daemon (or one test), registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        self.registry = registry or CollectorRegistry()
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        r = self.registry
+        self.build_info = Gauge(
+            P + "build_info", "Always 1; the version label says which build runs.", ["version"], registry=r
+        )
+        self.build_info.labels(version=__version__).set(1)
+        self.worksets = Gauge(
+            P + "worksets", "Worksets per state and priority, from the table.", ["state", "priority"], registry=r
+        )
+        self.oldest_age = Gauge(
+            P + "oldest_age_seconds",
+            "Time since the least recently changed workset in this state changed.",
+            ["state"],
+            registry=r,
+        )
+        self.queue_refresh = Gauge(
+            P + "queue_refresh_timestamp_seconds", "When the queue gauges were last read from the table.", registry=r
+        )
+        self.transitions = Counter(
+            P + "transitions", "State changes written by this process.", ["from_state", "to_state"], registry=r
+        )
+        self.scan_duration = Histogram(
+            P + "scan_duration_seconds", "One discovery pass over every prefix.", buckets=_SCAN_BUCKETS, registry=r
+        )
+        self.step_duration = Histogram(
+            P + "step_duration_seconds",
+            "One pipeline step run, by outcome.",
+            ["step", "outcome"],
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
+        self.aws_requests = Counter(
+            P + "aws_requests",
+            "AWS API calls, by outcome (ok, client_error, throttled, server_error, unreachable).",
+            ["service", "operation", "outcome"],
+            registry=r,
+        )
+        self.aws_retries = Counter(
+            P + "aws_retries", "Retries botocore made inside AWS calls.", ["service", "operation"], registry=r
+        )
+        self.aws_duration = Histogram(
+            P + "aws_request_duration_seconds",
+            "AWS API call time, retries included.",
+            ["service", "operation"],
+            registry=r,
+        )
+        self.delivery = Histogram(
+            P + "notification_delivery_seconds",
+            "From the commit of an event to its delivery on a channel.",
+            buckets=_DELIVERY_BUCKETS,
+            registry=r,
+        )
+        self._sources: DaemonCollector | None = None
+
+    # --- hooks ---------------------------------------------------------------------------------------------------
+
+    def instrument(self, service: str, client: Any) -> Any:
+        """Count and time every call ``client`` makes (a botocore event hook); returns the client."""
+        events = client.meta.events
+
+        def before(context: dict[str, Any], **_: Any) -> None:
+            context["workset_monitor_started"] = time.perf_counter()
+
+        def after(model: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+            status = int(parsed.get("ResponseMetadata", {}).get("HTTPStatusCode", 200))
+            code = str(parsed.get("Error", {}).get("Code", ""))
+            outcome = "ok" if status < 400 else _outcome(status, code)
+            self._record(service, model.name, outcome, context, parsed.get("ResponseMetadata", {}))
+
+        def failed(model: Any, context: dict[str, Any], **_: Any) -> None:
+            self._record(service, model.name, "unreachable", context, {})
+
+        events.register(f"before-call.{service}", before)
+        events.register(f"after-call.{service}", after)
+        events.register(f"after-call-error.{service}", failed)
+        return client
+
+    def _record(
+        self, service: str, operation: str, outcome: str, context: dict[str, Any], meta: Mapping[str, Any]
+    ) -> None:
+        self.aws_requests.labels(service=service, operation=operation, outcome=outcome).inc()
+        retries = int(meta.get("RetryAttempts", 0) or 0)
+        if retries:
+            self.aws_retries.labels(service=service, operation=operation).inc(retries)
+        started = context.get("workset_monitor_started")
+        if started is not None:
+            self.aws_duration.labels(service=service, operation=operation).observe(time.perf_counter() - started)
+
+    def transition(self, from_state: State | None, to_state: State) -> None:
+        self.transitions.labels(from_state=from_state.value if from_state else "none", to_state=to_state.value).inc()
+
+    def errors_written(self) -> float:
+        """How many transitions into ``error`` this process has written (for CloudWatch)."""
+        return sum(
+            sample.value
+            for metric in self.transitions.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total") and sample.labels.get("to_state") == State.ERROR.value
+        )
+
+    def step(self, step: str, outcome: str, seconds: float) -> None:
+        self.step_duration.labels(step=step, outcome=outcome).observe(seconds)
+
+    def notification(self, channel: str, outcome: str, latency_s: float | None) -> None:
+        if latency_s is not None:
+            self.delivery.observe(latency_s)
+
+    def queue(self, stats: Stats, *, oldest_age_s: Mapping[State, float | None], now_s: float) -> None:
+        for state in State:
+            for priority in Priority:
+                self.worksets.labels(state=state.value, priority=priority.value).set(stats.count(state, priority))
+        for state in AGE_STATES:
+            self.oldest_age.labels(state=state.value).set(oldest_age_s.get(state) or 0)
+        self.queue_refresh.set(now_s)
+
+    def attach(self, sources: Sources) -> None:
+        """Read the daemon's own counters at every scrape."""
+        self._sources = DaemonCollector(sources)
+        self.registry.register(self._sources)
+
+
+class ObservedStore:
+    """A store decorator counting every state change this process writes (``transitions_total``)."""
+
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self._store = store
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def register(self, decision: Decision) -> bool:
+        created = await self._store.register(decision)
+        if created:
+            self._metrics.transition(None, decision.after.state)
+        return created
+
+    async def commit(self, decision: Decision, **kwargs: Any) -> Workset:
+        after = await self._store.commit(decision, **kwargs)
+        if after.state is not decision.before.state:
+            self._metrics.transition(decision.before.state, after.state)
+        return after
+
+
+class Publisher(Protocol):
+    """Pushes metrics elsewhere (CloudWatch), from the last queue refresh and the daemon's counters."""
+
+    async def publish(self, stats: Stats | None, counters: Mapping[str, Mapping[tuple[str, ...], float]]) -> None: ...
+
+
+class Sources(Protocol):
+    """What the daemon exposes for scraping (the supervisor implements it)."""
+
+    def counters(self) -> Mapping[str, Mapping[tuple[str, ...], float]]:
+        """Name (see COUNTERS) -> label values -> count."""
+        ...
+
+    def loop_ticks(self) -> Mapping[str, float]:
+        """Loop name -> wall-clock time of its last good tick."""
+        ...
+
+    def reload_state(self) -> tuple[bool, float]:
+        """(last reload successful, wall time of the last successful load)."""
+        ...
+
+
+# name -> (help, label names, label values always exported, at 0 until they happen)
+COUNTERS: dict[str, tuple[str, tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
+    "claims": ("Claim attempts by result.", ("result",), (("won",), ("lost",), ("fleet_full",), ("error",))),
+    "heartbeats": ("Heartbeats by result.", ("result",), (("ok",), ("spurious_refusal",), ("error",), ("lost",))),
+    "leases_lost": ("Leases this process lost while holding them.", (), ((),)),
+    "stale_leases_reclaimed": ("Leases of dead holders this process's sweeper took over.", (), ((),)),
+    "notifications": (
+        "Notification outcomes per channel (sent, skipped, failed, retry_later).",
+        ("channel", "outcome"),
+        (),
+    ),
+}
+
+
+class DaemonCollector(Collector):
+    def __init__(self, sources: Sources) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Any]:
+        counts = self._sources.counters()
+        for name, (help_text, labels, always) in COUNTERS.items():
+            family = CounterMetricFamily(P + name, help_text, labels=list(labels))
+            values = {**dict.fromkeys(always, 0.0), **counts.get(name, {})}
+            for label_values, value in values.items():
+                family.add_metric(list(label_values), value)
+            yield family
+        ticks = GaugeMetricFamily(
+            P + "loop_last_success_timestamp_seconds",
+            "When each loop last completed a tick (Unix time).",
+            labels=["loop"],
+        )
+        for loop, at in sorted(self._sources.loop_ticks().items()):
+            ticks.add_metric([loop], at)
+        yield ticks
+        ok, at = self._sources.reload_state()
+        yield GaugeMetricFamily(
+            P + "config_last_reload_successful",
+            "1 if the last configuration load (start or SIGHUP) succeeded.",
+            value=1 if ok else 0,
+        )
+        yield GaugeMetricFamily(
+            P + "config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully.",
+            value=at,
+        )
+
+
+def _outcome(status: int, code: str) -> str:
+    if (
+        status == 429
+        or "Throttl" in code
+        or code in ("ProvisionedThroughputExceededException", "SlowDown", "RequestLimitExceeded")
+    ):
+        return "throttled"
+    return "server_error" if status >= 500 else "client_error"

@@ -1,0 +1,344 @@
+"""Metrics, the side port, the alerting kit (checked by promtool) and CloudWatch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from monitor import config, errors
+from monitor.aws import schema
+from monitor.aws.cloudwatch import CloudWatchPublisher
+from monitor.aws.dynamo import DynamoStore
+from monitor.aws.s3 import S3Source
+from monitor.clock import SystemClock
+from monitor.config import TableConfig
+from monitor.metrics import Metrics, ObservedStore
+from monitor.model import Priority, State, Stats, WorksetId
+from monitor.notify.outbox import Doorbell, Outbox
+from monitor.notify.webhook import WebhookChannel
+from monitor.sideport import SidePort
+from monitor.steps import Runner
+from monitor.supervisor import Services, Supervisor
+from tests.conftest import REGION, ROOT, run
+from tests.fake_http import FakeServer, serve
+from tests.lab import BUCKET, Lab
+
+DEPLOY = ROOT / "deploy"
+CONTRACT = [
+    "workset_monitor_worksets",
+    "workset_monitor_transitions_total",
+    "workset_monitor_claims_total",
+    "workset_monitor_heartbeats_total",
+    "workset_monitor_leases_lost_total",
+    "workset_monitor_stale_leases_reclaimed_total",
+    "workset_monitor_scan_duration_seconds",
+    "workset_monitor_aws_requests_total",
+    "workset_monitor_aws_request_duration_seconds",
+    "workset_monitor_notifications_total",
+    "workset_monitor_notification_delivery_seconds",
+    "workset_monitor_step_duration_seconds",
+    "workset_monitor_loop_last_success_timestamp_seconds",
+    "workset_monitor_config_last_reload_successful",
+    "workset_monitor_build_info",
+]
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is missing: `make tools` installs Debian's prometheus package"
+    return path
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+
+
+def sample_names(registry: CollectorRegistry) -> set[str]:
+    """Every series name the registry exposes (or would, once observed): counters' _total, histograms' parts."""
+    names = set()
+    for family in registry.collect():
+        names |= (
+            {
+                family.name,
+                f"{family.name}_total",
+                f"{family.name}_bucket",
+                f"{family.name}_sum",
+                f"{family.name}_count",
+                f"{family.name}_info",
+            }
+            if family.type in ("counter", "histogram", "info")
+            else {family.name}
+        )
+        names |= {s.name for s in family.samples}
+    return names
+
+
+@pytest.fixture
+def hook() -> Iterator[FakeServer]:
+    yield from serve()
+
+
+@pytest.fixture
+def daemon(mocked_aws: None, tmp_path: Path, hook: FakeServer) -> Any:
+    """An in-process supervisor with metrics, its side port and a webhook, against S3 and DynamoDB on moto."""
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=BUCKET)
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    schema.ensure_table(dynamodb, TableConfig(name="obs"))
+    metrics = Metrics(CollectorRegistry())
+    metrics.instrument("dynamodb", dynamodb)
+    metrics.instrument("s3", s3)
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[table]\nname = "obs"\n[scan]\nbucket = "{BUCKET}"\nprefixes = ["w/"]\ninterval_s = 0.3\n'
+        "[lease]\nduration_s = 4\nheartbeat_s = 1\nsweep_interval_s = 0.5\ngrace_s = 1\n"
+        f'[metrics]\nport = 0\nqueue_refresh_s = 0.3\n[notify.webhook]\nurl = "{hook.url}"\n'
+        '[[pipeline.steps]]\nname = "main"\n'
+        f'command = ["{sys.executable}", "-c", "print(1)"]\n'
+    )
+    settings = config.load(path, {}).settings
+    clock = SystemClock()
+    doorbell = Doorbell(settings.notify)
+    store = ObservedStore(DynamoStore(dynamodb, "obs", outbox=doorbell.wants, on_pending=doorbell.ring), metrics)
+    outbox = Outbox(
+        store, SystemClock(), owner="h:1:0", doorbell=doorbell, channels=[WebhookChannel(settings.notify.webhook)]
+    )  # type: ignore[arg-type]
+    runner = Runner(clock, base_env=dict(os.environ), observe=lambda s, r: metrics.step(s, r.outcome.value, r.seconds))
+    services = Services(
+        store=store,
+        source=S3Source(s3, BUCKET),
+        clock=clock,
+        runner=runner,
+        owner="h:1:0",
+        metrics=metrics,
+        reload=lambda: config.load(path, {}),
+        outbox=outbox,
+    )
+    return Supervisor(settings, services), Lab(s3), metrics, store
+
+
+async def until(check: Any, timeout_s: float = 20) -> Any:
+    for _ in range(int(timeout_s / 0.05)):
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_the_exposition_has_every_contract_metric_and_passes_promtool(daemon: Any, hook: FakeServer) -> None:
+    sup, lab, _, _ = daemon
+    lab.workset("ws-1", prefix="w/")
+    lab.workset("ws-2", prefix="w/", files={"stage_samples.tsv": b""})
+
+    async def scenario() -> tuple[str, int, str, int, str]:
+        task = asyncio.create_task(sup.run())
+        await until(lambda: sup._side_port is not None and sup.endings.get("complete") == 1)
+        await until(lambda: sup.ready()[0] and hook.requests)
+        await asyncio.sleep(0.5)  # one more queue refresh after the completion
+        host, port = sup._side_port.address
+        exposition = await asyncio.to_thread(get, f"http://{host}:{port}/metrics")
+        health = await asyncio.to_thread(get, f"http://{host}:{port}/healthz")
+        ready = await asyncio.to_thread(get, f"http://{host}:{port}/readyz")
+        sup.request_stop()
+        assert await task == 0
+        return exposition[1], health[0], health[1], ready[0], ready[1]
+
+    text, health_code, health_body, ready_code, _ = run(scenario())
+    assert (health_code, json.loads(health_body)["status"], ready_code) == (200, "ok", 200)
+    for name in CONTRACT:
+        assert re.search(rf"^{name}(_count)?[{{ ]", text, re.M), f"{name} has no sample in the exposition"
+    assert 'workset_monitor_worksets{priority="normal",state="complete"} 1.0' in text
+    assert 'workset_monitor_worksets{priority="normal",state="error"} 1.0' in text
+    assert 'workset_monitor_transitions_total{from_state="in_progress",to_state="complete"} 1.0' in text
+    assert 'workset_monitor_claims_total{result="won"} 1.0' in text
+    assert 'workset_monitor_notifications_total{channel="webhook",outcome="sent"}' in text
+    assert 'workset_monitor_step_duration_seconds_count{outcome="done",step="main"} 1.0' in text
+    assert re.search(
+        r'workset_monitor_aws_requests_total\{operation="TransactWriteItems",outcome="ok",'
+        r'service="dynamodb"\} [1-9]',
+        text,
+    )
+    assert "process_resident_memory_bytes" in text and "python_info" in text
+    assert "ws-1" not in text and "ws-2" not in text, "no workset id may ever be a label"
+    checked = subprocess.run(
+        [tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_healthz_names_a_stalled_loop(daemon: Any) -> None:
+    sup, _, _, _ = daemon
+    stalled = asyncio.Event()
+
+    async def hang(prefix: str) -> list[str]:
+        stalled.set()
+        await asyncio.sleep(3600)
+        return []
+
+    sup.scanner._source.folders = hang  # the scanner's next listing never returns
+
+    async def scenario() -> tuple[int, dict[str, str], int]:
+        task = asyncio.create_task(sup.run())
+        await until(lambda: sup._side_port is not None and stalled.is_set())
+        host, port = sup._side_port.address
+        sup.last_success["scanner"] = sup._s.clock.monotonic() - 3600  # and that was an hour ago
+        code, body = await asyncio.to_thread(get, f"http://{host}:{port}/healthz")
+        sup.last_success["scanner"] = sup._s.clock.monotonic()
+        healthy_again = (await asyncio.to_thread(get, f"http://{host}:{port}/healthz"))[0]
+        sup.request_stop()
+        await task
+        return code, json.loads(body), healthy_again
+
+    code, body, again = run(scenario())
+    assert code == 503 and body["status"] == "failing" and "loop scanner has not completed a tick" in body["reason"]
+    assert again == 200
+
+
+def test_the_side_port_is_read_only_and_says_so() -> None:
+    port = SidePort(CollectorRegistry(), health=lambda: (True, ""), ready=lambda: (False, "the table has not answered"))
+    port.start("127.0.0.1", 0)
+    try:
+        host, number = port.address
+        request = urllib.request.Request(f"http://{host}:{number}/metrics", data=b"x", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=5)
+        assert caught.value.code == 405
+        caught.value.close()
+        assert get(f"http://{host}:{number}/admin")[0] == 404
+        code, body = get(f"http://{host}:{number}/readyz")
+        assert code == 503 and "has not answered" in body
+        with pytest.raises(errors.MonitorError, match=r"cannot serve metrics on 127.0.0.1:\d+"):
+            SidePort(CollectorRegistry(), health=lambda: (True, ""), ready=lambda: (True, "")).start(host, number)
+    finally:
+        port.stop()
+
+
+def test_aws_calls_are_counted_by_outcome_and_timed(mocked_aws: None) -> None:
+    metrics = Metrics(CollectorRegistry(), process=False)
+    client = metrics.instrument("dynamodb", boto3.client("dynamodb", region_name=REGION))
+    schema.ensure_table(client, TableConfig(name="counted"))
+    store = DynamoStore(client, "counted")
+    run(store.get(WorksetId("nobody")))
+    with pytest.raises(errors.NotFound):
+        run(DynamoStore(client, "missing-table").get(WorksetId("x")))
+    value = metrics.registry.get_sample_value
+    assert (
+        value("workset_monitor_aws_requests_total", {"service": "dynamodb", "operation": "GetItem", "outcome": "ok"})
+        == 1
+    )
+    assert (
+        value(
+            "workset_monitor_aws_requests_total",
+            {"service": "dynamodb", "operation": "GetItem", "outcome": "client_error"},
+        )
+        == 1
+    )
+    assert (
+        value("workset_monitor_aws_request_duration_seconds_count", {"service": "dynamodb", "operation": "CreateTable"})
+        == 1
+    )
+
+
+def test_cloudwatch_gets_queue_depth_and_error_counts_in_batches(mocked_aws: None) -> None:
+    client = boto3.client("cloudwatch", region_name=REGION)
+    publisher = CloudWatchPublisher(client, "Genomics/WorksetMonitor")
+    stats = Stats(counts={State.READY: dict.fromkeys(Priority, 2)})
+    counters = {
+        "leases_lost": {(): 1.0},
+        "notifications": {("sns", "failed"): 2.0, ("sns", "sent"): 9.0},
+        "error_transitions": {(): 4.0},
+    }
+    run(publisher.publish(stats, counters))
+    run(publisher.publish(stats, {**counters, "error_transitions": {(): 5.0}}))  # one more error since
+    names = {m["MetricName"] for m in client.list_metrics(Namespace="Genomics/WorksetMonitor")["Metrics"]}
+    assert {"Worksets", "ErrorTransitions", "LeasesLost", "NotificationFailures"} <= names
+    assert publisher.published == 2 * (len(State) + 4)
+
+    def total(name: str) -> float:
+        points = client.get_metric_statistics(
+            Namespace="Genomics/WorksetMonitor",
+            MetricName=name,
+            StartTime="2000-01-01T00:00:00Z",
+            EndTime="2100-01-01T00:00:00Z",
+            Period=3600 * 24 * 365,
+            Statistics=["Sum"],
+        )["Datapoints"]
+        return sum(p["Sum"] for p in points)
+
+    assert (total("ErrorTransitions"), total("NotificationFailures")) == (5.0, 2.0)  # deltas, not running totals
+
+
+# --- the alerting kit ----------------------------------------------------------------------------------------------
+
+
+def test_promtool_checks_and_unit_tests_the_rules() -> None:
+    for args in (
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+        ["check", "config", "prometheus.yml"],
+    ):
+        result = subprocess.run(
+            [tool("promtool"), *args], cwd=DEPLOY / "prometheus", capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _alerts() -> list[dict[str, Any]]:
+    import yaml  # moto's dependency; tests only
+
+    return [
+        rule
+        for group in yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    ]
+
+
+def test_every_alert_is_documented_and_has_a_runbook_section() -> None:
+    text = (ROOT / "docs/operations.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+    tested = (DEPLOY / "prometheus/alerts_test.yml").read_text()
+    alerts = _alerts()
+    assert len(alerts) >= 9
+    for rule in alerts:
+        notes = rule["annotations"]
+        assert notes["summary"] and notes["description"], rule["alert"]
+        page, _, anchor = notes["runbook_url"].partition("#")
+        assert page == "docs/operations.md" and anchor in anchors, f"{rule['alert']}: no section #{anchor}"
+        assert f"alertname: {rule['alert']}" in tested, f"{rule['alert']} has no promtool test"
+
+
+def test_every_metric_the_alerts_and_dashboard_use_exists(daemon: Any) -> None:
+    _, _, metrics, _ = daemon
+    dashboard = json.loads((DEPLOY / "grafana/workset-monitor.json").read_text())
+    expressions = [rule["expr"] for rule in _alerts()]
+    expressions += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in expressions for name in re.findall(r"\b((?:workset_monitor|process)_[a-z_]+)", expr)}
+    exposed = sample_names(metrics.registry)  # the supervisor's collector is on it since the fixture made it
+    assert len(used) >= 15 and not used - exposed, f"used but never exposed: {sorted(used - exposed)}"
+    assert len(dashboard["panels"]) >= 10
+
+
+def test_generate_latest_is_what_the_port_serves() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry, process=False)
+    assert b"workset_monitor_build_info{version=" in generate_latest(registry)
