@@ -14,7 +14,14 @@ LAYERS: list[set[str]] = [
     {"monitor.config", "monitor.logs"},
     {"monitor.ports"},
     {"monitor.aws", "monitor.aws.codec", "monitor.aws.clients", "monitor.aws.emulator", "monitor.aws.demo_steps"},
-    {"monitor.aws.schema", "monitor.aws.dynamo", "monitor.aws.s3", "monitor.aws.sqs", "monitor.memory"},
+    {
+        "monitor.aws.schema",
+        "monitor.aws.dynamo",
+        "monitor.aws.s3",
+        "monitor.aws.sqs",
+        "monitor.memory",
+        "monitor.aws.backup",
+    },
     {
         "monitor.notify",
         "monitor.notify.filters",
@@ -36,7 +43,8 @@ LAYERS: list[set[str]] = [
     {"monitor.sweeper", "monitor.scanner", "monitor.migration", "monitor.driver"},
     {"monitor.events", "monitor.render"},
     {"monitor.supervisor"},
-    {"monitor.demo"},
+    {"monitor.preflight", "monitor.iam", "monitor.app"},
+    {"monitor.demo", "monitor.commands"},
     {"monitor.cli"},
     {"monitor.__main__"},
 ]

@@ -1,0 +1,104 @@
+"""The composition of one command: settings, AWS clients, the store and what hangs on it, built lazily so that
+``--help`` and config errors never touch AWS. Only this module, ``commands`` and ``demo`` build concrete adapters."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from monitor import config, errors, render
+from monitor.aws import clients
+from monitor.aws.dynamo import DynamoStore
+from monitor.aws.s3 import S3Source
+from monitor.aws.sns import SnsChannel
+from monitor.clock import Clock
+from monitor.metrics import Metrics, ObservedStore
+from monitor.model import (
+    Event,
+)
+from monitor.notify import filters
+from monitor.notify.linear import LinearChannel
+from monitor.notify.outbox import Channel, linear_issue_lookup
+from monitor.notify.webhook import WebhookChannel
+from monitor.ports import Store
+from monitor.sentinels import SentinelMirror
+from monitor.states import Backoff, Context
+
+PROG = "workset-monitor"
+
+
+@dataclass
+class App:
+    """What a command needs, built lazily so that `--help` and config errors never touch AWS."""
+
+    loaded: config.Loaded
+    args: argparse.Namespace
+    clock: Clock
+    metrics: Metrics | None = None  # only the daemon serves metrics
+
+    @property
+    def settings(self) -> config.Settings:
+        return self.loaded.settings
+
+    @cached_property
+    def clients(self) -> clients.Clients:
+        return clients.Clients(self.settings.aws, instrument=self.metrics.instrument if self.metrics else None)
+
+    @cached_property
+    def store(self) -> Store:
+        """The store for operator commands: events they cause go to the outbox for the daemon to deliver."""
+        return self.make_store(outbox=lambda event: filters.anyone_wants(self.settings.notify, event))
+
+    def make_store(self, *, outbox: Callable[[Event], bool], on_pending: Callable[[], None] | None = None) -> Store:
+        store: Store = DynamoStore(
+            self.clients.get("dynamodb"), self.settings.table.name, outbox=outbox, on_pending=on_pending
+        )
+        if self.settings.scan.write_sentinels and self.settings.scan.bucket:
+            store = SentinelMirror(store, self.source)
+        if self.metrics is not None:
+            store = ObservedStore(store, self.metrics)
+        return store
+
+    def channels(self, notify: config.NotifyConfig, store: Store) -> list[Channel]:
+        """The configured notification channels, in delivery order."""
+        found: list[Channel] = []
+        if notify.sns is not None:
+            found.append(SnsChannel(self.clients.get("sns"), notify.sns.topic_arn))
+        if notify.linear is not None:
+            found.append(LinearChannel(notify.linear, has_issue=linear_issue_lookup(store)))
+        if notify.webhook is not None:
+            found.append(WebhookChannel(notify.webhook))
+        return found
+
+    @cached_property
+    def source(self) -> S3Source:
+        if not self.settings.scan.bucket:
+            raise errors.ConfigError(f"this command needs [scan] bucket (or ${config.ENV_PREFIX}SCAN__BUCKET)")
+        return S3Source(self.clients.get("s3"), self.settings.scan.bucket)
+
+    def context(self, default_reason: str) -> Context:
+        run = self.settings.run
+        return Context(
+            now_ms=self.clock.now_ms(),
+            actor=operator_identity(),
+            reason=getattr(self.args, "reason", None) or default_reason,
+            max_attempts=run.max_attempts,
+            backoff=Backoff(base_s=run.retry_backoff_base_s, cap_s=run.retry_backoff_max_s),
+            hold_off_s=self.settings.lease.duration_s,
+        )
+
+    def emit(self, data: Any, text: str) -> None:
+        print(render.to_json(data) if self.args.json else text)
+
+
+def operator_identity() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers with a numeric user)
+        user = "uid-unknown"
+    return f"operator:{user}@{socket.gethostname()}"
