@@ -35,7 +35,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q -n auto
+	WM_TEST_IAM_AUDIT=1 $(BIN)/pytest -q -n auto
 
 # The daemon end to end against an embedded AWS emulator (no AWS account, loopback only).
 demo: $(STAMP)

@@ -135,3 +135,112 @@ def make_store(request: pytest.FixtureRequest) -> Iterator[Callable[..., Store]]
 @pytest.fixture
 def store(make_store: Callable[..., Store]) -> Store:
     return make_store()
+
+
+# --- IAM audit: every AWS call the program makes, across the whole suite ------------------------------------------
+# `make test` sets WM_TEST_IAM_AUDIT=1: at the end of the run every (service, operation) the program's own code
+# called must be known to monitor/iam.py, and the policy for a configuration with every feature on must grant no
+# action that no call needed. Calls made by test scaffolding (creating buckets, seeding) do not count.
+
+_AUDIT_DIR_ENV = "WM_TEST_IAM_AUDIT_DIR"
+_CALLS: set[tuple[str, str]] = set()
+_OURS = str(ROOT / "monitor") + os.sep
+_NOT_OURS = ("emulator.py", "demo.py", "demo_steps.py")
+
+
+def _ours(frame: Any) -> bool:
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(_OURS) and not name.endswith(_NOT_OURS):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _install_recorder() -> None:
+    import sys as _sys
+
+    import botocore.client
+
+    from monitor.aws import clients as _clients
+
+    direct = botocore.client.BaseClient._make_api_call
+
+    def make_api_call(self: Any, operation_name: str, api_params: Any) -> Any:
+        if _ours(_sys._getframe(1)):  # a call made synchronously by our code (schema, backup, preflight)
+            _CALLS.add((self.meta.service_model.service_name, operation_name))
+        return direct(self, operation_name, api_params)
+
+    threaded = _clients.call
+
+    async def call(fn: Any, /, **kwargs: Any) -> Any:  # our calls that run in worker threads
+        client = getattr(fn, "__self__", None)
+        mapping = getattr(getattr(client, "meta", None), "method_to_api_mapping", {})
+        if fn.__name__ in mapping:
+            _CALLS.add((client.meta.service_model.service_name, mapping[fn.__name__]))
+        return await threaded(fn, **kwargs)
+
+    botocore.client.BaseClient._make_api_call = make_api_call  # type: ignore[method-assign]
+    _clients.call = call  # type: ignore[assignment]
+
+
+_install_recorder()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and os.environ.get("WM_TEST_IAM_AUDIT") == "1":
+        import tempfile
+
+        os.environ[_AUDIT_DIR_ENV] = tempfile.mkdtemp(prefix="wm-iam-audit-")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import json as _json
+
+    directory = os.environ.get(_AUDIT_DIR_ENV)
+    if not directory:
+        return
+    worker = getattr(session.config, "workerinput", {}).get("workerid", "main")
+    Path(directory, f"{worker}.json").write_text(_json.dumps(sorted(_CALLS)))
+    if hasattr(session.config, "workerinput") or exitstatus != 0:
+        return
+    calls = {tuple(c) for f in Path(directory).glob("*.json") for c in _json.loads(f.read_text())}
+    problems = _audit(calls)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter:
+        reporter.ensure_newline()
+    if problems:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter:
+            reporter.write_line("IAM AUDIT FAILED:", red=True)
+            for problem in problems:
+                reporter.write_line(f"  {problem}", red=True)
+    elif reporter:
+        reporter.write_line(f"IAM audit: {len(calls)} AWS operations called by the program, all covered exactly")
+
+
+def _audit(calls: set[tuple[str, ...]]) -> list[str]:
+    from monitor import iam
+    from monitor.config import Settings
+
+    problems = [
+        f"the program calls {s}:{o}, which monitor/iam.py does not know"
+        for s, o in sorted(calls)
+        if (s, o) not in iam.OPERATIONS
+    ]
+    needed = {a for call in calls if call in iam.OPERATIONS for a in iam.OPERATIONS[call][0]}  # type: ignore[index]
+    everything = Settings.model_validate(
+        {
+            "scan": {
+                "bucket": "b-1",
+                "write_sentinels": True,
+                "sqs_queue_url": "https://sqs.us-east-1.amazonaws.com/123456789012/q",
+            },
+            "notify": {"sns": {"topic_arn": "arn:aws:sns:us-east-1:123456789012:t"}},
+            "metrics": {"cloudwatch": {"namespace": "N"}},
+        }
+    )
+    granted = iam.actions(iam.render(everything, role="admin"))
+    problems += [f"the policy grants {a}, but no call of the program needed it" for a in sorted(granted - needed)]
+    problems += [f"a call needs {a}, which the policy does not grant" for a in sorted(needed - granted)]
+    return problems

@@ -106,7 +106,9 @@ def load(client: Any, table: str, items: list[dict[str, Any]], *, force: bool = 
         for item in _scan(client, table)
         if item["sk"]["S"] == codec.CONTROL_SK and item["state"]["S"] == "in_progress"
     )
-    client.put_item(TableName=table, Item=codec.FLEET_KEY | {"running": {"N": str(report.in_progress)}})
+    had_counter = any(item["sk"]["S"] == "counter" for item in items)
+    if report.in_progress or had_counter:
+        client.put_item(TableName=table, Item=codec.FLEET_KEY | {"running": {"N": str(report.in_progress)}})
     return report
 
 
