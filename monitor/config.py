@@ -117,8 +117,8 @@ class ScanConfig(Section):
 class LeaseConfig(Section):
     duration_s: Seconds = 60.0
     heartbeat_s: Seconds = 15.0
-    sweep_interval_s: Seconds = 20.0  # how often each daemon looks for dead holders
-    grace_s: float = Field(10.0, ge=0)  # extra time a lease must look dead before it is taken over
+    sweep_interval_s: Seconds = 60.0  # how often each daemon looks for dead holders
+    grace_s: float = Field(0.0, ge=0)  # extra time, beyond duration_s, a lease must look dead before a takeover
 
     @model_validator(mode="after")
     def _ratio(self) -> LeaseConfig:

@@ -12,7 +12,7 @@ Guarantees, given the store contract (``ports.Store``):
 - **Self-fencing.** ``renew_deadline_s`` (two thirds of the lease) after the start of the last successful renewal,
   measured on our monotonic clock, the holding declares itself lost and refuses every further write, without asking
   the table. A sweeper can take over no earlier than a full lease plus grace after it saw that renewal, so the
-  holder has always stopped first (with a third of the lease plus grace to spare for killing its step).
+  holder has always stopped first (with a third of the lease, plus grace, to spare for killing its step).
 - **Idempotent holder writes.** A write that failed transiently is checked against the audit trail before it is
   retried: if its event is there, it was applied and its response lost.
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from monitor import errors, logs, states
 from monitor.clock import Clock
 from monitor.config import LeaseConfig, RunConfig
-from monitor.model import Event, Lease, State, Workset
+from monitor.model import Event, Fleet, Lease, State, Workset
 from monitor.ports import Store
 from monitor.states import Action, Backoff, Context, Decision
 
@@ -54,7 +54,7 @@ class Policy:
 
     duration_s: float = 60.0
     heartbeat_s: float = 15.0
-    grace_s: float = 10.0
+    grace_s: float = 0.0
     max_attempts: int = 3
     backoff: Backoff = field(default_factory=Backoff)
     fleet_cap: int | None = None
@@ -96,14 +96,28 @@ class Claimer:
         self.owner = owner
         self.counts: collections.Counter[str] = collections.Counter()  # claims by result: won, lost, fleet_full...
         self.heartbeats: collections.Counter[str] = collections.Counter()  # of all its holdings: ok, lost...
+        self._retry_seq_seen: int | None = None  # the fleet's retry_seq as of which we know every retrying workset
+        self._retry_seq_read: int | None = None  # the fleet's retry_seq at our last read of them
+        self._next_retry_ms: int | None = None  # when the earliest retrying workset we know of becomes due
 
-    async def claim(self, *, slots: int) -> list[Holding]:
-        """Claim up to ``slots`` worksets, urgent first then oldest first. Never raises for a lost race."""
+    async def claim(self, *, slots: int, fleet: Fleet | None = None) -> list[Holding]:
+        """Claim up to ``slots`` worksets, urgent first then oldest first. Never raises for a lost race.
+
+        ``fleet`` (the sweeper's latest read of the fleet counter) lets the round skip the retrying worksets while
+        none can be due: none has entered retrying since we last read them all, and none we know of is due yet."""
         if slots <= 0:
             return []
-        candidates = await self._store.due(now_ms=self._clock.now_ms(), limit=slots * 2)
+        now_ms = self._clock.now_ms()
+        retrying = self._retrying_may_be_due(now_ms, fleet)
+        due = await self._store.due(now_ms=now_ms, limit=slots * 2, retrying=retrying)
+        if due.retrying_read:
+            # A retry_seq counts as seen only once two reads agree on it: the index may lag the counter a moment.
+            seq = fleet.retry_seq if fleet is not None else None
+            self._retry_seq_seen = seq if seq == self._retry_seq_read else None
+            self._retry_seq_read = seq
+            self._next_retry_ms = due.next_retry_ms if due.next_retry_known else now_ms  # not all seen: look again
         held: list[Holding] = []
-        for candidate in candidates:
+        for candidate in due.candidates:
             if len(held) >= slots:
                 break
             try:
@@ -114,6 +128,15 @@ class Claimer:
             if holding is not None:
                 held.append(holding)
         return held
+
+    def expect_retry(self, at_ms: int) -> None:
+        """A workset we moved to retrying becomes due at ``at_ms``: read the retrying worksets again then."""
+        self._next_retry_ms = at_ms if self._next_retry_ms is None else min(self._next_retry_ms, at_ms)
+
+    def _retrying_may_be_due(self, now_ms: int, fleet: Fleet | None) -> bool:
+        if fleet is None or self._retry_seq_seen is None or fleet.retry_seq != self._retry_seq_seen:
+            return True
+        return self._next_retry_ms is not None and self._next_retry_ms <= now_ms
 
     async def _claim_one(self, candidate: Workset) -> Holding | None:
         now_ms = self._clock.now_ms()

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from monitor import errors
-from monitor.model import Event, Priority, State, Stats, Workset, WorksetId
+from monitor.model import Due, Event, Fleet, Priority, State, Stats, Workset, WorksetId
 from monitor.states import Decision, gsi_sort_key
 
 _LIST_ORDER = (
@@ -34,6 +34,7 @@ class MemoryStore:
         self._outbox = outbox
         self._on_pending = on_pending
         self._claims: dict[str, tuple[str, int]] = {}  # event id -> (owner, until ms)
+        self._retry_seq = 0  # like the fleet counter item's: entries into retrying
 
     async def register(self, decision: Decision) -> bool:
         ws = decision.after
@@ -69,7 +70,7 @@ class MemoryStore:
                 f"found {current.state.value} v{current.version}"
             )
         entering = decision.after.state is State.IN_PROGRESS and before.state is not State.IN_PROGRESS
-        if entering and fleet_cap is not None and await self.fleet_running() >= fleet_cap:
+        if entering and fleet_cap is not None and (await self.fleet()).running >= fleet_cap:
             raise errors.FleetFull(f"the fleet already runs {fleet_cap} worksets (run.max_fleet_concurrent)")
         # Like the DynamoDB update: only attributes the decision changed are written; counters others own
         # (hb_count, bumped by heartbeats without a version change) keep their current value.
@@ -81,6 +82,7 @@ class MemoryStore:
         after = dataclasses.replace(current, **changed)
         self._worksets[after.workset_id] = after
         self._events[after.workset_id].append(self._outboxed(decision.event))
+        self._retry_seq += after.state is State.RETRYING and before.state is not State.RETRYING
         return after
 
     def _outboxed(self, event: Event) -> Event:
@@ -131,16 +133,30 @@ class MemoryStore:
     async def event(self, workset_id: WorksetId, seq: int) -> Event | None:
         return next((e for e in self._events.get(workset_id, []) if e.seq == seq), None)
 
-    async def due(self, *, now_ms: int, limit: int) -> list[Workset]:
-        claimable = (State.READY, State.RETRYING)
+    async def due(self, *, now_ms: int, limit: int, retrying: bool = True) -> Due:
+        claimable = (State.READY, State.RETRYING) if retrying else (State.READY,)
         due = [ws for ws in self._worksets.values() if ws.state in claimable and ws.available_at_ms <= now_ms]
-        return sorted(due, key=gsi_sort_key)[:limit]
+        if not retrying:
+            return Due(sorted(due, key=gsi_sort_key)[:limit])
+        waiting = [
+            ws.available_at_ms
+            for ws in self._worksets.values()
+            if ws.state is State.RETRYING and ws.available_at_ms > now_ms
+        ]
+        return Due(
+            sorted(due, key=gsi_sort_key)[:limit],
+            retrying_read=True,
+            next_retry_ms=min(waiting, default=None),
+            next_retry_known=True,
+        )
 
     async def running(self) -> list[Workset]:
         return await self.list(state=State.IN_PROGRESS)
 
-    async def fleet_running(self) -> int:
-        return sum(ws.state is State.IN_PROGRESS for ws in self._worksets.values())
+    async def fleet(self) -> Fleet:
+        return Fleet(
+            running=sum(ws.state is State.IN_PROGRESS for ws in self._worksets.values()), retry_seq=self._retry_seq
+        )
 
     async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:
         wanted = self._worksets.keys() if workset_ids is None else set(workset_ids) & self._worksets.keys()

@@ -162,6 +162,26 @@ class Stats:
         return sum(self.count(s) for s in State)
 
 
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """The fleet counter item, read in one consistent GetItem: how many worksets are in progress fleet-wide, and
+    how many times any workset has entered ``retrying``. It lets an idle daemon skip the in-progress and retrying
+    queries while neither has anything to show."""
+
+    running: int = 0
+    retry_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """Claim candidates, and what the read learnt about the retrying worksets that are not due yet."""
+
+    candidates: list[Workset]
+    retrying_read: bool = False  # the retrying worksets were read at all
+    next_retry_ms: int | None = None  # when the earliest not-yet-due retrying workset becomes due (None: none)
+    next_retry_known: bool = False  # every retrying workset was seen, so next_retry_ms is exact
+
+
 def check_workset_id(value: str) -> WorksetId:
     """Return the id if it is a safe folder name, else raise ValueError saying why."""
     if not _WORKSET_ID.fullmatch(value) or value in {".", ".."}:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from monitor.model import Event, Priority, State, Stats, Workset, WorksetId
+from monitor.model import Due, Event, Fleet, Priority, State, Stats, Workset, WorksetId
 from monitor.states import Decision
 
 
@@ -56,8 +56,9 @@ class Store(Protocol):
         """One event of the trail (to tell whether a write whose response was lost was applied)."""
         ...
 
-    async def due(self, *, now_ms: int, limit: int) -> list[Workset]:
-        """Up to ``limit`` claim candidates (ready or retrying, available_at passed): urgent first, then FIFO.
+    async def due(self, *, now_ms: int, limit: int, retrying: bool = True) -> Due:
+        """Up to ``limit`` claim candidates (ready, and retrying unless ``retrying`` is False; available_at passed):
+        urgent first, then FIFO; plus when the earliest retrying workset that is not due yet will be.
 
         Possibly stale: a candidate is only a nomination, the claim's conditional write decides."""
         ...
@@ -66,8 +67,9 @@ class Store(Protocol):
         """Every in_progress workset, read consistently."""
         ...
 
-    async def fleet_running(self) -> int:
-        """How many worksets are in progress fleet-wide, by the counter the fleet cap is enforced with."""
+    async def fleet(self) -> Fleet:
+        """The fleet counter, read consistently: in progress fleet-wide (what the fleet cap is enforced against)
+        and how many times a workset entered retrying."""
         ...
 
     async def history(self, workset_id: WorksetId) -> list[Event]:

@@ -33,7 +33,7 @@ from monitor.driver import Ending, drive
 from monitor.events import ReadyListener
 from monitor.leases import Claimer, Holding, Policy
 from monitor.metrics import Metrics, Publisher
-from monitor.model import Stats
+from monitor.model import State, Stats
 from monitor.notify.outbox import Channel, Outbox
 from monitor.ports import Queue, Source, Store
 from monitor.scanner import Scanner
@@ -57,7 +57,6 @@ RESTART_ONLY: tuple[tuple[str, str | None], ...] = (
     ("metrics", "cloudwatch"),
     ("log", "format"),
 )
-CLAIM_INTERVAL_S = 5.0  # at most this long between claim rounds while idle (a slot freeing up wakes it sooner)
 
 
 @dataclass
@@ -176,10 +175,14 @@ class Supervisor:
         scan_s = lambda: self.settings.scan.interval_s  # noqa: E731 - read at every tick: reloads apply live
         self._start("scanner", self._loop("scanner", scan_s, self._scan_tick))
         self._start("claimer", self._claimer())
+        sweep_s = self.settings.lease.sweep_interval_s
         self._start(
             "sweeper",
             self._loop(
-                "sweeper", lambda: self.sweeper.next_interval_s(self.settings.lease.sweep_interval_s), self._sweep_tick
+                "sweeper",
+                lambda: self.sweeper.next_interval_s(self.settings.lease.sweep_interval_s),
+                self._sweep_tick,
+                first_delay_s=self.sweeper.first_delay_s(sweep_s),
             ),
         )
         if self._s.queue is not None and self.settings.scan.bucket:
@@ -271,9 +274,12 @@ class Supervisor:
         body: Callable[[], Awaitable[object]],
         *,
         wake: asyncio.Event | None = None,
+        first_delay_s: float = 0.0,
     ) -> None:
         """Run ``body`` every ``interval_s()`` seconds (the time the work took is subtracted), tolerating hiccups;
         ``wake`` runs it early."""
+        if first_delay_s > 0:
+            await self._s.clock.sleep(first_delay_s, until=self._stop)
         while not self._stop.is_set():
             if wake is not None:
                 wake.clear()
@@ -295,11 +301,15 @@ class Supervisor:
             self._s.metrics.scan_duration.observe(time.perf_counter() - started)
         if report.outcomes:
             log.info("scan", folders=report.folders, **report.outcomes)
-        if report["registered"]:
+        if report["registered"] or report["already_registered"]:  # new work, ours or found by another daemon
             self._wake_claimer.set()
 
     async def _sweep_tick(self) -> None:
-        if await self.sweeper.sweep_once():
+        taken = await self.sweeper.sweep_once()
+        for decision in taken:
+            if decision.after.state is State.RETRYING:
+                self.claimer.expect_retry(decision.after.available_at_ms)
+        if taken:
             self._wake_claimer.set()
 
     async def _events_tick(self, listener: ReadyListener) -> None:
@@ -307,7 +317,10 @@ class Supervisor:
             self._wake_claimer.set()
 
     async def _claimer(self) -> None:
+        """A claim round when woken (new work found here, a slot freed, a takeover, a reload, a ready message) and
+        otherwise once per scan interval, for work that other processes made due."""
         while not self._stop.is_set():
+            self._wake_claimer.clear()
             try:
                 await self._claim_round()
                 self.last_success["claimer"] = self._s.clock.monotonic()
@@ -315,12 +328,11 @@ class Supervisor:
                 if not exc.temporary:
                     raise
                 log.warning("claim round failed; will retry", error=str(exc))
-            self._wake_claimer.clear()
-            await self._s.clock.sleep(min(CLAIM_INTERVAL_S, self.settings.scan.interval_s), until=self._wake_claimer)
+            await self._s.clock.sleep(self.settings.scan.interval_s, until=self._wake_claimer)
 
     async def _claim_round(self) -> None:
         free = self.settings.run.max_concurrent - len(self.drivers)
-        for holding in await self.claimer.claim(slots=free):
+        for holding in await self.claimer.claim(slots=free, fleet=self.sweeper.fleet):
             self._spawn(holding)
 
     def _spawn(self, holding: Holding) -> None:
@@ -339,6 +351,8 @@ class Supervisor:
 
     def _driver_done(self, holding: Holding, task: asyncio.Task[Ending]) -> None:
         self.drivers.pop(holding.workset_id, None)
+        if holding.ws.state is State.RETRYING:
+            self.claimer.expect_retry(holding.ws.available_at_ms)
         self._wake_claimer.set()
         if task.cancelled():
             return
@@ -374,7 +388,7 @@ class Supervisor:
         now = self._s.clock.monotonic()
         limits = {
             "scanner": 3 * self.settings.scan.interval_s + 60,
-            "claimer": 3 * CLAIM_INTERVAL_S + 60,
+            "claimer": 3 * self.settings.scan.interval_s + 60,
             "sweeper": 3 * self.settings.lease.sweep_interval_s + 60,
             "notifier": 3 * self.settings.scan.interval_s + 60,
             "gauges": 3 * self.settings.metrics.queue_refresh_s + 60,

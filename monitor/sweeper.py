@@ -9,6 +9,12 @@ exactly one of the two writes wins.
 
 Wall-clock fields (``heartbeat_at_ms``, ``lease_expires_at_ms``) are never read here: a holder whose clock is an hour
 off changes nothing. Memory is bounded: only worksets still in progress are remembered, at most ``max_tracked``.
+
+Cost: each sweep first reads the fleet counter (one consistent ``GetItem``); only when it says something is in
+progress somewhere does the sweep query the index and read those worksets. An idle fleet costs one read per sweep,
+and the read doubles as the claimer's news of new retrying worksets. While a workset is being watched, the next sweep
+is timed for the moment it may be taken over, so a dead holder's work comes back within one sweep interval plus a
+lease (plus grace) of its last heartbeat.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 from monitor import errors, logs, states
 from monitor.clock import Clock
 from monitor.leases import Policy
-from monitor.model import WorksetId
+from monitor.model import Fleet, WorksetId
 from monitor.ports import Store
 from monitor.states import Action, Context, Decision
 
@@ -52,6 +58,8 @@ class Sweeper:
         self._rng = rng or random.Random()
         self._seen: dict[WorksetId, _Seen] = {}
         self.taken_over = 0
+        self.fleet: Fleet | None = None  # the latest read of the fleet counter
+        self._started = 0.0  # monotonic start of the latest sweep
 
     @property
     def tracked(self) -> int:
@@ -59,6 +67,11 @@ class Sweeper:
 
     async def sweep_once(self) -> list[Decision]:
         """One pass: observe every in-progress workset, take over those silent for a lease plus grace."""
+        self._started = self._clock.monotonic()
+        self.fleet = await self._store.fleet()
+        if self.fleet.running <= 0:  # exact: nothing is in progress anywhere, so nothing can be stale
+            self._seen = {}
+            return []
         running = await self._store.running()
         now = self._clock.monotonic()
         seen: dict[WorksetId, _Seen] = {}
@@ -100,6 +113,17 @@ class Sweeper:
         self._seen = seen
         return taken
 
+    def first_delay_s(self, interval_s: float) -> float:
+        """A random phase for the first sweep, so that a fleet started together does not sweep in lockstep."""
+        return self._rng.uniform(0, interval_s)
+
     def next_interval_s(self, interval_s: float) -> float:
-        """A jittered sweep interval (±20 %), so a fleet's sweepers do not move in lockstep."""
-        return interval_s * self._rng.uniform(0.8, 1.2)
+        """Time from the start of the latest sweep to the next: ``interval_s``, or less when a watched workset may be
+        taken over sooner (then exactly at that moment)."""
+        if not self._seen:
+            return interval_s
+        earliest = min(seen.since for seen in self._seen.values()) + self._policy.takeover_after_s
+        delay_s = earliest - self._started
+        if delay_s <= 0:  # it was due at the latest sweep already, whose takeover failed: retry soon, not at once
+            return min(interval_s, 1.0)
+        return min(interval_s, delay_s + 0.01)

@@ -89,7 +89,7 @@ def test_a_flaky_table_loses_nothing_and_completes_nothing_twice(dynamodb: Any, 
             for earlier, later in itertools.pairwise(starts):
                 between = {e.type for e in history if earlier.seq < e.seq < later.seq}
                 assert between & {EventType.LEASE_EXPIRED, EventType.RETRYING, EventType.RELEASED}, kinds
-        assert await clean.fleet_running() == 0
+        assert (await clean.fleet()).running == 0
 
     run(scenario())
     injected = sum((c.injected for c in clients), start=collections.Counter())

@@ -405,15 +405,15 @@ def test_the_fleet_cap_is_exact(world: World, cap: int) -> None:
         policy = Policy(duration_s=60, heartbeat_s=15, grace_s=10, fleet_cap=cap)
         daemons = [world.daemon(f"host-{i}", policy=policy) for i in range(3)]
         held = [h for d in daemons for h in await d.claim(slots=2)]
-        assert len(held) == cap == await world.store.fleet_running()
+        assert len(held) == cap == (await world.store.fleet()).running
         assert sum(d.counts["fleet_full"] for d in daemons) >= 1
         await held[0].complete()
-        assert await world.store.fleet_running() == cap - 1
+        assert (await world.store.fleet()).running == cap - 1
         more = await daemons[2].claim(slots=2)
-        assert len(more) == 1 and await world.store.fleet_running() == cap
+        assert len(more) == 1 and (await world.store.fleet()).running == cap
         # Every way out of in_progress gives the slot back: failure, release, operator cancel, takeover.
         await more[0].fail("boom", temporary=True)
-        assert await world.store.fleet_running() == cap - 1
+        assert (await world.store.fleet()).running == cap - 1
 
     run(scenario())
 
@@ -432,6 +432,104 @@ def test_the_sweepers_memory_only_holds_worksets_in_progress(world: World) -> No
         bounded = Sweeper(world.store, world.clock, actor="s", policy=POLICY, max_tracked=1)  # type: ignore[arg-type]
         await bounded.sweep_once()
         assert bounded.tracked == 1
+
+    run(scenario())
+
+
+class DueLog:
+    """Records whether each claim round read the retrying worksets."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self.retrying: list[bool] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def due(self, **kw: object) -> object:
+        self.retrying.append(bool(kw["retrying"]))
+        return await self._store.due(**kw)  # type: ignore[attr-defined]
+
+
+def test_an_idle_claimer_reads_the_retrying_worksets_only_when_one_may_be_due(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        assert await held.fail("exit 75", temporary=True) is State.RETRYING
+        due_at = held.ws.available_at_ms
+        fleet = await world.store.fleet()
+        assert (fleet.running, fleet.retry_seq) == (0, 1)
+
+        log = DueLog(world.store)
+        b = Claimer(log, world.clock, owner="host-b:1:bbbb", policy=POLICY)  # type: ignore[arg-type]
+        for _ in range(5):
+            assert await b.claim(slots=1, fleet=fleet) == []
+        # Read once, once more to confirm the counter (the index may lag it), then skipped until due.
+        assert log.retrying == [True, True, False, False, False]
+        world.clock.advance((due_at - world.clock.now_ms()) / 1000)
+        [won] = await b.claim(slots=1, fleet=fleet)
+        assert won.workset_id == "ws-1" and log.retrying[-1] is True
+
+        # Another entry into retrying anywhere moves the counter: the next round reads again.
+        assert await won.fail("exit 75", temporary=True) is State.RETRYING
+        moved = await world.store.fleet()
+        assert moved.retry_seq == 2
+        assert await b.claim(slots=1, fleet=moved) == [] and log.retrying[-1] is True
+        # Without a view of the counter (the CLI, tests) every round reads them.
+        assert await b.claim(slots=1) == [] and log.retrying[-1] is True
+
+    run(scenario())
+
+
+def test_expect_retry_makes_the_claimer_look_when_its_own_retry_is_due(world: World) -> None:
+    async def scenario() -> None:
+        log = DueLog(world.store)
+        a = Claimer(log, world.clock, owner="host-a:1:aaaa", policy=POLICY)  # type: ignore[arg-type]
+        fleet = await world.store.fleet()
+        for _ in range(2):
+            assert await a.claim(slots=1, fleet=fleet) == []  # nothing retrying, and the counter confirmed
+        await world.register("ws-1")
+        [held] = await a.claim(slots=1, fleet=fleet)
+        assert await held.fail("exit 75", temporary=True) is State.RETRYING
+        await a.claim(slots=1, fleet=fleet)  # the counter this daemon last saw predates the failure...
+        assert log.retrying == [True, True, False, False]  # ...so its rounds do not look
+        a.expect_retry(held.ws.available_at_ms)  # what the supervisor tells it when its driver ends so
+        world.clock.advance((held.ws.available_at_ms - world.clock.now_ms()) / 1000)
+        [again] = await a.claim(slots=1, fleet=fleet)
+        assert again.workset_id == "ws-1" and again.epoch == 2
+
+    run(scenario())
+
+
+def test_an_idle_sweep_is_one_read_of_the_fleet_counter(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        sweeper = world.sweeper()
+        assert await sweeper.sweep_once() == []
+        assert (world.store.calls["fleet"], world.store.calls["running"]) == (1, 0)
+        held = await claim_one(world.daemon("host-a"))
+        await sweeper.sweep_once()
+        assert (world.store.calls["fleet"], world.store.calls["running"]) == (2, 1) and sweeper.tracked == 1
+        await held.complete()
+        await sweeper.sweep_once()
+        assert (world.store.calls["fleet"], world.store.calls["running"]) == (3, 1) and sweeper.tracked == 0
+
+    run(scenario())
+
+
+def test_the_next_sweep_is_timed_for_the_earliest_possible_takeover(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        sweeper = world.sweeper()
+        assert sweeper.next_interval_s(60) == 60  # nothing watched
+        await claim_one(world.daemon("host-a"))
+        await sweeper.sweep_once()  # first sight of the lease
+        assert sweeper.next_interval_s(600) == pytest.approx(POLICY.takeover_after_s + 0.01)
+        assert sweeper.next_interval_s(20) == 20
+        world.clock.advance(POLICY.takeover_after_s / 2)
+        await sweeper.sweep_once()  # unchanged: still due at the first sight plus a lease and grace
+        assert sweeper.next_interval_s(600) == pytest.approx(POLICY.takeover_after_s / 2 + 0.01)
+        assert 0 <= sweeper.first_delay_s(60) <= 60
 
     run(scenario())
 

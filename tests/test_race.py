@@ -67,7 +67,7 @@ def test_competing_processes_claim_and_complete_each_workset_exactly_once(aws_en
             events = [e.type for e in await store.history(ws.workset_id)]
             assert ws.state is State.COMPLETE
             assert events == [EventType.REGISTERED, EventType.STARTED, EventType.STEP_FINISHED, EventType.COMPLETE]
-        assert await store.fleet_running() == 0
+        assert (await store.fleet()).running == 0
 
     run(check())
     print(f"race: {PROCESSES} processes, {WORKSETS} worksets, {elapsed:.1f} s")

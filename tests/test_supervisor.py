@@ -178,3 +178,44 @@ def test_loops_subtract_the_time_their_work_took_and_health_names_a_stuck_loop(w
     clock.advance(3 * sup.settings.scan.interval_s + 61)
     healthy, why = sup.healthy()
     assert not healthy and "loop scanner has not completed a tick" in why
+
+
+def test_an_idle_daemon_makes_at_most_three_dynamodb_calls_per_scan_interval(world: dict[str, Any]) -> None:
+    """The budget of docs/performance.md, in-process: once the work is done, a scan interval costs one read of the
+    fleet counter (the sweep), one query of the ready worksets (the claim round) and one of the outbox."""
+    import time
+
+    from monitor.config import NotifyConfig
+    from monitor.notify.outbox import Doorbell, Outbox
+
+    for name in ("a", "b", "c", "d"):
+        world["lab"].workset(name, prefix="w/")
+    interval = 0.25
+    text = write_config(world["tmp"] / "c.toml").read_text()
+    path = world["tmp"] / "idle.toml"
+    path.write_text(text.replace("interval_s = 0.5", f"interval_s = {interval}").replace("0.5\n", f"{interval}\n"))
+    sup = supervisor(world, path)
+    assert sup.settings.lease.sweep_interval_s == sup.settings.scan.interval_s == interval
+    sup._s.outbox = Outbox(
+        world["store"], sup._s.clock, owner="host-t:1:0", doorbell=Doorbell(NotifyConfig()), channels=[]
+    )
+    calls: list[str] = []
+    world["store"]._client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
+
+    async def scenario() -> tuple[list[str], float]:
+        task = asyncio.create_task(sup.run())
+        while [ws.state for ws in await world["store"].list()] != [State.COMPLETE] * 4 or sup.drivers:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(6 * interval)  # the last rounds after the work (the retrying reads confirm)
+        start, started = len(calls), time.monotonic()
+        await asyncio.sleep(20 * interval)
+        window, elapsed = calls[start:], time.monotonic() - started
+        sup.request_stop()
+        assert await task == 0
+        return window, elapsed
+
+    window, elapsed = run(asyncio.wait_for(scenario(), timeout=60))
+    cycles = elapsed / interval
+    assert len(window) <= 3 * cycles + 3, (len(window), cycles, sorted(window))
+    assert set(window) <= {"GetItem", "Query"}  # nothing written, no per-workset read
+    assert window.count("GetItem") <= cycles + 1  # the fleet counter, once per sweep: no in-progress query

@@ -4,7 +4,8 @@ The first line is a header (format, version, table, time); every other line is o
 (``{"item": {"pk": {"S": ...}, ...}}``), so nothing is lost or converted. Import validates the whole file before it
 writes anything, then writes idempotently: an event is only added if missing; a workset only if missing or older
 (lower ``version``) than the one in the file, unless ``force``. The fleet counter is recounted from the in-progress
-worksets afterwards rather than copied, so it stays exact.
+worksets afterwards rather than copied, so it stays exact, and its retry sequence is advanced, so that running daemons
+read the retrying worksets again.
 """
 
 from __future__ import annotations
@@ -107,8 +108,14 @@ def load(client: Any, table: str, items: list[dict[str, Any]], *, force: bool = 
         if item["sk"]["S"] == codec.CONTROL_SK and item["state"]["S"] == "in_progress"
     )
     had_counter = any(item["sk"]["S"] == "counter" for item in items)
-    if report.in_progress or had_counter:
-        client.put_item(TableName=table, Item=codec.FLEET_KEY | {"running": {"N": str(report.in_progress)}})
+    if report.in_progress or had_counter or report.worksets_written:
+        # running: recounted; retry_seq bumped, so that running daemons read the retrying worksets again.
+        client.update_item(
+            TableName=table,
+            Key=codec.FLEET_KEY,
+            UpdateExpression="SET running = :running ADD retry_seq :one",
+            ExpressionAttributeValues={":running": {"N": str(report.in_progress)}, ":one": {"N": "1"}},
+        )
     return report
 
 

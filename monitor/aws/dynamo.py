@@ -22,7 +22,7 @@ import botocore.exceptions
 
 from monitor import errors
 from monitor.aws import clients, codec
-from monitor.model import Event, Priority, State, Stats, Workset, WorksetId
+from monitor.model import Due, Event, Fleet, Priority, State, Stats, Workset, WorksetId
 from monitor.states import Decision, gsi_sort_key
 
 LIST_ORDER = (
@@ -130,16 +130,25 @@ class DynamoStore:
             self._on_pending()
 
     def _fleet_update(self, before: Workset, after: Workset, cap: int | None) -> dict[str, Any] | None:
-        """Keep the fleet-wide in-progress counter exact: +1 entering in_progress (capped), -1 leaving it."""
+        """Keep the fleet counter exact: ``running`` +1 entering in_progress (capped), -1 leaving it; ``retry_seq``
+        +1 entering retrying (which only happens on leaving in_progress, so it costs no extra item)."""
         entering = after.state is State.IN_PROGRESS and before.state is not State.IN_PROGRESS
         leaving = before.state is State.IN_PROGRESS and after.state is not State.IN_PROGRESS
-        if not (entering or leaving):
+        retrying = after.state is State.RETRYING and before.state is not State.RETRYING
+        adds, values = [], {}
+        if entering or leaving:
+            adds.append("running :delta")
+            values[":delta"] = {"N": "1" if entering else "-1"}
+        if retrying:
+            adds.append("retry_seq :one")
+            values[":one"] = {"N": "1"}
+        if not adds:
             return None
         update: dict[str, Any] = {
             "TableName": self._table,
             "Key": codec.FLEET_KEY,
-            "UpdateExpression": "ADD running :delta",
-            "ExpressionAttributeValues": {":delta": {"N": "1" if entering else "-1"}},
+            "UpdateExpression": "ADD " + ", ".join(adds),
+            "ExpressionAttributeValues": values,
         }
         if entering and cap is not None:
             update["ConditionExpression"] = "attribute_not_exists(running) OR running < :cap"
@@ -215,16 +224,22 @@ class DynamoStore:
         item = response.get("Item")
         return codec.event_from_item(item) if item else None
 
-    async def due(self, *, now_ms: int, limit: int) -> list[Workset]:
+    async def due(self, *, now_ms: int, limit: int, retrying: bool = True) -> Due:
         """Claimable worksets whose time has come, in claim order; read from the index (may be stale)."""
-        ready = await self._due_in(State.READY, now_ms=now_ms, limit=limit)
-        retrying = await self._due_in(State.RETRYING, now_ms=now_ms, limit=limit)
-        return list(heapq.merge(ready, retrying, key=gsi_sort_key))[:limit]
+        ready, _, _ = await self._due_in(State.READY, now_ms=now_ms, limit=limit)
+        if not retrying:
+            return Due(ready)
+        waiting, next_ms, known = await self._due_in(State.RETRYING, now_ms=now_ms, limit=limit)
+        merged = list(heapq.merge(ready, waiting, key=gsi_sort_key))[:limit]
+        return Due(merged, retrying_read=True, next_retry_ms=next_ms, next_retry_known=known)
 
-    async def _due_in(self, state: State, *, now_ms: int, limit: int) -> list[Workset]:
-        """Due items of one state. Within a priority the index is sorted by available_at, so the first item that is
-        not yet due ends that priority: the next query starts at the next priority instead of reading on."""
+    async def _due_in(self, state: State, *, now_ms: int, limit: int) -> tuple[list[Workset], int | None, bool]:
+        """Due items of one state; when the earliest of the others becomes due; whether every priority was read.
+
+        Within a priority the index is sorted by available_at, so the first item that is not yet due ends that
+        priority: the next query starts at the next priority instead of reading on."""
         found: list[Workset] = []
+        next_ms: int | None = None
         rank = 0
         while rank < len(Priority) and len(found) < limit:
             pages = self._pages(
@@ -243,12 +258,13 @@ class DynamoStore:
                     ws = codec.workset_from_item(item)
                     if ws.available_at_ms > now_ms:
                         next_rank = ws.priority.rank + 1
+                        next_ms = ws.available_at_ms if next_ms is None else min(next_ms, ws.available_at_ms)
                         break
                     found.append(ws)
                     if len(found) >= limit:
                         break
             rank = next_rank
-        return found
+        return found, next_ms, rank >= len(Priority) and len(found) < limit
 
     async def running(self) -> list[Workset]:
         """Every in_progress workset, read consistently from the table (the sweeper's view)."""
@@ -256,8 +272,7 @@ class DynamoStore:
         found = await self._batch_get(ids)
         return [ws for ws in (found.get(i) for i in ids) if ws is not None and ws.state is State.IN_PROGRESS]
 
-    async def fleet_running(self) -> int:
-        """The fleet-wide in-progress counter that ``run.max_fleet_concurrent`` is enforced against."""
+    async def fleet(self) -> Fleet:
         response = await self._call(
             "get_item",
             what="reading the fleet counter",
@@ -265,7 +280,10 @@ class DynamoStore:
             Key=codec.FLEET_KEY,
             ConsistentRead=True,
         )
-        return int(response.get("Item", {}).get("running", {}).get("N", "0"))
+        item = response.get("Item", {})
+        return Fleet(
+            running=int(item.get("running", {}).get("N", "0")), retry_seq=int(item.get("retry_seq", {}).get("N", "0"))
+        )
 
     # --- the notification outbox --------------------------------------------------------------------------------
 
