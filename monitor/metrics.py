@@ -114,8 +114,9 @@ class Metrics:
             outcome = "ok" if status < 400 else _outcome(status, code)
             self._record(service, model.name, outcome, context, parsed.get("ResponseMetadata", {}))
 
-        def failed(model: Any, context: dict[str, Any], **_: Any) -> None:
-            self._record(service, model.name, "unreachable", context, {})
+        def failed(event_name: str, context: dict[str, Any], **_: Any) -> None:
+            # botocore emits ``after-call-error.<service>.<Operation>`` with no model: no response came back.
+            self._record(service, event_name.rsplit(".", 1)[-1], "unreachable", context, {})
 
         events.register(f"before-call.{service}", before)
         events.register(f"after-call.{service}", after)

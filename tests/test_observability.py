@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.config
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -257,6 +258,26 @@ def test_aws_calls_are_counted_by_outcome_and_timed(mocked_aws: None) -> None:
         value("workset_monitor_aws_request_duration_seconds_count", {"service": "dynamodb", "operation": "CreateTable"})
         == 1
     )
+
+
+def test_an_unreachable_endpoint_is_counted_and_raised_as_unavailable() -> None:
+    """No response at all (connection refused): botocore's error hook has no model; the count must still work."""
+    metrics = Metrics(CollectorRegistry(), process=False)
+    client = metrics.instrument(
+        "dynamodb",
+        boto3.client(
+            "dynamodb",
+            region_name=REGION,
+            endpoint_url="http://127.0.0.1:9",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+            config=botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=1),
+        ),
+    )
+    with pytest.raises(errors.AwsUnavailable):
+        run(DynamoStore(client, "anywhere").get(WorksetId("x")))
+    labels = {"service": "dynamodb", "operation": "GetItem", "outcome": "unreachable"}
+    assert metrics.registry.get_sample_value("workset_monitor_aws_requests_total", labels) == 1
 
 
 def test_cloudwatch_gets_queue_depth_and_error_counts_in_batches(mocked_aws: None) -> None:
