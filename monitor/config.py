@@ -240,6 +240,8 @@ class MetricsConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535)  # 0 picks a free port (tests)
     queue_refresh_s: Seconds = 30.0  # how often the queue gauges are read from the table
+    # complete/ignored/cancelled only grow; counting them reads every one of them, so less often
+    finished_refresh_s: Seconds = 900.0
     cloudwatch: CloudWatchConfig | None = None
 
 

@@ -8,7 +8,7 @@ no lock: on one event loop every method body runs without interleaving.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from monitor import errors
 from monitor.model import Due, Event, Fleet, Priority, State, Stats, Workset, WorksetId
@@ -178,14 +178,16 @@ class MemoryStore:
             out += sorted(matching, key=gsi_sort_key)
         return out[:limit] if limit is not None else out
 
-    async def stats(self, *, now_ms: int) -> Stats:
-        counts = {s: dict.fromkeys(Priority, 0) for s in State}
-        for ws in self._worksets.values():
+    async def stats(self, *, now_ms: int, states: Collection[State] | None = None) -> Stats:
+        wanted = set(State if states is None else states)
+        counts = {s: dict.fromkeys(Priority, 0) for s in State if s in wanted}
+        chosen = [ws for ws in self._worksets.values() if ws.state in wanted]
+        for ws in chosen:
             counts[ws.state][ws.priority] += 1
-        ready = [ws.available_at_ms for ws in self._worksets.values() if ws.state is State.READY]
+        ready = [ws.available_at_ms for ws in chosen if ws.state is State.READY]
         age = max(now_ms - min(ready), 0) / 1000 if ready else None
         stalest: dict[State, int] = {}
-        for ws in self._worksets.values():
+        for ws in chosen:
             stalest[ws.state] = min(stalest.get(ws.state, ws.updated_at_ms), ws.updated_at_ms)
         ages = {state: max(now_ms - at, 0) / 1000 for state, at in stalest.items()}
         return Stats(counts=counts, oldest_ready_age_s=age, oldest_change_age_s=ages)

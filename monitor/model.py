@@ -33,6 +33,8 @@ class State(StrEnum):
 
 
 _TERMINAL = frozenset({State.COMPLETE, State.ERROR, State.IGNORED, State.CANCELLED})
+# Terminal and left alone for good: these only grow (``error`` waits for an operator, so it is not among them).
+FINISHED_STATES = (State.COMPLETE, State.IGNORED, State.CANCELLED)
 
 
 class Priority(StrEnum):

@@ -14,7 +14,7 @@ Store guarantees (both implementations, one behavioural test suite):
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -82,7 +82,9 @@ class Store(Protocol):
         """Worksets by state (all states when None), urgent first, then FIFO by available_at."""
         ...
 
-    async def stats(self, *, now_ms: int) -> Stats: ...
+    async def stats(self, *, now_ms: int, states: Collection[State] | None = None) -> Stats:
+        """Counts and ages of ``states`` (all when None); reads every index entry in them."""
+        ...
 
     async def pending_events(self, *, limit: int) -> builtins.list[Event]:
         """Events in the notification outbox, oldest first."""

@@ -33,7 +33,7 @@ from monitor.driver import Ending, drive
 from monitor.events import ReadyListener
 from monitor.leases import Claimer, Holding, Policy
 from monitor.metrics import Metrics, Publisher
-from monitor.model import State, Stats
+from monitor.model import FINISHED_STATES, State, Stats
 from monitor.notify.outbox import Channel, Outbox
 from monitor.ports import Queue, Source, Store
 from monitor.scanner import Scanner
@@ -110,6 +110,7 @@ class Supervisor:
         self._side_port: SidePort | None = None
         self.latest_stats: Stats | None = None  # the last queue refresh (gauges, CloudWatch)
         self._stats_at: float | None = None  # monotonic time of it
+        self._finished_at: float | None = None  # ... and of the last one that counted FINISHED_STATES too
         if services.metrics is not None:
             services.metrics.attach(self)
             if services.outbox is not None:
@@ -367,9 +368,31 @@ class Supervisor:
         log.info("workset finished here", workset_id=holding.workset_id, ending=task.result().value)
 
     async def _gauges_tick(self) -> None:
-        """Queue depth and ages from the table, on their own interval: a scrape never queries the table."""
+        """Queue depth and ages from the table, on their own interval: a scrape never queries the table.
+
+        Counting reads every index entry of a state, so the states that only grow (complete, ignored, cancelled:
+        nearly all of a busy table) are counted every ``finished_refresh_s``, the rest every ``queue_refresh_s``.
+        """
         assert self._s.metrics is not None
-        stats = await self._s.store.stats(now_ms=self._s.clock.now_ms())
+        now = self._s.clock.monotonic()
+        previous = self.latest_stats
+        everything = (
+            previous is None
+            or self._finished_at is None
+            or now - self._finished_at >= self.settings.metrics.finished_refresh_s
+        )
+        active = [s for s in State if s not in FINISHED_STATES]
+        stats = await self._s.store.stats(now_ms=self._s.clock.now_ms(), states=None if everything else active)
+        if everything:
+            self._finished_at = now
+        else:
+            assert previous is not None
+            stats = Stats(
+                counts={s: previous.counts.get(s, {}) for s in FINISHED_STATES} | stats.counts,
+                oldest_ready_age_s=stats.oldest_ready_age_s,
+                oldest_change_age_s={s: a for s, a in previous.oldest_change_age_s.items() if s in FINISHED_STATES}
+                | stats.oldest_change_age_s,
+            )
         self._s.metrics.queue(stats, oldest_age_s=stats.oldest_change_age_s, now_s=time.time())
         self.latest_stats, self._stats_at = stats, self._s.clock.monotonic()
 

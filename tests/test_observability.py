@@ -112,7 +112,7 @@ def daemon(mocked_aws: None, tmp_path: Path, hook: FakeServer) -> Any:
     path.write_text(
         f'[table]\nname = "obs"\n[scan]\nbucket = "{BUCKET}"\nprefixes = ["w/"]\ninterval_s = 0.3\n'
         "[lease]\nduration_s = 4\nheartbeat_s = 1\nsweep_interval_s = 0.5\ngrace_s = 1\n"
-        f'[metrics]\nport = 0\nqueue_refresh_s = 0.3\n[notify.webhook]\nurl = "{hook.url}"\n'
+        f'[metrics]\nport = 0\nqueue_refresh_s = 0.3\nfinished_refresh_s = 0.3\n[notify.webhook]\nurl = "{hook.url}"\n'
         '[[pipeline.steps]]\nname = "main"\n'
         f'command = ["{sys.executable}", "-c", "print(1)"]\n'
     )

@@ -175,6 +175,10 @@ def test_stats_count_per_state_and_priority(store: Store) -> None:
         assert stats.count(State.ERROR, Priority.LOW) == 1
         assert stats.total == 4
         assert stats.oldest_ready_age_s == 10.0
+        some = await store.stats(now_ms=T0 + 10_000, states=[State.READY, State.ERROR])
+        assert set(some.counts) == {State.READY, State.ERROR}  # the others are not read at all
+        assert (some.count(State.READY), some.count(State.ERROR), some.count(State.IGNORED)) == (2, 1, 0)
+        assert some.oldest_ready_age_s == 10.0
 
     run(scenario())
 

@@ -219,3 +219,65 @@ def test_an_idle_daemon_makes_at_most_three_dynamodb_calls_per_scan_interval(wor
     assert len(window) <= 3 * cycles + 3, (len(window), cycles, sorted(window))
     assert set(window) <= {"GetItem", "Query"}  # nothing written, no per-workset read
     assert window.count("GetItem") <= cycles + 1  # the fleet counter, once per sweep: no in-progress query
+
+
+def test_finished_worksets_are_counted_on_their_own_slower_interval(world: dict[str, Any]) -> None:
+    """Counting reads every workset of a state: the ever-growing complete/ignored/cancelled are re-counted every
+    ``finished_refresh_s``; the states operators watch (ready, in progress, retrying, error) every refresh."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor import states as core
+    from monitor.clock import FakeClock
+    from monitor.metrics import Metrics
+    from monitor.model import Priority
+    from monitor.states import Context
+
+    path = write_config(world["tmp"] / "c.toml", extra="[metrics]\nqueue_refresh_s = 30\nfinished_refresh_s = 900\n")
+    sup = supervisor(world, path)
+    clock = FakeClock()
+    sup._s.clock, sup._s.metrics = clock, Metrics(CollectorRegistry(), process=False)
+    store = world["store"]
+    asked: list[set[State]] = []
+    real_stats = store.stats
+
+    async def recording_stats(*, now_ms: int, states: Any = None) -> Any:
+        asked.append(set(State if states is None else states))
+        return await real_stats(now_ms=now_ms, states=states)
+
+    store.stats = recording_stats
+
+    def add(name: str, state: State) -> None:
+        ctx = Context(now_ms=clock.now_ms(), actor="test")
+        decision = core.new_workset(
+            workset_id=WorksetId(name),
+            bucket=BUCKET,
+            prefix=f"w/{name}/",
+            priority=Priority.NORMAL,
+            ctx=ctx,
+            imported=state,
+        )
+        assert run(store.register(decision))
+
+    def gauge(state: State) -> float | None:
+        assert sup._s.metrics is not None
+        labels = {"state": state.value, "priority": "normal"}
+        return sup._s.metrics.registry.get_sample_value("workset_monitor_worksets", labels)
+
+    add("done-1", State.COMPLETE)
+    add("new-1", State.READY)
+    run(sup._gauges_tick())
+    assert asked[-1] == set(State)
+    assert (gauge(State.COMPLETE), gauge(State.READY)) == (1, 1)
+
+    add("done-2", State.COMPLETE)
+    add("new-2", State.READY)
+    clock.advance(30)
+    run(sup._gauges_tick())
+    assert asked[-1] == {State.READY, State.IN_PROGRESS, State.RETRYING, State.ERROR}
+    assert (gauge(State.COMPLETE), gauge(State.READY)) == (1, 2)  # the finished count is kept, not zeroed
+    assert sup.latest_stats is not None and sup.latest_stats.count(State.COMPLETE) == 1
+
+    clock.advance(900)
+    run(sup._gauges_tick())
+    assert asked[-1] == set(State)
+    assert (gauge(State.COMPLETE), gauge(State.READY)) == (2, 2)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import heapq
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 from typing import Any
 
 import botocore.exceptions
@@ -394,12 +394,12 @@ class DynamoStore:
             if ws is not None and (state is None or ws.state is state) and (priority in (None, ws.priority))
         ]
 
-    async def stats(self, *, now_ms: int) -> Stats:
+    async def stats(self, *, now_ms: int, states: Collection[State] | None = None) -> Stats:
         counts: dict[State, dict[Priority, int]] = {}
         by_rank = {p.rank: p for p in Priority}
         oldest_ready_ms: int | None = None
         stalest: dict[State, int] = {}
-        for state in State:
+        for state in State if states is None else [s for s in State if s in states]:
             per = dict.fromkeys(Priority, 0)
             async for item in self._index(state, None, projection="gsi_sk, updated_at_ms"):
                 rank, available_at, _ = item["gsi_sk"]["S"].split("#", 2)
