@@ -95,7 +95,7 @@ def write_config(
         f'[table]\nname = "{TABLE}"\n[scan]\nbucket = "{BUCKET}"\nprefixes = ["w/"]\ninterval_s = 0.5\n'
         "[lease]\nduration_s = 3\nheartbeat_s = 0.75\nsweep_interval_s = 0.5\ngrace_s = 1\n"
         "[run]\nshutdown_grace_s = 1\nretry_backoff_base_s = 1\nretry_backoff_max_s = 1\n"
-        f'[log]\nformat = "json"\n[metrics]\nport = {metrics_port}\nqueue_refresh_s = 1\n'
+        f'[log]\nformat = "json"\n[metrics]\nport = {metrics_port}\nqueue_refresh_s = 1\nfinished_refresh_s = 1\n'
         f'{extra}\n[[pipeline.steps]]\nname = "main"\ncommand = {command}\n'
     )
     return path
