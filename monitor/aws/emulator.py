@@ -36,14 +36,24 @@ from moto.s3.models import S3Backend
 from moto.s3.utils import _VersionedKeyStore
 from werkzeug.serving import make_server
 
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
 
 class Emulator:
     """A moto server on a loopback port, one request at a time."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        wrap: Callable[[WsgiApp], WsgiApp] | None = None,
+    ) -> None:
+        """``wrap``: a WSGI middleware around the serialized emulator (the chaos test injects AWS faults there)."""
         speed_up()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._app = _Serialized(DomainDispatcherApplication(create_backend_app))
+        app: WsgiApp = _Serialized(DomainDispatcherApplication(create_backend_app))
+        self._app = wrap(app) if wrap is not None else app
         self._host, self._port = host, port
         self._server: Any = None
         self._thread: threading.Thread | None = None

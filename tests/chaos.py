@@ -1,0 +1,444 @@
+"""The chaos suite: a fleet of real daemons, killed and paused at random, against an AWS that keeps failing.
+
+    .venv/bin/python -m tests.chaos [--worksets 300] [--daemons 3] [--seed 1] [--json PATH]     (``make chaos``)
+
+``tests/test_chaos.py`` runs a bounded version of it in ``make test``.
+
+Setup: the local AWS emulator behind a fault injector (5 % of requests throttled, 1 % answered with HTTP 500, 2 % of
+writes applied and then answered with HTTP 500: the response is lost, the write is not); N worksets dropped into S3;
+K ``workset-monitor run`` processes with a short lease and a webhook channel for every event (the receiver itself
+refuses 10 % of deliveries). The step records every run in a file; one workset in twenty fails its first attempt
+with exit code 75 (temporary).
+
+Chaos, until every workset is terminal: every 1-3 s one daemon (mostly one that holds work) is either SIGKILLed
+together with its step processes (what systemd's control group does) and started again 0.5-2 s later, or SIGSTOPped
+for 0.5-8 s (often longer than the lease, so its work is taken over while it sleeps) and then continued.
+
+Then the fleet is stopped with SIGTERM, the faults are switched off, and every invariant is checked:
+
+- every workset is terminal;
+- each workset has one ``complete`` event if it is complete, none otherwise;
+- every recorded step run has an epoch of its own, with a ``started`` event; an epoch that a later one superseded
+  ended with a recorded ``lease_expired`` (a takeover), ``released`` or ``retrying``;
+- no lease is left behind: nothing in progress, no lease token, the fleet counter at zero;
+- every audit trail is contiguous (events 1..version);
+- every event reached the webhook at least once, and the outbox is empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import http.server
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+
+from monitor.aws import schema
+from monitor.aws.dynamo import DynamoStore
+from monitor.aws.emulator import Emulator, WsgiApp
+from monitor.config import TableConfig
+from monitor.model import NOTIFIABLE_EVENTS, EventType, State, WorksetId
+
+BUCKET, PREFIX, TABLE = "chaos-lab", "chaos/", "chaos-worksets"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos", "AWS_DEFAULT_REGION": "us-east-1"}
+LEASE_S, HEARTBEAT_S, SWEEP_S = 3.0, 0.75, 1.0
+_DYNAMODB_WRITES = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem")
+
+STEP = """\
+import os, sys, time, random
+ws, epoch, attempt = os.environ["WORKSET_ID"], os.environ["WORKSET_EPOCH"], os.environ["WORKSET_ATTEMPT"]
+with open(sys.argv[1], "a") as runs:
+    runs.write(f"{ws} {epoch} {attempt} {os.getpid()} start\\n")
+time.sleep(random.uniform(0.3, 2.0))
+flaky = int(ws.rsplit("-", 1)[1]) % 20 == 7 and attempt == "1"
+with open(sys.argv[1], "a") as runs:
+    runs.write(f"{ws} {epoch} {attempt} {os.getpid()} {'fail' if flaky else 'end'}\\n")
+sys.exit(75 if flaky else 0)
+"""
+
+
+# --- AWS that fails ----------------------------------------------------------------------------------------------
+
+
+class Faults:
+    """WSGI middleware around the emulator: throttling, server errors, and writes whose response is lost."""
+
+    def __init__(
+        self, app: WsgiApp, *, throttle: float = 0.05, error: float = 0.01, lost: float = 0.02, seed: int = 0
+    ) -> None:
+        self._app = app
+        self._rates = (throttle, error, lost)
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.enabled = True
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        service = "dynamodb" if target.startswith("DynamoDB_") else "s3"
+        write = target.endswith(_DYNAMODB_WRITES) if service == "dynamodb" else environ["REQUEST_METHOD"] != "GET"
+        throttle, error, lost = self._rates
+        with self._lock:
+            roll, lose = self._rng.random(), self._rng.random()
+        if self.enabled and roll < throttle:
+            return self._fail(start_response, service, "throttled")
+        if self.enabled and roll < throttle + error:
+            return self._fail(start_response, service, "server_error")
+        if self.enabled and write and lose < lost:
+            list(self._app(environ, lambda *_: None))  # applied...
+            return self._fail(start_response, service, "response_lost")  # ...but the caller never hears so
+        return self._app(environ, start_response)
+
+    def _fail(self, start_response: Callable[..., Any], service: str, kind: str) -> list[bytes]:
+        with self._lock:
+            self.counts[kind] += 1
+        if service == "dynamodb":
+            code = "ThrottlingException" if kind == "throttled" else "InternalServerError"
+            status = "400 Bad Request" if kind == "throttled" else "500 Internal Server Error"
+            body = json.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": "injected"})
+            start_response(status, [("Content-Type", "application/x-amz-json-1.0")])
+        else:
+            code = "SlowDown" if kind == "throttled" else "InternalError"
+            status = "503 Slow Down" if kind == "throttled" else "500 Internal Server Error"
+            body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>"
+            start_response(status, [("Content-Type", "application/xml")])
+        return [body.encode()]
+
+
+class Webhook:
+    """The receiving end of the webhook channel: remembers every event id; refuses some deliveries."""
+
+    def __init__(self, *, refuse: float, seed: int) -> None:
+        received: collections.Counter[str] = collections.Counter()
+        rng, lock = random.Random(seed), threading.Lock()
+        refused = collections.Counter[str]()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                event_id = self.headers.get("X-Workset-Monitor-Event-Id", "?")
+                with lock:
+                    refuse_it = rng.random() < refuse
+                    (refused if refuse_it else received)[event_id] += 1
+                self.send_response(503 if refuse_it else 200)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.received, self.refused = received, refused
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# --- the fleet ----------------------------------------------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(self, name: str, config: Path, workdir: Path) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSET_MONITOR_")} | CREDENTIALS
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.owner: str | None = None
+
+    def find_owner(self) -> str | None:
+        """Its lease owner id, from its start line."""
+        if self.owner is None:
+            with contextlib.suppress(OSError):
+                for line in self.log_path.read_text().splitlines():
+                    if '"starting"' in line and str(self.process.pid) in line:
+                        self.owner = json.loads(line).get("owner")
+        return self.owner
+
+    def kill(self) -> None:
+        """SIGKILL the daemon and every process it started, as systemd does to a crashed unit's control group."""
+        tree = _descendants(self.process.pid)
+        for pid in [self.process.pid, *tree]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+
+    def pause(self, seconds: float) -> None:
+        os.kill(self.process.pid, signal.SIGSTOP)  # the daemon only: its running steps carry on, unaware
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(self.process.pid, signal.SIGCONT)
+
+    def stop(self, timeout_s: float = 60) -> int:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children[int(fields[1])].append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    worksets: int
+    daemons: int
+    seconds: float = 0.0
+    states: dict[str, int] = field(default_factory=dict)
+    kills: int = 0
+    pauses: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    takeovers: int = 0
+    step_runs: int = 0
+    repeated_runs: int = 0  # step runs beyond the first for a workset (each under a new epoch)
+    webhook_deliveries: int = 0
+    webhook_refused: int = 0
+    duplicate_deliveries: int = 0
+    exit_codes: list[int] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+
+def run(
+    *,
+    worksets: int = 300,
+    daemons: int = 3,
+    seed: int = 1,
+    timeout_s: float = 600,
+    workdir: Path | None = None,
+    out: Callable[[str], None] = print,
+) -> Report:
+    rng = random.Random(seed)
+    os.environ.update(CREDENTIALS)
+    report = Report(worksets=worksets, daemons=daemons)
+    work = workdir or Path(tempfile.mkdtemp(prefix="wm-chaos-"))
+    faults: Faults | None = None
+
+    def wrap(app: WsgiApp) -> WsgiApp:
+        nonlocal faults
+        faults = Faults(app, seed=seed)
+        return faults
+
+    hook = Webhook(refuse=0.10, seed=seed)
+    with Emulator(wrap=wrap) as emulator:
+        assert faults is not None
+        faults.enabled = False
+        client = boto3.client(
+            "dynamodb",
+            endpoint_url=emulator.endpoint,
+            config=botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 20}),
+        )
+        s3 = boto3.client("s3", endpoint_url=emulator.endpoint)
+        s3.create_bucket(Bucket=BUCKET)
+        schema.ensure_table(client, TableConfig(name=TABLE))
+        store = DynamoStore(client, TABLE)
+        names = [f"ws-{n:04d}" for n in range(worksets)]
+        _drop(s3, names)
+        config = _config(work, emulator.endpoint, hook.url)
+        faults.enabled = True
+        started = time.monotonic()
+        fleet = [Daemon(f"d{i}", config, work) for i in range(daemons)]
+        restarts = 0
+        try:
+            actions = ["kill", "pause"]  # both at least once, then at random
+            while time.monotonic() - started < timeout_s:
+                time.sleep(rng.uniform(1.0, 3.0))
+                if _all_terminal(store):
+                    break
+                index = _victim(rng, fleet, store)
+                action = actions.pop(0) if actions else rng.choice(["kill", "pause"])
+                if action == "kill":
+                    fleet[index].kill()
+                    report.kills += 1
+                    time.sleep(rng.uniform(0.5, 2.0))
+                    restarts += 1
+                    fleet[index] = Daemon(f"d{index}-r{restarts}", config, work)
+                else:
+                    report.pauses += 1
+                    fleet[index].pause(rng.uniform(0.5, 8.0))
+            else:
+                report.violations.append(f"not every workset was terminal after {timeout_s:.0f} s")
+            # The chaos is over: let the fleet deliver what is left in the outbox, then stop it.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and asyncio.run(store.pending_events(limit=1)):
+                time.sleep(0.5)
+        finally:
+            report.exit_codes = [d.stop() for d in fleet]
+            hook.close()
+        report.seconds = round(time.monotonic() - started, 1)
+        faults.enabled = False
+        report.faults = dict(faults.counts)
+        _check(report, store, names, work / "runs.log", hook)
+    out(json.dumps(asdict(report), indent=2))
+    return report
+
+
+def _victim(rng: random.Random, fleet: list[Daemon], store: DynamoStore) -> int:
+    """Mostly a daemon that holds work right now (that is where the bugs are), sometimes any."""
+    holders = {ws.lease.owner for ws in asyncio.run(store.list(state=State.IN_PROGRESS)) if ws.lease}
+    busy = [i for i, daemon in enumerate(fleet) if daemon.find_owner() in holders]
+    return rng.choice(busy) if busy and rng.random() < 0.8 else rng.randrange(len(fleet))
+
+
+def _drop(s3: Any, names: list[str]) -> None:
+    header = "RUN_ID\tSAMPLE_ID\tSAMPLE_TYPE\tR1_FQ\tR2_FQ\tSTAGE_DIRECTIVE\n"
+    for name in names:
+        folder = f"{PREFIX}{name}/"
+        files = {
+            "stage_samples.tsv": header + "R1\tS0\tblood\tS0_R1.fastq.gz\tS0_R2.fastq.gz\tstage\n",
+            "daylily_work.yaml": "dy-r: -p produce_snv_concordances\n",
+            "daylily_info.yaml": "priority: normal\n",
+            "sample_data/S0_R1.fastq.gz": "@r1\nACGT\n+\nFFFF\n",
+            "sample_data/S0_R2.fastq.gz": "@r2\nTGCA\n+\nFFFF\n",
+            "daylily.ready": "2026-11-26T00:00:00Z",
+        }
+        for relative, body in files.items():
+            s3.put_object(Bucket=BUCKET, Key=folder + relative, Body=body.encode())
+
+
+def _config(work: Path, endpoint: str, hook_url: str) -> Path:
+    (work / "step.py").write_text(STEP)
+    command = json.dumps([sys.executable, str(work / "step.py"), str(work / "runs.log")])
+    path = work / "chaos.toml"
+    path.write_text(
+        f'[aws]\nregion = "us-east-1"\nendpoint_url = "{endpoint}"\n'
+        f'[table]\nname = "{TABLE}"\n'
+        f'[scan]\nbucket = "{BUCKET}"\nprefixes = ["{PREFIX}"]\ninterval_s = 1.0\n'
+        f"[lease]\nduration_s = {LEASE_S}\nheartbeat_s = {HEARTBEAT_S}\nsweep_interval_s = {SWEEP_S}\n"
+        "[run]\nmax_concurrent = 3\nmax_attempts = 20\nshutdown_grace_s = 2\n"
+        "retry_backoff_base_s = 1\nretry_backoff_max_s = 2\n"
+        f"[notify]\nevents = {json.dumps(sorted(e.value for e in NOTIFIABLE_EVENTS))}\nclaim_s = 5\n"
+        f'[notify.webhook]\nurl = "{hook_url}"\n'
+        "[metrics]\nport = 0\n"  # each daemon its own free port
+        '[log]\nlevel = "info"\nformat = "json"\n'
+        f'[[pipeline.steps]]\nname = "record"\ncommand = {command}\ntimeout_s = 60\n'
+    )
+    return path
+
+
+def _all_terminal(store: DynamoStore) -> bool:
+    worksets = asyncio.run(store.list())
+    return bool(worksets) and all(ws.state.terminal for ws in worksets)
+
+
+def _check(report: Report, store: DynamoStore, names: list[str], runs_log: Path, hook: Webhook) -> None:
+    violations = report.violations
+    worksets = {ws.workset_id: ws for ws in asyncio.run(store.list())}
+    report.states = dict(collections.Counter(ws.state.value for ws in worksets.values()))
+    missing = sorted(set(names) - set(worksets))
+    if missing:
+        violations.append(f"never registered: {missing[:5]}")
+
+    runs: dict[str, list[int]] = collections.defaultdict(list)
+    for line in runs_log.read_text().splitlines() if runs_log.exists() else []:
+        ws_id, run_epoch, _, _, what = line.split()
+        if what == "start":
+            runs[ws_id].append(int(run_epoch))
+    report.step_runs = sum(len(epochs) for epochs in runs.values())
+    report.repeated_runs = sum(len(epochs) - 1 for epochs in runs.values() if epochs)
+
+    for ws_id, ws in sorted(worksets.items()):
+        history = asyncio.run(store.history(WorksetId(ws_id)))
+        if not ws.state.terminal:
+            violations.append(f"{ws_id}: not terminal ({ws.state.value})")
+        if [e.seq for e in history] != list(range(1, ws.version + 1)):
+            violations.append(f"{ws_id}: trail {[e.seq for e in history]} is not 1..{ws.version}")
+        completes = sum(e.type is EventType.COMPLETE for e in history)
+        if completes != (1 if ws.state is State.COMPLETE else 0):
+            violations.append(f"{ws_id}: {completes} complete events, state {ws.state.value}")
+        if ws.lease is not None:
+            violations.append(f"{ws_id}: a lease is left behind ({ws.lease.owner})")
+        report.takeovers += sum(e.type is EventType.LEASE_EXPIRED for e in history)
+        epochs = runs.get(ws_id, [])
+        if len(epochs) != len(set(epochs)):
+            violations.append(f"{ws_id}: the step ran twice under one epoch: {sorted(epochs)}")
+        started = {e.epoch for e in history if e.type is EventType.STARTED}
+        ended = {e.epoch for e in history if e.type in _EPOCH_ENDINGS}
+        for epoch in sorted(set(epochs)):
+            if epoch not in started:
+                violations.append(f"{ws_id}: a step ran under epoch {epoch}, which no claim recorded")
+            if epoch < max(epochs) and epoch not in ended:
+                violations.append(f"{ws_id}: epoch {epoch} was superseded without a recorded takeover or retry")
+        for event in history:
+            if event.type not in NOTIFIABLE_EVENTS:
+                continue
+            if hook.received[event.event_id] == 0:
+                violations.append(f"{event.event_id} ({event.type.value}) never reached the webhook")
+        if len(violations) > 50:
+            violations.append("(stopped checking after 50 violations)")
+            break
+    pending = asyncio.run(store.pending_events(limit=10))
+    if pending:
+        violations.append(f"the outbox still holds {[e.event_id for e in pending]}")
+    fleet = asyncio.run(store.fleet())
+    if fleet.running != 0:
+        violations.append(f"the fleet counter says {fleet.running} in progress")
+    report.webhook_deliveries = sum(hook.received.values())
+    report.webhook_refused = sum(hook.refused.values())
+    report.duplicate_deliveries = sum(n - 1 for n in hook.received.values() if n > 1)
+    if any(code != 0 for code in report.exit_codes):
+        violations.append(f"a daemon did not stop cleanly: exit codes {report.exit_codes}")
+
+
+_EPOCH_ENDINGS = frozenset({EventType.LEASE_EXPIRED, EventType.RELEASED, EventType.RETRYING})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worksets", type=int, default=300)
+    parser.add_argument("--daemons", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args()
+    report = run(worksets=args.worksets, daemons=args.daemons, seed=args.seed, timeout_s=args.timeout)
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    for violation in report.violations:
+        print(f"VIOLATION: {violation}", file=sys.stderr)
+    return 1 if report.violations else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

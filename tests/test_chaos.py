@@ -1,0 +1,80 @@
+"""The chaos suite, bounded: three real daemons, killed and paused at random, against an AWS that keeps failing.
+
+The full run (300 worksets) is ``make chaos``; see ``tests/chaos.py`` for what it does and checks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests import chaos
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_fleet_under_chaos_loses_nothing_and_does_nothing_twice(tmp_path: Path) -> None:
+    report = chaos.run(worksets=30, daemons=3, seed=7, timeout_s=200, workdir=tmp_path, out=lambda _: None)
+    assert report.violations == [], report.violations
+    # The chaos really happened: processes died and slept, AWS failed in every way, work was taken over.
+    assert report.kills >= 1 and report.pauses >= 1
+    assert {"throttled", "server_error", "response_lost"} <= set(report.faults), report.faults
+    assert report.webhook_refused > 0
+    assert sum(report.states.values()) == 30 and report.states.get("complete", 0) >= 25, report.states
+
+
+def test_the_checks_catch_what_they_look_for(tmp_path: Path) -> None:
+    """The suite's checker on a store we break on purpose: a run of the chaos suite can only be as good as this."""
+    from types import SimpleNamespace
+
+    from monitor import actions
+    from monitor.clock import FakeClock
+    from monitor.leases import Claimer, Policy
+    from monitor.memory import MemoryStore
+    from monitor.model import NOTIFIABLE_EVENTS, Priority, WorksetId
+    from monitor.states import Action, Context
+    from tests.conftest import run
+
+    store, clock = MemoryStore(), FakeClock()
+    policy = Policy(duration_s=3.0, heartbeat_s=0.75)
+
+    async def setup() -> None:
+        for name in ("a", "b"):
+            ctx = Context(now_ms=clock.now_ms(), actor="scanner")
+            await actions.register(
+                store,
+                workset_id=WorksetId(name),
+                bucket="lab",
+                prefix=f"chaos/{name}/",
+                priority=Priority.NORMAL,
+                ctx=ctx,
+            )
+        claimer = Claimer(store, clock, owner="d0:1:aaaa", policy=policy)
+        [holding] = await claimer.claim(slots=1)  # "a": claimed under epoch 1 and completed
+        await holding.complete()
+
+    run(setup())
+    runs = tmp_path / "runs.log"
+    runs.write_text("a 1 1 100 start\na 1 1 100 end\n")
+    delivered = {e.event_id: 1 for e in run(store.history(WorksetId("a"))) if e.type in NOTIFIABLE_EVENTS}
+
+    def check(names: list[str], received: dict[str, int]) -> list[str]:
+        report = chaos.Report(worksets=len(names), daemons=1)
+        hook = SimpleNamespace(received=Counter(received), refused=Counter())
+        chaos._check(report, store, names, runs, hook)  # type: ignore[arg-type]
+        return report.violations
+
+    run(actions.act(store, WorksetId("b"), Action.CANCEL, Context(now_ms=clock.now_ms(), actor="op")))
+    assert check(["a", "b"], delivered | {e.event_id: 1 for e in run(store.history(WorksetId("b")))}) == []
+
+    runs.write_text(
+        "a 1 1 100 start\na 1 1 101 start\na 7 1 102 start\n"
+    )  # twice under epoch 1; an epoch never claimed
+    violations = check(["a", "b", "c"], {})
+    assert "never registered: ['c']" in violations
+    assert "a: the step ran twice under one epoch: [1, 1, 7]" in violations
+    assert "a: a step ran under epoch 7, which no claim recorded" in violations
+    assert "a: epoch 1 was superseded without a recorded takeover or retry" in violations
+    assert any(v.endswith("(complete) never reached the webhook") for v in violations), violations
