@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint typecheck unit tools bench demo clean
+.PHONY: test lint typecheck unit tools bench chaos demo clean
 
 test: lint typecheck tools unit
 
@@ -41,10 +42,21 @@ unit: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/workset-monitor demo --until-idle
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Benchmarks with budgets (exit 1 when one is missed); results and the plot go to docs/performance.md's folder.
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/claim.py
 	$(BIN)/python bench/scan_cost.py
 	$(BIN)/python bench/notify.py
+	$(BIN)/python bench/fleet.py --json bench/results/fleet.json --plot docs/images/idle-cost.png
+
+# The full chaos suite: 3 daemons, 300 worksets, kills, pauses and AWS faults; exit 1 on any violation.
+# (A bounded run of the same code is part of `make test`: tests/test_chaos.py.)
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --worksets 300 --daemons 3 --json bench/results/chaos.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
