@@ -13,10 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from monitor import actions, config, errors, iam, leases, preflight, render, steps
+from monitor import actions, config, errors, iam, leases, preflight, render, steps, validation
 from monitor.app import PROG, App, operator_identity
 from monitor.aws import backup, codec, schema
 from monitor.aws.cloudwatch import CloudWatchPublisher
+from monitor.aws.s3 import S3Source
 from monitor.aws.sqs import SqsQueue
 from monitor.clock import iso
 from monitor.metrics import Metrics
@@ -28,7 +29,7 @@ from monitor.model import (
     WorksetId,
 )
 from monitor.notify.outbox import Doorbell, Outbox
-from monitor.states import Action
+from monitor.states import VALIDATION, Action
 from monitor.supervisor import Services, Supervisor
 from monitor.systemd import Notifier
 
@@ -286,6 +287,8 @@ async def cmd_migrate(app: App) -> int:
 def transition(action: Action | Callable[[argparse.Namespace], Action], default_reason: str) -> Any:
     async def command(app: App) -> int:
         chosen = action(app.args) if callable(action) else action
+        if chosen is Action.RETRY:
+            await _revalidate(app, app.args.id)
         decision = await actions.act(
             app.store,
             app.args.id,
@@ -309,6 +312,24 @@ def transition(action: Action | Callable[[argparse.Namespace], Action], default_
         return errors.EX_OK
 
     return command
+
+
+async def _revalidate(app: App, workset_id: WorksetId) -> None:
+    """A workset that failed validation is re-opened only once its folder passes validation: otherwise the pipeline
+    would run on the input that was refused. ``retry --force`` skips this (and the S3 reads)."""
+    ws = await app.store.get(workset_id)
+    if ws is None or ws.state is not State.ERROR or ws.error_category != VALIDATION:
+        return
+    source = S3Source(app.clients.get("s3"), ws.bucket)
+    listing = await source.top_level(ws.prefix)
+    verdict = await validation.validate(
+        source, folder=ws.prefix, listing=listing, max_manifest_bytes=app.settings.scan.max_manifest_bytes
+    )
+    if verdict.kind == "invalid":
+        raise errors.InvalidInput(
+            f"{workset_id} is still invalid: {verdict.reason} (s3://{ws.bucket}/{ws.prefix}); "
+            "fix the folder and retry, or `retry --force` to run it as it is"
+        )
 
 
 def _workset_prefix(prefix: str, workset_id: str) -> str:

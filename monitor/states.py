@@ -21,6 +21,8 @@ from monitor.model import Event, EventType, Lease, Priority, State, Workset, Wor
 MAX_ERROR_CHARS = 400  # last_error on the control item; full detail lives in the event
 MAX_DETAIL_CHARS = 8000  # an event's detail (error or output tail); events must stay far below 400 KB
 
+VALIDATION = "validation"  # error_category of a workset whose folder failed validation
+
 
 class Action(StrEnum):
     CLAIM = "claim"
@@ -162,7 +164,7 @@ def new_workset(
     """
     state = State.ERROR if invalid_reason else imported
     error = invalid_reason or (imported_error if state is State.ERROR else None)
-    category = "validation" if invalid_reason else ("legacy" if state is State.ERROR else None)
+    category = VALIDATION if invalid_reason else ("legacy" if state is State.ERROR else None)
     ws = Workset(
         workset_id=workset_id,
         state=state,

@@ -12,13 +12,14 @@ from typing import Any
 import boto3
 import pytest
 
-from monitor import cli, states
+from monitor import actions, cli, states
 from monitor.aws import schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.config import TableConfig
-from monitor.model import Lease, WorksetId
+from monitor.model import Lease, Priority, State, WorksetId
 from monitor.states import Action, Context
 from tests.conftest import REGION, run
+from tests.lab import BUCKET, Lab
 
 
 @pytest.fixture
@@ -286,3 +287,41 @@ def _claim(endpoint: str, name: str) -> None:
         )
 
     run(scenario())
+
+
+def test_retry_of_an_invalid_workset_validates_its_folder_again(
+    ready_table: Path, aws_endpoint: str, capsys: Any
+) -> None:
+    """The lab forgot daylily_work.yaml: `retry` refuses until the folder is fixed (the pipeline would run on the
+    input that was refused); `retry --force` runs it as it is."""
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=aws_endpoint)
+    s3.create_bucket(Bucket=BUCKET)
+    lab = Lab(s3)
+    store = DynamoStore(boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint), "daylily-worksets")
+    for name in ("forgot", "as-is"):
+        lab.workset(name, files={"daylily_work.yaml": None})
+        run(
+            actions.register(
+                store,
+                workset_id=WorksetId(name),
+                bucket=BUCKET,
+                prefix=f"worksets/{name}/",
+                priority=Priority.NORMAL,
+                ctx=Context(now_ms=1, actor="scanner"),
+                invalid_reason="daylily_work.yaml: required file is missing",
+            )
+        )
+    cfg = ("--config", str(ready_table))
+
+    code, _, err = main(capsys, *cfg, "retry", "forgot")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "forgot is still invalid: daylily_work.yaml: required file is missing" in err
+    assert "s3://lab-bucket/worksets/forgot/" in err and "retry --force" in err
+    assert run(store.get(WorksetId("forgot"))).state is State.ERROR  # type: ignore[union-attr]
+
+    lab.put("worksets/forgot/daylily_work.yaml", b"dy-r: -p produce_snv_concordances\n")
+    code, out, _ = main(capsys, *cfg, "retry", "forgot")
+    assert code == 0 and "forgot: error -> ready" in out
+
+    code, out, _ = main(capsys, *cfg, "retry", "as-is", "--force", "--reason", "the step does not need it")
+    assert code == 0 and "as-is: error -> ready" in out
