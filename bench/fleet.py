@@ -45,6 +45,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.lab
+
 import boto3
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.dynamodb.models import dynamodb_backends
@@ -58,6 +60,7 @@ from monitor.aws.emulator import Emulator
 from monitor.config import TableConfig
 from monitor.model import FINISHED_STATES, Priority, State, WorksetId
 from monitor.states import Action, Context
+from tests.lab import workset_files
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET, TABLE = "bench-fleet", "bench-fleet"
@@ -100,21 +103,10 @@ class Site:
 
     def drop_new(self, prefix: str, names: list[str], *, samples: int = 2) -> None:
         """New worksets in the Daylily layout, ``daylily.ready`` last, as a lab's upload script writes them."""
-        header = "RUN_ID\tSAMPLE_ID\tSAMPLE_TYPE\tR1_FQ\tR2_FQ\tSTAGE_DIRECTIVE\n"
-        rows = "".join(f"R1\tS{i}\tblood\tS{i}_R1.fastq.gz\tS{i}_R2.fastq.gz\tstage\n" for i in range(samples))
+        files = workset_files(samples=samples)
         for name in names:
-            folder = f"{prefix}{name}/"
-            files = {
-                "stage_samples.tsv": (header + rows).encode(),
-                "daylily_work.yaml": b"dy-r: -p produce_snv_concordances\n",
-                "daylily_info.yaml": b"priority: normal\n",
-            }
-            for i in range(samples):
-                files[f"sample_data/S{i}_R1.fastq.gz"] = b"@r1\nACGT\n+\nFFFF\n"
-                files[f"sample_data/S{i}_R2.fastq.gz"] = b"@r2\nTGCA\n+\nFFFF\n"
-            files["daylily.ready"] = b"2026-11-26T00:00:00Z"
             for relative, body in files.items():
-                self._s3.put_object(BUCKET, folder + relative, body, disable_notification=True)
+                self._s3.put_object(BUCKET, f"{prefix}{name}/{relative}", body, disable_notification=True)
 
     def states(self) -> Counter[str]:
         """Every workset's state, read from the base table (consistent, through the emulator's HTTP API)."""

@@ -54,6 +54,7 @@ from monitor.aws.dynamo import DynamoStore
 from monitor.aws.emulator import Emulator, WsgiApp
 from monitor.config import TableConfig
 from monitor.model import NOTIFIABLE_EVENTS, EventType, State, WorksetId
+from tests.lab import Lab
 
 BUCKET, PREFIX, TABLE = "chaos-lab", "chaos/", "chaos-worksets"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -322,19 +323,9 @@ def _victim(rng: random.Random, fleet: list[Daemon], store: DynamoStore) -> int:
 
 
 def _drop(s3: Any, names: list[str]) -> None:
-    header = "RUN_ID\tSAMPLE_ID\tSAMPLE_TYPE\tR1_FQ\tR2_FQ\tSTAGE_DIRECTIVE\n"
+    lab = Lab(s3, bucket=BUCKET)
     for name in names:
-        folder = f"{PREFIX}{name}/"
-        files = {
-            "stage_samples.tsv": header + "R1\tS0\tblood\tS0_R1.fastq.gz\tS0_R2.fastq.gz\tstage\n",
-            "daylily_work.yaml": "dy-r: -p produce_snv_concordances\n",
-            "daylily_info.yaml": "priority: normal\n",
-            "sample_data/S0_R1.fastq.gz": "@r1\nACGT\n+\nFFFF\n",
-            "sample_data/S0_R2.fastq.gz": "@r2\nTGCA\n+\nFFFF\n",
-            "daylily.ready": "2026-11-26T00:00:00Z",
-        }
-        for relative, body in files.items():
-            s3.put_object(Bucket=BUCKET, Key=folder + relative, Body=body.encode())
+        lab.workset(name, prefix=PREFIX, samples=1)
 
 
 def _config(work: Path, endpoint: str, hook_url: str) -> Path:

@@ -22,6 +22,30 @@ def manifest(samples: int = 2, *, folder: str = "", crlf: bool = False, refs: st
     return (newline.join(rows) + newline).encode()
 
 
+def workset_files(
+    *,
+    samples: int = 2,
+    extra_data: int = 0,
+    sentinels: tuple[str, ...] = ("daylily.ready",),
+    priority: str | None = None,
+) -> dict[str, bytes]:
+    """The objects of one valid workset folder in the Daylily layout, by key under the folder, sentinels last (as a
+    lab's upload script writes them)."""
+    content = {
+        "stage_samples.tsv": manifest(samples),
+        "daylily_work.yaml": b"day-clone: -d {workdir_name} -t main\ndy-r: -p produce_snv_concordances\n",
+        "daylily_info.yaml": b"workset_name: test\n" + (f"priority: {priority}\n".encode() if priority else b""),
+    }
+    for i in range(samples):
+        content[f"sample_data/S{i}_R1.fastq.gz"] = b"@r1\nACGT\n+\nFFFF\n"
+        content[f"sample_data/S{i}_R2.fastq.gz"] = b"@r2\nTGCA\n+\nFFFF\n"
+    for i in range(extra_data):
+        content[f"sample_data/extra/{i:04d}.bin"] = b"x"
+    for sentinel in sentinels:
+        content[sentinel] = b"2025-10-17T12:00:00Z"
+    return content
+
+
 @dataclass
 class Lab:
     s3: Any
@@ -45,18 +69,9 @@ class Lab:
         """Create a workset folder; ``files`` overrides (bytes) or removes (None) any file of it."""
         folder = f"{prefix}{name}/"
         content: dict[str, bytes | None] = {
-            "stage_samples.tsv": manifest(samples),
-            "daylily_work.yaml": b"day-clone: -d {workdir_name} -t main\ndy-r: -p produce_snv_concordances\n",
-            "daylily_info.yaml": b"workset_name: test\n" + (f"priority: {priority}\n".encode() if priority else b""),
+            **workset_files(samples=samples, extra_data=extra_data, sentinels=sentinels, priority=priority),
+            **(files or {}),
         }
-        for i in range(samples):
-            content[f"sample_data/S{i}_R1.fastq.gz"] = b"@r1\nACGT\n+\nFFFF\n"
-            content[f"sample_data/S{i}_R2.fastq.gz"] = b"@r2\nTGCA\n+\nFFFF\n"
-        for i in range(extra_data):
-            content[f"sample_data/extra/{i:04d}.bin"] = b"x"
-        for sentinel in sentinels:
-            content[sentinel] = b"2025-10-17T12:00:00Z"
-        content.update(files or {})
         for relative, body in content.items():
             if body is not None:
                 self.put(folder + relative, body)

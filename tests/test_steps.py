@@ -146,10 +146,11 @@ def test_a_poll_step_runs_until_done(tmp_path: Path) -> None:
     ("code", "outcome"), [("import sys; sys.exit(75)", Outcome.TEMPORARY), ("import sys; sys.exit(4)", Outcome.FAILED)]
 )
 def test_a_poll_step_ends_on_failure_or_its_overall_timeout(code: str, outcome: Outcome) -> None:
-    result = go(step(code, kind="poll", timeout_s=0.6, interval_s=0.1))
+    result = go(step(code, kind="poll", timeout_s=1.5, interval_s=0.1))
     assert result.outcome is outcome
-    if outcome is Outcome.TEMPORARY:
-        assert result.runs >= 2 and "still running after" in result.tail
+    if outcome is Outcome.TEMPORARY:  # the deadline falls between two runs or (on a busy machine) during one
+        assert result.runs >= 2 and result.exit_code is None
+        assert result.describe("s").startswith("step s timed out"), result
 
 
 def test_the_output_tail_is_bounded_and_long_lines_are_fine() -> None:
