@@ -12,7 +12,8 @@ Guarantees, given the store contract (``ports.Store``):
 - **Self-fencing.** ``renew_deadline_s`` (two thirds of the lease) after the start of the last successful renewal,
   measured on our monotonic clock, the holding declares itself lost and refuses every further write, without asking
   the table. A sweeper can take over no earlier than a full lease plus grace after it saw that renewal, so the
-  holder has always stopped first (with a third of the lease, plus grace, to spare for killing its step).
+  holder has always stopped first (with a third of the lease, plus grace, to spare for killing its step). A
+  heartbeat that gets no answer is abandoned at the deadline: a hung connection cannot keep a step running.
 - **Idempotent holder writes.** A write that failed transiently is checked against the audit trail before it is
   retried: if its event is there, it was applied and its response lost.
 
@@ -227,14 +228,21 @@ class Holding:
             return False
         started = self._clock.monotonic()
         now_ms = self._clock.now_ms()
+        call = self._store.heartbeat(
+            self.ws.workset_id,
+            token=self.token,
+            now_ms=now_ms,
+            expires_at_ms=now_ms + round(self._policy.duration_s * 1000),
+            step=self.ws.current_step,
+        )
         try:
-            count = await self._store.heartbeat(
-                self.ws.workset_id,
-                token=self.token,
-                now_ms=now_ms,
-                expires_at_ms=now_ms + round(self._policy.duration_s * 1000),
-                step=self.ws.current_step,
-            )
+            # AWS retries (read timeouts times attempts) can outlast the lease: never wait past the renew deadline.
+            count = await asyncio.wait_for(call, timeout=self.renewed_at + self._policy.renew_deadline_s - started)
+        except TimeoutError:
+            self.heartbeats["error"] += 1
+            log.warning("heartbeat got no answer before the renew deadline", workset_id=self.workset_id)
+            self.fenced()
+            return False
         except errors.MonitorError as exc:
             if not exc.temporary:
                 raise

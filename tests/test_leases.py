@@ -580,3 +580,27 @@ def test_a_claim_and_a_heartbeat_are_one_round_trip_each(dynamodb: object) -> No
         assert sends == {"Query": 2}  # an idle claim round
 
     run(scenario())
+
+
+def test_a_heartbeat_that_never_gets_an_answer_is_abandoned_at_the_renew_deadline(store: Store) -> None:
+    """A hung connection (botocore's read timeout times its attempts can outlast a lease) must not keep the holder
+    believing it holds the lease: at the renew deadline it fences itself, so its step is stopped before anyone can
+    take over. Real time, a 0.6 s lease."""
+    import time
+
+    from monitor.clock import SystemClock
+
+    policy = Policy(duration_s=0.6, heartbeat_s=0.15)
+    spy = StoreSpy(store)
+
+    async def scenario() -> float:
+        await World(store=spy, clock=SystemClock()).register("ws-1")  # type: ignore[arg-type]
+        claimer = Claimer(spy, SystemClock(), owner="host-a:1:aaaa", policy=policy, rng=random.Random(0))  # type: ignore[arg-type]
+        [held] = await claimer.claim(slots=1)
+        spy.before["heartbeat"] = asyncio.Event().wait  # the next heartbeat never gets an answer
+        started = time.monotonic()
+        await asyncio.wait_for(held.keep_alive(asyncio.Event()), timeout=5)
+        assert held.lost.is_set() and "no successful renewal" in (held.lost_reason or ""), held.lost_reason
+        return time.monotonic() - started
+
+    assert run(scenario()) < policy.renew_deadline_s + 0.3
