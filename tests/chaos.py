@@ -12,7 +12,9 @@ with exit code 75 (temporary).
 
 Chaos, until every workset is terminal: every 1-3 s one daemon (mostly one that holds work) is either SIGKILLed
 together with its step processes (what systemd's control group does) and started again 0.5-2 s later, or SIGSTOPped
-for 0.5-8 s (often longer than the lease, so its work is taken over while it sleeps) and then continued.
+for 0.5-8 s (often longer than the lease, so its work is taken over while it sleeps) and then continued; or (one time
+in ten) AWS goes silent for 3-6 s, longer than the lease: no request gets an answer before its client times out, so
+every holder must fence itself and every loop must ride it out.
 
 Then the fleet is stopped with SIGTERM, the faults are switched off, and every invariant is checked:
 
@@ -22,7 +24,10 @@ Then the fleet is stopped with SIGTERM, the faults are switched off, and every i
   ended with a recorded ``lease_expired`` (a takeover), ``released`` or ``retrying``;
 - no lease is left behind: nothing in progress, no lease token, the fleet counter at zero;
 - every audit trail is contiguous (events 1..version);
-- every event reached the webhook at least once, and the outbox is empty.
+- every event reached the webhook at least once, and the outbox is empty;
+- every daemon is still running and exits 0 on SIGTERM (none died of a fault).
+
+The daemons' logs stay in the report's ``workdir``.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ from tests.lab import Lab
 BUCKET, PREFIX, TABLE = "chaos-lab", "chaos/", "chaos-worksets"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos", "AWS_DEFAULT_REGION": "us-east-1"}
 LEASE_S, HEARTBEAT_S, SWEEP_S = 3.0, 0.75, 1.0
+READ_TIMEOUT_S = 1.5  # the daemons' [aws] read_timeout_s: an unanswered request fails after this
+HARNESS = "chaos-harness"  # in the User-Agent of this module's own AWS clients, which outages spare
 _DYNAMODB_WRITES = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem")
 
 STEP = """\
@@ -89,8 +96,19 @@ class Faults:
         self._lock = threading.Lock()
         self.enabled = True
         self.counts: collections.Counter[str] = collections.Counter()
+        self._outage_until = 0.0
+
+    def outage(self, seconds: float) -> None:
+        """From now on, for ``seconds``, no request (but the harness's) gets an answer before its client gives up."""
+        self._outage_until = time.monotonic() + seconds
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if time.monotonic() < self._outage_until and HARNESS not in environ.get("HTTP_USER_AGENT", ""):
+            with self._lock:
+                self.counts["unanswered"] += 1
+            time.sleep(READ_TIMEOUT_S + 0.5)  # not applied; the caller has timed out and hung up by now
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"outage"]
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         service = "dynamodb" if target.startswith("DynamoDB_") else "s3"
         write = target.endswith(_DYNAMODB_WRITES) if service == "dynamodb" else environ["REQUEST_METHOD"] != "GET"
@@ -230,6 +248,7 @@ class Report:
     states: dict[str, int] = field(default_factory=dict)
     kills: int = 0
     pauses: int = 0
+    outages: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     takeovers: int = 0
     step_runs: int = 0
@@ -239,6 +258,7 @@ class Report:
     duplicate_deliveries: int = 0
     exit_codes: list[int] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    workdir: str = ""  # the daemons' logs and configuration, the step's record of its runs
 
 
 def run(
@@ -254,6 +274,7 @@ def run(
     os.environ.update(CREDENTIALS)
     report = Report(worksets=worksets, daemons=daemons)
     work = workdir or Path(tempfile.mkdtemp(prefix="wm-chaos-"))
+    report.workdir = str(work)
     faults: Faults | None = None
 
     def wrap(app: WsgiApp) -> WsgiApp:
@@ -268,9 +289,11 @@ def run(
         client = boto3.client(
             "dynamodb",
             endpoint_url=emulator.endpoint,
-            config=botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 20}),
+            config=botocore.config.Config(
+                retries={"mode": "standard", "total_max_attempts": 20}, user_agent_extra=HARNESS
+            ),
         )
-        s3 = boto3.client("s3", endpoint_url=emulator.endpoint)
+        s3 = boto3.client("s3", endpoint_url=emulator.endpoint, config=botocore.config.Config(user_agent_extra=HARNESS))
         s3.create_bucket(Bucket=BUCKET)
         schema.ensure_table(client, TableConfig(name=TABLE))
         store = DynamoStore(client, TABLE)
@@ -282,14 +305,17 @@ def run(
         fleet = [Daemon(f"d{i}", config, work) for i in range(daemons)]
         restarts = 0
         try:
-            actions = ["kill", "pause"]  # both at least once, then at random
+            actions = ["kill", "outage", "pause"]  # each at least once, then at random
             while time.monotonic() - started < timeout_s:
                 time.sleep(rng.uniform(1.0, 3.0))
                 if _all_terminal(store):
                     break
                 index = _victim(rng, fleet, store)
-                action = actions.pop(0) if actions else rng.choice(["kill", "pause"])
-                if action == "kill":
+                action = actions.pop(0) if actions else rng.choices(["kill", "pause", "outage"], [45, 45, 10])[0]
+                if action == "outage":
+                    report.outages += 1
+                    faults.outage(rng.uniform(3.0, 6.0))
+                elif action == "kill":
                     fleet[index].kill()
                     report.kills += 1
                     time.sleep(rng.uniform(0.5, 2.0))
@@ -333,7 +359,7 @@ def _config(work: Path, endpoint: str, hook_url: str) -> Path:
     command = json.dumps([sys.executable, str(work / "step.py"), str(work / "runs.log")])
     path = work / "chaos.toml"
     path.write_text(
-        f'[aws]\nregion = "us-east-1"\nendpoint_url = "{endpoint}"\n'
+        f'[aws]\nregion = "us-east-1"\nendpoint_url = "{endpoint}"\nread_timeout_s = {READ_TIMEOUT_S}\n'
         f'[table]\nname = "{TABLE}"\n'
         f'[scan]\nbucket = "{BUCKET}"\nprefixes = ["{PREFIX}"]\ninterval_s = 1.0\n'
         f"[lease]\nduration_s = {LEASE_S}\nheartbeat_s = {HEARTBEAT_S}\nsweep_interval_s = {SWEEP_S}\n"
