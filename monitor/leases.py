@@ -29,7 +29,9 @@ import os
 import random
 import socket
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from monitor import errors, logs, states
 from monitor.clock import Clock
@@ -41,6 +43,8 @@ from monitor.states import Action, Backoff, Context, Decision
 log = logs.get("monitor.leases")
 
 _WRITE_RETRY_MAX_S = 5.0
+
+T = TypeVar("T")
 
 
 def new_owner_id(rng: random.Random | None = None) -> str:
@@ -236,12 +240,8 @@ class Holding:
             step=self.ws.current_step,
         )
         try:
-            # AWS retries (read timeouts times attempts) can outlast the lease: never wait past the renew deadline.
-            count = await asyncio.wait_for(call, timeout=self.renewed_at + self._policy.renew_deadline_s - started)
+            count = await self._by_deadline(call)
         except TimeoutError:
-            self.heartbeats["error"] += 1
-            log.warning("heartbeat got no answer before the renew deadline", workset_id=self.workset_id)
-            self.fenced()
             return False
         except errors.MonitorError as exc:
             if not exc.temporary:
@@ -255,9 +255,24 @@ class Holding:
         self.heartbeats["ok"] += 1
         return True
 
+    async def _by_deadline(self, call: Awaitable[T]) -> T:
+        """``call``'s result, unless the renew deadline comes first: then the holding is lost and TimeoutError raised.
+        AWS retries (read timeout times attempts) can outlast a lease; a hung connection must not keep a step running.
+        """
+        left_s = self.renewed_at + self._policy.renew_deadline_s - self._clock.monotonic()
+        try:
+            return await asyncio.wait_for(call, timeout=left_s)
+        except TimeoutError:
+            self.heartbeats["error"] += 1
+            log.warning("no answer from the table before the renew deadline", workset_id=self.workset_id)
+            self.fenced()
+            raise
+
     async def _confirm_refusal(self, started: float) -> bool:
         try:
-            current = await self._store.get(self.ws.workset_id)
+            current = await self._by_deadline(self._store.get(self.ws.workset_id))
+        except TimeoutError:
+            return False
         except errors.MonitorError as exc:
             if not exc.temporary:
                 raise

@@ -582,22 +582,44 @@ def test_a_claim_and_a_heartbeat_are_one_round_trip_each(dynamodb: object) -> No
     run(scenario())
 
 
-def test_a_heartbeat_that_never_gets_an_answer_is_abandoned_at_the_renew_deadline(store: Store) -> None:
+class Silent:
+    """A store whose heartbeat (or, after a refused heartbeat, the re-read) never gets an answer once armed."""
+
+    def __init__(self, store: Store, hangs: str) -> None:
+        self._store, self.hangs, self.armed = store, hangs, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def heartbeat(self, *args: object, **kwargs: object) -> int | None:
+        if self.armed and self.hangs == "heartbeat":
+            await asyncio.Event().wait()
+        return None if self.armed else await self._store.heartbeat(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def get(self, workset_id: WorksetId) -> object:
+        if self.armed and self.hangs == "get":
+            await asyncio.Event().wait()
+        return await self._store.get(workset_id)
+
+
+@pytest.mark.parametrize("hangs", ["heartbeat", "get"])
+def test_a_renewal_that_never_gets_an_answer_is_abandoned_at_the_renew_deadline(store: Store, hangs: str) -> None:
     """A hung connection (botocore's read timeout times its attempts can outlast a lease) must not keep the holder
     believing it holds the lease: at the renew deadline it fences itself, so its step is stopped before anyone can
-    take over. Real time, a 0.6 s lease."""
+    take over. Either the heartbeat hangs, or it is refused and the read that must confirm the refusal hangs.
+    Real time, a 0.6 s lease."""
     import time
 
     from monitor.clock import SystemClock
 
     policy = Policy(duration_s=0.6, heartbeat_s=0.15)
-    spy = StoreSpy(store)
+    silent = Silent(store, hangs)
 
     async def scenario() -> float:
-        await World(store=spy, clock=SystemClock()).register("ws-1")  # type: ignore[arg-type]
-        claimer = Claimer(spy, SystemClock(), owner="host-a:1:aaaa", policy=policy, rng=random.Random(0))  # type: ignore[arg-type]
+        await World(store=silent, clock=SystemClock()).register("ws-1")  # type: ignore[arg-type]
+        claimer = Claimer(silent, SystemClock(), owner="host-a:1:aaaa", policy=policy, rng=random.Random(0))  # type: ignore[arg-type]
         [held] = await claimer.claim(slots=1)
-        spy.before["heartbeat"] = asyncio.Event().wait  # the next heartbeat never gets an answer
+        silent.armed = True
         started = time.monotonic()
         await asyncio.wait_for(held.keep_alive(asyncio.Event()), timeout=5)
         assert held.lost.is_set() and "no successful renewal" in (held.lost_reason or ""), held.lost_reason
