@@ -376,17 +376,13 @@ class Supervisor:
         assert self._s.metrics is not None
         now = self._s.clock.monotonic()
         previous = self.latest_stats
-        everything = (
-            previous is None
-            or self._finished_at is None
-            or now - self._finished_at >= self.settings.metrics.finished_refresh_s
-        )
+        everything = self._finished_at is None or now - self._finished_at >= self.settings.metrics.finished_refresh_s
         active = [s for s in State if s not in FINISHED_STATES]
         stats = await self._s.store.stats(now_ms=self._s.clock.now_ms(), states=None if everything else active)
         if everything:
             self._finished_at = now
         else:
-            assert previous is not None
+            assert previous is not None  # set together with _finished_at
             stats = Stats(
                 counts={s: previous.counts.get(s, {}) for s in FINISHED_STATES} | stats.counts,
                 oldest_ready_age_s=stats.oldest_ready_age_s,
