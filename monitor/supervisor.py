@@ -391,6 +391,9 @@ class Supervisor:
             )
         self._s.metrics.queue(stats, oldest_age_s=stats.oldest_change_age_s, now_s=time.time())
         self.latest_stats, self._stats_at = stats, self._s.clock.monotonic()
+        fleet = self.sweeper.fleet
+        if fleet is not None and fleet.running <= 0 and stats.count(State.IN_PROGRESS) > 0:
+            self.sweeper.distrust_counter()  # the index says otherwise: let the sweeper look (it logs if so)
 
     async def _cloudwatch_tick(self) -> None:
         assert self._s.cloudwatch is not None

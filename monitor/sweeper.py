@@ -15,6 +15,11 @@ progress somewhere does the sweep query the index and read those worksets. An id
 and the read doubles as the claimer's news of new retrying worksets. While a workset is being watched, the next sweep
 is timed for the moment it may be taken over, so a dead holder's work comes back within one sweep interval plus a
 lease (plus grace) of its last heartbeat.
+
+The counter is kept in the same transactions as the state changes, so it is exact; should it ever say 0 while
+worksets are in progress (a hand-edited table, a bug), skipping the query would strand them for good. The queue-gauge
+refresh counts ``in_progress`` from the index anyway; when it disagrees, ``distrust_counter`` makes the sweeps query
+regardless until one finds nothing in progress.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class Sweeper:
         self.taken_over = 0
         self.fleet: Fleet | None = None  # the latest read of the fleet counter
         self._started = 0.0  # monotonic start of the latest sweep
+        self._distrust = False  # the counter said 0 while worksets were in progress: query regardless
 
     @property
     def tracked(self) -> int:
@@ -69,10 +75,17 @@ class Sweeper:
         """One pass: observe every in-progress workset, take over those silent for a lease plus grace."""
         self._started = self._clock.monotonic()
         self.fleet = await self._store.fleet()
-        if self.fleet.running <= 0:  # exact: nothing is in progress anywhere, so nothing can be stale
+        if self.fleet.running <= 0 and not self._distrust:  # nothing is in progress anywhere: nothing can be stale
             self._seen = {}
             return []
         running = await self._store.running()
+        counter_wrong = bool(running) and self.fleet.running <= 0
+        if counter_wrong:
+            log.warning(
+                "the fleet counter says nothing is in progress, but some worksets are; sweeping them anyway",
+                in_progress=len(running),
+            )
+        self._distrust = counter_wrong
         now = self._clock.monotonic()
         seen: dict[WorksetId, _Seen] = {}
         taken: list[Decision] = []
@@ -112,6 +125,10 @@ class Sweeper:
             seen = dict(sorted(seen.items(), key=lambda kv: kv[1].since)[: self._max_tracked])
         self._seen = seen
         return taken
+
+    def distrust_counter(self) -> None:
+        """Query the in-progress worksets at the next sweep even if the fleet counter says there are none."""
+        self._distrust = True
 
     def first_delay_s(self, interval_s: float) -> float:
         """A random phase for the first sweep, so that a fleet started together does not sweep in lockstep."""

@@ -14,7 +14,7 @@ import pytest
 from monitor import actions, errors
 from monitor.clock import FakeClock
 from monitor.leases import Claimer, Holding, Policy
-from monitor.model import EventType, Priority, State, WorksetId
+from monitor.model import EventType, Fleet, Priority, State, WorksetId
 from monitor.ports import Store
 from monitor.states import Action, Backoff, Context
 from monitor.sweeper import Sweeper
@@ -626,3 +626,29 @@ def test_a_renewal_that_never_gets_an_answer_is_abandoned_at_the_renew_deadline(
         return time.monotonic() - started
 
     assert run(scenario()) < policy.renew_deadline_s + 0.3
+
+
+def test_a_fleet_counter_that_says_zero_cannot_strand_a_dead_holders_workset(world: World) -> None:
+    """Sweeps skip the in-progress query while the counter says nothing runs. If the counter were ever wrong (a
+    hand-edited table, a bug), the queue-gauge refresh notices from the index and the sweeper queries regardless,
+    until the work is recovered."""
+
+    async def lying_fleet() -> Fleet:
+        return Fleet(running=0)
+
+    async def scenario() -> None:
+        await world.register("ws-1")
+        await claim_one(world.daemon("host-a"))  # ... which then dies: no heartbeat ever again
+        world.store.fleet = lying_fleet  # type: ignore[method-assign]
+        sweeper = world.sweeper()
+        assert await sweeper.sweep_once() == [] and world.store.calls["running"] == 0  # trusted: nothing queried
+        sweeper.distrust_counter()  # what the supervisor does when the index counts a workset in progress
+        assert await sweeper.sweep_once() == [] and sweeper.tracked == 1
+        world.clock.advance(POLICY.takeover_after_s)
+        [taken] = await sweeper.sweep_once()  # the counter still says 0: the sweeper keeps looking until done
+        assert taken.after.state is State.RETRYING
+        calls = world.store.calls["running"]
+        assert await sweeper.sweep_once() == [] and world.store.calls["running"] == calls + 1  # finds nothing...
+        assert await sweeper.sweep_once() == [] and world.store.calls["running"] == calls + 1  # ...trusts again
+
+    run(scenario())

@@ -281,3 +281,25 @@ def test_finished_worksets_are_counted_on_their_own_slower_interval(world: dict[
     run(sup._gauges_tick())
     assert asked[-1] == set(State)
     assert (gauge(State.COMPLETE), gauge(State.READY)) == (2, 2)
+
+
+def test_the_gauge_refresh_makes_the_sweeper_look_when_the_index_disagrees_with_the_fleet_counter(
+    world: dict[str, Any],
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from monitor.leases import Claimer, Policy
+    from monitor.metrics import Metrics
+    from monitor.model import Fleet
+
+    world["lab"].workset("a", prefix="w/")
+    sup = supervisor(world, write_config(world["tmp"] / "c.toml"))
+    sup._s.metrics = Metrics(CollectorRegistry(), process=False)
+    run(sup.scanner.scan_once())
+    run(Claimer(world["store"], sup._s.clock, owner="other:1:0", policy=Policy()).claim(slots=1))
+    sup.sweeper.fleet = Fleet(running=1)  # what the sweeper read: agrees with the index
+    run(sup._gauges_tick())
+    assert not sup.sweeper._distrust
+    sup.sweeper.fleet = Fleet(running=0)  # a counter gone wrong
+    run(sup._gauges_tick())
+    assert sup.sweeper._distrust
