@@ -18,7 +18,7 @@ every holder must fence itself and every loop must ride it out.
 
 Then the fleet is stopped with SIGTERM, the faults are switched off, and every invariant is checked:
 
-- every workset is terminal;
+- every workset is complete (each has 20 attempts: the chaos alone must not exhaust them);
 - each workset has one ``complete`` event if it is complete, none otherwise;
 - every recorded step run has an epoch of its own, with a ``started`` event; an epoch that a later one superseded
   ended with a recorded ``lease_expired`` (a takeover), ``released`` or ``retrying``;
@@ -399,6 +399,8 @@ def _check(report: Report, store: DynamoStore, names: list[str], runs_log: Path,
         history = asyncio.run(store.history(WorksetId(ws_id)))
         if not ws.state.terminal:
             violations.append(f"{ws_id}: not terminal ({ws.state.value})")
+        elif ws.state is not State.COMPLETE:  # 20 attempts each: chaos alone must not exhaust them
+            violations.append(f"{ws_id}: ended {ws.state.value}" + (f": {ws.last_error}" if ws.last_error else ""))
         if [e.seq for e in history] != list(range(1, ws.version + 1)):
             violations.append(f"{ws_id}: trail {[e.seq for e in history]} is not 1..{ws.version}")
         completes = sum(e.type is EventType.COMPLETE for e in history)
