@@ -14,7 +14,8 @@ Chaos, until every workset is terminal: every 1-3 s one daemon (mostly one that 
 together with its step processes (what systemd's control group does) and started again 0.5-2 s later, or SIGSTOPped
 for 0.5-8 s (often longer than the lease, so its work is taken over while it sleeps) and then continued; or (one time
 in ten) AWS goes silent for 3-6 s, longer than the lease: no request gets an answer before its client times out, so
-every holder must fence itself and every loop must ride it out.
+every holder must fence itself and every loop must ride it out. A kill, an outage and a pause always happen first,
+0.5-1.5 s apart, even if the work is done before them.
 
 Then the fleet is stopped with SIGTERM, the faults are switched off, and every invariant is checked:
 
@@ -307,8 +308,10 @@ def run(
         try:
             actions = ["kill", "outage", "pause"]  # each at least once, then at random
             while time.monotonic() - started < timeout_s:
-                time.sleep(rng.uniform(1.0, 3.0))
-                if _all_terminal(store):
+                # The scripted first actions come quickly and always happen, even on a machine fast enough to finish
+                # the work before them (then they hit an idle fleet, which must survive them too).
+                time.sleep(rng.uniform(0.5, 1.5) if actions else rng.uniform(1.0, 3.0))
+                if not actions and _all_terminal(store):
                     break
                 index = _victim(rng, fleet, store)
                 action = actions.pop(0) if actions else rng.choices(["kill", "pause", "outage"], [45, 45, 10])[0]
