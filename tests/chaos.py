@@ -330,8 +330,14 @@ def run(
             else:
                 report.violations.append(f"not every workset was terminal after {timeout_s:.0f} s")
             # The chaos is over: let the fleet deliver what is left in the outbox, then stop it.
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and asyncio.run(store.pending_events(limit=1)):
+            # Under chaos the outbox can run a minute behind: wait while deliveries still arrive, up to 5 minutes.
+            last, quiet_since, give_up = -1, time.monotonic(), time.monotonic() + 300
+            while time.monotonic() < give_up and asyncio.run(store.pending_events(limit=1)):
+                delivered = sum(hook.received.values())
+                if delivered != last:
+                    last, quiet_since = delivered, time.monotonic()
+                elif time.monotonic() - quiet_since > 60:
+                    break
                 time.sleep(0.5)
         finally:
             report.exit_codes = [d.stop() for d in fleet]
