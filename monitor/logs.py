@@ -3,6 +3,7 @@
 JSON lines in production (journald and Docker collect stderr), a readable console rendering on a terminal.
 botocore, urllib3 and every other stdlib logger go through the same formatter, so their records come out as JSON
 too, carrying whatever context (``workset_id``...) the current task bound. stdout stays free for command output.
+An exception is logged with its type, message and stack, never with the local variables of its frames.
 
 The level can be changed at run time (``set_level``) because filtering happens in the stdlib, not in cached
 structlog loggers.
@@ -19,6 +20,11 @@ import structlog
 Format = Literal["auto", "json", "console"]
 _NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "werkzeug")
 _HANDLER_NAME = "workset-monitor"
+# Exceptions as data: type, message and stack, never the frames' local variables (botocore request contexts,
+# credentials and webhook URLs live there; structlog's default shows them).
+_DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
 
 
 def configure(*, level: str = "info", fmt: Format = "auto", stream: TextIO | None = None) -> None:
@@ -52,7 +58,7 @@ def configure(*, level: str = "info", fmt: Format = "auto", stream: TextIO | Non
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if console else structlog.processors.dict_tracebacks,
+            structlog.processors.format_exc_info if console else _DICT_TRACEBACKS,
             renderer,
         ],
     )

@@ -61,6 +61,27 @@ def test_exceptions_are_structured(stream: io.StringIO) -> None:
     assert record["event"] == "step crashed" and "ValueError" in json.dumps(record["exception"])
 
 
+def test_a_traceback_carries_type_message_and_stack_but_never_local_variables(stream: io.StringIO) -> None:
+    """A permanent AWS error's frames hold request contexts and credentials: production logs keep the message, the
+    exception type and the stack, not what each frame had in its variables."""
+
+    def sign_request() -> None:
+        secret_access_key = "wJalrXUtnFEMI-never-logged"  # noqa: F841 - a local the log must not show
+        raise PermissionError("AccessDenied: not authorized to perform dynamodb:UpdateItem")
+
+    try:
+        sign_request()
+    except PermissionError:
+        logs.get("monitor.test").critical("root task died; shutting down", exc_info=True)
+    [record] = lines(stream)
+    assert "never-logged" not in json.dumps(record) and "secret_access_key" not in json.dumps(record)
+    [exc] = record["exception"]  # type: ignore[misc]
+    assert exc["exc_type"] == "PermissionError" and exc["exc_value"].startswith("AccessDenied")
+    frames = exc["frames"]
+    assert [f["name"] for f in frames][-1] == "sign_request" and all("lineno" in f for f in frames)
+    assert all("locals" not in f for f in frames)
+
+
 def test_console_format_is_human_readable() -> None:
     out = io.StringIO()
     logs.configure(level="info", fmt="console", stream=out)
