@@ -176,7 +176,15 @@ class Claimer:
             after = current
         self.counts["won"] += 1
         log.info("claimed", workset_id=after.workset_id, epoch=after.epoch, attempt=after.attempts)
-        return Holding(self._store, self._clock, ws=after, policy=self._policy, renewed_at=renewed_at, rng=self._rng)
+        return Holding(
+            self._store,
+            self._clock,
+            ws=after,
+            policy=self._policy,
+            renewed_at=renewed_at,
+            rng=self._rng,
+            heartbeats=self.heartbeats,
+        )
 
     async def _reread(self, candidate: Workset) -> Workset | None:
         try:

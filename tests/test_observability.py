@@ -187,6 +187,41 @@ def test_the_exposition_has_every_contract_metric_and_passes_promtool(daemon: An
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def test_heartbeat_and_lost_lease_counters_move_when_heartbeats_and_losses_happen(daemon: Any) -> None:
+    """The LeaseLosses alert and the dashboard read these two: a running step's heartbeats count as ok, and an
+    operator's cancel, seen by the holder at its next heartbeat, counts as a lost lease."""
+    from monitor import actions
+    from monitor.states import Action, Context
+
+    sup, lab, metrics, store = daemon
+    long_step = sup.settings.pipeline.steps[0].model_copy(
+        update={"command": [sys.executable, "-c", "import time; time.sleep(30)"]}
+    )
+    sup.apply(
+        sup.settings.model_copy(update={"pipeline": sup.settings.pipeline.model_copy(update={"steps": [long_step]})})
+    )
+    lab.workset("ws-1", prefix="w/")
+
+    def sample(name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(f"workset_monitor_{name}", labels) or 0.0
+
+    async def scenario() -> tuple[float, float, float]:
+        task = asyncio.create_task(sup.run())
+        await until(lambda: sup.drivers)
+        await until(lambda: sample("heartbeats_total", result="ok") >= 2, timeout_s=10)  # heartbeat_s = 1
+        lost_before = sample("leases_lost_total")
+        ctx = Context(now_ms=sup._s.clock.now_ms(), actor="operator:test", reason="wrong samples")
+        await actions.act(store, WorksetId("ws-1"), Action.CANCEL, ctx)
+        await until(lambda: not sup.drivers, timeout_s=10)
+        sup.request_stop()
+        assert await task == 0
+        return lost_before, sample("leases_lost_total"), sample("heartbeats_total", result="lost")
+
+    lost_before, lost_after, heartbeats_lost = run(scenario())
+    assert (lost_before, lost_after, heartbeats_lost) == (0, 1, 1)
+    assert sup.endings == {"lost": 1}
+
+
 def test_healthz_names_a_stalled_loop(daemon: Any) -> None:
     sup, _, _, _ = daemon
     stalled = asyncio.Event()
