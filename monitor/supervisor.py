@@ -1,8 +1,11 @@
 """``workset-monitor run``: the supervisor of the daemon's named root tasks, and its lifecycle.
 
 Root tasks: ``scanner`` (discovery every ``scan.interval_s``), ``claimer`` (fills free slots, urgent first),
-``sweeper`` (dead holders), ``events`` (optional SQS notifications), ``notifier`` (the outbox), ``reloader``
-(SIGHUP), ``watchdog`` (systemd).
+``sweeper`` (dead holders), ``events`` (optional SQS notifications), ``notifier`` (the outbox), ``gauges`` (queue
+depth), ``cloudwatch`` (optional), ``reloader`` (SIGHUP), ``watchdog`` (systemd).
+Every root task is a loop started by ``Supervisor._start``, which records each completed tick; a loop that declares a
+staleness limit counts in the health verdict (``/healthz``, and the ``WATCHDOG=1`` pings: no ping while unhealthy).
+No loop can forget to record its tick, and none can be watched without ticking.
 Each is guarded: temporary AWS trouble is logged and retried on the next tick, but a root task that dies for any other
 reason brings the daemon down in order, with exit code 1, so systemd or Docker restarts it. Never a half-alive
 process. Each claimed workset gets a driver task of its own (``driver.drive``), which is not a root task: its failure
@@ -100,11 +103,14 @@ class Supervisor:
         self.failed: str | None = None  # the root task that brought the daemon down
         self._stop = asyncio.Event()
         self._fast = asyncio.Event()
-        self._reload = asyncio.Event()
+        self._reload = asyncio.Event()  # wakes the reloader...
+        self._reload_requested = False  # ...which reloads if this is set (a SIGHUP came)
         self._wake_claimer = asyncio.Event()
         self._drain = asyncio.Event()
         self._kill = asyncio.Event()
         self._roots: dict[str, asyncio.Task[None]] = {}
+        self._stale_after_s: dict[str, Callable[[], float]] = {}  # the loops the health verdict watches
+        self._withheld = False  # the watchdog ping is being withheld (logged once)
         self._started_at = services.clock.monotonic()
         self._loaded_at = time.time()
         self._side_port: SidePort | None = None
@@ -159,47 +165,73 @@ class Supervisor:
         self._stop.set()
 
     def request_reload(self) -> None:
+        self._reload_requested = True
         self._reload.set()
 
     async def _forever(self) -> None:
+        s = self.settings  # read through self.settings in every lambda below: reloads apply live
         if self._s.metrics is not None:
             self._side_port = SidePort(self._s.metrics.registry, health=self.healthy, ready=self.ready)
-            self._side_port.start(self.settings.metrics.host, self.settings.metrics.port)
+            self._side_port.start(s.metrics.host, s.metrics.port)
             host, port = self._side_port.address
             log.info("serving metrics", url=f"http://{host}:{port}/metrics")
             self._start(
-                "gauges", self._loop("gauges", lambda: self.settings.metrics.queue_refresh_s, self._gauges_tick)
+                "gauges",
+                self._gauges_tick,
+                every_s=lambda: self.settings.metrics.queue_refresh_s,
+                stale_after_s=lambda: 3 * self.settings.metrics.queue_refresh_s + 60,
             )
-        if self._s.cloudwatch is not None and self.settings.metrics.cloudwatch is not None:
-            cw = self.settings.metrics.cloudwatch
-            self._start("cloudwatch", self._loop("cloudwatch", lambda: cw.interval_s, self._cloudwatch_tick))
-        scan_s = lambda: self.settings.scan.interval_s  # noqa: E731 - read at every tick: reloads apply live
-        self._start("scanner", self._loop("scanner", scan_s, self._scan_tick))
-        self._start("claimer", self._claimer())
-        sweep_s = self.settings.lease.sweep_interval_s
+        if self._s.cloudwatch is not None and s.metrics.cloudwatch is not None:
+            cw = s.metrics.cloudwatch
+            self._start("cloudwatch", self._cloudwatch_tick, every_s=lambda: cw.interval_s)
+        self._start("scanner", self._scan_tick, every_s=self._scan_s, stale_after_s=self._scan_stale_s)
+        self._start(
+            "claimer",
+            self._claim_round,
+            every_s=self._scan_s,  # and when woken: new work found here, a slot freed, a takeover, a reload
+            stale_after_s=self._scan_stale_s,
+            wake=self._wake_claimer,
+        )
         self._start(
             "sweeper",
-            self._loop(
-                "sweeper",
-                lambda: self.sweeper.next_interval_s(self.settings.lease.sweep_interval_s),
-                self._sweep_tick,
-                first_delay_s=self.sweeper.first_delay_s(sweep_s),
-            ),
+            self._sweep_tick,
+            every_s=lambda: self.sweeper.next_interval_s(self.settings.lease.sweep_interval_s),
+            stale_after_s=lambda: 3 * self.settings.lease.sweep_interval_s + 60,
+            first_delay_s=self.sweeper.first_delay_s(s.lease.sweep_interval_s),
         )
-        if self._s.queue is not None and self.settings.scan.bucket:
-            listener = ReadyListener(
-                self._s.queue, self.scanner, bucket=self.settings.scan.bucket, prefixes=self.scanner_prefixes
-            )
-            self._start("events", self._loop("events", lambda: 0.0, lambda: self._events_tick(listener)))
-        if self._s.outbox is not None:
+        if self._s.queue is not None and s.scan.bucket:
+            listener = ReadyListener(self._s.queue, self.scanner, bucket=s.scan.bucket, prefixes=self.scanner_prefixes)
             self._start(
-                "notifier", self._s.outbox.run(stop=self._stop, interval_s=lambda: self.settings.scan.interval_s)
+                "events",
+                lambda: self._events_tick(listener),
+                every_s=lambda: 0.0,  # each tick long-polls the queue
+                stale_after_s=lambda: 3 * self._events_wait_s() + 60,
             )
-        self._start("reloader", self._reloader())
+        if self._s.outbox is not None:
+            outbox = self._s.outbox
+            self._start(
+                "notifier",
+                lambda: outbox.deliver_pending(budget_s=self.settings.scan.interval_s),
+                every_s=self._scan_s,
+                # a pass stops taking events after its budget; one event's delivery never outlasts its claim
+                stale_after_s=lambda: self._scan_stale_s() + self.settings.notify.claim_s,
+                wake=outbox.doorbell.rung,
+            )
+        self._start("reloader", self._reload_tick, every_s=lambda: 3600.0, wake=self._reload)
         if self._s.notifier.watchdog_interval_s:
-            self._start("watchdog", self._watchdog(self._s.notifier.watchdog_interval_s))
-        self._s.notifier.ready(f"serving: {len(self.settings.scan.prefixes)} prefix(es), owner {self._s.owner}")
+            interval_s = self._s.notifier.watchdog_interval_s
+            self._start("watchdog", self._watchdog_tick, every_s=lambda: interval_s)
+        self._s.notifier.ready(f"serving: {len(s.scan.prefixes)} prefix(es), owner {self._s.owner}")
         await self._stop.wait()
+
+    def _scan_s(self) -> float:
+        return self.settings.scan.interval_s
+
+    def _scan_stale_s(self) -> float:
+        return 3 * self.settings.scan.interval_s + 60
+
+    def _events_wait_s(self) -> int:
+        return min(20, int(self.settings.scan.interval_s))
 
     async def _once(self) -> None:
         await self._scan_tick()
@@ -254,8 +286,23 @@ class Supervisor:
 
     # --- root tasks --------------------------------------------------------------------------------------------
 
-    def _start(self, name: str, coro: Awaitable[None]) -> None:
-        self._roots[name] = asyncio.create_task(self._guard(name, coro), name=name)
+    def _start(
+        self,
+        name: str,
+        body: Callable[[], Awaitable[object]],
+        *,
+        every_s: Callable[[], float],
+        stale_after_s: Callable[[], float] | None = None,
+        wake: asyncio.Event | None = None,
+        first_delay_s: float = 0.0,
+    ) -> None:
+        """Start root task ``name``: ``body`` every ``every_s()`` seconds, guarded. The only way to start one, so every
+        root task records its completed ticks; with ``stale_after_s`` it counts in the health verdict (and so in the
+        systemd watchdog): unhealthy once it has not completed a tick for that long."""
+        if stale_after_s is not None:
+            self._stale_after_s[name] = stale_after_s
+        loop = self._loop(name, every_s, body, wake=wake, first_delay_s=first_delay_s)
+        self._roots[name] = asyncio.create_task(self._guard(name, loop), name=name)
 
     async def _guard(self, name: str, coro: Awaitable[None]) -> None:
         try:
@@ -277,8 +324,8 @@ class Supervisor:
         wake: asyncio.Event | None = None,
         first_delay_s: float = 0.0,
     ) -> None:
-        """Run ``body`` every ``interval_s()`` seconds (the time the work took is subtracted), tolerating hiccups;
-        ``wake`` runs it early."""
+        """Run ``body`` every ``interval_s()`` seconds (the time the work took is subtracted), tolerating temporary
+        AWS trouble, and record each completed tick in ``last_success``; ``wake`` runs it early."""
         if first_delay_s > 0:
             await self._s.clock.sleep(first_delay_s, until=self._stop)
         while not self._stop.is_set():
@@ -314,22 +361,8 @@ class Supervisor:
             self._wake_claimer.set()
 
     async def _events_tick(self, listener: ReadyListener) -> None:
-        if await listener.poll_once(wait_s=min(20, int(self.settings.scan.interval_s))):
+        if await listener.poll_once(wait_s=self._events_wait_s()):
             self._wake_claimer.set()
-
-    async def _claimer(self) -> None:
-        """A claim round when woken (new work found here, a slot freed, a takeover, a reload, a ready message) and
-        otherwise once per scan interval, for work that other processes made due."""
-        while not self._stop.is_set():
-            self._wake_claimer.clear()
-            try:
-                await self._claim_round()
-                self.last_success["claimer"] = self._s.clock.monotonic()
-            except errors.MonitorError as exc:
-                if not exc.temporary:
-                    raise
-                log.warning("claim round failed; will retry", error=str(exc))
-            await self._s.clock.sleep(self.settings.scan.interval_s, until=self._wake_claimer)
 
     async def _claim_round(self) -> None:
         free = self.settings.run.max_concurrent - len(self.drivers)
@@ -399,25 +432,21 @@ class Supervisor:
         assert self._s.cloudwatch is not None
         await self._s.cloudwatch.publish(self.latest_stats, self.counters())
 
-    async def _watchdog(self, interval_s: float) -> None:
-        while not self._stop.is_set():
-            if self.healthy()[0]:
-                self._s.notifier.watchdog()
-            await self._s.clock.sleep(interval_s, until=self._stop)
+    async def _watchdog_tick(self) -> None:
+        healthy, why = self.healthy()
+        if healthy:
+            self._s.notifier.watchdog()
+            self._withheld = False
+        elif not self._withheld:  # once per spell: systemd kills the daemon one watchdog period later
+            self._withheld = True
+            log.error("unhealthy: withholding the systemd watchdog ping", reason=why)
 
     def healthy(self) -> tuple[bool, str]:
-        """(True, "") when every loop has completed a tick recently, else (False, which loop is stuck)."""
+        """(True, "") when every watched loop has completed a tick recently, else (False, which loop is stuck)."""
         now = self._s.clock.monotonic()
-        limits = {
-            "scanner": 3 * self.settings.scan.interval_s + 60,
-            "claimer": 3 * self.settings.scan.interval_s + 60,
-            "sweeper": 3 * self.settings.lease.sweep_interval_s + 60,
-            "notifier": 3 * self.settings.scan.interval_s + 60,
-            "gauges": 3 * self.settings.metrics.queue_refresh_s + 60,
-        }
-        for name, limit in limits.items():
+        for name, limit_s in self._stale_after_s.items():
             silent_s = now - self.last_success.get(name, self._started_at)
-            if name in self._roots and silent_s > limit:
+            if silent_s > limit_s():
                 return False, f"loop {name} has not completed a tick for {silent_s:.0f} s"
         return True, ""
 
@@ -452,12 +481,10 @@ class Supervisor:
 
     # --- reload ------------------------------------------------------------------------------------------------
 
-    async def _reloader(self) -> None:
-        while not self._stop.is_set():
-            await self._s.clock.sleep(3600, until=self._reload)
-            if self._reload.is_set():
-                self._reload.clear()
-                await self.reload()
+    async def _reload_tick(self) -> None:
+        if self._reload_requested:
+            self._reload_requested = False
+            await self.reload()
 
     async def reload(self) -> bool:
         """Read the config file again; apply what is safe live. False (old config kept) when it is invalid."""

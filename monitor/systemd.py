@@ -17,7 +17,8 @@ log = logs.get("monitor.systemd")
 class Notifier:
     def __init__(self, address: str | None, *, watchdog_usec: int | None = None) -> None:
         self._address = "\0" + address[1:] if address and address.startswith("@") else address
-        self.watchdog_interval_s = watchdog_usec / 2_000_000 if watchdog_usec else None  # ping at half the timeout
+        # A ping every quarter of the timeout: one late ping (a slow disk, a busy host) is never a kill.
+        self.watchdog_interval_s = watchdog_usec / 4_000_000 if watchdog_usec else None
         self._socket: socket.socket | None = None
         self._warned = False
 

@@ -12,8 +12,10 @@ can only be lost together with the change it reports. This loop delivers pending
    failed (and logged as an error).
 
 A crash between commit and delivery loses nothing: the event is still pending and is delivered after the restart,
-with the same event id. Delivery never blocks or fails a state transition: it runs beside them, woken by ``ring``
-as soon as one is committed here, and polling for events committed elsewhere (the CLI, other daemons).
+with the same event id. Delivery never blocks or fails a state transition: it runs beside them (the supervisor's
+``notifier`` loop calls ``deliver_pending``), woken by ``ring`` as soon as one is committed here, and polling for
+events committed elsewhere (the CLI, other daemons). A pass is bounded in time (``budget_s``, and each event's
+delivery by the claim on it), so a hung channel delays notifications but never stalls the loop.
 """
 
 from __future__ import annotations
@@ -103,17 +105,6 @@ class Outbox:
     def reconfigure(self, notify: NotifyConfig, channels: Sequence[Channel]) -> None:
         self._doorbell.notify, self._channels = notify, list(channels)
 
-    async def run(self, *, stop: asyncio.Event, interval_s: Callable[[], float]) -> None:
-        while not stop.is_set():
-            self._doorbell.rung.clear()
-            try:
-                await self.deliver_pending()
-            except errors.MonitorError as exc:
-                if not exc.temporary:
-                    raise
-                log.warning("outbox round failed; will retry", error=str(exc))
-            await self._clock.sleep(interval_s(), until=self._doorbell.rung)
-
     async def flush(self, *, timeout_s: float) -> None:
         """Deliver what is pending now, within ``timeout_s`` (at shutdown)."""
         try:
@@ -123,9 +114,12 @@ class Outbox:
         except errors.MonitorError as exc:
             log.warning("outbox flush failed; the next daemon start delivers the rest", error=str(exc))
 
-    async def deliver_pending(self) -> int:
-        """One pass over the pending events; returns how many left the outbox."""
+    async def deliver_pending(self, *, budget_s: float | None = None) -> int:
+        """One pass over the pending events; returns how many left the outbox. With ``budget_s``, the pass takes no
+        new event after that long (the loop calls again at once), so it ends in bounded time even when a channel
+        hangs: at most the budget plus one event's delivery, which never outlasts the claim on it (``hold_s``)."""
         finished = 0
+        ends_at = None if budget_s is None else self._clock.monotonic() + budget_s
         while True:
             now = self._clock.monotonic()
             batch = [
@@ -137,11 +131,23 @@ class Outbox:
                 return finished
             progressed = False
             for event in batch:
-                outcome = await self.deliver(event)
+                outcome = await self._deliver_within_claim(event)
                 finished += outcome == "done"
                 progressed |= outcome != "busy"
+                if ends_at is not None and self._clock.monotonic() >= ends_at:
+                    return finished
             if not progressed:
                 return finished
+
+    async def _deliver_within_claim(self, event: Event) -> str:
+        """``deliver``, abandoned when the claim on the event runs out: past it another daemon may claim the event and
+        send it too, and a hung channel must not hold the loop. What was recorded stays; the rest is retried."""
+        try:
+            return await asyncio.wait_for(self.deliver(event), timeout=self._hold_ms / 1000)
+        except TimeoutError:
+            log.warning("delivery outlasted its claim; will retry", event_id=event.event_id)
+            self._not_before[event.event_id] = self._clock.monotonic()  # the claim has run out: any daemon may retry
+            return "later"
 
     async def deliver(self, event: Event) -> str:
         """Deliver one event to every channel that should have it: "done", "later" or "busy" (another daemon)."""
