@@ -26,7 +26,10 @@ Then the fleet is stopped with SIGTERM, the faults are switched off, and every i
 - no lease is left behind: nothing in progress, no lease token, the fleet counter at zero;
 - every audit trail is contiguous (events 1..version);
 - every event reached the webhook at least once, and the outbox is empty;
-- every daemon is still running and exits 0 on SIGTERM (none died of a fault).
+- every daemon is still running and exits 0 on SIGTERM (none died of a fault);
+- every contract counter the run exercised moved: each daemon's ``/metrics`` is read just before it is killed and
+  before the final stop, and the sums must show claims, heartbeats, lost leases (when a daemon logged one),
+  takeovers (when the trail has one), transitions, notifications and AWS requests (``Report.counters``).
 
 The daemons' logs stay in the report's ``workdir``.
 """
@@ -47,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +58,7 @@ from typing import Any
 
 import boto3
 import botocore.config
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.aws import schema
 from monitor.aws.dynamo import DynamoStore
@@ -193,11 +198,38 @@ class Daemon:
     def find_owner(self) -> str | None:
         """Its lease owner id, from its start line."""
         if self.owner is None:
-            with contextlib.suppress(OSError):
-                for line in self.log_path.read_text().splitlines():
-                    if '"starting"' in line and str(self.process.pid) in line:
-                        self.owner = json.loads(line).get("owner")
+            self.owner = self._from_log('"starting"', "owner")
         return self.owner
+
+    def counters(self) -> collections.Counter[str]:
+        """Its ``workset_monitor_*`` counters and histogram counts (``name{labels}`` -> value); empty if it has not
+        served them yet or does not answer."""
+        url = self._from_log('"serving metrics"', "url")
+        if url is None:
+            return collections.Counter()
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return collections.Counter()
+        return collections.Counter(
+            {
+                sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+                for family in text_string_to_metric_families(text)
+                if family.type in ("counter", "histogram") and family.name.startswith("workset_monitor_")
+                for sample in family.samples
+                if sample.name.endswith(("_total", "_count"))
+            }
+        )
+
+    def _from_log(self, event: str, key: str) -> str | None:
+        """``key`` of the first log line with ``event`` (each process has a log file of its own)."""
+        with contextlib.suppress(OSError):
+            for line in self.log_path.read_text().splitlines():
+                if event in line:
+                    value = json.loads(line).get(key)
+                    return None if value is None else str(value)
+        return None
 
     def kill(self) -> None:
         """SIGKILL the daemon and every process it started, as systemd does to a crashed unit's control group."""
@@ -258,6 +290,8 @@ class Report:
     webhook_refused: int = 0
     duplicate_deliveries: int = 0
     exit_codes: list[int] = field(default_factory=list)
+    counters: dict[str, float] = field(default_factory=dict)  # every daemon's counters, summed over the run
+    lease_losses_logged: int = 0  # "lease lost" lines in the daemons' logs
     violations: list[str] = field(default_factory=list)
     workdir: str = ""  # the daemons' logs and configuration, the step's record of its runs
 
@@ -304,6 +338,7 @@ def run(
         faults.enabled = True
         started = time.monotonic()
         fleet = [Daemon(f"d{i}", config, work) for i in range(daemons)]
+        counters: collections.Counter[str] = collections.Counter()  # of the daemons gone, read before they went
         restarts = 0
         try:
             actions = ["kill", "outage", "pause"]  # each at least once, then at random
@@ -319,6 +354,7 @@ def run(
                     report.outages += 1
                     faults.outage(rng.uniform(3.0, 6.0))
                 elif action == "kill":
+                    counters.update(fleet[index].counters())
                     fleet[index].kill()
                     report.kills += 1
                     time.sleep(rng.uniform(0.5, 2.0))
@@ -340,12 +376,19 @@ def run(
                     break
                 time.sleep(0.5)
         finally:
+            for daemon in fleet:
+                counters.update(daemon.counters())
             report.exit_codes = [d.stop() for d in fleet]
             hook.close()
+        report.counters = dict(sorted(counters.items()))
+        report.lease_losses_logged = sum(
+            log.read_text().count('"event": "lease lost"') for log in work.glob("d*.log") if log.is_file()
+        )
         report.seconds = round(time.monotonic() - started, 1)
         faults.enabled = False
         report.faults = dict(faults.counts)
         _check(report, store, names, work / "runs.log", hook)
+        report.violations += _unfed_counters(report)
     out(json.dumps(asdict(report), indent=2))
     return report
 
@@ -447,6 +490,47 @@ def _check(report: Report, store: DynamoStore, names: list[str], runs_log: Path,
     report.duplicate_deliveries = sum(n - 1 for n in hook.received.values() if n > 1)
     if any(code != 0 for code in report.exit_codes):
         violations.append(f"a daemon did not stop cleanly: exit codes {report.exit_codes}")
+
+
+def _unfed_counters(report: Report) -> list[str]:
+    """The contract counters (DESIGN §10) that stayed at zero although the run did what they count."""
+
+    def total(name: str, **labels: str) -> float:
+        return sum(
+            value
+            for key, value in report.counters.items()
+            if key.partition("{")[0] == f"workset_monitor_{name}"
+            and labels.items() <= json.loads("{" + key.partition("{")[2]).items()
+        )
+
+    exercised = {
+        "claims_total{result=won}": (total("claims_total", result="won"), report.step_runs > 0),
+        "heartbeats_total{result=ok}": (total("heartbeats_total", result="ok"), report.step_runs > 0),
+        "leases_lost_total": (total("leases_lost_total"), report.lease_losses_logged > 0),
+        "stale_leases_reclaimed_total": (total("stale_leases_reclaimed_total"), report.takeovers > 0),
+        "transitions_total{to_state=complete}": (
+            total("transitions_total", to_state="complete"),
+            report.states.get("complete", 0) > 0,
+        ),
+        "notifications_total{channel=webhook,outcome=sent}": (
+            total("notifications_total", channel="webhook", outcome="sent"),
+            report.webhook_deliveries > 0,
+        ),
+        "aws_requests_total{outcome=ok}": (total("aws_requests_total", outcome="ok"), True),
+        # botocore retries a throttled or failed call; the call then counts as ok and its retries here
+        "aws_retries_total": (total("aws_retries_total"), bool(report.faults)),
+        "step_duration_seconds_count": (total("step_duration_seconds_count"), report.step_runs > 0),
+        "scan_duration_seconds_count": (total("scan_duration_seconds_count"), True),
+        "notification_delivery_seconds_count": (
+            total("notification_delivery_seconds_count"),
+            report.webhook_deliveries > 0,
+        ),
+    }
+    return [
+        f"the counter {name} stayed 0 although the run exercised it"
+        for name, (value, used) in exercised.items()
+        if used and value <= 0
+    ]
 
 
 _EPOCH_ENDINGS = frozenset({EventType.LEASE_EXPIRED, EventType.RELEASED, EventType.RETRYING})

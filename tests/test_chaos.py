@@ -23,6 +23,17 @@ def test_a_fleet_under_chaos_loses_nothing_and_does_nothing_twice(tmp_path: Path
     assert {"throttled", "server_error", "response_lost", "unanswered"} <= set(report.faults), report.faults
     assert report.webhook_refused > 0
     assert report.states == {"complete": 30}, report.states
+    # ...and the metrics saw it: every counter the run exercised moved (the chaos module checks each against what
+    # the trail and the logs say happened; these are the ones every run exercises).
+    fed = {key.partition("{")[0] for key, value in report.counters.items() if value > 0}
+    assert {
+        "workset_monitor_claims_total",
+        "workset_monitor_heartbeats_total",
+        "workset_monitor_transitions_total",
+        "workset_monitor_notifications_total",
+        "workset_monitor_aws_requests_total",
+        "workset_monitor_aws_retries_total",
+    } <= fed, sorted(fed)
 
 
 def test_the_checks_catch_what_they_look_for(tmp_path: Path) -> None:
@@ -88,3 +99,29 @@ def test_the_checks_catch_what_they_look_for(tmp_path: Path) -> None:
     assert "a: a step ran under epoch 7, which no claim recorded" in violations
     assert "a: epoch 1 was superseded without a recorded takeover or retry" in violations
     assert any(v.endswith("(complete) never reached the webhook") for v in violations), violations
+
+
+def test_the_metrics_check_names_every_counter_that_did_not_move() -> None:
+    fed = {
+        'workset_monitor_claims_total{"result": "won"}': 4.0,
+        'workset_monitor_heartbeats_total{"result": "ok"}': 9.0,
+        'workset_monitor_heartbeats_total{"result": "lost"}': 0.0,
+        'workset_monitor_transitions_total{"from_state": "in_progress", "to_state": "complete"}': 3.0,
+        'workset_monitor_aws_requests_total{"operation": "Query", "outcome": "ok", "service": "dynamodb"}': 50.0,
+        "workset_monitor_scan_duration_seconds_count{}": 7.0,
+        'workset_monitor_step_duration_seconds_count{"outcome": "done", "step": "record"}': 4.0,
+    }
+    report = chaos.Report(worksets=3, daemons=1, step_runs=4, states={"complete": 3}, counters=fed)
+    assert chaos._unfed_counters(report) == []  # nothing else happened, so nothing else had to move
+
+    report.takeovers, report.lease_losses_logged, report.webhook_deliveries = 1, 2, 5
+    report.faults = {"throttled": 3}
+    report.counters = {k: v for k, v in fed.items() if "heartbeats" not in k}
+    assert [v.split()[2] for v in chaos._unfed_counters(report)] == [
+        "heartbeats_total{result=ok}",
+        "leases_lost_total",
+        "stale_leases_reclaimed_total",
+        "notifications_total{channel=webhook,outcome=sent}",
+        "aws_retries_total",
+        "notification_delivery_seconds_count",
+    ]
