@@ -456,3 +456,30 @@ def test_a_hung_notification_channel_delays_delivery_but_never_stalls_the_notifi
     assert hung.sends > 40  # it kept trying
     gaps = [b - a for a, b in itertools.pairwise(watchdog.pings)]
     assert max(gaps) <= 60 / 4 + 1e-6
+
+
+def test_a_stuck_loop_stops_the_watchdog_pings_and_says_why_once(caplog: pytest.LogCaptureFixture) -> None:
+    """What makes systemd restart a stuck daemon: the pings stop once a watched loop is past its staleness limit
+    (here the scanner's listing never returns: 3 x 60 s + 60 s), and the log says which loop, once."""
+
+    class HungListing(NoFolders):
+        async def folders(self, prefix: str) -> list[str]:
+            await clock.sleep(10**9)
+            return []
+
+    clock = VirtualClock()
+    sup, watchdog = idle_daemon(clock)
+    sup.scanner._source = HungListing()  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(sup.run())
+        await clock.run_for(600)
+        sup.request_stop()
+        await clock.run_for(1)
+        assert await task == 0
+
+    run(scenario())
+    started = sup._started_at
+    assert watchdog.pings and 240 - 15 <= watchdog.pings[-1] - started <= 240
+    withheld = [r.getMessage() for r in caplog.records if "withholding the systemd watchdog" in r.getMessage()]
+    assert len(withheld) == 1 and "loop scanner has not completed a tick" in withheld[0], withheld
