@@ -36,7 +36,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	WM_TEST_IAM_AUDIT=1 $(BIN)/pytest -q -n auto
+	WM_TEST_IAM_AUDIT=1 $(BIN)/pytest -q -n auto --dist worksteal
 
 # The daemon end to end against an embedded AWS emulator (no AWS account, loopback only).
 demo: $(STAMP)
