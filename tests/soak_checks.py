@@ -33,7 +33,9 @@ class Bounds:
     gauge_queries: tuple[int, int] = (4, 3)  # per refresh of the active states, and extra per finished refresh
     backlog_growth: float = 10.0  # worksets: the fitted rise of ready + in_progress + retrying while busy
     stuck_s: float = 120.0  # no workset may take longer than this from its arrival to complete
-    settle_s: float = 60.0  # the idle budget is measured from this long after the last arrival (or a third of idle)
+    settle_s: float = 60.0  # the idle budget is measured from this long after the last arrival (or a third of idle),
+    # or later: from the first sample with nothing waiting and nothing to notify
+    arrival_lag_s: float = 10.0  # a harness this far behind its schedule did not deliver the load it reports
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Sample:
     backlog: dict[str, int]  # ready, in_progress, retrying: read from the table
     load1: float
     daemons: list[DaemonSample]
+    outbox: int = 0  # notifications pending (up to 100): read from the table
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Result:
     samples: list[Sample] = field(default_factory=list)
     pings: list[list[float]] = field(default_factory=list)  # per daemon: when each WATCHDOG=1 came (t_s)
     stopped_at_s: float = 0.0  # when SIGTERM was sent (t_s)
+    arrival_lag_s: float = 0.0  # how late the harness dropped a workset, at worst (it must keep the schedule)
     exit_codes: list[int] = field(default_factory=list)
     died: list[str] = field(default_factory=list)  # daemons that exited while the run went on
     states: dict[str, int] = field(default_factory=dict)  # every workset's final state
@@ -152,7 +156,7 @@ def check(result: Result, bounds: Bounds) -> tuple[dict[str, Any], list[str]]:
                 )
         summary[name] = per_daemon
 
-    summary["cpu_percent"] = _cpu(result)
+    summary["cpu"] = _cpu(result)
     summary["calls_per_workset"] = _calls_per_workset(result, bounds, violations)
     summary["idle"] = _idle(result, bounds, violations)
     summary["backlog"] = _backlog(result, bounds, warmup_s, violations)
@@ -163,6 +167,9 @@ def check(result: Result, bounds: Bounds) -> tuple[dict[str, Any], list[str]]:
     if slow and slow[-1] > bounds.stuck_s:
         violations.append(f"a workset took {slow[-1]:.0f} s from arrival to complete (bound {bounds.stuck_s:g} s)")
     summary["latency_s"] = _percentiles(slow)
+    if result.arrival_lag_s > bounds.arrival_lag_s:
+        violations.append(f"the harness dropped a workset {result.arrival_lag_s:.1f} s late: not the load it states")
+    summary["arrival_lag_s"] = result.arrival_lag_s
     if result.outbox_left:
         violations.append(f"{result.outbox_left} notification(s) still in the outbox at the end")
     if any(code != 0 for code in result.exit_codes):
@@ -202,9 +209,11 @@ def _idle(result: Result, bounds: Bounds, violations: list[str]) -> dict[str, An
     busy_s = result.minutes * 60
     settle_s = min(bounds.settle_s, result.idle_minutes * 60 / 3)
     idle = [s for s in result.samples if s.phase == "idle" and s.t_s >= busy_s + settle_s]
+    while idle and (sum(idle[0].backlog.values()) or idle[0].outbox):
+        idle.pop(0)  # still finishing work or delivering notifications: not idle yet
     if len(idle) < 2:
         if result.idle_minutes > 0:
-            violations.append("the idle phase has fewer than two samples after it settled: nothing to judge")
+            violations.append("the fleet was not idle for two samples in a row before the end: nothing to judge")
         return {}
     a, b = idle[0], idle[-1]
     window_s = b.t_s - a.t_s
@@ -217,6 +226,7 @@ def _idle(result: Result, bounds: Bounds, violations: list[str]) -> dict[str, An
     worksets = b.dropped
     s3_budget = math.ceil(worksets / 1000) + 1
     out: dict[str, Any] = {
+        "from_s": a.t_s,
         "window_s": _r(window_s),
         "intervals": _r(intervals),
         "budget_per_interval": {"dynamodb": bounds.idle_dynamodb, "s3": s3_budget},
@@ -253,17 +263,23 @@ def _backlog(result: Result, bounds: Bounds, warmup_s: float, violations: list[s
     return {"max": max(totals), "end": totals[-1], "rise_while_busy": _r(rise)}
 
 
-def _cpu(result: Result) -> list[dict[str, float]]:
-    """Percent of one core, per daemon, while busy and while idle."""
-    busy_s, out = result.minutes * 60, []
+def _cpu(result: Result) -> dict[str, Any]:
+    """Percent of one core per daemon, busy and idle; CPU milliseconds per workset (all daemons) in the first and the
+    last third of the busy phase (reported, not checked: every scan parses the whole listing, which grows)."""
+    busy_s, percent = result.minutes * 60, []
     for d in range(result.daemons):
         phases = {}
         for name, (start, end) in (("busy", (0, busy_s)), ("idle", (busy_s, math.inf))):
             a, b = _window(result.samples, start, end)
             span = b.t_s - a.t_s
             phases[name] = _r(100 * (b.daemons[d].cpu_s - a.daemons[d].cpu_s) / span) if span > 0 else math.nan
-        out.append(phases)
-    return out
+        percent.append(phases)
+    per_workset = {}
+    for name, (start, end) in (("first_third", (0, busy_s / 3)), ("last_third", (2 * busy_s / 3, busy_s))):
+        a, b = _window(result.samples, start, end)
+        cpu_s = sum(y.cpu_s - x.cpu_s for x, y in zip(a.daemons, b.daemons, strict=True))
+        per_workset[name] = _r(1000 * cpu_s / (b.dropped - a.dropped)) if b.dropped > a.dropped else math.nan
+    return {"percent_of_a_core": percent, "ms_per_workset": per_workset}
 
 
 def _window(samples: Sequence[Sample], start_s: float, end_s: float) -> tuple[Sample, Sample]:

@@ -26,7 +26,7 @@ def test_two_daemons_stay_healthy_and_flat_for_minutes_of_steady_work(tmp_path: 
     assert result.states == {"complete": 90}, result.states
     assert result.temporary_failures >= 1 and result.webhook_refused >= 1
     assert all(len(pings) >= 40 for pings in result.pings), result.summary["watchdog"]
-    assert len(result.samples) >= 24 and result.summary["idle"]["intervals"] >= 30
+    assert len(result.samples) >= 24 and result.summary["idle"]["intervals"] >= 20
     assert result.exit_codes == [0, 0]
 
 
@@ -144,6 +144,25 @@ def test_the_checks_catch_what_they_look_for() -> None:
         "d0: 960 DynamoDB calls in 240 idle intervals",
         "d0: 720 S3 calls in 240 idle intervals",
     ]
+
+    def still_notifying(until_s: float) -> Any:  # the outbox is still draining when the idle budget would start
+        def change(result: Result) -> None:
+            for sample in result.samples:
+                sample.outbox = 7 if sample.t_s < until_s else 0
+
+        return change
+
+    late = healthy()
+    still_notifying(1950)(late)
+    assert check(late, Bounds())[0]["idle"]["from_s"] == 1950  # the budget is measured once the fleet is quiet
+    assert broken(still_notifying(2100)) == [
+        "the fleet was not idle for two samples in a row before the end: nothing to judge"
+    ]
+
+    def behind(result: Result) -> None:
+        result.arrival_lag_s = 12.5
+
+    assert broken(behind) == ["the harness dropped a workset 12.5 s late: not the load it states"]
 
     def piling_up(result: Result) -> None:
         for sample in result.samples:
