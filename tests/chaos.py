@@ -39,18 +39,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
-import http.server
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,17 +53,17 @@ from typing import Any
 
 import boto3
 import botocore.config
-from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.aws import schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.aws.emulator import Emulator, WsgiApp
 from monitor.config import TableConfig
 from monitor.model import NOTIFIABLE_EVENTS, EventType, State, WorksetId
+from tests import fleet
+from tests.fleet import CREDENTIALS, Daemon, Webhook
 from tests.lab import Lab
 
 BUCKET, PREFIX, TABLE = "chaos-lab", "chaos/", "chaos-worksets"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos", "AWS_DEFAULT_REGION": "us-east-1"}
 LEASE_S, HEARTBEAT_S, SWEEP_S = 3.0, 0.75, 1.0
 READ_TIMEOUT_S = 1.5  # the daemons' [aws] read_timeout_s: an unanswered request fails after this
 HARNESS = "chaos-harness"  # in the User-Agent of this module's own AWS clients, which outages spare
@@ -144,130 +139,6 @@ class Faults:
             body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>"
             start_response(status, [("Content-Type", "application/xml")])
         return [body.encode()]
-
-
-class Webhook:
-    """The receiving end of the webhook channel: remembers every event id; refuses some deliveries."""
-
-    def __init__(self, *, refuse: float, seed: int) -> None:
-        received: collections.Counter[str] = collections.Counter()
-        rng, lock = random.Random(seed), threading.Lock()
-        refused = collections.Counter[str]()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                event_id = self.headers.get("X-Workset-Monitor-Event-Id", "?")
-                with lock:
-                    refuse_it = rng.random() < refuse
-                    (refused if refuse_it else received)[event_id] += 1
-                self.send_response(503 if refuse_it else 200)
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.received, self.refused = received, refused
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-# --- the fleet ----------------------------------------------------------------------------------------------------
-
-
-class Daemon:
-    def __init__(self, name: str, config: Path, workdir: Path) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSET_MONITOR_")} | CREDENTIALS
-        with self.log_path.open("a") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "monitor", "run", "--config", str(config)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.owner: str | None = None
-
-    def find_owner(self) -> str | None:
-        """Its lease owner id, from its start line."""
-        if self.owner is None:
-            self.owner = self._from_log('"starting"', "owner")
-        return self.owner
-
-    def counters(self) -> collections.Counter[str]:
-        """Its ``workset_monitor_*`` counters and histogram counts (``name{labels}`` -> value); empty if it has not
-        served them yet or does not answer."""
-        url = self._from_log('"serving metrics"', "url")
-        if url is None:
-            return collections.Counter()
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                text = response.read().decode()
-        except OSError:
-            return collections.Counter()
-        return collections.Counter(
-            {
-                sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
-                for family in text_string_to_metric_families(text)
-                if family.type in ("counter", "histogram") and family.name.startswith("workset_monitor_")
-                for sample in family.samples
-                if sample.name.endswith(("_total", "_count"))
-            }
-        )
-
-    def _from_log(self, event: str, key: str) -> str | None:
-        """``key`` of the first log line with ``event`` (each process has a log file of its own)."""
-        with contextlib.suppress(OSError):
-            for line in self.log_path.read_text().splitlines():
-                if event in line:
-                    value = json.loads(line).get(key)
-                    return None if value is None else str(value)
-        return None
-
-    def kill(self) -> None:
-        """SIGKILL the daemon and every process it started, as systemd does to a crashed unit's control group."""
-        tree = _descendants(self.process.pid)
-        for pid in [self.process.pid, *tree]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.process.wait()
-
-    def pause(self, seconds: float) -> None:
-        os.kill(self.process.pid, signal.SIGSTOP)  # the daemon only: its running steps carry on, unaware
-        try:
-            time.sleep(seconds)
-        finally:
-            os.kill(self.process.pid, signal.SIGCONT)
-
-    def stop(self, timeout_s: float = 60) -> int:
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return -9
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children[int(fields[1])].append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -407,23 +278,19 @@ def _drop(s3: Any, names: list[str]) -> None:
 
 
 def _config(work: Path, endpoint: str, hook_url: str) -> Path:
-    (work / "step.py").write_text(STEP)
-    command = json.dumps([sys.executable, str(work / "step.py"), str(work / "runs.log")])
-    path = work / "chaos.toml"
-    path.write_text(
-        f'[aws]\nregion = "us-east-1"\nendpoint_url = "{endpoint}"\nread_timeout_s = {READ_TIMEOUT_S}\n'
-        f'[table]\nname = "{TABLE}"\n'
-        f'[scan]\nbucket = "{BUCKET}"\nprefixes = ["{PREFIX}"]\ninterval_s = 1.0\n'
-        f"[lease]\nduration_s = {LEASE_S}\nheartbeat_s = {HEARTBEAT_S}\nsweep_interval_s = {SWEEP_S}\n"
-        "[run]\nmax_concurrent = 3\nmax_attempts = 20\nshutdown_grace_s = 2\n"
-        "retry_backoff_base_s = 1\nretry_backoff_max_s = 2\n"
-        f"[notify]\nevents = {json.dumps(sorted(e.value for e in NOTIFIABLE_EVENTS))}\nclaim_s = 5\n"
-        f'[notify.webhook]\nurl = "{hook_url}"\n'
-        "[metrics]\nport = 0\n"  # each daemon its own free port
-        '[log]\nlevel = "info"\nformat = "json"\n'
-        f'[[pipeline.steps]]\nname = "record"\ncommand = {command}\ntimeout_s = 60\n'
+    return fleet.write_config(
+        work / "chaos.toml",
+        endpoint=endpoint,
+        table=TABLE,
+        bucket=BUCKET,
+        prefix=PREFIX,
+        step=fleet.write_step(work, STEP, str(work / "runs.log")),
+        hook_url=hook_url,
+        read_timeout_s=READ_TIMEOUT_S,
+        lease_s=LEASE_S,
+        heartbeat_s=HEARTBEAT_S,
+        sweep_s=SWEEP_S,
     )
-    return path
 
 
 def _all_terminal(store: DynamoStore) -> bool:

@@ -84,6 +84,12 @@ def _no_leaked_threads() -> Iterator[None]:
 speed_up()  # in-process moto too: per-item transaction rollback, prefix-indexed listings
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that need a longer timeout first: they mostly wait on child processes (the soak, the chaos suite),
+    so with ``-n auto --dist worksteal`` the other workers run the rest of the suite meanwhile."""
+    items.sort(key=lambda item: -(marker.args[0] if (marker := item.get_closest_marker("timeout")) else 0))
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """One emulator (moto server, one request at a time) on a free loopback port for the whole session."""

@@ -328,6 +328,29 @@ def test_two_daemons_never_both_send_an_event(server: FakeServer) -> None:
     assert len(ids) == 10 == len(set(ids))
 
 
+def test_an_outbox_forgets_the_events_another_daemon_delivered(server: FakeServer) -> None:
+    """Found while soaking two daemons (make soak): an event found busy (another daemon held its claim) was remembered
+    by this daemon for the rest of its life, since only its own delivery ever forgot it; one entry per event."""
+    rig = Rig({"webhook": {"url": server.url}})
+    rig.channels = [WebhookChannel(rig.doorbell.notify.webhook)]  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        a, b = rig.outbox("host-a:1:0", hold_s=10), rig.outbox("host-b:2:0", hold_s=10)
+        for i in range(20):
+            await rig.register(f"ws-{i}", invalid="bad")
+            [event] = await rig.store.pending_events(limit=1)
+            now_ms = rig.clock.now_ms()
+            assert await rig.store.claim_event(event, owner="host-a:1:0", now_ms=now_ms, hold_ms=10_000)
+            assert await b.deliver_pending() == 0  # a is delivering it: busy, b leaves it alone for the claim
+            assert await a.deliver(event) == "done"
+            rig.clock.advance(11)
+        assert await b.deliver_pending() == 0
+        assert b._not_before == {}
+
+    run(scenario())
+    assert len(server.requests) == 20
+
+
 def test_a_crash_mid_delivery_resends_only_what_was_not_recorded(server: FakeServer) -> None:
     rig = Rig({"webhook": {"url": server.url}, **linear_cfg(server)})
     rig.channels = [

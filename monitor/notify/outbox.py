@@ -89,7 +89,8 @@ class Outbox:
         self._max_wait_s = max_wait_s
         self._batch = batch
         self._sleep = sleep
-        self._not_before: dict[str, float] = {}  # event id -> monotonic time: not ours to retry before then
+        # event id -> monotonic time: not ours to retry before then (at most hold_s ahead; forgotten once passed)
+        self._not_before: dict[str, float] = {}
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (channel, outcome)
         self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)  # commit -> delivered
         self.observe: Callable[[str, str, float | None], None] | None = None  # metrics hook: channel, outcome, s
@@ -120,6 +121,9 @@ class Outbox:
         hangs: at most the budget plus one event's delivery, which never outlasts the claim on it (``hold_s``)."""
         finished = 0
         ends_at = None if budget_s is None else self._clock.monotonic() + budget_s
+        # An event delivered by another daemon never comes back to clear its entry: forget what no longer holds us.
+        now = self._clock.monotonic()
+        self._not_before = {event_id: at for event_id, at in self._not_before.items() if at > now}
         while True:
             now = self._clock.monotonic()
             batch = [
