@@ -15,13 +15,12 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from monitor.aws.dynamo import DynamoStore
 from monitor.model import State, Workset, WorksetId
-from tests.conftest import REGION, ROOT, run
+from tests.conftest import REGION, run
 from tests.deploy import guide
 from tests.deploy.conftest import aws, copy_source, free_port, wait_for
 from tests.deploy.systemd_host import CHECKOUT, SystemdHost
@@ -33,7 +32,8 @@ LINEAR_KEY = "lin_api_..."  # what the guide's step 5 installs as the credential
 EDITOR = "/usr/local/bin/guide-editor"
 DROPIN = "/root/guide-dropin.conf"
 # A real command of the host: quick, except for worksets named slow-*, which run until stopped.
-STEP = '["/usr/bin/python3", "-c", "import sys, time; time.sleep(3600 if sys.argv[1].startswith(\'slow-\') else 1)", "{workset_id}"]'
+SLEEP = "import sys, time; time.sleep(3600 if sys.argv[1].startswith('slow-') else 1)"
+STEP = f'["/usr/bin/python3", "-c", "{SLEEP}", "{{workset_id}}"]'
 
 # What the test does with each kind of command of the guide; everything not listed here runs as written.
 NOT_HERE = {
@@ -61,10 +61,15 @@ def dropin_of(command: guide.Command) -> str:
 
 
 @pytest.fixture
-def host(
-    containers: Callable[..., str], base_image: str, wheelhouse: Path, tmp_path: Path
-) -> Iterator[SystemdHost]:
-    name = containers("--privileged", "--systemd=always", "--network=host", f"--volume={wheelhouse}:/wheels:ro", base_image, "/sbin/init")
+def host(containers: Callable[..., str], base_image: str, wheelhouse: Path, tmp_path: Path) -> Iterator[SystemdHost]:
+    name = containers(
+        "--privileged",
+        "--systemd=always",
+        "--network=host",
+        f"--volume={wheelhouse}:/wheels:ro",
+        base_image,
+        "/sbin/init",
+    )
     machine = SystemdHost(name)
     wait_for(
         "systemd to boot",
@@ -140,7 +145,8 @@ def test_the_guide_installs_a_service_that_systemd_runs_reloads_watches_and_stop
         "SYSTEMD_EDITOR": EDITOR,
     }
     # The operator's AWS CLI (step 4 uses it), from PyPI through the wheelhouse.
-    host.sh("python3 -m venv /opt/awscli && /opt/awscli/bin/pip install --quiet awscli && ln -s /opt/awscli/bin/aws /usr/local/bin/aws", env=shell)
+    host.sh("python3 -m venv /opt/awscli && /opt/awscli/bin/pip install --quiet awscli", env=shell)
+    host.sh("ln -s /opt/awscli/bin/aws /usr/local/bin/aws")
     # Outside AWS the service's credentials come from the unit's EnvironmentFile (on EC2: the instance role).
     host.write("/etc/default/workset-monitor", "AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\n")
 
@@ -155,7 +161,8 @@ def test_the_guide_installs_a_service_that_systemd_runs_reloads_watches_and_stop
                 host.write("/etc/workset-monitor/config.toml", site_config(endpoint=emulator, port=port))
             if section.startswith("5."):  # "put its ARN in [notify.sns] topic_arn", "the team in [notify.linear]"
                 current = host.sh("cat /etc/workset-monitor/config.toml").stdout
-                host.write("/etc/workset-monitor/config.toml", current + notify_config(topic=topic, linear_url=linear.url))
+                added = notify_config(topic=topic, linear_url=linear.url)
+                host.write("/etc/workset-monitor/config.toml", current + added)
         text = command.text
         first = command.words[0]
         if first in NOT_HERE:
@@ -224,7 +231,9 @@ def test_the_guide_installs_a_service_that_systemd_runs_reloads_watches_and_stop
 
     # --- stop with a step still running: released within TimeoutStopSec, exit 0 -----------------------------------
     lab.workset("slow-1")
-    wait_for("slow-1 in progress", lambda: (ws := get("slow-1")) is not None and ws.state is State.IN_PROGRESS, timeout_s=60)
+    wait_for(
+        "slow-1 in progress", lambda: (w := get("slow-1")) is not None and w.state is State.IN_PROGRESS, timeout_s=60
+    )
     began = time.monotonic()
     host.sh("systemctl stop workset-monitor", timeout_s=120)
     took = time.monotonic() - began
