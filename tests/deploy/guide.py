@@ -54,3 +54,12 @@ def commands(markdown: str | None = None) -> list[Command]:
             found.append(Command(section, block, prompt, "\n".join(current)))
             current = []
     return found
+
+
+def ini_block(section: str, markdown: str | None = None) -> str:
+    """The ``ini`` block of a section (a drop-in the guide says to add), as written."""
+    text = GUIDE.read_text() if markdown is None else markdown
+    part = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```ini\n(.*?)```", part, re.S)
+    assert len(blocks) == 1, f"section {section!r} has {len(blocks)} ini blocks"
+    return str(blocks[0])

@@ -19,16 +19,24 @@ class SystemdHost:
     unit: str = "workset-monitor"
 
     def sh(
-        self, script: str, *, env: dict[str, str] | None = None, check: bool = True, timeout_s: float = 180
+        self,
+        script: str,
+        *,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+        timeout_s: float = 180,
+        tty: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a bash script as root; output captured."""
-        flags = [f"--env={k}={v}" for k, v in (env or {}).items()]
+        """Run a bash script as root; output captured (``tty``: on a terminal, as `systemctl edit` requires)."""
+        flags = [f"--env={k}={v}" for k, v in (env or {}).items()] + (["--tty"] if tty else [])
         result = podman("exec", *flags, self.name, "bash", "-c", script, check=False, timeout_s=timeout_s)
         if check and result.returncode != 0:
             raise AssertionError(f"on the host: {script!r} exited {result.returncode}:\n{result.stdout}{result.stderr}")
         return result
 
-    def operator(self, text: str, *, env: dict[str, str], timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    def operator(
+        self, text: str, *, env: dict[str, str], timeout_s: float = 300, tty: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """One command typed into the operator's root shell (its exports and ``cd`` carry over); output captured."""
         script = (
             f"[ -f {_SESSION}.env ] && . {_SESSION}.env\n"
@@ -39,7 +47,7 @@ class SystemdHost:
             f"export -p > {_SESSION}.env; pwd > {_SESSION}.cwd\n"
             "exit $rc\n"
         )
-        return self.sh(script, env=env, check=False, timeout_s=timeout_s)
+        return self.sh(script, env=env, check=False, timeout_s=timeout_s, tty=tty)
 
     def show(self, *properties: str) -> dict[str, str]:
         out = self.sh(f"systemctl show --property={','.join(properties)} {self.unit}").stdout

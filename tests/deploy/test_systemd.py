@@ -10,7 +10,6 @@ fails validation fails the unit at once and is not restarted in a loop.
 
 from __future__ import annotations
 
-import re
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from tests.conftest import REGION, run
 from tests.deploy import guide
 from tests.deploy.conftest import aws, copy_source, free_port, wait_for
 from tests.deploy.systemd_host import CHECKOUT, SystemdHost
-from tests.fake_http import FakeServer
+from tests.fake_http import FakeServer, Reply
 from tests.lab import BUCKET, Lab
 
 TABLE = "deploy-systemd"
@@ -51,13 +50,6 @@ text, add = path.read_text(), pathlib.Path("{DROPIN}").read_text()
 marker = "### Anything between here and the comment below will become the new contents of the file\\n"
 path.write_text(text.replace(marker, marker + add, 1) if marker in text else add + text)
 """
-
-
-def dropin_of(command: guide.Command) -> str:
-    """What the guide says to add in ``systemctl edit``: the text after ``add:`` in the command's comment."""
-    match = re.search(r"#\s*add:\s*(.+)$", command.text)
-    assert match, f"the guide does not say what to add in {command.text!r}"
-    return match.group(1).strip() + "\n"
 
 
 @pytest.fixture
@@ -88,7 +80,8 @@ def host(containers: Callable[..., str], base_image: str, wheelhouse: Path, tmp_
 
 @pytest.fixture
 def linear() -> Iterator[FakeServer]:
-    server = FakeServer()
+    server = FakeServer()  # Linear's GraphQL API: answers `check`'s viewer query and every issue/comment mutation
+    server.default = Reply(body={"data": {"viewer": {"id": "u-1", "name": "genomics-ops"}}})
     server.start()
     yield server
     server.stop()
@@ -169,12 +162,15 @@ def test_the_guide_installs_a_service_that_systemd_runs_reloads_watches_and_stop
             skipped.append(f"{command.text.splitlines()[0]}  [{NOT_HERE[first]}]")
             continue
         if command.words[:2] == ["systemctl", "edit"]:
-            host.write(DROPIN, dropin_of(command))  # SYSTEMD_EDITOR adds exactly this
+            host.write(
+                DROPIN, guide.ini_block(section)
+            )  # SYSTEMD_EDITOR adds exactly this (on a tty: systemctl needs one)
         if first == "journalctl" and "-f" in command.words:
             text = f"timeout 5 {text}; [ $? = 124 ]"  # -f follows forever: 5 s of it, then stop (124 = timed out)
         text = text.replace(":10090/", f":{port}/")  # the side port of this test (others share the host's network)
-        result = host.operator(text, env=shell)
-        assert result.returncode == 0, f"[{section}] {command.text}\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        result = host.operator(text, env=shell, tty=command.words[:2] == ["systemctl", "edit"])
+        journal = host.journal()[-3000:] if command.words[0] == "systemctl" else ""
+        assert result.returncode == 0, f"[{section}] {command.text}\n{result.stdout[-3000:]}{result.stderr[-3000:]}{journal}"
         done.append(command.text)
     print("guide commands not run on this host:", *skipped, sep="\n  ")
     assert [s.split()[0] for s in skipped] == ["docker", "promtool", "promtool"], skipped
