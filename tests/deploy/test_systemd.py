@@ -54,14 +54,11 @@ path.write_text(text.replace(marker, marker + add, 1) if marker in text else add
 
 @pytest.fixture
 def host(containers: Callable[..., str], base_image: str, wheelhouse: Path, tmp_path: Path) -> Iterator[SystemdHost]:
-    name = containers(
-        "--privileged",
-        "--systemd=always",
-        "--network=host",
-        f"--volume={wheelhouse}:/wheels:ro",
-        base_image,
-        "/sbin/init",
-    )
+    # On a real machine systemd makes / a shared mount at boot; in a container it leaves that to the engine, and
+    # without it LoadCredential= hands the service an empty $CREDENTIALS_DIRECTORY. So: shared first, then systemd.
+    init = "mount --make-rshared / && exec /sbin/init"
+    volume = f"--volume={wheelhouse}:/wheels:ro"
+    name = containers("--privileged", "--systemd=always", "--network=host", volume, base_image, "/bin/sh", "-c", init)
     machine = SystemdHost(name)
     wait_for(
         "systemd to boot",
@@ -169,8 +166,12 @@ def test_the_guide_installs_a_service_that_systemd_runs_reloads_watches_and_stop
             text = f"timeout 5 {text}; [ $? = 124 ]"  # -f follows forever: 5 s of it, then stop (124 = timed out)
         text = text.replace(":10090/", f":{port}/")  # the side port of this test (others share the host's network)
         result = host.operator(text, env=shell, tty=command.words[:2] == ["systemctl", "edit"])
-        journal = host.journal()[-3000:] if command.words[0] == "systemctl" else ""
-        assert result.returncode == 0, f"[{section}] {command.text}\n{result.stdout[-3000:]}{result.stderr[-3000:]}{journal}"
+        journal = (
+            host.journal()[-3000:] + host.sh("systemctl cat workset-monitor").stdout if first == "systemctl" else ""
+        )
+        assert result.returncode == 0, (
+            f"[{section}] {command.text}\n{result.stdout[-3000:]}{result.stderr[-3000:]}{journal}"
+        )
         done.append(command.text)
     print("guide commands not run on this host:", *skipped, sep="\n  ")
     assert [s.split()[0] for s in skipped] == ["docker", "promtool", "promtool"], skipped
