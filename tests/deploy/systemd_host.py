@@ -31,7 +31,10 @@ class SystemdHost:
         flags = [f"--env={k}={v}" for k, v in (env or {}).items()] + (["--tty"] if tty else [])
         result = podman("exec", *flags, self.name, "bash", "-c", script, check=False, timeout_s=timeout_s)
         if check and result.returncode != 0:
-            raise AssertionError(f"on the host: {script!r} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+            journal = self.sh("journalctl --no-pager --output=cat -n 40", check=False).stdout
+            raise AssertionError(
+                f"on the host: {script!r} exited {result.returncode}:\n{result.stdout}{result.stderr}\n{journal}"
+            )
         return result
 
     def operator(
