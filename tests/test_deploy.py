@@ -51,7 +51,7 @@ def test_the_systemd_unit_keeps_its_promises() -> None:
     assert settings["Type"] == "notify" and settings["RestartPreventExitStatus"] == "78"
     assert settings["Restart"] == "on-failure" and settings["DynamicUser"] == "yes"
     assert settings["ConfigurationDirectory"] == "workset-monitor" and "WatchdogSec" in settings
-    assert "check-config" in settings["ExecStartPre"]
+    assert "ExecStartPre" not in settings and settings["ExecStart"].endswith(" run")  # run itself exits 78: no loop
     reloads = [line for line in lines if line.startswith("ExecReload=")]
     assert reloads == ["ExecReload=/bin/kill -HUP $MAINPID"]  # check-config there could not read the credentials
     grace = config.RunConfig().shutdown_grace_s + 5  # plus the step kill grace
