@@ -122,6 +122,29 @@ def ensure_python() -> str:
         return PYTHON
 
 
+def pip_mounts() -> list[str]:
+    """``--volume`` options (read-only, same path) for this machine's pip configuration: the files ``pip config
+    debug`` lists and every local path they or the PIP_* variables name (CA bundle, constraints, local indexes), so a
+    ``RUN pip install`` in ``podman build`` reaches the package index the way pip on this machine does."""
+    debug = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "debug"], capture_output=True, text=True, check=True
+    ).stdout
+    paths: set[str] = set()
+    for raw in debug.splitlines():
+        line = raw.strip()
+        if line.endswith(", exists: True"):
+            paths.add(line.removesuffix(", exists: True"))
+        elif ": " in line or "=" in line:
+            value = line.split(": ", 1)[1] if ": " in line else line.split("=", 1)[1]
+            for word in value.strip("'\"").split():
+                path = word.removeprefix("file://").rstrip("/")
+                if path.endswith("/simple"):  # a local index links to its files beside it: ../files/...
+                    path = path.removesuffix("/simple")
+                if path.startswith("/") and Path(path).exists():
+                    paths.add(path)
+    return [f"--volume={path}:{path}:ro" for path in sorted(paths)]
+
+
 if __name__ == "__main__":
     ensure_base()
     ensure_python()
