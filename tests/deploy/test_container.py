@@ -119,7 +119,7 @@ def test_the_image_runs_healthy_as_non_root_processes_worksets_and_stops_cleanly
             lab.workset(dropped[-1])
             time.sleep(max(0.0, started + (period + 1) * HEALTH_INTERVAL_S - time.monotonic()))
             check = podman("healthcheck", "run", name, check=False)
-            assert check.returncode == 0 and check.stdout.strip() == "healthy", check
+            assert check.returncode == 0, check  # podman 4.3 prints nothing when healthy
         health = podman("inspect", "--format={{.State.Health.Status}}", name).stdout.strip()
         assert health == "healthy", health
 
@@ -143,7 +143,8 @@ def test_the_image_runs_healthy_as_non_root_processes_worksets_and_stops_cleanly
         assert took < 60, f"podman stop took {took:.0f} s (--stop-timeout 60)"
         slow = get("slow-1")
         assert slow is not None and slow.state is State.READY and slow.lease is None, slow
-        assert "shutdown: done" in podman("logs", name).stdout
+        logs = podman("logs", name)
+        assert "shutdown: done" in logs.stdout + logs.stderr
     finally:
         podman("rm", "--force", "--time=0", name, check=False)
 
@@ -151,7 +152,8 @@ def test_the_image_runs_healthy_as_non_root_processes_worksets_and_stops_cleanly
 @pytest.mark.timeout(900)
 def test_docker_run_image_demo_says_in_one_line_what_it_needs_and_the_demo_build_runs_it(image: str) -> None:
     result = podman("run", "--rm", "--network=none", image, "demo", "--until-idle", check=False)
-    lines = result.stderr.strip().splitlines()
+    # podman itself complains that there is no systemd on this machine to schedule the HEALTHCHECK: not ours
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith('time="')]
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert "--build-arg EXTRAS=demo" in lines[0] and "internal error" not in lines[0], lines
     tag = f"{image}-demo"
