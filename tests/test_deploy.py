@@ -89,6 +89,16 @@ def test_the_dockerfile_invariants() -> None:
     assert "/etc/workset-monitor/config.toml:ro" in compose and "stop_grace_period: 60s" in compose
 
 
+def test_demo_without_the_emulator_says_in_one_line_what_it_needs(monkeypatch: Any, capsys: Any) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "moto" else real(name, *a))
+    assert cli.main(["demo", "--until-idle"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'workset-monitor[demo]'" in err[0] and "EXTRAS=demo" in err[0], err
+
+
 def test_healthcheck_reports_the_side_port(tmp_path: Path, capsys: Any) -> None:
     healthy = {"ok": True}
     port = SidePort(

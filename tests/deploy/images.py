@@ -117,7 +117,7 @@ def ensure_python() -> str:
                 return PYTHON
         with tempfile.TemporaryDirectory(prefix="wm-stand-in-") as tmp:
             Path(tmp, "Containerfile").write_text(STAND_IN)
-            podman("build", "--pull=never", "--network=none", "-t", PYTHON, tmp)
+            podman("build", "--pull=never", "--network=none", "--layers=false", "-t", PYTHON, tmp)
         _say(f"{PYTHON} built as a local stand-in from {BASE}")
         return PYTHON
 

@@ -38,6 +38,7 @@ def build(tag: str, *args: str) -> subprocess.CompletedProcess[str]:
     return podman(
         "build",
         "--format=docker",
+        "--layers=false",  # no intermediate images left behind (and no stale cache between runs)
         "--pull=never",  # the stand-in base image is local
         "--network=host",  # pip and apt-get reach their registries from the build
         *images.pip_mounts(),

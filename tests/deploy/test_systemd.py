@@ -22,6 +22,7 @@ from monitor.model import State, Workset, WorksetId
 from tests.conftest import REGION, run
 from tests.deploy import guide
 from tests.deploy.conftest import aws, copy_source, free_port, wait_for
+from tests.deploy.images import podman
 from tests.deploy.systemd_host import CHECKOUT, SystemdHost
 from tests.fake_http import FakeServer, Reply
 from tests.lab import BUCKET, Lab
@@ -67,8 +68,6 @@ def host(containers: Callable[..., str], base_image: str, wheelhouse: Path, tmp_
     )
     source = copy_source(tmp_path / "workset-monitor")
     machine.sh(f"mkdir -p {Path(CHECKOUT).parent}")
-    from tests.deploy.images import podman
-
     podman("cp", str(source), f"{name}:{CHECKOUT}")
     machine.write(EDITOR, editor_script())
     machine.sh(f"chmod 0755 {EDITOR}")
