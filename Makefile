@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint typecheck unit tools bench chaos soak demo clean
+.PHONY: test lint typecheck unit tools bench chaos soak demo clean deploy-test deploy-tools
 
 test: lint typecheck tools unit
 
@@ -63,6 +63,22 @@ chaos: $(STAMP)
 # (A bounded run of the same code is part of `make test`: tests/test_soak.py.)
 soak: $(BENCH_STAMP)
 	$(BIN)/python -m tests.soak --minutes 30 --idle-minutes 5 --every 30 --json bench/results/soak.json --plot docs/images/soak.png
+
+# The shipped systemd unit under a real systemd and the shipped Docker image in a real container (podman, images
+# built from Debian packages on this machine, cached after the first run). Needs root; about 10 minutes.
+deploy-test: $(STAMP) deploy-tools
+	$(BIN)/python -m tests.deploy.images
+	$(BIN)/pytest -q -n 2 --dist loadfile tests/deploy
+
+deploy-tools:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's podman, runc and debootstrap"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      podman runc debootstrap >/dev/null; \
+	  else \
+	    echo "podman/runc/debootstrap missing: sudo apt-get install podman runc debootstrap"; exit 1; \
+	  fi; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

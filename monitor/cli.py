@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -67,10 +68,14 @@ def _positive(value: str) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     logs.configure(level="warning", fmt="console")
-    try:
-        from monitor import demo  # noqa: PLC0415 - lazy: the emulator needs moto (the dev extra)
-    except ImportError as exc:
-        raise errors.MonitorError(f"the demo needs the emulator: pip install 'workset-monitor[dev]' ({exc})") from exc
+    missing = [name for name in ("moto", "flask", "flask_cors") if importlib.util.find_spec(name) is None]
+    if missing:  # the emulator is imported only once the demo runs: say so now, in one line, not mid-way
+        raise errors.MonitorError(
+            f"the demo needs the local AWS emulator ({', '.join(missing)}), which this installation leaves out: "
+            "pip install 'workset-monitor[demo]' (the Docker image: build it with --build-arg EXTRAS=demo)"
+        )
+    from monitor import demo  # noqa: PLC0415 - lazy: the emulator needs moto (the demo extra)
+
     return demo.run(until_idle=args.until_idle)
 
 

@@ -51,9 +51,9 @@ def test_the_systemd_unit_keeps_its_promises() -> None:
     assert settings["Type"] == "notify" and settings["RestartPreventExitStatus"] == "78"
     assert settings["Restart"] == "on-failure" and settings["DynamicUser"] == "yes"
     assert settings["ConfigurationDirectory"] == "workset-monitor" and "WatchdogSec" in settings
-    assert "check-config" in settings["ExecStartPre"]
+    assert "ExecStartPre" not in settings and settings["ExecStart"].endswith(" run")  # run itself exits 78: no loop
     reloads = [line for line in lines if line.startswith("ExecReload=")]
-    assert "check-config" in reloads[0] and reloads[1] == "ExecReload=/bin/kill -HUP $MAINPID"
+    assert reloads == ["ExecReload=/bin/kill -HUP $MAINPID"]  # check-config there could not read the credentials
     grace = config.RunConfig().shutdown_grace_s + 5  # plus the step kill grace
     assert float(settings["TimeoutStopSec"].removesuffix("s")) > grace
     assert "LoadCredential=workset_monitor_notify__linear__api_key:" in UNIT.read_text()
@@ -87,6 +87,16 @@ def test_the_dockerfile_invariants() -> None:
     assert env["WORKSET_MONITOR_METRICS__HOST"] == "0.0.0.0"
     compose = (ROOT / "deploy/docker/compose.example.yml").read_text()
     assert "/etc/workset-monitor/config.toml:ro" in compose and "stop_grace_period: 60s" in compose
+
+
+def test_demo_without_the_emulator_says_in_one_line_what_it_needs(monkeypatch: Any, capsys: Any) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "moto" else real(name, *a))
+    assert cli.main(["demo", "--until-idle"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'workset-monitor[demo]'" in err[0] and "EXTRAS=demo" in err[0], err
 
 
 def test_healthcheck_reports_the_side_port(tmp_path: Path, capsys: Any) -> None:

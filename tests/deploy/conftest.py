@@ -1,0 +1,108 @@
+"""Fixtures of the real deployment tests (``make deploy-test``): the local AWS emulator on 127.0.0.1 (the containers
+share the host's network, so they reach it there), a wheelhouse of the project's pinned dependencies, the images,
+and containers that are always removed, even when a test fails.
+
+These tests need root, podman, runc and debootstrap (``make deploy-test`` installs them) and take minutes: ``make
+test`` does not collect this folder (``norecursedirs`` in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from monitor.aws.emulator import Emulator
+from tests.conftest import REGION, ROOT
+from tests.deploy import images
+from tests.deploy.images import podman
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[str]:
+    with Emulator(host="127.0.0.1", port=0) as running:
+        yield running.endpoint
+
+
+def aws(service: str, endpoint: str) -> Any:
+    return boto3.client(service, region_name=REGION, endpoint_url=endpoint)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Wheels of the project, its pinned dependencies (constraints.txt), its build backend and the AWS CLI: what the
+    operator's ``pip install`` resolves from inside the systemd host (PIP_NO_INDEX, PIP_FIND_LINKS)."""
+    house = tmp_path_factory.mktemp("wheels")
+    source = copy_source(tmp_path_factory.mktemp("wheel-src") / "workset-monitor")  # the build leaves files there
+    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "-c", str(ROOT / "constraints.txt"), "-w", str(house)]
+    subprocess.run([*build, str(source), "awscli", "setuptools>=77", "wheel"], check=True, capture_output=True)
+    return house
+
+
+# What an operator's checkout holds (no virtual environment, no caches): copied into the hosts.
+SOURCE = (
+    "pyproject.toml",
+    "README.md",
+    "constraints.txt",
+    "config.example.toml",
+    "monitor",
+    "deploy",
+    "docs",
+)
+
+
+def copy_source(dest: Path) -> Path:
+    """A clean copy of the checkout (SOURCE only) at ``dest``."""
+    dest.mkdir(parents=True)
+    tar = subprocess.run(
+        ["tar", "-C", str(ROOT), "--exclude=__pycache__", "-c", *SOURCE], check=True, capture_output=True
+    )
+    subprocess.run(["tar", "-C", str(dest), "-x"], input=tar.stdout, check=True)
+    return dest
+
+
+@pytest.fixture
+def containers() -> Iterator[Callable[..., str]]:
+    """A factory: containers(*podman_run_args) -> the name of a detached container, force-removed at teardown."""
+    names: list[str] = []
+
+    def start(*args: str, name: str | None = None) -> str:
+        name = name or f"wm-deploy-{uuid.uuid4().hex[:8]}"
+        names.append(name)
+        podman("run", "-d", "--name", name, *args)
+        return name
+
+    yield start
+    for name in names:
+        podman("rm", "--force", "--time", "0", name, check=False)
+
+
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    return images.ensure_base()
+
+
+def wait_for(what: str, check: Callable[[], Any], *, timeout_s: float, every_s: float = 1.0) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {result!r})")
+        time.sleep(every_s)
