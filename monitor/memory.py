@@ -3,6 +3,13 @@
 It exists so the loops can be tested fast and deterministically; the behavioural suite in
 ``tests/test_store.py`` runs unchanged against both implementations, which is what keeps them honest. It holds
 no lock: on one event loop every method body runs without interleaving.
+
+Like the table, it keeps the fleet counter (``running``, ``retry_seq``) as stored numbers changed in the same
+step as the state change they count (+1 entering ``in_progress``, capped by ``fleet_cap``; -1 leaving it; +1 entering
+``retrying``), never recounted from the worksets: a counter that drifted (a hand-edited table, a bug) stays wrong
+here as it would there. ``set_fleet_counter`` is that hand edit, for tests.
+It has no ``import``: restoring a backup (``monitor/aws/backup.py``, which recounts the counter) is a DynamoDB-only
+path.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ class MemoryStore:
         self._outbox = outbox
         self._on_pending = on_pending
         self._claims: dict[str, tuple[str, int]] = {}  # event id -> (owner, until ms)
-        self._retry_seq = 0  # like the fleet counter item's: entries into retrying
+        self._running = 0  # the fleet counter item's: in progress fleet-wide
+        self._retry_seq = 0  # the fleet counter item's: entries into retrying
 
     async def register(self, decision: Decision) -> bool:
         ws = decision.after
@@ -56,6 +64,11 @@ class MemoryStore:
         fleet_cap: int | None = None,
     ) -> Workset:
         before = decision.before
+        entering = decision.after.state is State.IN_PROGRESS and before.state is not State.IN_PROGRESS
+        leaving = before.state is State.IN_PROGRESS and decision.after.state is not State.IN_PROGRESS
+        # DynamoDB checks every condition of the transaction and DynamoStore reports a full fleet first.
+        if entering and fleet_cap is not None and self._running >= fleet_cap:
+            raise errors.FleetFull(f"the fleet already runs {fleet_cap} worksets (run.max_fleet_concurrent)")
         current = self._worksets.get(before.workset_id)
         if current is None:
             raise errors.Conflict(f"{before.workset_id} does not exist or changed concurrently")
@@ -69,9 +82,6 @@ class MemoryStore:
                 f"{before.workset_id} changed concurrently: expected {before.state.value} v{before.version}, "
                 f"found {current.state.value} v{current.version}"
             )
-        entering = decision.after.state is State.IN_PROGRESS and before.state is not State.IN_PROGRESS
-        if entering and fleet_cap is not None and (await self.fleet()).running >= fleet_cap:
-            raise errors.FleetFull(f"the fleet already runs {fleet_cap} worksets (run.max_fleet_concurrent)")
         # Like the DynamoDB update: only attributes the decision changed are written; counters others own
         # (hb_count, bumped by heartbeats without a version change) keep their current value.
         changed = {
@@ -82,6 +92,7 @@ class MemoryStore:
         after = dataclasses.replace(current, **changed)
         self._worksets[after.workset_id] = after
         self._events[after.workset_id].append(self._outboxed(decision.event))
+        self._running += entering - leaving
         self._retry_seq += after.state is State.RETRYING and before.state is not State.RETRYING
         return after
 
@@ -154,9 +165,12 @@ class MemoryStore:
         return await self.list(state=State.IN_PROGRESS)
 
     async def fleet(self) -> Fleet:
-        return Fleet(
-            running=sum(ws.state is State.IN_PROGRESS for ws in self._worksets.values()), retry_seq=self._retry_seq
-        )
+        return Fleet(running=self._running, retry_seq=self._retry_seq)
+
+    def set_fleet_counter(self, *, running: int | None = None, retry_seq: int | None = None) -> None:
+        """Overwrite the stored fleet counter, as an operator editing the table's counter item could (tests only)."""
+        self._running = self._running if running is None else running
+        self._retry_seq = self._retry_seq if retry_seq is None else retry_seq
 
     async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:
         wanted = self._worksets.keys() if workset_ids is None else set(workset_ids) & self._worksets.keys()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -12,10 +13,14 @@ import pytest
 from monitor import actions, errors, states
 from monitor.aws import codec, schema
 from monitor.aws.dynamo import DynamoStore
+from monitor.clock import FakeClock
 from monitor.config import TableConfig
+from monitor.leases import Policy
+from monitor.memory import MemoryStore
 from monitor.model import EventType, Lease, Priority, State, Workset, WorksetId
 from monitor.ports import Store
 from monitor.states import Action, Context
+from monitor.sweeper import Sweeper
 from tests.conftest import TEST_TABLE, run
 
 T0 = 1_800_000_000_000
@@ -310,6 +315,137 @@ def test_illegal_operator_action_writes_nothing(store: Store) -> None:
 async def _commit(store: Store, decision: states.Decision) -> states.Decision:
     after = await store.commit(decision)
     return dataclasses.replace(decision, after=after)
+
+
+# --- the fleet counter: stored, changed with the state, never recounted --------------------------------------------
+
+
+async def _claim(store: Store, ws: Workset, *, token: str, fleet_cap: int | None = None, now_ms: int = T0) -> Workset:
+    lease = Lease(token=token, owner=f"host:{token}", heartbeat_at_ms=now_ms, expires_at_ms=now_ms + 60_000)
+    return await store.commit(states.decide(ws, Action.CLAIM, ctx(now_ms), lease=lease), fleet_cap=fleet_cap)
+
+
+async def _in_progress(store: Store, names: list[str]) -> int:
+    """In progress according to consistent reads of each workset: what the counter must equal."""
+    found = [await store.get(WorksetId(n)) for n in names]
+    return sum(ws is not None and ws.state is State.IN_PROGRESS for ws in found)
+
+
+def hand_edit_counter(store: Store, request: pytest.FixtureRequest, *, running: int) -> None:
+    """Overwrite the counter's ``running``, as an operator editing the table's counter item could."""
+    if isinstance(store, MemoryStore):
+        store.set_fleet_counter(running=running)
+        return
+    request.getfixturevalue("dynamodb").update_item(
+        TableName=TABLE,
+        Key=codec.FLEET_KEY,
+        UpdateExpression="SET running = :running",
+        ExpressionAttributeValues={":running": {"N": str(running)}},
+    )
+
+
+def test_the_fleet_counter_stays_exact_through_claims_releases_expiries_and_a_full_fleet(store: Store) -> None:
+    names = ["w0", "w1", "w2", "w3"]
+
+    async def scenario() -> None:
+        ws = {n: await add(store, n) for n in names}
+
+        async def exact(retry_seq: int) -> None:
+            fleet = await store.fleet()
+            assert (fleet.running, fleet.retry_seq) == (await _in_progress(store, names), retry_seq)
+
+        await exact(0)
+        ws["w0"] = await _claim(store, ws["w0"], token="t0", fleet_cap=2)
+        ws["w1"] = await _claim(store, ws["w1"], token="t1", fleet_cap=2)
+        await exact(0)
+        assert (await store.fleet()).running == 2
+        with pytest.raises(errors.FleetFull):
+            await _claim(store, ws["w2"], token="t2", fleet_cap=2)
+        assert await store.get(WorksetId("w2")) == ws["w2"] and len(await store.history(WorksetId("w2"))) == 1
+        # A stale nomination into a full fleet: both conditions fail, and the full fleet is what is reported.
+        ws["w3"] = await store.commit(states.decide(ws["w3"], Action.SET_PRIORITY, ctx(), priority=Priority.LOW))
+        stale = dataclasses.replace(ws["w3"], version=1, priority=Priority.NORMAL)
+        with pytest.raises(errors.FleetFull):
+            await _claim(store, stale, token="t3", fleet_cap=2)
+        await exact(0)
+
+        ws["w0"] = await store.commit(states.decide(ws["w0"], Action.RELEASE, ctx(reason="shutdown")), fence_token="t0")
+        await exact(0)
+        expire = ctx(T0 + 70_000, actor="sweeper", reason="silent")
+        ws["w1"] = await store.commit(
+            states.decide(ws["w1"], Action.EXPIRE, expire, error="silent", error_category="lease"),
+            fence_token="t1",
+            expect_heartbeats=0,
+        )
+        assert ws["w1"].state is State.RETRYING
+        await exact(1)
+        ws["w2"] = await _claim(store, ws["w2"], token="t2", fleet_cap=2)
+        await exact(1)
+        fail = ctx(T0 + 80_000, actor="host:t2", reason="exit 75")
+        ws["w2"] = await store.commit(
+            states.decide(ws["w2"], Action.FAIL_TEMPORARY, fail, error="exit 75", error_category="step"),
+            fence_token="t2",
+        )
+        await exact(2)
+        later = ws["w2"].available_at_ms
+        ws["w2"] = await _claim(store, ws["w2"], token="t2b", fleet_cap=2, now_ms=later)
+        await exact(2)
+        with pytest.raises(errors.LeaseLost):  # a refused write leaves the counter alone
+            await store.commit(states.decide(ws["w2"], Action.COMPLETE, ctx(later)), fence_token="t2")
+        await exact(2)
+        ws["w2"] = await store.commit(states.decide(ws["w2"], Action.CANCEL, ctx(later)))
+        assert ws["w2"].state is State.CANCELLED
+        await exact(2)
+        assert (await store.fleet()).running == 0
+
+    run(scenario())
+
+
+def test_a_hand_edited_counter_stays_wrong_and_the_cap_is_checked_against_it(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    """The counter is a stored number, as in the table: an edit is not undone by the next read or write, and the
+    fleet cap trusts it. Only ``import`` recounts it (DynamoDB only)."""
+
+    async def scenario() -> None:
+        a, b = await add(store, "a"), await add(store, "b")
+        a = await _claim(store, a, token="ta", fleet_cap=1)
+        hand_edit_counter(store, request, running=0)
+        assert (await store.fleet()).running == 0 and await _in_progress(store, ["a", "b"]) == 1
+        b = await _claim(store, b, token="tb", fleet_cap=1)  # admitted: the counter said 0
+        assert (await store.fleet()).running == 1 and await _in_progress(store, ["a", "b"]) == 2
+        await store.commit(states.decide(a, Action.COMPLETE, ctx()), fence_token="ta")
+        await store.commit(states.decide(b, Action.COMPLETE, ctx()), fence_token="tb")
+        assert (await store.fleet()).running == -1  # each exit still counts -1: the drift persists
+
+    run(scenario())
+
+
+def test_a_counter_drifted_to_zero_strands_nothing_once_the_sweeper_distrusts_it(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    """A holder dies while the counter says 0. The sweeper trusts the counter and queries nothing; the index still
+    counts the workset in progress (what the supervisor's queue-gauge refresh compares), so the sweeper is told to
+    distrust the counter, finds the workset and takes it over after a lease plus grace."""
+    policy = Policy(duration_s=60, heartbeat_s=15, grace_s=10)
+    clock = FakeClock()
+    sweeper = Sweeper(store, clock, actor="sweeper:9:ffff", policy=policy, rng=random.Random(0))
+
+    async def scenario() -> None:
+        ws = await add(store, "ws-1", now_ms=clock.now_ms())
+        await _claim(store, ws, token="dead", now_ms=clock.now_ms())  # ... and its holder dies
+        hand_edit_counter(store, request, running=0)
+        assert await sweeper.sweep_once() == [] and sweeper.tracked == 0  # trusted: nothing queried
+        stats = await store.stats(now_ms=clock.now_ms(), states=[State.IN_PROGRESS])
+        assert stats.count(State.IN_PROGRESS) == 1
+        sweeper.distrust_counter()  # what the supervisor does when the index disagrees with the counter
+        assert await sweeper.sweep_once() == [] and sweeper.tracked == 1
+        clock.advance(policy.takeover_after_s)
+        [taken] = await sweeper.sweep_once()
+        assert taken.after.state is State.RETRYING
+        assert (await store.fleet()).running == -1  # the takeover counted -1 from the wrong 0
+
+    run(scenario())
 
 
 # --- DynamoDB-specific guarantees -------------------------------------------------------------------------------
