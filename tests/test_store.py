@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from monitor.aws.dynamo import DynamoStore
 from monitor.clock import FakeClock
 from monitor.config import TableConfig
 from monitor.leases import Policy
-from monitor.memory import MemoryStore
+from monitor.memory import Faults, MemoryStore
 from monitor.model import EventType, Lease, Priority, State, Workset, WorksetId
 from monitor.ports import Store
 from monitor.states import Action, Context
@@ -444,6 +445,144 @@ def test_a_counter_drifted_to_zero_strands_nothing_once_the_sweeper_distrusts_it
         [taken] = await sweeper.sweep_once()
         assert taken.after.state is State.RETRYING
         assert (await store.fleet()).running == -1  # the takeover counted -1 from the wrong 0
+
+    run(scenario())
+
+
+# --- DynamoDB's faults: an index that lags, responses lost after the write was applied ------------------------------
+# MemoryStore models both (memory.Faults). moto applies a write to its index at once, so on DynamoDB the lag tests
+# check that every change shows at the first read (``store.faults.index_lag_reads`` is 0 there); its lost responses
+# are real read timeouts after moto applied the write (tests.faults.LosingDynamoStore).
+
+
+def test_a_workset_entering_retrying_is_due_only_once_the_index_shows_it(make_store: Callable[..., Store]) -> None:
+    """The consistent reads (the workset, the counter) show the change at once; ``due`` shows it
+    ``index_lag_reads`` index reads later, and until then not even as a retry to come."""
+    store = make_store(faults=Faults(index_lag_reads=3))
+    lag = store.faults.index_lag_reads  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        ws = await _claim(store, await add(store, "ws-1"), token="tok-1")
+        for _ in range(lag):  # the index catches up with the claim
+            await store.stats(now_ms=T0)
+        assert (await store.stats(now_ms=T0)).count(State.IN_PROGRESS) == 1
+        fail = ctx(T0, actor="host:tok-1", reason="exit 75")
+        decision = states.decide(ws, Action.FAIL_TEMPORARY, fail, error="exit 75", error_category="step")
+        ws = await store.commit(decision, fence_token="tok-1")
+        now_ms = ws.available_at_ms + 1
+        assert ws.state is State.RETRYING and await store.get(WorksetId("ws-1")) == ws
+        assert (await store.fleet()).retry_seq == 1
+        for _ in range(lag):
+            due = await store.due(now_ms=now_ms, limit=10)
+            assert due.candidates == [] and due.next_retry_ms is None
+        due = await store.due(now_ms=now_ms, limit=10)
+        assert [c.workset_id for c in due.candidates] == ["ws-1"] and due.candidates[0] == ws
+
+    run(scenario())
+
+
+def test_index_reads_lag_and_the_items_behind_them_are_read_consistently(make_store: Callable[..., Store]) -> None:
+    """``running`` and ``list`` take their ids from the index and the worksets from the table, keeping only those
+    that still match: a claimed workset drops out of the ready listing at once, but shows in progress only once the
+    index does. ``stats`` is the index alone."""
+    store = make_store(faults=Faults(index_lag_reads=3))
+    lag = store.faults.index_lag_reads  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        a, b = await add(store, "a"), await add(store, "b", now_ms=T0 + 1)
+        for _ in range(lag):
+            await store.list()
+        assert [ws.workset_id for ws in await store.list()] == ["a", "b"]
+        assert await store.locations() == {"a": "lab-bucket/worksets/a/", "b": "lab-bucket/worksets/b/"}
+        claimed = await _claim(store, a, token="tok-a")
+
+        async def stats_still_count_it_ready() -> None:
+            stats = await store.stats(now_ms=T0)
+            assert (stats.count(State.READY), stats.count(State.IN_PROGRESS)) == (2, 0)
+
+        async def running_does_not_show_it_yet() -> None:
+            assert await store.running() == []
+
+        async def ready_lists_only_b() -> None:
+            assert [ws.workset_id for ws in await store.list(state=State.READY)] == ["b"]
+
+        lagging = [stats_still_count_it_ready, running_does_not_show_it_yet, ready_lists_only_b]
+        for check in lagging[:lag]:
+            await check()
+        assert await store.running() == [claimed]
+        stats = await store.stats(now_ms=T0)
+        assert (stats.count(State.READY), stats.count(State.IN_PROGRESS)) == (1, 1)
+        assert await store.get(WorksetId("b")) == b
+        assert await store.locations([WorksetId("a")]) == {"a": "lab-bucket/worksets/a/"}
+
+    run(scenario())
+
+
+def test_a_claim_whose_response_is_lost_has_landed(make_store: Callable[..., Store]) -> None:
+    """The first claim is refused (a stale version): a refusal is not lost. The second lands and its response is
+    lost: a consistent re-read shows our token, the started event is on the trail, the counter moved with it."""
+    store = make_store(faults=Faults(lost_responses={"commit": {1, 2}}))
+
+    async def scenario() -> None:
+        ws = await add(store, "ws-1")
+        with pytest.raises(errors.Conflict):
+            await _claim(store, dataclasses.replace(ws, version=7), token="tok-stale")
+        with pytest.raises(errors.AwsUnavailable) as lost:
+            await _claim(store, ws, token="tok-1")
+        assert lost.value.temporary
+        now = await store.get(WorksetId("ws-1"))
+        assert now is not None and now.state is State.IN_PROGRESS and now.lease is not None
+        assert (now.lease.token, now.epoch, now.attempts) == ("tok-1", 1, 1)
+        assert [e.type for e in await store.history(WorksetId("ws-1"))] == [EventType.REGISTERED, EventType.STARTED]
+        assert (await store.fleet()).running == 1
+        assert store.lost == [("commit", 2)]  # type: ignore[attr-defined]
+
+    run(scenario())
+
+
+def test_a_registration_and_a_heartbeat_whose_responses_are_lost_have_landed(make_store: Callable[..., Store]) -> None:
+    store = make_store(faults=Faults(lost_responses={"register": {1}, "heartbeat": {1}}))
+
+    async def scenario() -> None:
+        decision = states.new_workset(
+            workset_id=WorksetId("ws-1"), bucket="lab-bucket", prefix="w/ws-1/", priority=Priority.NORMAL, ctx=ctx()
+        )
+        with pytest.raises(errors.AwsUnavailable):
+            await store.register(decision)
+        assert await store.get(WorksetId("ws-1")) == decision.after
+        assert not await store.register(decision)  # the retry finds it there
+        ws = await _claim(store, decision.after, token="tok-1")
+        with pytest.raises(errors.AwsUnavailable):
+            await store.heartbeat(WorksetId("ws-1"), token="tok-1", now_ms=T0 + 1, expires_at_ms=T0 + 60_001)
+        now = await store.get(WorksetId("ws-1"))
+        assert now is not None and now.hb_count == ws.hb_count + 1
+        retried = await store.heartbeat(WorksetId("ws-1"), token="tok-1", now_ms=T0 + 2, expires_at_ms=T0 + 60_002)
+        assert retried == ws.hb_count + 2  # the same token: the retry is accepted too
+        assert store.lost == [("register", 1), ("heartbeat", 1)]  # type: ignore[attr-defined]
+
+    run(scenario())
+
+
+def test_lost_responses_at_a_rate_lose_nothing_but_the_responses(make_store: Callable[..., Store]) -> None:
+    store = make_store(faults=Faults(lost_response_rate=0.5, seed=3))
+    decision = states.new_workset(
+        workset_id=WorksetId("ws-1"), bucket="lab-bucket", prefix="w/ws-1/", priority=Priority.NORMAL, ctx=ctx()
+    )
+    lease = Lease(token="tok-1", owner="host:1", heartbeat_at_ms=T0, expires_at_ms=T0 + 60_000)
+
+    async def tolerant(write: Awaitable[object]) -> None:
+        with contextlib.suppress(errors.AwsUnavailable):
+            await write
+
+    async def scenario() -> None:
+        await tolerant(store.register(decision))
+        await tolerant(store.commit(states.decide(decision.after, Action.CLAIM, ctx(), lease=lease)))
+        for i in range(20):
+            await tolerant(store.heartbeat(WorksetId("ws-1"), token="tok-1", now_ms=T0 + i, expires_at_ms=T0 + i))
+        ws = await store.get(WorksetId("ws-1"))
+        assert ws is not None and ws.state is State.IN_PROGRESS and ws.hb_count == 20  # every write was applied
+        lost = store.lost  # type: ignore[attr-defined]
+        assert 5 <= len(lost) <= 17, lost
 
     run(scenario())
 
