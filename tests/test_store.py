@@ -16,11 +16,11 @@ from monitor.aws import codec, schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.clock import FakeClock
 from monitor.config import TableConfig
-from monitor.leases import Policy
+from monitor.leases import Claimer, Policy
 from monitor.memory import Faults, MemoryStore
 from monitor.model import EventType, Lease, Priority, State, Workset, WorksetId
 from monitor.ports import Store
-from monitor.states import Action, Context
+from monitor.states import Action, Backoff, Context
 from monitor.sweeper import Sweeper
 from tests.conftest import TEST_TABLE, run
 
@@ -583,6 +583,51 @@ def test_lost_responses_at_a_rate_lose_nothing_but_the_responses(make_store: Cal
         assert ws is not None and ws.state is State.IN_PROGRESS and ws.hb_count == 20  # every write was applied
         lost = store.lost  # type: ignore[attr-defined]
         assert 5 <= len(lost) <= 17, lost
+
+    run(scenario())
+
+
+# --- the loops on a faulty store ---------------------------------------------------------------------------------
+
+
+def test_a_claimer_whose_claim_response_is_lost_still_holds_the_workset(make_store: Callable[..., Store]) -> None:
+    store = make_store(faults=Faults(lost_responses={"commit": {1}}))
+    claimer = Claimer(store, FakeClock(), owner="host-a:1:aaaa", policy=Policy(), rng=random.Random(1))
+
+    async def scenario() -> None:
+        await add(store, "ws-1")
+        [held] = await claimer.claim(slots=1)
+        ws = await store.get(WorksetId("ws-1"))
+        assert ws is not None and ws.lease is not None and ws.lease.token == held.token
+        assert store.lost == [("commit", 1)] and claimer.counts["won"] == 1  # type: ignore[attr-defined]
+
+    run(scenario())
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14 finding 3: fixed on branch claimer")
+def test_a_claimer_claims_a_retrying_workset_the_index_showed_late() -> None:
+    """The index shows a workset's move to retrying two reads late. The claimer must still claim it once it is due,
+    however many rounds it ran meanwhile (memory only: moto cannot lag). Today two rounds "agree" on the fleet's
+    retry_seq while the index hides the workset, and no later round reads the retrying worksets again."""
+    store = MemoryStore(faults=Faults(index_lag_reads=2))
+    clock = FakeClock()
+    policy = Policy(duration_s=60, heartbeat_s=15, grace_s=10, backoff=Backoff(base_s=60, cap_s=600))
+    a = Claimer(store, clock, owner="host-a:1:aaaa", policy=policy, rng=random.Random(1))
+    b = Claimer(store, clock, owner="host-b:1:bbbb", policy=policy, rng=random.Random(2))
+
+    async def scenario() -> None:
+        await add(store, "ws-1", now_ms=clock.now_ms())
+        held = [h for _ in range(3) for h in await a.claim(slots=1)]  # the index shows it at the third read
+        assert [h.workset_id for h in held] == ["ws-1"]
+        for _ in range(2):  # the queue gauges read the index: it now shows the workset in progress
+            await store.stats(now_ms=clock.now_ms())
+        assert await held[0].fail("exit 75", temporary=True) is State.RETRYING
+        fleet = await store.fleet()  # the sweeper's read, which the supervisor passes to every claim round
+        won = []
+        for _ in range(20):
+            won += await b.claim(slots=1, fleet=fleet)
+            clock.advance(600)  # 20 rounds over 3 h 20 min: due after at most 10 min of backoff
+        assert [h.workset_id for h in won] == ["ws-1"]
 
     run(scenario())
 
