@@ -13,7 +13,9 @@ Guarantees, given the store contract (``ports.Store``):
   measured on our monotonic clock, the holding declares itself lost and refuses every further write, without asking
   the table. A sweeper can take over no earlier than a full lease plus grace after it saw that renewal, so the
   holder has always stopped first (with a third of the lease, plus grace, to spare for killing its step). A
-  heartbeat that gets no answer is abandoned at the deadline: a hung connection cannot keep a step running.
+  heartbeat that gets no answer is abandoned at the deadline: a hung connection cannot keep a step running. The
+  deadline is kept by a timer of its own (``fence_on_time``), not by the heartbeat: it holds whether the heartbeat
+  task is renewing, hung or dead. A heartbeat that raises (access denied, expired credentials) loses the lease.
 - **Idempotent holder writes.** A write that failed transiently is checked against the audit trail before it is
   retried: if its event is there, it was applied and its response lost.
 
@@ -299,15 +301,28 @@ class Holding:
         return False
 
     async def keep_alive(self, stop: asyncio.Event) -> None:
-        """Heartbeat every ``heartbeat_s`` (sooner after a failure) until ``stop`` is set or the lease is lost."""
+        """Heartbeat every ``heartbeat_s`` (sooner after a failure) until ``stop`` is set or the lease is lost.
+        A heartbeat that raises (access denied, expired credentials, a bug) loses the lease: we can no longer renew."""
         while not self.lost.is_set():
-            ok = await self.heartbeat_once()
+            try:
+                ok = await self.heartbeat_once()
+            except Exception as exc:
+                self._lose(f"heartbeat failed: {exc}")
+                return
             if self.lost.is_set():
                 return
             wait = self._policy.heartbeat_s if ok else self._policy.heartbeat_retry_s
             # Never sleep past the renew deadline: wake in time to self-fence.
             wait = min(wait, max(self.renewed_at + self._policy.renew_deadline_s - self._clock.monotonic(), 0))
             if await self._clock.sleep(wait * self._rng.uniform(0.9, 1.0), until=stop):
+                return
+
+    async def fence_on_time(self, stop: asyncio.Event) -> None:
+        """Lose the lease at the renew deadline, on our own timer, whatever the heartbeat task is doing (renewing,
+        hung, or dead); returns once the lease is lost or ``stop`` is set."""
+        while not self.fenced():
+            left_s = self.renewed_at + self._policy.renew_deadline_s - self._clock.monotonic()
+            if await self._clock.sleep(left_s, until=stop):
                 return
 
     def _lose(self, reason: str) -> None:
