@@ -17,7 +17,8 @@ Guarantees, given the store contract (``ports.Store``):
   deadline is kept by a timer of its own (``fence_on_time``), not by the heartbeat: it holds whether the heartbeat
   task is renewing, hung or dead. A heartbeat that raises (access denied, expired credentials) loses the lease.
 - **Idempotent holder writes.** A write that failed transiently is checked against the audit trail before it is
-  retried: if its event is there, it was applied and its response lost.
+  retried: if its event is there, it was applied and its response lost. While that read fails the outcome stays
+  unknown and nothing is written: the read is repeated until it answers or the holding fences itself.
 
 Not guaranteed: that an external side effect of a step is fenced; steps get ``WORKSET_EPOCH`` for that.
 """
@@ -399,12 +400,23 @@ class Holding:
                     return landed
 
     async def _landed(self, pending: list[Decision]) -> Decision | None:
-        """The pending decision that was applied although its response was lost, if any."""
+        """The pending decision that was applied although its response was lost, or None once the audit trail shows
+        that none was. A failed read leaves that unknown: read again, backing off until the renew deadline, rather
+        than guess "not applied" and write a second time."""
+        delay_s = 0.5
         for decision in pending:
-            try:
-                event = await self._store.event(self.ws.workset_id, decision.event.seq)
-            except errors.MonitorError:
-                return None
+            while True:
+                try:
+                    event = await self._store.event(self.ws.workset_id, decision.event.seq)
+                    break
+                except errors.MonitorError as exc:
+                    if not exc.temporary:
+                        raise
+                    log.warning("cannot tell whether a write landed; will read again", workset_id=self.workset_id)
+                    await self._clock.sleep(delay_s, until=self.lost)
+                    delay_s = min(delay_s * 2, _WRITE_RETRY_MAX_S)
+                    if self.fenced():
+                        raise errors.LeaseLost(f"{self.workset_id}: {self.lost_reason}") from exc
             if event is not None and _same(event, decision.event):
                 self._settle(decision.after)
                 return decision

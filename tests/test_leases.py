@@ -652,3 +652,24 @@ def test_a_fleet_counter_that_says_zero_cannot_strand_a_dead_holders_workset(wor
         assert await sweeper.sweep_once() == [] and world.store.calls["running"] == calls + 1  # ...trusts again
 
     run(scenario())
+
+
+def test_a_write_whose_response_was_lost_is_not_repeated_while_its_event_cannot_be_read(world: World) -> None:
+    """The write landed but its response was lost, and the reads of its event failed too (after the lost response,
+    and again after the retry was refused as stale): the outcome is unknown, so the holder reads again until the
+    trail answers, and never writes a second time."""
+
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        world.store.fail_after["commit"] = 1
+        world.store.fail_before["event"] = 2
+        await held.step_finished("stage")
+        await held.complete()
+        ws = await world.store.get(WorksetId("ws-1"))
+        assert ws is not None and ws.state is State.COMPLETE and ws.steps_done == ("stage",)
+        events = await world.events("ws-1")
+        assert events == [EventType.REGISTERED, EventType.STARTED, EventType.STEP_FINISHED, EventType.COMPLETE]
+
+    run(scenario())
+
