@@ -19,7 +19,7 @@ Guarantees, given the store contract (``ports.Store``):
 - **Idempotent holder writes.** A write that failed transiently is checked against the audit trail before it is
   retried: if its event is there, it was applied and its response lost. While that read fails the outcome stays
   unknown and nothing is written: the read is repeated until it answers or the holding fences itself.
-- **Bounded holder writes.** Every retry (transient error, stale version, unknown outcome) comes after a pause
+- **Bounded holder writes.** Every retry (transient error, stale version, failed read) comes after a pause
   (0.5 s doubling to 5 s, jittered); a write not recorded within ``renew_deadline_s`` gives the lease up.
 
 Not guaranteed: that an external side effect of a step is fenced; steps get ``WORKSET_EPOCH`` for that.
@@ -440,8 +440,15 @@ class Holding:
             self.lost.set()
 
     async def _refresh(self, cause: errors.Conflict) -> None:
-        """After a refused write: carry on with the fresh record if it is still ours, else we have lost it."""
-        current = await self._store.get(self.ws.workset_id)
+        """After a refused write: carry on with the fresh record if it is still ours, else we have lost it. A failed
+        read leaves ``self.ws`` stale: the next try is refused again and reads again."""
+        try:
+            current = await self._store.get(self.ws.workset_id)
+        except errors.MonitorError as exc:
+            if not exc.temporary:
+                raise
+            log.warning("cannot re-read the workset; will try again", workset_id=self.workset_id, error=str(exc))
+            return
         if (
             current is None
             or current.state is not State.IN_PROGRESS

@@ -722,3 +722,15 @@ def test_a_write_that_is_always_refused_as_stale_ends_as_a_lost_lease_within_the
         assert ws is not None and ws.state is State.IN_PROGRESS  # nothing written: the sweeper recovers it
 
     run(scenario())
+
+
+def test_a_write_refused_as_stale_survives_a_failed_re_read(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        _, claimer = contended_holding(world, refusals=1)
+        held = await claim_one(claimer)
+        world.store.fail_before["get"] = 1  # the re-read after the refusal is throttled
+        await held.complete()
+        assert (await world.events("ws-1"))[-1] is EventType.COMPLETE
+
+    run(scenario())
