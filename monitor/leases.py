@@ -14,6 +14,10 @@ Guarantees, given the store contract (``ports.Store``):
   the table. A sweeper can take over no earlier than a full lease plus grace after it saw that renewal, so the
   holder has always stopped first (with a third of the lease, plus grace, to spare for killing its step). A
   heartbeat that gets no answer is abandoned at the deadline: a hung connection cannot keep a step running.
+- **Hold-off.** A workset an operator took from a running holder carries a mark (``Workset.held_off_for``). A
+  claimer claims it only once it has seen the mark, at one version, for ``takeover_after_s`` on its own monotonic
+  clock: the old holder fenced itself ``renew_deadline_s`` after its last renewal, which came before the operator's
+  write, so its step has stopped first. No wall clock is compared (the operator's may be off).
 - **Idempotent holder writes.** A write that failed transiently is checked against the audit trail before it is
   retried: if its event is there, it was applied and its response lost.
 
@@ -36,13 +40,14 @@ from typing import TypeVar
 from monitor import errors, logs, states
 from monitor.clock import Clock
 from monitor.config import LeaseConfig, RunConfig
-from monitor.model import Event, Fleet, Lease, State, Workset
+from monitor.model import Event, Fleet, Lease, State, Workset, WorksetId
 from monitor.ports import Store
 from monitor.states import Action, Backoff, Context, Decision
 
 log = logs.get("monitor.leases")
 
 _WRITE_RETRY_MAX_S = 5.0
+_MAX_HELD_OFF = 1000  # held-off candidates a claimer watches at once; more only wait longer
 
 T = TypeVar("T")
 
@@ -104,17 +109,21 @@ class Claimer:
         self._retry_seq_seen: int | None = None  # the fleet's retry_seq as of which we know every retrying workset
         self._retry_seq_read: int | None = None  # the fleet's retry_seq at our last read of them
         self._next_retry_ms: int | None = None  # when the earliest retrying workset we know of becomes due
+        self._held_off: dict[tuple[WorksetId, int], float] = {}  # held-off candidate (id, version) -> first seen
+        self._round_started = clock.monotonic()
 
     async def claim(self, *, slots: int, fleet: Fleet | None = None) -> list[Holding]:
         """Claim up to ``slots`` worksets, urgent first then oldest first. Never raises for a lost race.
 
         ``fleet`` (the sweeper's latest read of the fleet counter) lets the round skip the retrying worksets while
         none can be due: none has entered retrying since we last read them all, and none we know of is due yet."""
+        self._round_started = self._clock.monotonic()
         if slots <= 0:
             return []
         now_ms = self._clock.now_ms()
         retrying = self._retrying_may_be_due(now_ms, fleet)
-        due = await self._store.due(now_ms=now_ms, limit=slots * 2, retrying=retrying)
+        limit = slots * 2 + min(len(self._held_off), _MAX_HELD_OFF)  # read past the held-off ones we know of
+        due = await self._store.due(now_ms=now_ms, limit=limit, retrying=retrying)
         if due.retrying_read:
             # A retry_seq counts as seen only once two reads agree on it: the index may lag the counter a moment.
             seq = fleet.retry_seq if fleet is not None else None
@@ -122,7 +131,7 @@ class Claimer:
             self._retry_seq_read = seq
             self._next_retry_ms = due.next_retry_ms if due.next_retry_known else now_ms  # not all seen: look again
         held: list[Holding] = []
-        for candidate in due.candidates:
+        for candidate in self._past_hold_off(due.candidates):
             if len(held) >= slots:
                 break
             try:
@@ -133,6 +142,32 @@ class Claimer:
             if holding is not None:
                 held.append(holding)
         return held
+
+    def next_round_s(self, interval_s: float) -> float:
+        """Time from the start of the latest round to the next: ``interval_s``, or less when a held-off workset we
+        watch becomes claimable sooner (then just after that moment)."""
+        wait_s = self._policy.takeover_after_s
+        waiting = [since + wait_s for since in self._held_off.values() if since + wait_s > self._round_started]
+        if not waiting:
+            return interval_s
+        return min(interval_s, min(waiting) - self._round_started + 0.01)
+
+    def _past_hold_off(self, candidates: list[Workset]) -> list[Workset]:
+        """The candidates, less the held-off ones we have not yet seen so for ``takeover_after_s`` on our monotonic
+        clock. Their old holder fenced itself by its renew deadline, which is shorter, so it has stopped its step
+        before we can start one. Remembers only the held-off candidates of this round (bounded memory)."""
+        now = self._clock.monotonic()
+        seen: dict[tuple[WorksetId, int], float] = {}
+        claimable: list[Workset] = []
+        for ws in candidates:
+            if ws.held_off_for is not None:
+                key = (ws.workset_id, ws.version)  # any later change (a new release, say) starts a new watch
+                since = seen[key] = self._held_off.get(key, now)
+                if now - since < self._policy.takeover_after_s:
+                    continue
+            claimable.append(ws)
+        self._held_off = seen
+        return claimable
 
     def expect_retry(self, at_ms: int) -> None:
         """A workset we moved to retrying becomes due at ``at_ms``: read the retrying worksets again then."""

@@ -188,7 +188,8 @@ class Supervisor:
         self._start(
             "claimer",
             self._claim_round,
-            every_s=self._scan_s,  # and when woken: new work found here, a slot freed, a takeover, a reload
+            # and when woken: new work found here, a slot freed, a takeover, a reload; or when a hold-off ends
+            every_s=lambda: self.claimer.next_round_s(self.settings.scan.interval_s),
             stale_after_s=self._scan_stale_s,
             wake=self._wake_claimer,
         )

@@ -381,18 +381,18 @@ def test_a_concurrent_operator_change_does_not_cost_the_holder_its_lease(world: 
     run(scenario())
 
 
-def test_operator_release_takes_the_lease_and_holds_the_workset_back_for_one_lease(world: World) -> None:
+def test_operator_release_takes_the_lease_and_holds_the_workset_back_until_the_holder_has_stopped(
+    world: World,
+) -> None:
     async def scenario() -> None:
         await world.register("ws-1")
         held = await claim_one(world.daemon("host-a"))
-        ctx = Context(
-            now_ms=world.clock.now_ms(), actor="operator:me@x", reason="host-a wedged", hold_off_s=POLICY.duration_s
-        )
+        ctx = Context(now_ms=world.clock.now_ms(), actor="operator:me@x", reason="host-a wedged")
         await actions.act(world.store, WorksetId("ws-1"), Action.FORCE_RELEASE, ctx)  # type: ignore[arg-type]
         assert not await held.heartbeat_once() and "ready" in held.lost_reason
         b = world.daemon("host-b")
         assert await b.claim(slots=1) == []
-        world.clock.advance(POLICY.duration_s)
+        world.clock.advance(POLICY.takeover_after_s)
         assert (await claim_one(b)).ws.attempts == 1  # the released attempt was given back
 
     run(scenario())

@@ -1,0 +1,156 @@
+"""Claim edges (issue 14), as scripted interleavings on one fake clock, against the in-memory store and DynamoDB.
+
+- An operator's ``release`` (or ``retry`` after a cancel) of a running workset holds it back until the old holder
+  has surely stopped, judged by each claimer's own monotonic clock: no wall clock, the operator's least of all.
+- No optimisation of the claim round hides a due retrying workset for longer than a stated bound.
+- A claim whose outcome is unknown (response lost, re-read failed) is resolved by the next sweep, not abandoned.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor import actions, config
+from monitor.app import App
+from monitor.clock import FakeClock
+from monitor.leases import Claimer
+from monitor.model import State, WorksetId
+from monitor.ports import Store
+from monitor.states import Action
+from tests.conftest import run
+from tests.faults import StoreSpy
+from tests.test_leases import POLICY, World, claim_one
+
+WS = WorksetId("ws-1")
+
+
+@pytest.fixture
+def world(store: Store) -> World:
+    return World(store=StoreSpy(store), clock=FakeClock())
+
+
+def _settings() -> config.Settings:
+    lease = config.LeaseConfig(duration_s=POLICY.duration_s, heartbeat_s=POLICY.heartbeat_s, grace_s=POLICY.grace_s)
+    run_ = config.RunConfig(max_attempts=POLICY.max_attempts)
+    return config.Settings(lease=lease, run=run_)
+
+
+def operator(world: World, *, skew_ms: int) -> App:
+    """The CLI's composition of an operator command, on a host whose wall clock is ``skew_ms`` off."""
+    return App(
+        loaded=config.Loaded(settings=_settings(), path=Path("test.toml")),
+        args=argparse.Namespace(reason="host-a wedged", json=False),
+        clock=world.clock.skewed(skew_ms),
+    )
+
+
+async def _act(world: World, action: Action, *, skew_ms: int = 0) -> None:
+    ctx = operator(world, skew_ms=skew_ms).context(action.value)
+    await actions.act(world.store, WS, action, ctx)  # type: ignore[arg-type]
+
+
+# --- 1. the hold-off after release, and after retry of a cancelled run, is clock-free ------------------------------
+
+
+def test_a_release_from_a_slow_clock_waits_until_the_old_holder_has_stopped(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        await _act(world, Action.FORCE_RELEASE, skew_ms=-60_000)  # the operator's clock is a minute slow
+        b = world.daemon("host-b")
+        assert await b.claim(slots=1) == []  # b's first sight of the released workset
+        world.clock.advance(POLICY.takeover_after_s - 1)
+        assert await b.claim(slots=1) == []
+        assert held.fenced()  # by now the old holder has stopped on its own, whatever it heard
+        world.clock.advance(1)
+        [won] = await b.claim(slots=1)
+        assert (won.epoch, won.ws.attempts) == (2, 1)  # the released attempt was given back
+        assert won.ws.held_off_for is None  # the claim clears the mark
+
+    run(scenario())
+
+
+def test_each_claimer_counts_the_hold_off_from_its_own_first_sight(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        await claim_one(world.daemon("host-a"))
+        await _act(world, Action.FORCE_RELEASE, skew_ms=-60_000)
+        ws = await world.store.get(WS)
+        assert ws is not None and ws.state is State.READY and ws.held_off_for == "host-a:1:aaaa"
+        b, c = world.daemon("host-b"), world.daemon("host-c", skew_ms=3_600_000)  # an hour fast: no matter
+        assert await b.claim(slots=1) == []
+        world.clock.advance(POLICY.takeover_after_s / 2)
+        assert await c.claim(slots=1) == []  # c sees it only now
+        world.clock.advance(POLICY.takeover_after_s / 2)
+        assert await c.claim(slots=1) == []  # c has seen it for half the time: not yet
+        assert c.next_round_s(600) == pytest.approx(POLICY.takeover_after_s / 2 + 0.01)
+        [won] = await b.claim(slots=1)
+        assert won.workset_id == "ws-1"
+
+    run(scenario())
+
+
+def test_retry_after_cancelling_a_running_workset_is_held_off_but_not_after_cancelling_a_ready_one(
+    world: World,
+) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        await claim_one(world.daemon("host-a"))
+        await _act(world, Action.CANCEL, skew_ms=-60_000)
+        await _act(world, Action.RETRY, skew_ms=-60_000)
+        b = world.daemon("host-b")
+        assert await b.claim(slots=1) == []
+        world.clock.advance(POLICY.takeover_after_s)
+        [won] = await b.claim(slots=1)
+        await won.complete()
+
+        await world.register("ws-2")  # never claimed: nobody can be running it
+        await actions.act(world.store, WorksetId("ws-2"), Action.CANCEL, operator(world, skew_ms=0).context("x"))  # type: ignore[arg-type]
+        await actions.act(world.store, WorksetId("ws-2"), Action.RETRY, operator(world, skew_ms=0).context("x"))  # type: ignore[arg-type]
+        [now] = await b.claim(slots=1)
+        assert now.workset_id == "ws-2"
+
+    run(scenario())
+
+
+def test_the_hold_off_mark_survives_export_and_import_and_shows(dynamodb: Any) -> None:
+    import io
+
+    from monitor import render
+    from monitor.aws import backup, schema
+    from monitor.aws.dynamo import DynamoStore
+    from monitor.config import TableConfig
+
+    async def scenario() -> None:
+        for name in ("one", "two"):
+            schema.ensure_table(dynamodb, TableConfig(name=name))
+        world = World(store=StoreSpy(DynamoStore(dynamodb, "one")), clock=FakeClock())
+        await world.register("ws-1")
+        await claim_one(world.daemon("host-a"))
+        await _act(world, Action.FORCE_RELEASE)
+        out = io.StringIO()
+        backup.export(dynamodb, "one", out, now_iso="now")
+        backup.load(dynamodb, "two", backup.read(out.getvalue().splitlines(), source="test"))
+        restored = await DynamoStore(dynamodb, "two").get(WS)
+        assert restored is not None and restored.held_off_for == "host-a:1:aaaa" and restored.lease is None
+        assert render.workset_dict(restored)["held_off_for"] == "host-a:1:aaaa"
+        b = Claimer(DynamoStore(dynamodb, "two"), world.clock, owner="host-b:1:bbbb", policy=POLICY)
+        assert await b.claim(slots=1) == []
+
+    run(scenario())
+
+
+def test_ignoring_a_running_workset_marks_it_held_off_until_claimed(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        await claim_one(world.daemon("host-a"))
+        await _act(world, Action.IGNORE)
+        await _act(world, Action.RETRY_FORCE)
+        ws = await world.store.get(WS)
+        assert ws is not None and ws.state is State.READY and ws.held_off_for == "host-a:1:aaaa"
+
+    run(scenario())
