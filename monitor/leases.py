@@ -18,6 +18,9 @@ Guarantees, given the store contract (``ports.Store``):
   claimer claims it only once it has seen the mark, at one version, for ``takeover_after_s`` on its own monotonic
   clock: the old holder fenced itself ``renew_deadline_s`` after its last renewal, which came before the operator's
   write, so its step has stopped first. No wall clock is compared (the operator's may be off).
+- **No hidden work.** Skipping the read of the retrying worksets while the fleet counter says none can be due is
+  an optimisation with a bound: they are read at least every ``RETRYING_REREAD_S`` regardless, so a due workset the
+  index shows is nominated within that plus one claim round.
 - **Idempotent holder writes.** A write that failed transiently is checked against the audit trail before it is
   retried: if its event is there, it was applied and its response lost.
 
@@ -40,13 +43,19 @@ from typing import TypeVar
 from monitor import errors, logs, states
 from monitor.clock import Clock
 from monitor.config import LeaseConfig, RunConfig
-from monitor.model import Event, Fleet, Lease, State, Workset, WorksetId
+from monitor.model import Due, Event, Fleet, Lease, State, Workset, WorksetId
 from monitor.ports import Store
 from monitor.states import Action, Backoff, Context, Decision
 
 log = logs.get("monitor.leases")
 
 _WRITE_RETRY_MAX_S = 5.0
+# The index lags the table (DynamoDB's GSIs: normally well under a second). A claimer trusts a read of the retrying
+# worksets to show every workset counted by a retry_seq only if it started this long after it first saw the value.
+INDEX_SETTLE_S = 5.0
+# And it reads them at least this often whatever the counter says: should the index lag longer, this bounds how long
+# any retrying workset can stay unseen once it is due.
+RETRYING_REREAD_S = 300.0
 _MAX_HELD_OFF = 1000  # held-off candidates a claimer watches at once; more only wait longer
 
 T = TypeVar("T")
@@ -106,8 +115,9 @@ class Claimer:
         self.owner = owner
         self.counts: collections.Counter[str] = collections.Counter()  # claims by result: won, lost, fleet_full...
         self.heartbeats: collections.Counter[str] = collections.Counter()  # of all its holdings: ok, lost...
-        self._retry_seq_seen: int | None = None  # the fleet's retry_seq as of which we know every retrying workset
-        self._retry_seq_read: int | None = None  # the fleet's retry_seq at our last read of them
+        self._seq_first_seen: tuple[int, float] | None = None  # a retry_seq of the counter; when we first saw it
+        self._seq_known: int | None = None  # the retry_seq as of which a settled read saw every retrying workset
+        self._retrying_read_at: float | None = None  # monotonic start of our latest read of the retrying worksets
         self._next_retry_ms: int | None = None  # when the earliest retrying workset we know of becomes due
         self._held_off: dict[tuple[WorksetId, int], float] = {}  # held-off candidate (id, version) -> first seen
         self._round_started = clock.monotonic()
@@ -116,7 +126,9 @@ class Claimer:
         """Claim up to ``slots`` worksets, urgent first then oldest first. Never raises for a lost race.
 
         ``fleet`` (the sweeper's latest read of the fleet counter) lets the round skip the retrying worksets while
-        none can be due: none has entered retrying since we last read them all, and none we know of is due yet."""
+        none can be due: none has entered retrying since we last read them all, and none we know of is due yet.
+        Bound: the retrying worksets are read whenever the previous read started ``RETRYING_REREAD_S`` ago or more,
+        whatever the counter and the index said, so a due one the index shows waits at most that plus one round."""
         self._round_started = self._clock.monotonic()
         if slots <= 0:
             return []
@@ -125,11 +137,7 @@ class Claimer:
         limit = slots * 2 + min(len(self._held_off), _MAX_HELD_OFF)  # read past the held-off ones we know of
         due = await self._store.due(now_ms=now_ms, limit=limit, retrying=retrying)
         if due.retrying_read:
-            # A retry_seq counts as seen only once two reads agree on it: the index may lag the counter a moment.
-            seq = fleet.retry_seq if fleet is not None else None
-            self._retry_seq_seen = seq if seq == self._retry_seq_read else None
-            self._retry_seq_read = seq
-            self._next_retry_ms = due.next_retry_ms if due.next_retry_known else now_ms  # not all seen: look again
+            self._learn_retrying(due, fleet, now_ms)
         held: list[Holding] = []
         for candidate in self._past_hold_off(due.candidates):
             if len(held) >= slots:
@@ -174,9 +182,25 @@ class Claimer:
         self._next_retry_ms = at_ms if self._next_retry_ms is None else min(self._next_retry_ms, at_ms)
 
     def _retrying_may_be_due(self, now_ms: int, fleet: Fleet | None) -> bool:
-        if fleet is None or self._retry_seq_seen is None or fleet.retry_seq != self._retry_seq_seen:
+        if fleet is None:
+            return True
+        if self._seq_first_seen is None or self._seq_first_seen[0] != fleet.retry_seq:
+            self._seq_first_seen = (fleet.retry_seq, self._round_started)
+        if fleet.retry_seq != self._seq_known:
+            return True
+        if self._retrying_read_at is None or self._round_started - self._retrying_read_at >= RETRYING_REREAD_S:
             return True
         return self._next_retry_ms is not None and self._next_retry_ms <= now_ms
+
+    def _learn_retrying(self, due: Due, fleet: Fleet | None, now_ms: int) -> None:
+        """Note what a read of the retrying worksets, started at the start of this round, saw."""
+        self._retrying_read_at = self._round_started
+        # A retry_seq counts as seen only by a complete read that started INDEX_SETTLE_S after we first saw the
+        # value (so after the workset entered retrying): the index lags the counter. Rounds a moment apart do not.
+        first = self._seq_first_seen
+        if fleet is not None and due.next_retry_known and first and self._round_started - first[1] >= INDEX_SETTLE_S:
+            self._seq_known = fleet.retry_seq
+        self._next_retry_ms = due.next_retry_ms if due.next_retry_known else now_ms  # not all seen: look again
 
     async def _claim_one(self, candidate: Workset) -> Holding | None:
         now_ms = self._clock.now_ms()

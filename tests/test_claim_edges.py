@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from monitor import actions, config
 from monitor.app import App
 from monitor.clock import FakeClock
 from monitor.leases import Claimer
-from monitor.model import State, WorksetId
+from monitor.model import Due, State, WorksetId
 from monitor.ports import Store
 from monitor.states import Action
 from tests.conftest import run
@@ -152,5 +153,69 @@ def test_ignoring_a_running_workset_marks_it_held_off_until_claimed(world: World
         await _act(world, Action.RETRY_FORCE)
         ws = await world.store.get(WS)
         assert ws is not None and ws.state is State.READY and ws.held_off_for == "host-a:1:aaaa"
+
+    run(scenario())
+
+
+# --- 2. a retrying workset the index hides for a while is still claimed within a bound ------------------------------
+
+ROUND_S = 60.0  # the claim rounds of an idle daemon: every scan interval
+BOUND_S = 300.0 + ROUND_S  # leases.RETRYING_REREAD_S, plus the round that notices
+
+
+class HidesRetrying:
+    """An index that lags: the first ``reads`` reads of the retrying worksets do not show any of them."""
+
+    def __init__(self, store: Any, clock: FakeClock, *, reads: int) -> None:
+        self._store, self._clock = store, clock
+        self.hidden_reads = reads
+        self.visible_from = clock.monotonic()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def due(self, **kw: Any) -> Due:
+        due: Due = await self._store.due(**kw)
+        if not (due.retrying_read and self.hidden_reads > 0):
+            return due
+        self.hidden_reads -= 1
+        self.visible_from = self._clock.monotonic()
+        candidates = [ws for ws in due.candidates if ws.state is not State.RETRYING]
+        return dataclasses.replace(due, candidates=candidates, next_retry_ms=None, next_retry_known=True)
+
+
+@pytest.mark.parametrize("hidden_reads", [2, 5])
+def test_a_retrying_workset_the_index_hides_is_claimed_within_the_bound(world: World, hidden_reads: int) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        assert await held.fail("exit 75", temporary=True) is State.RETRYING
+        fleet = await world.store.fleet()  # the sweeper's read of the counter, reused by every round below
+        index = HidesRetrying(world.store, world.clock, reads=hidden_reads)
+        b = Claimer(index, world.clock, owner="host-b:1:bbbb", policy=POLICY)  # type: ignore[arg-type]
+        assert await b.claim(slots=1, fleet=fleet) == []
+        assert await b.claim(slots=1, fleet=fleet) == []  # a round milliseconds later: a wake-up
+        due_at = (held.ws.available_at_ms - world.clock.now_ms()) / 1000 + world.clock.monotonic()
+        start = world.clock.monotonic()
+        while world.clock.monotonic() - start < 2 * 3600 and not await b.claim(slots=1, fleet=fleet):
+            world.clock.advance(ROUND_S)
+        claimed_at = world.clock.monotonic()
+        assert claimed_at - start < 2 * 3600, "never claimed"
+        assert claimed_at - max(due_at, index.visible_from) <= BOUND_S
+
+    run(scenario())
+
+
+def test_an_idle_claimer_still_reads_the_retrying_worksets_rarely(world: World) -> None:
+    async def scenario() -> None:
+        from tests.test_leases import DueLog
+
+        log = DueLog(world.store)
+        b = Claimer(log, world.clock, owner="host-b:1:bbbb", policy=POLICY)  # type: ignore[arg-type]
+        fleet = await world.store.fleet()
+        for _ in range(60):  # an hour of idle rounds
+            assert await b.claim(slots=1, fleet=fleet) == []
+            world.clock.advance(ROUND_S)
+        assert 2 <= sum(log.retrying) <= 2 + 3600 / 300
 
     run(scenario())
