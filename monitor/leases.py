@@ -18,6 +18,10 @@ Guarantees, given the store contract (``ports.Store``):
   claimer claims it only once it has seen the mark, at one version, for ``takeover_after_s`` on its own monotonic
   clock: the old holder fenced itself ``renew_deadline_s`` after its last renewal, which came before the operator's
   write, so its step has stopped first. No wall clock is compared (the operator's may be off).
+- **No orphaned claim.** A claim whose response is lost and whose re-read cannot show it landed is remembered until a
+  consistent read settles it: landed (in progress under our token, nobody running it) → released, fenced on that
+  token, its attempt given back; past the version it was decided on → it can never land, forgotten. The daemon
+  settles them at every sweep, so within one sweep interval, before any sweeper could take one over.
 - **No hidden work.** Skipping the read of the retrying worksets while the fleet counter says none can be due is
   an optimisation with a bound: they are read at least every ``RETRYING_REREAD_S`` regardless, so a due workset the
   index shows is nominated within that plus one claim round.
@@ -121,6 +125,7 @@ class Claimer:
         self._next_retry_ms: int | None = None  # when the earliest retrying workset we know of becomes due
         self._held_off: dict[tuple[WorksetId, int], float] = {}  # held-off candidate (id, version) -> first seen
         self._round_started = clock.monotonic()
+        self._unknown: dict[WorksetId, tuple[int, str]] = {}  # claims of unknown outcome: (version decided on, token)
 
     async def claim(self, *, slots: int, fleet: Fleet | None = None) -> list[Holding]:
         """Claim up to ``slots`` worksets, urgent first then oldest first. Never raises for a lost race.
@@ -227,12 +232,10 @@ class Claimer:
         except errors.MonitorError as exc:
             if not exc.temporary:
                 raise
-            current = await self._reread(candidate)  # did the claim land although its response was lost?
-            if current is None or current.lease is None or current.lease.token != lease.token:
-                self.counts["error"] += 1
-                log.warning("claim failed", workset_id=candidate.workset_id, error=str(exc))
+            landed = await self._landed_claim(decision, exc)
+            if landed is None:
                 return None
-            after = current
+            after = landed
         self.counts["won"] += 1
         log.info("claimed", workset_id=after.workset_id, epoch=after.epoch, attempt=after.attempts)
         return Holding(
@@ -245,11 +248,61 @@ class Claimer:
             heartbeats=self.heartbeats,
         )
 
-    async def _reread(self, candidate: Workset) -> Workset | None:
+    async def _landed_claim(self, claim: Decision, exc: errors.MonitorError) -> Workset | None:
+        """The claimed record, if a claim whose response was lost landed. Else None; and while we cannot tell (the
+        re-read failed, or the item is still at the version the claim was decided on, so a delayed write may still
+        land) the claim is remembered for ``settle_unknown``: it must not sit in progress with nobody running it."""
+        ws_id, version = claim.before.workset_id, claim.before.version
+        assert claim.after.lease is not None, "a claim takes a lease"
+        token = claim.after.lease.token
         try:
-            return await self._store.get(candidate.workset_id)
+            current = await self._store.get(ws_id)
         except errors.MonitorError:
-            return None
+            current = claim.before  # unknown: as if not landed yet
+        if current is not None and _holds(current, token):
+            return current
+        self.counts["error"] += 1
+        unknown = current is not None and current.version == version
+        if unknown:
+            self._unknown[ws_id] = (version, token)
+        log.warning("claim failed", workset_id=ws_id, error=str(exc), outcome_unknown=unknown)
+        return None
+
+    @property
+    def unknown_claims(self) -> int:
+        """Claims whose outcome we have not learnt yet."""
+        return len(self._unknown)
+
+    async def settle_unknown(self) -> list[Decision]:
+        """Resolve the claims whose outcome we did not learn (the daemon calls this every sweep).
+
+        One that landed (in progress under its token, nobody running it) is released, fenced on that token, its
+        attempt given back, with a ``released`` event saying why. One that can no longer land (the workset moved
+        past the version it was decided on) is forgotten. The rest, and any we fail to settle, wait for the next
+        call. The releases made are returned."""
+        released: list[Decision] = []
+        for ws_id, (version, token) in list(self._unknown.items()):
+            try:
+                current = await self._store.get(ws_id)
+                if current is not None and _holds(current, token):
+                    ctx = Context(
+                        now_ms=self._clock.now_ms(),
+                        actor=self.owner,
+                        reason="given back unrun: the claim's response was lost, so no step was started",
+                        max_attempts=self._policy.max_attempts,
+                    )
+                    decision = states.decide(current, Action.RELEASE, ctx)
+                    await self._store.commit(decision, fence_token=token)
+                    released.append(decision)
+                    log.warning("released a claim whose outcome was unknown", workset_id=ws_id, epoch=current.epoch)
+                elif current is not None and current.version == version:
+                    continue  # not landed yet; it still may
+                del self._unknown[ws_id]
+            except errors.MonitorError as exc:
+                if not (exc.temporary or isinstance(exc, errors.Conflict)):
+                    raise
+                log.warning("could not settle a claim of unknown outcome yet", workset_id=ws_id, error=str(exc))
+        return released
 
 
 class Holding:
@@ -473,6 +526,11 @@ class Holding:
             self._lose(_why_gone(current))
             raise errors.LeaseLost(f"{self.workset_id}: {self.lost_reason}") from cause
         self.ws = current
+
+
+def _holds(ws: Workset, token: str) -> bool:
+    """Whether ``ws`` is in progress under the lease ``token``."""
+    return ws.state is State.IN_PROGRESS and ws.lease is not None and ws.lease.token == token
 
 
 def _same(stored: Event, ours: Event) -> bool:

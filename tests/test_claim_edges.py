@@ -19,9 +19,11 @@ from monitor import actions, config
 from monitor.app import App
 from monitor.clock import FakeClock
 from monitor.leases import Claimer
-from monitor.model import Due, State, WorksetId
+from monitor.model import Due, EventType, State, WorksetId
 from monitor.ports import Store
 from monitor.states import Action
+from monitor.steps import Runner
+from monitor.supervisor import Services, Supervisor
 from tests.conftest import run
 from tests.faults import StoreSpy
 from tests.test_leases import POLICY, World, claim_one
@@ -217,5 +219,58 @@ def test_an_idle_claimer_still_reads_the_retrying_worksets_rarely(world: World) 
             assert await b.claim(slots=1, fleet=fleet) == []
             world.clock.advance(ROUND_S)
         assert 2 <= sum(log.retrying) <= 2 + 3600 / 300
+
+    run(scenario())
+
+
+# --- 3. a claim whose outcome is unknown is resolved by the next sweep ---------------------------------------------
+
+
+def daemon(world: World) -> Supervisor:
+    services = Services(
+        store=world.store,  # type: ignore[arg-type]
+        source=None,  # type: ignore[arg-type]
+        clock=world.clock,
+        runner=Runner(world.clock, base_env={}),
+        owner="host-a:1:aaaa",
+    )
+    return Supervisor(_settings(), services)
+
+
+def test_a_claim_whose_outcome_is_unknown_is_given_back_unrun_within_one_sweep(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        sup = daemon(world)
+        world.store.fail_after["commit"] = 1  # the claim lands, its response is lost...
+        world.store.fail_before["get"] = 1  # ...and so is the re-read that would have found it
+        assert await sup.claimer.claim(slots=1) == []
+        ws = await world.store.get(WS)
+        assert ws is not None and ws.state is State.IN_PROGRESS and ws.attempts == 1
+        await sup._sweep_tick()
+        ws = await world.store.get(WS)
+        assert ws is not None and (ws.state, ws.attempts, ws.lease) == (State.READY, 0, None)
+        released = (await world.store.history(WS))[-1]
+        assert released.type is EventType.RELEASED and "response was lost" in released.reason
+        assert released.actor == "host-a:1:aaaa" and released.epoch == 1
+        [held] = await sup.claimer.claim(slots=1)  # and it is claimable at once: nothing ran
+        assert held.epoch == 2 and held.ws.attempts == 1
+
+    run(scenario())
+
+
+def test_an_unknown_claim_that_never_landed_is_forgotten(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        sup = daemon(world)
+        world.store.fail_before["commit"] = 1  # not applied (but it might still be, later)
+        world.store.fail_before["get"] = 1
+        assert await sup.claimer.claim(slots=1) == []
+        await sup._sweep_tick()  # still ready at the same version: the claim may land yet, so it is kept
+        assert sup.claimer.unknown_claims == 1
+        [held] = await world.daemon("host-b").claim(slots=1)  # the version moves on: it can never land now
+        await sup._sweep_tick()
+        assert sup.claimer.unknown_claims == 0
+        ws = await world.store.get(WS)
+        assert ws is not None and ws.lease is not None and ws.lease.token == held.token
 
     run(scenario())
