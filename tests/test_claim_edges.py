@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from monitor import actions, config
+from monitor import actions, config, errors
 from monitor.app import App
 from monitor.clock import FakeClock
 from monitor.leases import Claimer
@@ -226,9 +226,9 @@ def test_an_idle_claimer_still_reads_the_retrying_worksets_rarely(world: World) 
 # --- 3. a claim whose outcome is unknown is resolved by the next sweep ---------------------------------------------
 
 
-def daemon(world: World) -> Supervisor:
+def daemon(world: World, store: Any = None) -> Supervisor:
     services = Services(
-        store=world.store,  # type: ignore[arg-type]
+        store=store or world.store,
         source=None,  # type: ignore[arg-type]
         clock=world.clock,
         runner=Runner(world.clock, base_env={}),
@@ -272,5 +272,44 @@ def test_an_unknown_claim_that_never_landed_is_forgotten(world: World) -> None:
         assert sup.claimer.unknown_claims == 0
         ws = await world.store.get(WS)
         assert ws is not None and ws.lease is not None and ws.lease.token == held.token
+
+    run(scenario())
+
+
+class LateCommit:
+    """A claim whose request reaches the table only after the claimer gave up on it (and after its re-read)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.late: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def commit(self, decision: Any, **kw: Any) -> Any:
+        if self.late is None:
+            self.late = (decision, kw)
+            raise errors.AwsTemporaryError("injected: timed out, still on its way")
+        return await self._store.commit(decision, **kw)
+
+    async def land(self) -> None:
+        decision, kw = self.late
+        await self._store.commit(decision, **kw)
+
+
+def test_an_unknown_claim_that_lands_after_its_re_read_is_given_back_at_the_next_sweep(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        late = LateCommit(world.store)
+        sup = daemon(world, late)
+        assert await sup.claimer.claim(slots=1) == []  # the re-read still shows it ready
+        await sup._sweep_tick()
+        assert sup.claimer.unknown_claims == 1
+        await late.land()
+        ws = await world.store.get(WS)
+        assert ws is not None and ws.state is State.IN_PROGRESS  # under our token, nobody running it
+        await sup._sweep_tick()
+        ws = await world.store.get(WS)
+        assert ws is not None and (ws.state, ws.attempts) == (State.READY, 0) and sup.claimer.unknown_claims == 0
 
     run(scenario())
