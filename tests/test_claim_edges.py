@@ -51,9 +51,9 @@ def operator(world: World, *, skew_ms: int) -> App:
     )
 
 
-async def _act(world: World, action: Action, *, skew_ms: int = 0) -> None:
+async def _act(world: World, action: Action, *, skew_ms: int = 0, workset_id: WorksetId = WS) -> None:
     ctx = operator(world, skew_ms=skew_ms).context(action.value)
-    await actions.act(world.store, WS, action, ctx)  # type: ignore[arg-type]
+    await actions.act(world.store, workset_id, action, ctx)  # type: ignore[arg-type]
 
 
 # --- 1. the hold-off after release, and after retry of a cancelled run, is clock-free ------------------------------
@@ -112,8 +112,8 @@ def test_retry_after_cancelling_a_running_workset_is_held_off_but_not_after_canc
         await won.complete()
 
         await world.register("ws-2")  # never claimed: nobody can be running it
-        await actions.act(world.store, WorksetId("ws-2"), Action.CANCEL, operator(world, skew_ms=0).context("x"))  # type: ignore[arg-type]
-        await actions.act(world.store, WorksetId("ws-2"), Action.RETRY, operator(world, skew_ms=0).context("x"))  # type: ignore[arg-type]
+        for action in (Action.CANCEL, Action.RETRY):
+            await _act(world, action, skew_ms=-60_000, workset_id=WorksetId("ws-2"))
         [now] = await b.claim(slots=1)
         assert now.workset_id == "ws-2"
 
