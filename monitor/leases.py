@@ -21,7 +21,8 @@ Guarantees, given the store contract (``ports.Store``):
 - **No orphaned claim.** A claim whose response is lost and whose re-read cannot show it landed is remembered until a
   consistent read settles it: landed (in progress under our token, nobody running it) → released, fenced on that
   token, its attempt given back; past the version it was decided on → it can never land, forgotten. The daemon
-  settles them at every sweep, so within one sweep interval, before any sweeper could take one over.
+  settles them at every sweep tick, so within ``sweep_interval_s`` of landing (before a sweeper may take one over
+  while that interval is shorter than a lease plus grace).
 - **No hidden work.** Skipping the read of the retrying worksets while the fleet counter says none can be due is
   an optimisation with a bound: they are read at least every ``RETRYING_REREAD_S`` regardless, so a due workset the
   index shows is nominated within that plus one claim round.
