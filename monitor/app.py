@@ -98,7 +98,6 @@ class App:
             reason=getattr(self.args, "reason", None) or default_reason,
             max_attempts=run.max_attempts,
             backoff=Backoff(base_s=run.retry_backoff_base_s, cap_s=run.retry_backoff_max_s),
-            hold_off_s=self.settings.lease.duration_s,
         )
 
     def emit(self, data: Any, text: str) -> None:

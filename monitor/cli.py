@@ -203,7 +203,7 @@ def _add_transitions(add: Callable[..., argparse.ArgumentParser], workset_id: Ca
     p = add(
         "release",
         transition(Action.FORCE_RELEASE, "released by operator"),
-        "take a running workset away from its holder (-> ready, no failure counted; claimable after one lease)",
+        "take a running workset away from its holder (-> ready, no failure counted; held off until it has stopped)",
     )
     p.add_argument("id", type=workset_id, metavar="ID")
     p.add_argument("--reason", required=True, help="recorded in the audit trail (required)")

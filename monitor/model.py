@@ -102,6 +102,9 @@ class Workset:
     steps_done: tuple[str, ...] = ()
     last_error: str | None = None
     error_category: str | None = None
+    # The owner whose lease an operator took away (release, or cancel/ignore of a running workset): it may still be
+    # running its step, so no claim until the claimer has seen this mark for a takeover time (``leases.Claimer``).
+    held_off_for: str | None = None
 
     @property
     def s3_uri(self) -> str:

@@ -34,6 +34,7 @@ def workset_dict(ws: Workset) -> dict[str, Any]:
         "steps_done": list(ws.steps_done),
         "last_error": ws.last_error,
         "error_category": ws.error_category,
+        "held_off_for": ws.held_off_for,
     }
 
 

@@ -42,6 +42,9 @@ class Action(StrEnum):
 
 
 _RETRY_OR_DEAD = "retrying-or-error"  # marker: decided by attempts vs max_attempts
+# Operator actions that take a lease away from a holder that may still be running (not its own release, not the
+# sweeper's takeover of a holder that has stopped): the workset is marked held off (``Workset.held_off_for``).
+_TAKES_THE_LEASE = frozenset({Action.FORCE_RELEASE, Action.CANCEL, Action.IGNORE})
 
 S = State
 _ANY = tuple(State)
@@ -128,10 +131,6 @@ class Context:
     max_attempts: int = 3
     backoff: Backoff = field(default_factory=Backoff)
     rand: float = 0.5
-    # A workset taken away from a holder that may still be running (operator release, or re-opened after cancel
-    # or ignore) becomes claimable only this long after it was taken: the old holder notices at its next heartbeat
-    # or fences itself, and stops its step, before anyone else can start one.
-    hold_off_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +222,13 @@ def decide(
                 state=ws.state.value,
                 action=action.value,
             )
-        changes |= {"lease": lease, "attempts": ws.attempts + 1, "epoch": ws.epoch + 1, "current_step": None}
+        changes |= {
+            "lease": lease,
+            "attempts": ws.attempts + 1,
+            "epoch": ws.epoch + 1,
+            "current_step": None,
+            "held_off_for": None,
+        }
     elif action is Action.STEP_FINISHED:
         if not step:
             raise ValueError("step_finished needs the step name")
@@ -237,17 +242,15 @@ def decide(
 
     if new_state is not State.IN_PROGRESS:
         changes |= {"lease": None, "current_step": None}
+        if ws.lease is not None and action in _TAKES_THE_LEASE:
+            # Its holder may still be running the step: the mark holds off the next claim until it has surely
+            # stopped, judged by each claimer's monotonic clock (never by comparing wall clocks).
+            changes |= {"held_off_for": ws.lease.owner}
     if new_state is State.RETRYING:
         delay_s = ctx.backoff.delay_s(ws.attempts, rand=ctx.rand)
         changes |= {"available_at_ms": ctx.now_ms + round(delay_s * 1000)}
     elif new_state is State.READY:
-        hold_off_ms = round(ctx.hold_off_s * 1000)
-        if action is Action.FORCE_RELEASE:
-            changes |= {"available_at_ms": ctx.now_ms + hold_off_ms}
-        elif ws.state in (State.CANCELLED, State.IGNORED):
-            changes |= {"available_at_ms": max(ctx.now_ms, ws.updated_at_ms + hold_off_ms)}
-        else:
-            changes |= {"available_at_ms": ctx.now_ms}
+        changes |= {"available_at_ms": ctx.now_ms}
     if action is Action.FAIL_TEMPORARY:
         # An expiry stays "lease_expired" either way: the event says why, the state says what next.
         event_type = EventType.RETRYING if new_state is State.RETRYING else EventType.ERROR

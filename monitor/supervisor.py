@@ -1,8 +1,9 @@
 """``workset-monitor run``: the supervisor of the daemon's named root tasks, and its lifecycle.
 
 Root tasks: ``scanner`` (discovery every ``scan.interval_s``), ``claimer`` (fills free slots, urgent first),
-``sweeper`` (dead holders), ``events`` (optional SQS notifications), ``notifier`` (the outbox), ``gauges`` (queue
-depth), ``cloudwatch`` (optional), ``reloader`` (SIGHUP), ``watchdog`` (systemd).
+``sweeper`` (dead holders, and our own claims whose outcome we never learnt), ``events`` (optional SQS
+notifications), ``notifier`` (the outbox), ``gauges`` (queue depth), ``cloudwatch`` (optional), ``reloader``
+(SIGHUP), ``watchdog`` (systemd).
 Every root task is a loop started by ``Supervisor._start``, which records each completed tick; a loop that declares a
 staleness limit counts in the health verdict (``/healthz``, and the ``WATCHDOG=1`` pings: no ping while unhealthy).
 No loop can forget to record its tick, and none can be watched without ticking.
@@ -188,7 +189,8 @@ class Supervisor:
         self._start(
             "claimer",
             self._claim_round,
-            every_s=self._scan_s,  # and when woken: new work found here, a slot freed, a takeover, a reload
+            # and when woken: new work found here, a slot freed, a takeover, a reload; or when a hold-off ends
+            every_s=lambda: self.claimer.next_round_s(self.settings.scan.interval_s),
             stale_after_s=self._scan_stale_s,
             wake=self._wake_claimer,
         )
@@ -238,6 +240,7 @@ class Supervisor:
         await self._claim_round()
         if self.drivers:
             await self._wait_drivers(None, until=self._stop)
+        await self.claimer.settle_unknown()
         if self._s.outbox is not None:
             await self._s.outbox.deliver_pending()
 
@@ -353,11 +356,12 @@ class Supervisor:
             self._wake_claimer.set()
 
     async def _sweep_tick(self) -> None:
+        given_back = await self.claimer.settle_unknown()  # our own claims whose outcome we never learnt
         taken = await self.sweeper.sweep_once()
         for decision in taken:
             if decision.after.state is State.RETRYING:
                 self.claimer.expect_retry(decision.after.available_at_ms)
-        if taken:
+        if taken or given_back:
             self._wake_claimer.set()
 
     async def _events_tick(self, listener: ReadyListener) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from monitor import actions, errors
 from monitor.clock import FakeClock
-from monitor.leases import Claimer, Holding, Policy
+from monitor.leases import INDEX_SETTLE_S, Claimer, Holding, Policy
 from monitor.model import EventType, Fleet, Priority, State, WorksetId
 from monitor.ports import Store
 from monitor.states import Action, Backoff, Context
@@ -381,18 +381,18 @@ def test_a_concurrent_operator_change_does_not_cost_the_holder_its_lease(world: 
     run(scenario())
 
 
-def test_operator_release_takes_the_lease_and_holds_the_workset_back_for_one_lease(world: World) -> None:
+def test_operator_release_takes_the_lease_and_holds_the_workset_back_until_the_holder_has_stopped(
+    world: World,
+) -> None:
     async def scenario() -> None:
         await world.register("ws-1")
         held = await claim_one(world.daemon("host-a"))
-        ctx = Context(
-            now_ms=world.clock.now_ms(), actor="operator:me@x", reason="host-a wedged", hold_off_s=POLICY.duration_s
-        )
+        ctx = Context(now_ms=world.clock.now_ms(), actor="operator:me@x", reason="host-a wedged")
         await actions.act(world.store, WorksetId("ws-1"), Action.FORCE_RELEASE, ctx)  # type: ignore[arg-type]
         assert not await held.heartbeat_once() and "ready" in held.lost_reason
         b = world.daemon("host-b")
         assert await b.claim(slots=1) == []
-        world.clock.advance(POLICY.duration_s)
+        world.clock.advance(POLICY.takeover_after_s)
         assert (await claim_one(b)).ws.attempts == 1  # the released attempt was given back
 
     run(scenario())
@@ -464,8 +464,10 @@ def test_an_idle_claimer_reads_the_retrying_worksets_only_when_one_may_be_due(wo
         b = Claimer(log, world.clock, owner="host-b:1:bbbb", policy=POLICY)  # type: ignore[arg-type]
         for _ in range(5):
             assert await b.claim(slots=1, fleet=fleet) == []
-        # Read once, once more to confirm the counter (the index may lag it), then skipped until due.
-        assert log.retrying == [True, True, False, False, False]
+            world.clock.advance(INDEX_SETTLE_S / 2)
+        # Read until a read starts INDEX_SETTLE_S after the counter was first seen (the index may lag it), then
+        # skipped until due.
+        assert log.retrying == [True, True, True, False, False]
         world.clock.advance((due_at - world.clock.now_ms()) / 1000)
         [won] = await b.claim(slots=1, fleet=fleet)
         assert won.workset_id == "ws-1" and log.retrying[-1] is True
@@ -488,6 +490,7 @@ def test_expect_retry_makes_the_claimer_look_when_its_own_retry_is_due(world: Wo
         fleet = await world.store.fleet()
         for _ in range(2):
             assert await a.claim(slots=1, fleet=fleet) == []  # nothing retrying, and the counter confirmed
+            world.clock.advance(INDEX_SETTLE_S)
         await world.register("ws-1")
         [held] = await a.claim(slots=1, fleet=fleet)
         assert await held.fail("exit 75", temporary=True) is State.RETRYING

@@ -261,3 +261,17 @@ def test_valid_workset_ids(good: str) -> None:
 def test_invalid_workset_ids(bad: str) -> None:
     with pytest.raises(ValueError, match="invalid workset id"):
         check_workset_id(bad)
+
+
+def test_an_operator_taking_a_running_lease_marks_the_workset_held_off_until_the_next_claim() -> None:
+    for action in (A.FORCE_RELEASE, A.CANCEL, A.IGNORE):
+        taken = states.decide(workset(S.IN_PROGRESS), action, ctx(now_ms=T0 - 60_000)).after
+        assert (taken.held_off_for, taken.lease) == ("host:1:abc", None)
+    for action in (A.RELEASE, A.EXPIRE, A.COMPLETE):  # the holder's own hand-back, or a holder that has stopped
+        assert states.decide(workset(S.IN_PROGRESS), action, ctx()).after.held_off_for is None
+    assert states.decide(workset(S.READY), A.CANCEL, ctx()).after.held_off_for is None  # nobody was running it
+    released = states.decide(workset(S.IN_PROGRESS), A.FORCE_RELEASE, ctx()).after
+    assert released.available_at_ms == T0  # its FIFO place: now, with no wall-clock hold-off added
+    reopened = states.decide(states.decide(workset(S.IN_PROGRESS), A.CANCEL, ctx()).after, A.RETRY, ctx()).after
+    assert reopened.held_off_for == "host:1:abc"  # carried until a claim
+    assert states.decide(reopened, A.CLAIM, ctx(), lease=lease("t2")).after.held_off_for is None

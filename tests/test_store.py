@@ -604,11 +604,10 @@ def test_a_claimer_whose_claim_response_is_lost_still_holds_the_workset(make_sto
     run(scenario())
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 finding 3: fixed on branch claimer")
 def test_a_claimer_claims_a_retrying_workset_the_index_showed_late() -> None:
     """The index shows a workset's move to retrying two reads late. The claimer must still claim it once it is due,
-    however many rounds it ran meanwhile (memory only: moto cannot lag). Today two rounds "agree" on the fleet's
-    retry_seq while the index hides the workset, and no later round reads the retrying worksets again."""
+    however many rounds it ran meanwhile (memory only: moto cannot lag). Before issue 14 two rounds "agreed" on the
+    fleet's retry_seq while the index hid the workset, and no later round read the retrying worksets again."""
     store = MemoryStore(faults=Faults(index_lag_reads=2))
     clock = FakeClock()
     policy = Policy(duration_s=60, heartbeat_s=15, grace_s=10, backoff=Backoff(base_s=60, cap_s=600))

@@ -7,6 +7,10 @@ because a counter came back as ``float``). Absent optional fields are absent att
 Layout (one table): the control item is ``pk=<workset_id>, sk="ws"``; events are ``pk=<workset_id>,
 sk="evt#<seq, 10 digits>"``. Only control items carry ``state`` and ``gsi_sk``, so only they appear in the
 ``state-priority-index``.
+
+``lease_owner`` on an item that is not in progress (no ``lease_token``) is the hold-off mark
+(``Workset.held_off_for``): the holder an operator took the workset from. It reuses a projected attribute so that
+the index shows the mark to claimers without a change to the index's projection.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ def workset_fields(ws: Workset) -> dict[str, Any]:
         "epoch": ws.epoch,
         "hb_count": ws.hb_count,
         "lease_token": lease.token if lease else None,
-        "lease_owner": lease.owner if lease else None,
+        "lease_owner": lease.owner if lease else ws.held_off_for,
         "heartbeat_at_ms": lease.heartbeat_at_ms if lease else None,
         "lease_expires_at_ms": lease.expires_at_ms if lease else None,
         "current_step": ws.current_step,
@@ -113,6 +117,7 @@ def workset_from_item(item: Item) -> Workset:
         steps_done=tuple(v.get("steps_done", ())),
         last_error=v.get("last_error"),
         error_category=v.get("error_category"),
+        held_off_for=None if lease else v.get("lease_owner"),
     )
 
 
