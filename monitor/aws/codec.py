@@ -138,9 +138,15 @@ def event_item(event: Event) -> Item:
     return encode_fields(fields)
 
 
-def outbox_sort_key(event: Event) -> str:
-    """Oldest first across all worksets."""
-    return f"{event.at_ms:015d}#{event.workset_id}#{event.seq:010d}"
+def outbox_sort_key(event: Event, *, due_ms: int | None = None) -> str:
+    """When the event is due (``due_ms``, else when it was committed), then oldest first across all worksets: an
+    event held by a claim or waiting out a retry sorts after, and is queried apart from, the ones due now."""
+    return f"{event.at_ms if due_ms is None else due_ms:015d}#{event.workset_id}#{event.seq:010d}"
+
+
+def outbox_due_bound(now_ms: int) -> str:
+    """Every outbox sort key below this is due at ``now_ms``."""
+    return f"{now_ms + 1:015d}"
 
 
 def event_key(workset_id: str, seq: int) -> Item:

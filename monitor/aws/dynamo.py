@@ -287,19 +287,24 @@ class DynamoStore:
 
     # --- the notification outbox --------------------------------------------------------------------------------
 
-    async def pending_events(self, *, limit: int) -> list[Event]:
+    async def pending_events(self, *, limit: int, due_by_ms: int | None = None) -> list[Event]:
+        condition, values = "outbox = :pending", {":pending": {"S": codec.OUTBOX_PENDING}}
+        if due_by_ms is not None:
+            condition += " AND outbox_sk < :due"
+            values[":due"] = {"S": codec.outbox_due_bound(due_by_ms)}
         response = await self._call(
             "query",
             what="reading the notification outbox",
             TableName=self._table,
             IndexName=codec.OUTBOX_GSI,
-            KeyConditionExpression="outbox = :pending",
-            ExpressionAttributeValues={":pending": {"S": codec.OUTBOX_PENDING}},
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues=values,
             Limit=limit,
         )
         return [codec.event_from_item(item) for item in response.get("Items", [])]
 
     async def claim_event(self, event: Event, *, owner: str, now_ms: int, hold_ms: int) -> bool:
+        until_ms = now_ms + hold_ms
         try:
             await self._call(
                 "update_item",
@@ -307,12 +312,13 @@ class DynamoStore:
                 inspect=("ConditionalCheckFailedException",),
                 TableName=self._table,
                 Key=codec.event_key(event.workset_id, event.seq),
-                UpdateExpression="SET claimed_by = :me, claim_until_ms = :until",
+                UpdateExpression="SET claimed_by = :me, claim_until_ms = :until, outbox_sk = :due",
                 ConditionExpression="outbox = :pending AND (attribute_not_exists(claim_until_ms) "
-                "OR claim_until_ms < :now OR claimed_by = :me)",
+                "OR claim_until_ms <= :now OR claimed_by = :me)",
                 ExpressionAttributeValues={
                     ":me": {"S": owner},
-                    ":until": {"N": str(now_ms + hold_ms)},
+                    ":until": {"N": str(until_ms)},
+                    ":due": {"S": codec.outbox_sort_key(event, due_ms=until_ms)},
                     ":now": {"N": str(now_ms)},
                     ":pending": {"S": codec.OUTBOX_PENDING},
                 },
@@ -332,18 +338,24 @@ class DynamoStore:
             ExpressionAttributeValues={":outcome": {"S": outcome}},
         )
 
-    async def finish_event(self, event: Event, *, done: bool) -> None:
-        """Leave the outbox (``done``), or give the claim back after a temporary failure and count the attempt."""
-        update = "REMOVE claimed_by, claim_until_ms"
-        if done:
-            update += ", outbox, outbox_sk"
-        extra: dict[str, Any] = {} if done else {"ExpressionAttributeValues": {":one": {"N": "1"}}}
+    async def finish_event(self, event: Event, *, retry_at_ms: int | None = None) -> None:
+        """Leave the outbox, or (``retry_at_ms``) count a failed round and wait until then for the next."""
+        extra: dict[str, Any] = {}
+        if retry_at_ms is None:
+            update = "REMOVE claimed_by, claim_until_ms, outbox, outbox_sk"
+        else:
+            update = "SET claim_until_ms = :retry, outbox_sk = :due REMOVE claimed_by ADD notify_attempts :one"
+            extra["ExpressionAttributeValues"] = {
+                ":retry": {"N": str(retry_at_ms)},
+                ":due": {"S": codec.outbox_sort_key(event, due_ms=retry_at_ms)},
+                ":one": {"N": "1"},
+            }
         await self._call(
             "update_item",
             what=f"finishing the delivery of {event.event_id}",
             TableName=self._table,
             Key=codec.event_key(event.workset_id, event.seq),
-            UpdateExpression=update + ("" if done else " ADD notify_attempts :one"),
+            UpdateExpression=update,
             **extra,
         )
 
