@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 from monitor import actions, errors
-from monitor.aws import schema
+from monitor.aws import codec, schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.aws.sns import SnsChannel
 from monitor.clock import FakeClock
@@ -504,3 +504,35 @@ def test_an_event_waiting_out_a_retry_is_not_due_for_any_daemon(outbox_rig: Rig)
         assert (event.notified, event.delivery_attempts) == ({"webhook": "sent", "sns": "sent"}, 1)
 
     run(scenario())
+
+
+def test_a_corrupt_event_or_workset_never_stops_the_outbox(dynamodb: Any) -> None:
+    """Issue 14.7: a corrupt item met by the outbox (an event of an unknown type; a workset with a fraction) raised
+    out of the delivery pass, every pass: the notifier died and took the daemon with it."""
+    schema.ensure_table(dynamodb, TableConfig(name="notify"))
+    rig = Rig({"sns": {"topic_arn": ARN}})
+    rig.store = DynamoStore(dynamodb, "notify", outbox=rig.doorbell.wants, on_pending=rig.doorbell.ring)
+    sns = FakeChannel("sns", rig.clock)
+    rig.channels = [sns]
+
+    async def scenario() -> None:
+        for name in ("bad-event", "bad-workset", "good"):
+            await rig.register(name, invalid="bad")
+        dynamodb.update_item(
+            TableName="notify",
+            Key=codec.event_key("bad-event", 1),
+            UpdateExpression="SET #type = :v",
+            ExpressionAttributeNames={"#type": "type"},
+            ExpressionAttributeValues={":v": {"S": "exploded"}},
+        )
+        dynamodb.update_item(
+            TableName="notify",
+            Key=codec.control_key("bad-workset"),
+            UpdateExpression="SET attempts = :v",
+            ExpressionAttributeValues={":v": {"N": "0.5"}},
+        )
+        assert await rig.outbox().deliver_pending() == 2
+        assert await rig.outbox().deliver_pending() == 0
+
+    run(scenario())
+    assert sorted(sns.sent) == ["bad-workset#1", "good#1"]

@@ -63,11 +63,12 @@ def read(lines: Iterable[str], *, source: str) -> list[dict[str, Any]]:
             raise errors.InvalidInput(f'{source} line {number}: expected {{"item": {{"pk": ..., "sk": ...}}}}')
         try:
             if item["sk"]["S"] == codec.CONTROL_SK:
-                codec.workset_from_item(item)
+                codec.workset_from_item(item, table=source)
             elif item["sk"]["S"].startswith(codec.EVENT_SK_PREFIX):
-                codec.event_from_item(item)
-        except (KeyError, ValueError, TypeError) as exc:
-            raise errors.InvalidInput(f"{source} line {number}: not a valid workset or event ({exc})") from None
+                codec.event_from_item(item, table=source)
+        except errors.CorruptItem as exc:
+            problem = f"attribute {exc.attribute} {exc.problem}"
+            raise errors.InvalidInput(f"{source} line {number}: not a valid workset or event ({problem})") from None
         items.append(item)
     return items
 

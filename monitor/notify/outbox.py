@@ -158,7 +158,11 @@ class Outbox:
         now_ms = self._clock.now_ms()
         if not await self._store.claim_event(event, owner=self._owner, now_ms=now_ms, hold_ms=self._hold_ms):
             return "busy"
-        ws = await self._store.get(event.workset_id)
+        try:
+            ws = await self._store.get(event.workset_id)
+        except errors.CorruptItem as exc:
+            log.error("workset unreadable; notifying without its details", event_id=event.event_id, error=str(exc))
+            ws = None
         wanted = filters.channels(self.notify)
         retry_later = False
         for channel in self._channels:
