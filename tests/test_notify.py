@@ -440,7 +440,7 @@ class FakeChannel:
 
 @pytest.fixture(params=["memory", "dynamodb"])
 def outbox_rig(request: pytest.FixtureRequest) -> Rig:
-    """A Rig for a healthy SNS and a webhook that is down, on either store."""
+    """A Rig with SNS and a webhook configured, on either store."""
     rig = Rig({"sns": {"topic_arn": ARN}, "webhook": {"url": "http://127.0.0.1:9/hook"}})
     if request.param == "dynamodb":
         client = request.getfixturevalue("dynamodb")
