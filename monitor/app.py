@@ -56,13 +56,22 @@ class App:
 
     def make_store(self, *, outbox: Callable[[Event], bool], on_pending: Callable[[], None] | None = None) -> Store:
         store: Store = DynamoStore(
-            self.clients.get("dynamodb"), self.settings.table.name, outbox=outbox, on_pending=on_pending
+            self.clients.get("dynamodb"),
+            self.settings.table.name,
+            outbox=outbox,
+            on_pending=on_pending,
+            executor=self.clients.table_executor,
         )
         if self.settings.scan.write_sentinels and self.settings.scan.bucket:
             store = SentinelMirror(store, self.source)
         if self.metrics is not None:
             store = ObservedStore(store, self.metrics)
         return store
+
+    def close(self) -> None:
+        """Release what the command built (the AWS clients' worker threads)."""
+        if "clients" in self.__dict__:
+            self.clients.close()
 
     def channels(self, notify: config.NotifyConfig, store: Store) -> list[Channel]:
         """The configured notification channels, in delivery order."""

@@ -223,10 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded = config.load(args.config)
         logs.configure(level=loaded.settings.log.level, fmt=loaded.settings.log.format)
         app = App(loaded=loaded, args=args, clock=SystemClock())
-        result = args.handler(app)
-        if asyncio.iscoroutine(result):
-            result = asyncio.run(result)
-        return int(result)
+        try:
+            result = args.handler(app)
+            if asyncio.iscoroutine(result):
+                result = asyncio.run(result)
+            return int(result)
+        finally:
+            app.close()
     except errors.MonitorError as exc:
         if verbose:
             traceback.print_exc()

@@ -2,8 +2,9 @@
 
 - Steps already recorded as finished (by us or by an earlier holder on any host) are skipped: a new holder resumes at
   the first unfinished step. A ``poll`` step simply runs again and re-attaches to the external run.
-- The heartbeat runs beside the steps. A lost lease (taken over, cancelled, self-fenced) kills the running step's
-  process group at once and nothing more is written.
+- The heartbeat runs beside the steps, and so does the holding's own fencing timer: a lost lease (taken over,
+  cancelled, a heartbeat that raised, or no successful renewal for ``renew_deadline_s``, whether the heartbeat task
+  is renewing, hung or dead) kills the running step's process group at once and nothing more is written.
 - ``drain`` (graceful shutdown): no new step starts; ``kill``: the running step is stopped. Either way the workset is
   released to ``ready`` (no failure counted) only after the step's processes are gone.
 - A step's outcome decides: done → next step (its output tail in the ``step_finished`` event); exit 75 or a timeout →
@@ -13,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from enum import StrEnum
 
@@ -44,21 +44,23 @@ async def drive(
 ) -> Ending:
     """Run the workset's remaining steps; returns how it ended. Never raises for a lost lease."""
     logs.bind(workset_id=holding.workset_id, lease_owner=holding.owner, epoch=holding.epoch)
-    stop_heartbeat = asyncio.Event()
-    heartbeat = asyncio.create_task(holding.keep_alive(stop_heartbeat), name=f"heartbeat {holding.workset_id}")
+    stop = asyncio.Event()
     halt = asyncio.Event()  # stops the running step: lease lost, or shutdown ran out of patience
-    watcher = asyncio.create_task(_first_of(halt, holding.lost, kill))
+    helpers = [
+        asyncio.create_task(holding.keep_alive(stop), name=f"heartbeat {holding.workset_id}"),
+        asyncio.create_task(holding.fence_on_time(stop), name=f"fencing {holding.workset_id}"),
+        asyncio.create_task(_first_of(halt, holding.lost, kill)),
+    ]
     try:
         return await _steps(holding, steps=steps, runner=runner, drain=drain, kill=kill, halt=halt)
     except errors.LeaseLost:
         log.warning("lease lost; workset abandoned", workset_id=holding.workset_id, reason=holding.lost_reason)
         return Ending.LOST
     finally:
-        stop_heartbeat.set()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        await heartbeat
+        stop.set()
+        for task in helpers:  # the outcome is recorded (or abandoned): a heartbeat still in flight is of no use
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
 
 
 async def _steps(

@@ -13,9 +13,14 @@ Guarantees, given the store contract (``ports.Store``):
   measured on our monotonic clock, the holding declares itself lost and refuses every further write, without asking
   the table. A sweeper can take over no earlier than a full lease plus grace after it saw that renewal, so the
   holder has always stopped first (with a third of the lease, plus grace, to spare for killing its step). A
-  heartbeat that gets no answer is abandoned at the deadline: a hung connection cannot keep a step running.
+  heartbeat that gets no answer is abandoned at the deadline: a hung connection cannot keep a step running. The
+  deadline is kept by a timer of its own (``fence_on_time``), not by the heartbeat: it holds whether the heartbeat
+  task is renewing, hung or dead. A heartbeat that raises (access denied, expired credentials) loses the lease.
 - **Idempotent holder writes.** A write that failed transiently is checked against the audit trail before it is
-  retried: if its event is there, it was applied and its response lost.
+  retried: if its event is there, it was applied and its response lost. While that read fails the outcome stays
+  unknown and nothing is written: the read is repeated until it answers or the holding fences itself.
+- **Bounded holder writes.** Every retry (transient error, stale version, failed read) comes after a pause
+  (0.5 s doubling to 5 s, jittered); a write not recorded within ``renew_deadline_s`` gives the lease up.
 
 Not guaranteed: that an external side effect of a step is fenced; steps get ``WORKSET_EPOCH`` for that.
 """
@@ -299,15 +304,28 @@ class Holding:
         return False
 
     async def keep_alive(self, stop: asyncio.Event) -> None:
-        """Heartbeat every ``heartbeat_s`` (sooner after a failure) until ``stop`` is set or the lease is lost."""
+        """Heartbeat every ``heartbeat_s`` (sooner after a failure) until ``stop`` is set or the lease is lost.
+        A heartbeat that raises (access denied, expired credentials, a bug) loses the lease: we can no longer renew."""
         while not self.lost.is_set():
-            ok = await self.heartbeat_once()
+            try:
+                ok = await self.heartbeat_once()
+            except Exception as exc:
+                self._lose(f"heartbeat failed: {exc}")
+                return
             if self.lost.is_set():
                 return
             wait = self._policy.heartbeat_s if ok else self._policy.heartbeat_retry_s
             # Never sleep past the renew deadline: wake in time to self-fence.
             wait = min(wait, max(self.renewed_at + self._policy.renew_deadline_s - self._clock.monotonic(), 0))
             if await self._clock.sleep(wait * self._rng.uniform(0.9, 1.0), until=stop):
+                return
+
+    async def fence_on_time(self, stop: asyncio.Event) -> None:
+        """Lose the lease at the renew deadline, on our own timer, whatever the heartbeat task is doing (renewing,
+        hung, or dead); returns once the lease is lost or ``stop`` is set."""
+        while not self.fenced():
+            left_s = self.renewed_at + self._policy.renew_deadline_s - self._clock.monotonic()
+            if await self._clock.sleep(left_s, until=stop):
                 return
 
     def _lose(self, reason: str) -> None:
@@ -342,11 +360,12 @@ class Holding:
         await self._write(Action.RELEASE, reason=reason)
 
     async def _write(self, action: Action, *, reason: str, **kw: object) -> Decision:
-        delay_s = 0.5
+        """Commit ``action`` under our token. Transient errors and stale versions are retried after growing pauses;
+        a write not recorded within ``renew_deadline_s`` gives the lease up (LeaseLost), as a silent table would."""
+        patience = _Patience(give_up_at=self._clock.monotonic() + self._policy.renew_deadline_s)
         pending: list[Decision] = []  # attempts that failed transiently: any of them may have landed
         while True:
-            if self.fenced():
-                raise errors.LeaseLost(f"{self.workset_id}: {self.lost_reason}")
+            self._check(patience)
             ctx = Context(
                 now_ms=self._clock.now_ms(),
                 actor=self.owner,
@@ -358,6 +377,19 @@ class Holding:
             decision = states.decide(self.ws, action, ctx, **kw)  # type: ignore[arg-type]
             try:
                 self._settle(await self._store.commit(decision, fence_token=self.token))
+            except errors.Conflict as exc:
+                if (landed := await self._landed(pending, patience)) is not None:
+                    return landed
+                await self._refresh(exc)
+                log.info("write refused as stale; will decide again", workset_id=self.workset_id, action=action.value)
+            except errors.MonitorError as exc:
+                if not exc.temporary:
+                    raise
+                pending.append(decision)
+                log.warning("write failed; will retry", workset_id=self.workset_id, action=action.value, error=str(exc))
+                if (landed := await self._landed(pending, patience)) is not None:
+                    return landed
+            else:
                 log.info(
                     "recorded",
                     workset_id=self.workset_id,
@@ -367,33 +399,38 @@ class Holding:
                     epoch=self.epoch,
                 )
                 return decision
-            except errors.Conflict as exc:
-                landed = await self._landed(pending)
-                if landed is not None:
-                    return landed
-                await self._refresh(exc)
-            except errors.MonitorError as exc:
-                if not exc.temporary:
-                    raise
-                pending.append(decision)
-                log.warning("write failed; will retry", workset_id=self.workset_id, action=action.value, error=str(exc))
-                await self._clock.sleep(delay_s)
-                delay_s = min(delay_s * 2, _WRITE_RETRY_MAX_S)
-                landed = await self._landed(pending)
-                if landed is not None:
-                    return landed
+            await self._pause(patience)
 
-    async def _landed(self, pending: list[Decision]) -> Decision | None:
-        """The pending decision that was applied although its response was lost, if any."""
+    async def _landed(self, pending: list[Decision], patience: _Patience) -> Decision | None:
+        """The pending decision that was applied although its response was lost, or None once the audit trail shows
+        that none was. A failed read leaves that unknown: read again, after a pause, rather than guess "not applied"
+        and write a second time."""
         for decision in pending:
-            try:
-                event = await self._store.event(self.ws.workset_id, decision.event.seq)
-            except errors.MonitorError:
-                return None
+            while True:
+                try:
+                    event = await self._store.event(self.ws.workset_id, decision.event.seq)
+                    break
+                except errors.MonitorError as exc:
+                    if not exc.temporary:
+                        raise
+                    log.warning("cannot tell whether a write landed; will read again", workset_id=self.workset_id)
+                    await self._pause(patience)
             if event is not None and _same(event, decision.event):
                 self._settle(decision.after)
                 return decision
         return None
+
+    async def _pause(self, patience: _Patience) -> None:
+        """Wait before the next try (less if the lease is lost meanwhile); raises LeaseLost once we must not act."""
+        await self._clock.sleep(patience.next_pause_s(self._clock.monotonic(), self._rng.random()), until=self.lost)
+        self._check(patience)
+
+    def _check(self, patience: _Patience) -> None:
+        """Raise LeaseLost once we must not act: fenced, or this write has been trying for ``renew_deadline_s``."""
+        if not self.fenced() and self._clock.monotonic() >= patience.give_up_at:
+            self._lose(f"could not record a change for {self._policy.renew_deadline_s:g} s")
+        if self.lost.is_set():
+            raise errors.LeaseLost(f"{self.workset_id}: {self.lost_reason}")
 
     def _settle(self, ws: Workset) -> None:
         """Adopt the record we just wrote; once it has left in_progress we hold nothing and write nothing more."""
@@ -403,8 +440,15 @@ class Holding:
             self.lost.set()
 
     async def _refresh(self, cause: errors.Conflict) -> None:
-        """After a refused write: carry on with the fresh record if it is still ours, else we have lost it."""
-        current = await self._store.get(self.ws.workset_id)
+        """After a refused write: carry on with the fresh record if it is still ours, else we have lost it. A failed
+        read leaves ``self.ws`` stale: the next try is refused again and reads again."""
+        try:
+            current = await self._store.get(self.ws.workset_id)
+        except errors.MonitorError as exc:
+            if not exc.temporary:
+                raise
+            log.warning("cannot re-read the workset; will try again", workset_id=self.workset_id, error=str(exc))
+            return
         if (
             current is None
             or current.state is not State.IN_PROGRESS
@@ -414,6 +458,20 @@ class Holding:
             self._lose(_why_gone(current))
             raise errors.LeaseLost(f"{self.workset_id}: {self.lost_reason}") from cause
         self.ws = current
+
+
+@dataclass(slots=True)
+class _Patience:
+    """The retries of one holder write: jittered pauses from 0.5 s doubling to ``_WRITE_RETRY_MAX_S``, none past
+    ``give_up_at`` (monotonic)."""
+
+    give_up_at: float
+    delay_s: float = 0.5
+
+    def next_pause_s(self, now: float, rand: float) -> float:
+        pause_s = min(self.delay_s * (0.5 + rand / 2), max(self.give_up_at - now, 0.0))
+        self.delay_s = min(self.delay_s * 2, _WRITE_RETRY_MAX_S)
+        return pause_s
 
 
 def _same(stored: Event, ours: Event) -> bool:

@@ -124,18 +124,33 @@ TEST_TABLE = "worksets-test"
 
 @pytest.fixture(params=["memory", "dynamodb"])
 def make_store(request: pytest.FixtureRequest) -> Iterator[Callable[..., Store]]:
-    """A factory: make_store(page_size=None) -> a fresh, empty store of the parametrized kind."""
+    """A factory: make_store(page_size=None, faults=None) -> a fresh, empty store of the parametrized kind.
+
+    ``faults`` (``memory.Faults``): MemoryStore models them all; on DynamoDB (moto) lost responses are real read
+    timeouts after the write was applied (``tests.faults.LosingDynamoStore``), but the index never lags: each store's
+    ``faults.index_lag_reads`` says what it does."""
     from monitor.aws import schema
     from monitor.aws.dynamo import DynamoStore
     from monitor.config import TableConfig
-    from monitor.memory import MemoryStore
+    from monitor.memory import Faults, MemoryStore
+    from tests.faults import LosingDynamoStore
 
     if request.param == "memory":
-        yield lambda page_size=None: MemoryStore()
+
+        def memory(page_size: int | None = None, faults: Faults | None = None) -> Store:
+            return MemoryStore(faults=faults)
+
+        yield memory
         return
     client = request.getfixturevalue("dynamodb")
     schema.ensure_table(client, TableConfig(name=TEST_TABLE))
-    yield lambda page_size=None: DynamoStore(client, TEST_TABLE, page_size=page_size)
+
+    def dynamodb(page_size: int | None = None, faults: Faults | None = None) -> Store:
+        if faults is None:
+            return DynamoStore(client, TEST_TABLE, page_size=page_size)
+        return LosingDynamoStore(client, TEST_TABLE, faults=faults, page_size=page_size)
+
+    yield dynamodb
 
 
 @pytest.fixture

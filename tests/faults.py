@@ -6,18 +6,28 @@ the sweeper's read and its write"), and can make a call fail before or after it 
 ``FaultyClient`` wraps a real boto3 client. Per call it may raise a throttling error or an HTTP 500 (nothing
 applied), or apply the call and then raise a timeout (the write landed, its response was lost) — the failures a
 daemon sees once botocore's own retries are spent.
+
+``LosingDynamoStore`` is the DynamoDB side of ``memory.Faults``: the same lost-response schedule, produced by real
+read timeouts after moto applied the write, so the shared suite can hold both stores to one behaviour.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import botocore.exceptions
 
 from monitor import errors
+from monitor.aws.dynamo import DynamoStore
+from monitor.memory import Faults
+from monitor.model import Workset, WorksetId
+from monitor.states import Decision
+
+T = TypeVar("T")
 
 
 class StoreSpy:
@@ -97,3 +107,63 @@ class FaultyClient:
             return result
 
         return call
+
+
+class _TimeoutWhenArmed:
+    """A boto3 client whose next write, once armed, is applied and then answered with a read timeout."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.armed = False
+        self.fired = False
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._client, name)
+        if name not in _WRITES:
+            return target
+
+        def call(**kwargs: Any) -> Any:
+            result = target(**kwargs)  # a refused write raises here, unanswered by the timeout
+            if self.armed:
+                self.armed, self.fired = False, True
+                raise botocore.exceptions.ReadTimeoutError(endpoint_url="injected")
+            return result
+
+        return call
+
+
+class LosingDynamoStore(DynamoStore):
+    """A DynamoStore whose writes lose their response as ``faults`` says (schedule and rate, as MemoryStore's).
+
+    The index cannot be made to lag on moto: ``faults.index_lag_reads`` is 0 here, whatever was asked."""
+
+    def __init__(self, client: Any, table: str, *, faults: Faults, page_size: int | None = None) -> None:
+        self._timeouts = _TimeoutWhenArmed(client)
+        super().__init__(self._timeouts, table, page_size=page_size)
+        self.faults = dataclasses.replace(faults, index_lag_reads=0)
+        self.lost: list[tuple[str, int]] = []  # as MemoryStore.lost
+        self._writes: collections.Counter[str] = collections.Counter()
+        self._rng = random.Random(faults.seed)
+
+    async def register(self, decision: Decision) -> bool:
+        return await self._lossy("register", super().register(decision))
+
+    async def commit(self, decision: Decision, **kwargs: Any) -> Workset:
+        return await self._lossy("commit", super().commit(decision, **kwargs))
+
+    async def heartbeat(self, workset_id: WorksetId, **kwargs: Any) -> int | None:
+        return await self._lossy("heartbeat", super().heartbeat(workset_id, **kwargs))
+
+    async def _lossy(self, method: str, write: Awaitable[T]) -> T:
+        self._writes[method] += 1
+        call = self._writes[method]
+        rate = self.faults.lost_response_rate
+        scheduled = call in self.faults.lost_responses.get(method, ())
+        self._timeouts.armed = scheduled or bool(rate and self._rng.random() < rate)
+        self._timeouts.fired = False
+        try:
+            return await write
+        finally:
+            if self._timeouts.fired:
+                self.lost.append((method, call))
+            self._timeouts.armed = False

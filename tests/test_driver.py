@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
-from monitor import actions
+from monitor import actions, errors
 from monitor.clock import SystemClock
 from monitor.config import StepConfig
 from monitor.driver import Ending, drive
@@ -16,6 +17,7 @@ from monitor.model import EventType, Priority, State, WorksetId
 from monitor.states import Action, Context
 from monitor.steps import Runner
 from tests.conftest import run
+from tests.virtual_time import VirtualClock
 
 POLICY = Policy(duration_s=3, heartbeat_s=0.5, grace_s=1, max_attempts=2)
 
@@ -161,5 +163,84 @@ def test_no_steps_configured_completes_at_once() -> None:
     async def scenario() -> None:
         await rig.register()
         assert await rig.drive(await rig.claim(), []) is Ending.COMPLETE
+
+    run(scenario())
+
+
+class RefusedForGood:
+    """A store whose heartbeats, once armed, are answered with a permanent error (the credentials lost access)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store, self.armed = store, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def heartbeat(self, *args: object, **kwargs: object) -> int | None:
+        if self.armed:
+            raise errors.AwsError("heartbeat: access denied (AccessDeniedException: injected)")
+        return await self._store.heartbeat(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def _ending_by(rig: Rig, task: asyncio.Task[Ending], clock: VirtualClock, seconds: float) -> Ending | None:
+    """Let ``seconds`` of virtual time pass: the driver's ending if it came within a few real seconds (time to kill and
+    reap the step's process), else None, once the step is stopped as a shutdown would (to end the test in order)."""
+    await clock.run_for(seconds)
+    done, _ = await asyncio.wait({task}, timeout=5)
+    if done:
+        return task.result()
+    rig.kill.set()
+    with contextlib.suppress(TimeoutError, errors.MonitorError):
+        await asyncio.wait_for(task, timeout=5)
+    return None
+
+
+def _long_step(started: Path) -> StepConfig:
+    return py("long", f"import time; open({str(started)!r}, 'w'); time.sleep(60)")
+
+
+def test_a_heartbeat_refused_for_good_stops_the_step_by_the_renew_deadline(tmp_path: Path) -> None:
+    """AccessDenied/ExpiredToken on a heartbeat used to end the heartbeat task with nobody watching it: the step ran
+    on past the renew deadline while another daemon's sweeper could take the workset over and run it again."""
+    started = tmp_path / "started"
+    rig = Rig()
+    rig.clock = clock = VirtualClock()  # type: ignore[assignment]
+    rig.store = store = RefusedForGood(rig.store)  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        await rig.register()
+        holding = await rig.claim()
+        task = asyncio.create_task(rig.drive(holding, [_long_step(started)]))
+        while not started.exists():
+            await asyncio.sleep(0.05)
+        store.armed = True
+        left_s = holding.renewed_at + POLICY.renew_deadline_s - clock.monotonic()
+        assert await _ending_by(rig, task, clock, left_s) is Ending.LOST
+        assert holding.heartbeats["lost"] == 1 and "access denied" in holding.lost_reason, holding.lost_reason
+
+    run(scenario())
+
+
+def test_a_hung_heartbeat_task_cannot_keep_the_step_running_past_the_renew_deadline(tmp_path: Path) -> None:
+    """The step is stopped on the holding's own timer, whatever the heartbeat task does (here: nothing, ever)."""
+    started = tmp_path / "started"
+    rig = Rig()
+    rig.clock = clock = VirtualClock()  # type: ignore[assignment]
+
+    async def hang(stop: asyncio.Event) -> None:
+        await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        await rig.register()
+        holding = await rig.claim()
+        holding.keep_alive = hang  # type: ignore[method-assign]
+        task = asyncio.create_task(rig.drive(holding, [_long_step(started)]))
+        while not started.exists():
+            await asyncio.sleep(0.05)
+        left_s = holding.renewed_at + POLICY.renew_deadline_s - clock.monotonic()
+        await clock.run_for(left_s - 0.05)
+        assert not task.done(), "stopped before the renew deadline"
+        assert await _ending_by(rig, task, clock, 0.05) is Ending.LOST
+        assert holding.heartbeats["lost"] == 1 and "no successful renewal" in holding.lost_reason
 
     run(scenario())

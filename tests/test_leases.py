@@ -652,3 +652,85 @@ def test_a_fleet_counter_that_says_zero_cannot_strand_a_dead_holders_workset(wor
         assert await sweeper.sweep_once() == [] and world.store.calls["running"] == calls + 1  # ...trusts again
 
     run(scenario())
+
+
+def test_a_write_whose_response_was_lost_is_not_repeated_while_its_event_cannot_be_read(world: World) -> None:
+    """The write landed but its response was lost, and the reads of its event failed too (after the lost response,
+    and again after the retry was refused as stale): the outcome is unknown, so the holder reads again until the
+    trail answers, and never writes a second time."""
+
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        world.store.fail_after["commit"] = 1
+        world.store.fail_before["event"] = 2
+        await held.step_finished("stage")
+        await held.complete()
+        ws = await world.store.get(WorksetId("ws-1"))
+        assert ws is not None and ws.state is State.COMPLETE and ws.steps_done == ("stage",)
+        events = await world.events("ws-1")
+        assert events == [EventType.REGISTERED, EventType.STARTED, EventType.STEP_FINISHED, EventType.COMPLETE]
+
+    run(scenario())
+
+
+class Contended:
+    """A store that refuses the holder's next ``refusals`` writes as stale, as if another writer always got in first."""
+
+    def __init__(self, store: Store, refusals: int) -> None:
+        self._store, self.refusals, self.refused = store, refusals, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def commit(self, decision: object, **kwargs: object) -> object:
+        if kwargs.get("fence_token") and self.refused < self.refusals:
+            self.refused += 1
+            raise errors.Conflict("injected: changed concurrently")
+        return await self._store.commit(decision, **kwargs)  # type: ignore[arg-type]
+
+
+def contended_holding(world: World, refusals: int) -> tuple[Contended, Claimer]:
+    contended = Contended(world.store, refusals)  # type: ignore[arg-type]
+    return contended, Claimer(contended, world.clock, owner="host-a:1:aaaa", policy=POLICY, rng=random.Random(0))  # type: ignore[arg-type]
+
+
+def test_a_write_refused_as_stale_again_and_again_backs_off(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        contended, claimer = contended_holding(world, refusals=5)
+        held = await claim_one(claimer)
+        start = world.clock.monotonic()
+        await held.complete()
+        assert contended.refused == 5 and held.ws.state is State.COMPLETE
+        assert world.clock.monotonic() - start >= 5 * 0.25  # a pause after each refusal, none of them hot
+
+    run(scenario())
+
+
+def test_a_write_that_is_always_refused_as_stale_ends_as_a_lost_lease_within_the_renew_deadline(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        contended, claimer = contended_holding(world, refusals=200)
+        held = await claim_one(claimer)
+        start = world.clock.monotonic()
+        with pytest.raises(errors.LeaseLost):
+            await held.complete()
+        assert world.clock.monotonic() - start <= POLICY.renew_deadline_s
+        assert contended.refused < 30 and held.lost.is_set()
+        ws = await world.store.get(WorksetId("ws-1"))
+        assert ws is not None and ws.state is State.IN_PROGRESS  # nothing written: the sweeper recovers it
+
+    run(scenario())
+
+
+def test_a_write_refused_as_stale_survives_a_failed_re_read(world: World) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        _, claimer = contended_holding(world, refusals=1)
+        held = await claim_one(claimer)
+        world.store.fail_before["get"] = 1  # the re-read after the refusal is throttled
+        await held.complete()
+        assert (await world.events("ws-1"))[-1] is EventType.COMPLETE
+
+    run(scenario())

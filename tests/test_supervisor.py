@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -483,6 +484,28 @@ def test_a_stuck_loop_stops_the_watchdog_pings_and_says_why_once(caplog: pytest.
     assert watchdog.pings and 240 - 15 <= watchdog.pings[-1] - started <= 240
     withheld = [r.getMessage() for r in caplog.records if "withholding the systemd watchdog" in r.getMessage()]
     assert len(withheld) == 1 and "loop scanner has not completed a tick" in withheld[0], withheld
+
+
+def test_run_once_stops_a_step_whose_heartbeats_are_denied_and_reports_the_lease_lost(
+    world: dict[str, Any],
+) -> None:
+    """``run --once`` drives its worksets like ``run``: heartbeats answered AccessDenied lose the lease at once, so
+    the step (8 s here) is killed long before another daemon could take the workset over (lease 4 s + grace 1 s)."""
+
+    class Denied(DynamoStore):
+        async def heartbeat(self, *args: Any, **kwargs: Any) -> int | None:
+            raise errors.AwsError("updating the heartbeat: access denied (AccessDeniedException: injected)")
+
+    world["lab"].workset("denied", prefix="w/")
+    world["store"] = Denied(world["store"]._client, TABLE)
+    path = write_config(
+        world["tmp"] / "c.toml", steps=f'command = ["{sys.executable}", "-c", "import time; time.sleep(8)"]'
+    )
+    sup = supervisor(world, path)
+    started = time.monotonic()
+    assert run(sup.run(once=True)) == 0
+    assert time.monotonic() - started < 4 * 2 / 3 + 1  # the renew deadline, plus time to kill the step
+    assert sup.endings == {"lost": 1} and sup.claimer.heartbeats["lost"] == 1
 
 
 def test_a_corrupt_item_is_logged_once_and_the_daemon_carries_on(world: dict[str, Any], caplog: Any) -> None:

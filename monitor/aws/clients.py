@@ -4,13 +4,19 @@ Transport problems (throttling, 5xx, dropped connections) are retried by botocor
 explicit attempt budget and short timeouts, so a heartbeat never waits a minute on one call. Everything that
 still fails is translated by ``translate`` into the ``monitor.errors`` tree; nothing above ``monitor.aws`` sees
 botocore.
+
+Blocking calls run in worker threads. The table's calls (heartbeats, claims, holder writes) have a pool of their
+own, one thread per connection of the client's pool (``table_executor``), so S3 reads or anything else that fills
+asyncio's default pool can never hold a heartbeat back until its holder fences itself. ``close`` shuts it down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import boto3
@@ -50,6 +56,7 @@ _ACCESS = {
     "SignatureDoesNotMatch",
 }
 _NOT_FOUND = {"ResourceNotFoundException", "NoSuchBucket", "NoSuchKey", "NotFound", "404"}
+_POOL_CONNECTIONS = 16  # per client
 
 
 class Clients:
@@ -64,9 +71,10 @@ class Clients:
             retries={"mode": "standard", "total_max_attempts": cfg.max_attempts},
             connect_timeout=cfg.connect_timeout_s,
             read_timeout=cfg.read_timeout_s,
-            max_pool_connections=16,
+            max_pool_connections=_POOL_CONNECTIONS,
             tcp_keepalive=True,
         )
+        self.table_executor = ThreadPoolExecutor(max_workers=_POOL_CONNECTIONS, thread_name_prefix="dynamodb")
 
     def get(self, service: str) -> Any:
         if service not in self._clients:
@@ -82,6 +90,10 @@ class Clients:
             except Exception as exc:
                 raise translate(exc, what=f"creating the {service} client") from exc
         return self._clients[service]
+
+    def close(self) -> None:
+        """Stop the table's worker threads (after the calls in flight)."""
+        self.table_executor.shutdown(wait=True, cancel_futures=True)
 
 
 def translate(exc: BaseException, *, what: str) -> errors.MonitorError:
@@ -122,6 +134,8 @@ def error_code(exc: botocore.exceptions.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-async def call(fn: Callable[..., T], /, **kwargs: Any) -> T:
-    """Run one blocking boto3 call in a worker thread (context variables carry over)."""
-    return await asyncio.to_thread(functools.partial(fn, **kwargs))
+async def call(fn: Callable[..., T], /, *, executor: Executor | None = None, **kwargs: Any) -> T:
+    """Run one blocking boto3 call in a thread of ``executor`` (asyncio's default pool if None); context variables
+    carry over, as with ``asyncio.to_thread``."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(context.run, fn, **kwargs))

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import heapq
 from collections.abc import AsyncGenerator, Callable, Collection, Sequence
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import botocore.exceptions
@@ -49,8 +50,10 @@ class DynamoStore:
         page_size: int | None = None,
         outbox: Callable[[Event], bool] | None = None,
         on_pending: Callable[[], None] | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self._client = client
+        self._executor = executor  # the table's own worker threads (clients.Clients.table_executor); None: asyncio's
         self._table = table
         self._page_size = page_size  # None: DynamoDB's own 1 MB pages; tests set it small to force paging
         self._outbox = outbox  # which new events some notification channel wants: they go to the outbox
@@ -508,7 +511,7 @@ class DynamoStore:
         """One AWS call off the event loop. Errors become ours, except ClientErrors whose code is in ``inspect``:
         those propagate for the caller to look into (condition failures)."""
         try:
-            return await clients.call(getattr(self._client, operation), **kwargs)
+            return await clients.call(getattr(self._client, operation), executor=self._executor, **kwargs)
         except botocore.exceptions.ClientError as exc:
             code = clients.error_code(exc)
             if code in inspect:

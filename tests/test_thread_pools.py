@@ -1,0 +1,56 @@
+"""DynamoDB calls have worker threads of their own: a saturated default thread pool (slow S3 validation, say)
+cannot hold a heartbeat back until its holder fences itself."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import threading
+from pathlib import Path
+
+from monitor import actions, config
+from monitor.app import App
+from monitor.aws import schema
+from monitor.clock import SystemClock
+from monitor.config import TableConfig
+from monitor.leases import Claimer, Policy
+from monitor.model import Priority, WorksetId
+from monitor.states import Context
+from tests.conftest import REGION, run
+
+BLOCKERS = 40  # more than asyncio's default pool ever has threads (32)
+
+
+def test_a_heartbeat_completes_while_the_default_thread_pool_is_saturated(mocked_aws: None, tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[aws]\nregion = "{REGION}"\n[table]\nname = "pools"\n')
+    app = App(loaded=config.load(path, {}), args=argparse.Namespace(), clock=SystemClock())
+    schema.ensure_table(app.clients.get("dynamodb"), TableConfig(name="pools"))
+    store = app.make_store(outbox=lambda event: False)
+    release = threading.Event()
+
+    async def scenario() -> None:
+        clock = SystemClock()
+        await actions.register(
+            store,
+            workset_id=WorksetId("ws-1"),
+            bucket="b",
+            prefix="w/ws-1/",
+            priority=Priority.NORMAL,
+            ctx=Context(now_ms=clock.now_ms(), actor="t"),
+        )
+        claimer = Claimer(store, clock, owner="host-a:1:0", policy=Policy(), rng=random.Random(0))
+        [held] = await claimer.claim(slots=1)
+        blockers = [asyncio.ensure_future(asyncio.to_thread(release.wait, 30)) for _ in range(BLOCKERS)]
+        try:
+            await asyncio.sleep(0.2)  # every default worker thread is busy now
+            assert await asyncio.wait_for(held.heartbeat_once(), timeout=2)
+        finally:
+            release.set()
+            await asyncio.gather(*blockers)
+
+    try:
+        run(scenario())
+    finally:
+        app.close()
