@@ -66,6 +66,15 @@ class SchemaMismatch(MonitorError):
     """An existing table does not have the keys or index this program needs."""
 
 
+class CorruptItem(MonitorError):
+    """An item in the table cannot be read: an attribute is missing, of the wrong type (a fraction where an integer
+    belongs) or not a known value. Listings leave it out (the daemon logs it once); a read of it reports this."""
+
+    def __init__(self, *, table: str, key: str, attribute: str, problem: str) -> None:
+        super().__init__(f"corrupt item in table {table} ({key}): attribute {attribute} {problem}")
+        self.table, self.key, self.attribute, self.problem = table, key, attribute, problem
+
+
 class AwsError(MonitorError):
     """AWS refused or failed a call in a way retrying will not fix (access denied, validation)."""
 

@@ -71,7 +71,7 @@ class MemoryStore:
         self._events: dict[WorksetId, list[Event]] = {}
         self._outbox = outbox
         self._on_pending = on_pending
-        self._claims: dict[str, tuple[str, int]] = {}  # event id -> (owner, until ms)
+        self._claims: dict[str, tuple[str, int]] = {}  # event id -> (owner, until ms): not due before then
         self._running = 0  # the fleet counter item's: in progress fleet-wide
         self._retry_seq = 0  # the fleet counter item's: entries into retrying
         self.faults = faults or Faults()
@@ -148,14 +148,16 @@ class MemoryStore:
             self._on_pending()
         return dataclasses.replace(event, pending=True)
 
-    async def pending_events(self, *, limit: int) -> list[Event]:
+    async def pending_events(self, *, limit: int, due_by_ms: int | None = None) -> list[Event]:
         pending = [e for events in self._events.values() for e in events if e.pending]
-        return sorted(pending, key=lambda e: (e.at_ms, e.workset_id, e.seq))[:limit]
+        due = [(self._claims.get(e.event_id, ("", e.at_ms))[1], e) for e in pending]  # like the index's sort key
+        due = [(at, e) for at, e in due if due_by_ms is None or at <= due_by_ms]
+        return [e for _, e in sorted(due, key=lambda d: (d[0], d[1].workset_id, d[1].seq))][:limit]
 
     async def claim_event(self, event: Event, *, owner: str, now_ms: int, hold_ms: int) -> bool:
         current = await self.event(event.workset_id, event.seq)
         holder = self._claims.get(event.event_id)
-        if current is None or not current.pending or (holder and holder[0] != owner and holder[1] >= now_ms):
+        if current is None or not current.pending or (holder and holder[0] != owner and holder[1] > now_ms):
             return False
         self._claims[event.event_id] = (owner, now_ms + hold_ms)
         return True
@@ -163,11 +165,12 @@ class MemoryStore:
     async def record_delivery(self, event: Event, channel: str, outcome: str) -> None:
         self._replace_event(event, lambda e: dataclasses.replace(e, notified={**e.notified, channel: outcome}))
 
-    async def finish_event(self, event: Event, *, done: bool) -> None:
-        self._claims.pop(event.event_id, None)
-        if done:
+    async def finish_event(self, event: Event, *, retry_at_ms: int | None = None) -> None:
+        if retry_at_ms is None:
+            self._claims.pop(event.event_id, None)
             self._replace_event(event, lambda e: dataclasses.replace(e, pending=False))
         else:
+            self._claims[event.event_id] = ("", retry_at_ms)  # nobody's claim: not due before then
             self._replace_event(event, lambda e: dataclasses.replace(e, delivery_attempts=e.delivery_attempts + 1))
 
     def _replace_event(self, event: Event, change: Callable[[Event], Event]) -> None:

@@ -86,8 +86,9 @@ class Store(Protocol):
         """Counts and ages of ``states`` (all when None); reads every index entry in them."""
         ...
 
-    async def pending_events(self, *, limit: int) -> builtins.list[Event]:
-        """Events in the notification outbox, oldest first."""
+    async def pending_events(self, *, limit: int, due_by_ms: int | None = None) -> builtins.list[Event]:
+        """Events in the notification outbox, the earliest due first; with ``due_by_ms`` only those due by then
+        (not held by a live claim, not waiting out a retry)."""
         ...
 
     async def claim_event(self, event: Event, *, owner: str, now_ms: int, hold_ms: int) -> bool:
@@ -98,8 +99,9 @@ class Store(Protocol):
         """Note one channel's outcome ("sent", "skipped", "failed: ...") so it is never sent there again."""
         ...
 
-    async def finish_event(self, event: Event, *, done: bool) -> None:
-        """Take ``event`` out of the outbox (``done``), or give back its claim and count a failed round."""
+    async def finish_event(self, event: Event, *, retry_at_ms: int | None = None) -> None:
+        """Take ``event`` out of the outbox, or (``retry_at_ms``) give back its claim, count a failed round and leave
+        it due again at that time."""
         ...
 
     async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:

@@ -7,10 +7,11 @@ notifications), ``notifier`` (the outbox), ``gauges`` (queue depth), ``cloudwatc
 Every root task is a loop started by ``Supervisor._start``, which records each completed tick; a loop that declares a
 staleness limit counts in the health verdict (``/healthz``, and the ``WATCHDOG=1`` pings: no ping while unhealthy).
 No loop can forget to record its tick, and none can be watched without ticking.
-Each is guarded: temporary AWS trouble is logged and retried on the next tick, but a root task that dies for any other
-reason brings the daemon down in order, with exit code 1, so systemd or Docker restarts it. Never a half-alive
-process. Each claimed workset gets a driver task of its own (``driver.drive``), which is not a root task: its failure
-is recorded on its workset, not the daemon's.
+Each is guarded: temporary AWS trouble is logged and retried on the next tick, and so is a corrupt item in the table
+(logged once per item: a restart could not repair it, and the loops' listings leave it out), but a root task that dies
+for any other reason brings the daemon down in order, with exit code 1, so systemd or Docker restarts it. Never a
+half-alive process. Each claimed workset gets a driver task of its own (``driver.drive``), which is not a root task: its
+failure is recorded on its workset, not the daemon's.
 
 Signal handlers only set flags. Shutdown is ordinary code in logged phases: stop intake, drain running steps for up to
 ``run.shutdown_grace_s``, stop what still runs, release those worksets to ``ready`` once their processes are gone,
@@ -112,6 +113,7 @@ class Supervisor:
         self._roots: dict[str, asyncio.Task[None]] = {}
         self._stale_after_s: dict[str, Callable[[], float]] = {}  # the loops the health verdict watches
         self._withheld = False  # the watchdog ping is being withheld (logged once)
+        self._corrupt: set[str] = set()  # keys of the corrupt items a loop tick met (logged once each)
         self._started_at = services.clock.monotonic()
         self._loaded_at = time.time()
         self._side_port: SidePort | None = None
@@ -338,6 +340,10 @@ class Supervisor:
             try:
                 await body()
                 self.last_success[name] = self._s.clock.monotonic()
+            except errors.CorruptItem as exc:  # listings leave corrupt items out; this one was read on its own
+                if exc.key not in self._corrupt:
+                    self._corrupt.add(exc.key)
+                    log.error("loop tick met a corrupt item; repair or delete it", loop=name, error=str(exc))
             except errors.MonitorError as exc:
                 if not exc.temporary:
                     raise

@@ -325,3 +325,27 @@ def test_retry_of_an_invalid_workset_validates_its_folder_again(
 
     code, out, _ = main(capsys, *cfg, "retry", "as-is", "--force", "--reason", "the step does not need it")
     assert code == 0 and "as-is: error -> ready" in out
+
+
+def test_show_of_a_corrupt_item_is_one_clear_line(ready_table: Path, aws_endpoint: str, capsys: Any) -> None:
+    """Issue 14.7: reading an item with a fraction in an integer attribute ended in a traceback."""
+    config = str(ready_table)
+    for name in ("ws-bad", "ws-good"):
+        assert main(capsys, "--config", config, "register", name, "--bucket", BUCKET, "--prefix", f"w/{name}/")[0] == 0
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint)
+    client.update_item(
+        TableName="daylily-worksets",
+        Key={"pk": {"S": "ws-bad"}, "sk": {"S": "ws"}},
+        UpdateExpression="SET attempts = :v",
+        ExpressionAttributeValues={":v": {"N": "1.5"}},
+    )
+    code, _, err = main(capsys, "--config", config, "show", "ws-bad")
+    assert (code, err.strip().splitlines()) == (
+        1,
+        [
+            "workset-monitor: corrupt item in table daylily-worksets (pk='ws-bad', sk='ws'): "
+            "attribute attempts holds '1.5'; only integers are expected"
+        ],
+    )
+    code, out, _ = main(capsys, "--config", config, "list")
+    assert code == 0 and "ws-good" in out and "ws-bad" not in out

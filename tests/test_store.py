@@ -662,7 +662,7 @@ def test_codec_round_trips_a_full_workset() -> None:
         last_error="e",
         error_category="step",
     )
-    assert codec.workset_from_item(codec.workset_item(ws)) == ws
+    assert codec.workset_from_item(codec.workset_item(ws), table=TABLE) == ws
 
 
 def test_a_missing_table_is_reported_with_the_fix(dynamodb: Any) -> None:
@@ -692,3 +692,45 @@ def test_more_than_a_thousand_worksets_are_never_truncated(dynamodb: Any, page_s
     listed = run(store.list(state=State.READY))
     assert len(listed) == count == len({ws.workset_id for ws in listed})
     assert run(store.stats(now_ms=T0)).count(State.READY) == count
+
+
+@pytest.mark.parametrize(
+    ("attribute", "stored", "problem"),
+    [
+        ("updated_at_ms", {"N": "1.5"}, "holds '1.5'; only integers are expected"),
+        ("version", None, "is missing"),
+        ("priority", {"S": "whenever"}, "holds 'whenever', not a known Priority"),
+        ("bucket", None, "is missing"),
+    ],
+)
+def test_a_corrupt_item_is_named_when_read_and_left_out_of_listings(
+    dynamodb: Any, attribute: str, stored: dict[str, str] | None, problem: str
+) -> None:
+    """Issue 14.7: one corrupt item raised a bare ValueError or KeyError from every read that met it, so each daemon's
+    loops died on it and restarted into it forever. A read of it names table, item and attribute; listings skip it."""
+    schema.ensure_table(dynamodb, TableConfig(name=TABLE))
+    store = DynamoStore(dynamodb, TABLE)
+
+    async def scenario() -> None:
+        for name in ("bad", "good"):
+            await add(store, name, priority=Priority.URGENT)
+        update = "SET #a = :v" if stored else "REMOVE #a"
+        values = {"ExpressionAttributeValues": {":v": stored}} if stored else {}
+        dynamodb.update_item(
+            TableName=TABLE,
+            Key=codec.control_key("bad"),
+            UpdateExpression=update,
+            ExpressionAttributeNames={"#a": attribute},
+            **values,
+        )
+        assert [ws.workset_id for ws in (await store.due(now_ms=T0 + 10, limit=10)).candidates] == ["good"]
+        assert [ws.workset_id for ws in await store.list()] == ["good"]
+        assert "good" in await store.locations()
+        stats = await store.stats(now_ms=T0 + 10)  # reads only the sort key and updated_at_ms of each
+        assert stats.count(State.READY) == (1 if attribute == "updated_at_ms" else 2)
+        with pytest.raises(errors.CorruptItem) as caught:
+            await store.get(WorksetId("bad"))
+        expected = f"corrupt item in table {TABLE} (pk='bad', sk='ws'): attribute {attribute} {problem}"
+        assert str(caught.value) == expected
+
+    run(scenario())

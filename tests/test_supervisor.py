@@ -508,3 +508,47 @@ def test_run_once_stops_a_step_whose_heartbeats_are_denied_and_reports_the_lease
     assert run(sup.run(once=True)) == 0
     assert time.monotonic() - started < 4 * 2 / 3 + 1  # the renew deadline, plus time to kill the step
     assert sup.endings == {"lost": 1} and sup.claimer.heartbeats["lost"] == 1
+
+
+def test_a_corrupt_item_is_logged_once_and_the_daemon_carries_on(world: dict[str, Any], caplog: Any) -> None:
+    """Issue 14.7: a fraction in an integer attribute (the claimer's candidate) and a missing attribute (the scanner's
+    listing) each killed a root task, so every daemon exited and restarted into them forever."""
+    from monitor import actions
+    from monitor.aws import codec
+    from monitor.model import Priority
+    from monitor.states import Context
+
+    for name in ("a", "b", "c"):
+        world["lab"].workset(name, prefix="w/")
+    store, client = world["store"], world["store"]._client
+
+    async def corrupt() -> None:
+        for name, update in (("bad-fraction", "SET attempts = :v"), ("bad-bucket", "REMOVE #bucket")):
+            ctx = Context(now_ms=SystemClock().now_ms() - 1000, actor="test")
+            await actions.register(
+                store, workset_id=WorksetId(name), bucket=BUCKET, prefix=f"x/{name}/", priority=Priority.URGENT, ctx=ctx
+            )
+            values = {"ExpressionAttributeValues": {":v": {"N": "1.5"}}} if ":v" in update else {}
+            names = {"ExpressionAttributeNames": {"#bucket": "bucket"}} if "#" in update else {}
+            key = codec.control_key(name)
+            client.update_item(TableName=TABLE, Key=key, UpdateExpression=update, **names, **values)
+
+    run(corrupt())
+    sup = supervisor(world, write_config(world["tmp"] / "c.toml"))
+
+    async def scenario() -> int:
+        task = asyncio.create_task(sup.run())
+        names = [WorksetId(n) for n in "abc"]
+        while not task.done() and not all(
+            ws and ws.state is State.COMPLETE for ws in [await store.get(n) for n in names]
+        ):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # a few more rounds meet the corrupt items again
+        sup.request_stop()
+        return await task
+
+    assert run(asyncio.wait_for(scenario(), timeout=30)) == 0 and sup.failed is None
+    assert sup.endings == {"complete": 3}
+    for name in ("bad-fraction", "bad-bucket"):
+        reports = [r for r in caplog.records if "corrupt item" in r.getMessage() and f"pk='{name}'" in r.getMessage()]
+        assert len(reports) == 1, (name, [r.getMessage() for r in reports])

@@ -3,9 +3,10 @@
 The first line is a header (format, version, table, time); every other line is one item in DynamoDB's own JSON
 (``{"item": {"pk": {"S": ...}, ...}}``), so nothing is lost or converted. Import validates the whole file before it
 writes anything, then writes idempotently: an event is only added if missing; a workset only if missing or older
-(lower ``version``) than the one in the file, unless ``force``. The fleet counter is recounted from the in-progress
-worksets afterwards rather than copied, so it stays exact, and its retry sequence is advanced, so that running daemons
-read the retrying worksets again.
+(lower ``version``) than the one in the file, unless ``force``. The fleet counter is never copied nor set: each
+workset is written in one transaction with the counter's change (+1 when it enters in_progress, -1 when it leaves
+it), conditioned on the version read, exactly as daemons write theirs, so the counter stays exact while daemons work
+the same table. Its retry sequence is advanced, so that running daemons read the retrying worksets again.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import botocore.exceptions
 
 from monitor import errors
 from monitor.aws import clients, codec
+from monitor.model import State
 
 FORMAT, VERSION = "workset-monitor-export", 1
+_TRIES = 5  # reads and conditional writes of one workset that a daemon keeps changing meanwhile
 
 
 @dataclass
@@ -63,11 +66,12 @@ def read(lines: Iterable[str], *, source: str) -> list[dict[str, Any]]:
             raise errors.InvalidInput(f'{source} line {number}: expected {{"item": {{"pk": ..., "sk": ...}}}}')
         try:
             if item["sk"]["S"] == codec.CONTROL_SK:
-                codec.workset_from_item(item)
+                codec.workset_from_item(item, table=source)
             elif item["sk"]["S"].startswith(codec.EVENT_SK_PREFIX):
-                codec.event_from_item(item)
-        except (KeyError, ValueError, TypeError) as exc:
-            raise errors.InvalidInput(f"{source} line {number}: not a valid workset or event ({exc})") from None
+                codec.event_from_item(item, table=source)
+        except errors.CorruptItem as exc:
+            problem = f"attribute {exc.attribute} {exc.problem}"
+            raise errors.InvalidInput(f"{source} line {number}: not a valid workset or event ({problem})") from None
         items.append(item)
     return items
 
@@ -77,18 +81,13 @@ def load(client: Any, table: str, items: list[dict[str, Any]], *, force: bool = 
     for item in items:
         sk = item["sk"]["S"]
         if sk == "counter":
-            continue  # recounted below
-        is_workset = sk == codec.CONTROL_SK
-        if is_workset and force:
-            condition: dict[str, Any] = {}
-        elif is_workset:
-            condition = {
-                "ConditionExpression": "attribute_not_exists(pk) OR #version < :version",
-                "ExpressionAttributeNames": {"#version": "version"},
-                "ExpressionAttributeValues": {":version": item["version"]},
-            }
-        else:
-            condition = {} if force else {"ConditionExpression": "attribute_not_exists(pk)"}
+            continue  # the table's own counter moves with each workset written (below)
+        if sk == codec.CONTROL_SK:
+            written = _put_workset(client, table, item, force=force)
+            report.worksets_written += written
+            report.worksets_kept += not written
+            continue
+        condition = {} if force else {"ConditionExpression": "attribute_not_exists(pk)"}
         try:
             client.put_item(TableName=table, Item=item, **condition)
             written = True
@@ -96,27 +95,60 @@ def load(client: Any, table: str, items: list[dict[str, Any]], *, force: bool = 
             if clients.error_code(exc) != "ConditionalCheckFailedException":
                 raise clients.translate(exc, what=f"importing into {table}") from exc
             written = False
-        if is_workset:
-            report.worksets_written += written
-            report.worksets_kept += not written
-        else:
-            report.events_written += written
-            report.events_kept += not written
-    report.in_progress = sum(
-        1
-        for item in _scan(client, table)
-        if item["sk"]["S"] == codec.CONTROL_SK and item["state"]["S"] == "in_progress"
-    )
-    had_counter = any(item["sk"]["S"] == "counter" for item in items)
-    if report.in_progress or had_counter or report.worksets_written:
-        # running: recounted; retry_seq bumped, so that running daemons read the retrying worksets again.
-        client.update_item(
-            TableName=table,
+        report.events_written += written
+        report.events_kept += not written
+    if report.worksets_written:  # running daemons read the retrying worksets again
+        _call(
+            client.update_item,
+            table,
             Key=codec.FLEET_KEY,
-            UpdateExpression="SET running = :running ADD retry_seq :one",
-            ExpressionAttributeValues={":running": {"N": str(report.in_progress)}, ":one": {"N": "1"}},
+            UpdateExpression="ADD retry_seq :one",
+            ExpressionAttributeValues={":one": {"N": "1"}},
         )
+    counter = _call(client.get_item, table, Key=codec.FLEET_KEY, ConsistentRead=True).get("Item", {})
+    report.in_progress = int(counter.get("running", {}).get("N", "0"))
     return report
+
+
+def _put_workset(client: Any, table: str, item: dict[str, Any], *, force: bool) -> bool:
+    """Write one workset unless the table's copy is as new (with ``force``: whatever it is), in one transaction with
+    the fleet counter's change, as every transition is: the counter stays exact while daemons work the table. A daemon's
+    write in between fails the condition on the version read, and the workset is read and decided again."""
+    key = {"pk": item["pk"], "sk": item["sk"]}
+    for _ in range(_TRIES):
+        old = _call(client.get_item, table, Key=key, ConsistentRead=True).get("Item")
+        if old is not None and not force and int(old["version"]["N"]) >= int(item["version"]["N"]):
+            return False
+        put: dict[str, Any] = {"TableName": table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
+        if old is not None:
+            put |= {
+                "ConditionExpression": "#version = :seen",
+                "ExpressionAttributeNames": {"#version": "version"},
+                "ExpressionAttributeValues": {":seen": old["version"]},
+            }
+        writes: list[dict[str, Any]] = [{"Put": put}]
+        delta = _in_progress(item) - _in_progress(old)
+        if delta:
+            fleet = {"TableName": table, "Key": codec.FLEET_KEY, "UpdateExpression": "ADD running :delta"}
+            writes.append({"Update": fleet | {"ExpressionAttributeValues": {":delta": {"N": str(delta)}}}})
+        try:
+            client.transact_write_items(TransactItems=writes)
+            return True
+        except botocore.exceptions.ClientError as exc:
+            if clients.error_code(exc) != "TransactionCanceledException":
+                raise clients.translate(exc, what=f"importing into {table}") from exc
+    raise errors.Conflict(f"{item['pk']['S']} kept changing while it was imported; run the import again")
+
+
+def _in_progress(item: dict[str, Any] | None) -> int:
+    return int(item is not None and item.get("state", {}).get("S") == State.IN_PROGRESS.value)
+
+
+def _call(method: Any, table: str, **kwargs: Any) -> Any:
+    try:
+        return method(TableName=table, **kwargs)
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        raise clients.translate(exc, what=f"importing into {table}") from exc
 
 
 def _scan(client: Any, table: str) -> Iterator[dict[str, Any]]:

@@ -15,9 +15,11 @@ the index shows the mark to claimers without a change to the index's projection.
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from typing import Any, TypeVar
 
-from monitor.model import Event, EventType, Lease, Priority, State, Workset, WorksetId
+from monitor import errors
+from monitor.model import Event, EventType, Fleet, Lease, Priority, State, Workset, WorksetId
 from monitor.states import gsi_sort_key
 
 CONTROL_SK = "ws"
@@ -48,6 +50,8 @@ GSI_PROJECTED = (
 )
 
 Item = dict[str, dict[str, Any]]
+T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
 
 
 def event_sk(seq: int) -> str:
@@ -89,35 +93,35 @@ def workset_item(ws: Workset) -> Item:
     return control_key(ws.workset_id) | encode_fields(workset_fields(ws))
 
 
-def workset_from_item(item: Item) -> Workset:
-    v = decode_fields(item)
+def workset_from_item(item: Item, *, table: str) -> Workset:
+    a = _Attributes(item, table=table)
     lease = None
-    if v.get("lease_token"):
+    if token := a.optional("lease_token", str):
         lease = Lease(
-            token=v["lease_token"],
-            owner=v.get("lease_owner", ""),
-            heartbeat_at_ms=v.get("heartbeat_at_ms", 0),
-            expires_at_ms=v.get("lease_expires_at_ms", 0),
+            token=token,
+            owner=a.optional("lease_owner", str) or "",
+            heartbeat_at_ms=a.optional("heartbeat_at_ms", int) or 0,
+            expires_at_ms=a.optional("lease_expires_at_ms", int) or 0,
         )
     return Workset(
-        workset_id=WorksetId(v["pk"]),
-        state=State(v["state"]),
-        priority=Priority(v["priority"]),
-        bucket=v["bucket"],
-        prefix=v["prefix"],
-        created_at_ms=v["created_at_ms"],
-        updated_at_ms=v["updated_at_ms"],
-        available_at_ms=v["available_at_ms"],
-        attempts=v.get("attempts", 0),
-        version=v["version"],
-        epoch=v.get("epoch", 0),
-        hb_count=v.get("hb_count", 0),
+        workset_id=WorksetId(a.required("pk", str)),
+        state=a.member(State, "state"),
+        priority=a.member(Priority, "priority"),
+        bucket=a.required("bucket", str),
+        prefix=a.required("prefix", str),
+        created_at_ms=a.required("created_at_ms", int),
+        updated_at_ms=a.required("updated_at_ms", int),
+        available_at_ms=a.required("available_at_ms", int),
+        attempts=a.optional("attempts", int) or 0,
+        version=a.required("version", int),
+        epoch=a.optional("epoch", int) or 0,
+        hb_count=a.optional("hb_count", int) or 0,
         lease=lease,
-        current_step=v.get("current_step"),
-        steps_done=tuple(v.get("steps_done", ())),
-        last_error=v.get("last_error"),
-        error_category=v.get("error_category"),
-        held_off_for=None if lease else v.get("lease_owner"),
+        current_step=a.optional("current_step", str),
+        steps_done=a.strings("steps_done"),
+        last_error=a.optional("last_error", str),
+        error_category=a.optional("error_category", str),
+        held_off_for=None if lease else a.optional("lease_owner", str),
     )
 
 
@@ -143,34 +147,108 @@ def event_item(event: Event) -> Item:
     return encode_fields(fields)
 
 
-def outbox_sort_key(event: Event) -> str:
-    """Oldest first across all worksets."""
-    return f"{event.at_ms:015d}#{event.workset_id}#{event.seq:010d}"
+def outbox_sort_key(event: Event, *, due_ms: int | None = None) -> str:
+    """When the event is due (``due_ms``, else when it was committed), then oldest first across all worksets: an
+    event held by a claim or waiting out a retry sorts after, and is queried apart from, the ones due now."""
+    return f"{event.at_ms if due_ms is None else due_ms:015d}#{event.workset_id}#{event.seq:010d}"
+
+
+def outbox_due_bound(now_ms: int) -> str:
+    """Every outbox sort key below this is due at ``now_ms``."""
+    return f"{now_ms + 1:015d}"
 
 
 def event_key(workset_id: str, seq: int) -> Item:
     return {"pk": {"S": workset_id}, "sk": {"S": event_sk(seq)}}
 
 
-def event_from_item(item: Item) -> Event:
-    v = decode_fields(item)
+def event_from_item(item: Item, *, table: str) -> Event:
+    a = _Attributes(item, table=table)
+    sk = a.required("sk", str)
+    if not (sk.startswith(EVENT_SK_PREFIX) and sk.removeprefix(EVENT_SK_PREFIX).isdigit()):
+        raise a.corrupt("sk", f"holds {sk!r}, not {EVENT_SK_PREFIX}<sequence number>")
+    from_state = a.optional("from_state", str)
     return Event(
-        workset_id=WorksetId(v["pk"]),
-        seq=int(v["sk"].removeprefix(EVENT_SK_PREFIX)),
-        type=EventType(v["type"]),
-        at_ms=v["at_ms"],
-        actor=v["actor"],
-        from_state=State(v["from_state"]) if v.get("from_state") else None,
-        to_state=State(v["to_state"]),
-        reason=v.get("reason", ""),
-        attempt=v.get("attempt", 0),
-        epoch=v.get("epoch", 0),
-        detail=v.get("detail", ""),
-        priority=Priority(v.get("priority", Priority.NORMAL.value)),
-        pending=v.get("outbox") == OUTBOX_PENDING,
-        notified={c: v[f"notify_{c}"] for c in CHANNELS if f"notify_{c}" in v},
-        delivery_attempts=v.get("notify_attempts", 0),
+        workset_id=WorksetId(a.required("pk", str)),
+        seq=int(sk.removeprefix(EVENT_SK_PREFIX)),
+        type=a.member(EventType, "type"),
+        at_ms=a.required("at_ms", int),
+        actor=a.required("actor", str),
+        from_state=a.member(State, "from_state") if from_state else None,
+        to_state=a.member(State, "to_state"),
+        reason=a.optional("reason", str) or "",
+        attempt=a.optional("attempt", int) or 0,
+        epoch=a.optional("epoch", int) or 0,
+        detail=a.optional("detail", str) or "",
+        priority=a.member(Priority, "priority") if "priority" in item else Priority.NORMAL,
+        pending=a.optional("outbox", str) == OUTBOX_PENDING,
+        notified={c: outcome for c in CHANNELS if (outcome := a.optional(f"notify_{c}", str)) is not None},
+        delivery_attempts=a.optional("notify_attempts", int) or 0,
     )
+
+
+def fleet_from_item(item: Item, *, table: str) -> Fleet:
+    a = _Attributes(item, table=table)
+    return Fleet(running=a.optional("running", int) or 0, retry_seq=a.optional("retry_seq", int) or 0)
+
+
+def location(item: Item, *, table: str) -> str:
+    """``bucket/prefix`` of a control item (or its index entry)."""
+    a = _Attributes(item, table=table)
+    return f"{a.required('bucket', str)}/{a.required('prefix', str)}"
+
+
+def index_entry(item: Item, *, table: str) -> tuple[int, int, int | None]:
+    """(priority rank, available_at_ms, updated_at_ms) of a ``state-priority-index`` entry."""
+    a = _Attributes(item, table=table)
+    rank, available_at, _ = a.required("gsi_sk", str).split("#", 2)  # our own key, always well formed
+    return int(rank), int(available_at), a.optional("updated_at_ms", int)
+
+
+def item_key(item: Item) -> str:
+    """The item's key, for messages: ``pk='ws-1', sk='ws'``."""
+    return ", ".join(f"{name}={item.get(name, {}).get('S', '?')!r}" for name in ("pk", "sk"))
+
+
+class _Attributes:
+    """One item's attributes, each decoded as it is read: one that is missing, of the wrong type or not a known value
+    is a ``CorruptItem`` naming the table, the item and the attribute."""
+
+    def __init__(self, item: Item, *, table: str) -> None:
+        self._item, self._table = item, table
+
+    def corrupt(self, name: str, problem: str) -> errors.CorruptItem:
+        return errors.CorruptItem(table=self._table, key=item_key(self._item), attribute=name, problem=problem)
+
+    def optional(self, name: str, kind: type[T]) -> T | None:
+        if name not in self._item:
+            return None
+        try:
+            value = decode(self._item[name], name=name)
+        except Undecodable as exc:
+            raise self.corrupt(exc.name, exc.problem) from None
+        if not isinstance(value, kind):
+            raise self.corrupt(name, f"holds {value!r}, not a {kind.__name__}")
+        return value
+
+    def required(self, name: str, kind: type[T]) -> T:
+        value = self.optional(name, kind)
+        if value is None:
+            raise self.corrupt(name, "is missing")
+        return value
+
+    def member(self, kind: type[E], name: str) -> E:
+        value = self.required(name, str)
+        try:
+            return kind(value)
+        except ValueError:
+            raise self.corrupt(name, f"holds {value!r}, not a known {kind.__name__}") from None
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        values = self.optional(name, list) or []
+        if not all(isinstance(v, str) for v in values):
+            raise self.corrupt(name, f"holds {values!r}, not a list of strings")
+        return tuple(values)
 
 
 def encode_fields(fields: dict[str, Any]) -> Item:
@@ -195,7 +273,15 @@ def encode(value: Any) -> dict[str, Any]:
     raise TypeError(f"cannot store {type(value).__name__} in DynamoDB (floats are deliberately unsupported)")
 
 
+class Undecodable(ValueError):
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"attribute {name} {problem}")
+        self.name, self.problem = name, problem
+
+
 def decode(value: dict[str, Any], *, name: str = "?") -> Any:
+    if not isinstance(value, dict) or len(value) != 1:
+        raise Undecodable(name, f"holds {value!r}, not one DynamoDB typed value")
     (kind, raw), *_ = value.items()
     if kind == "S":
         return raw
@@ -203,7 +289,7 @@ def decode(value: dict[str, Any], *, name: str = "?") -> Any:
         try:
             return int(raw)
         except ValueError:
-            raise ValueError(f"attribute {name} holds {raw!r}; only integers are expected") from None
+            raise Undecodable(name, f"holds {raw!r}; only integers are expected") from None
     if kind == "BOOL":
         return bool(raw)
     if kind == "NULL":
@@ -214,7 +300,7 @@ def decode(value: dict[str, Any], *, name: str = "?") -> Any:
         return {k: decode(v, name=f"{name}.{k}") for k, v in raw.items()}
     if kind == "SS":
         return sorted(raw)
-    raise ValueError(f"attribute {name} has unsupported DynamoDB type {kind}")
+    raise Undecodable(name, f"has unsupported DynamoDB type {kind}")
 
 
 def item_size_bytes(item: Item) -> int:

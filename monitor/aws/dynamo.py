@@ -17,11 +17,11 @@ import dataclasses
 import heapq
 from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, TypeVar
 
 import botocore.exceptions
 
-from monitor import errors
+from monitor import errors, logs
 from monitor.aws import clients, codec
 from monitor.model import Due, Event, Fleet, Priority, State, Stats, Workset, WorksetId
 from monitor.states import Decision, gsi_sort_key
@@ -37,6 +37,8 @@ LIST_ORDER = (
 )
 _BATCH_GET_MAX = 100
 _CANCELLED = ("TransactionCanceledException",)
+T = TypeVar("T")
+log = logs.get("monitor.store")
 
 
 class DynamoStore:
@@ -56,6 +58,7 @@ class DynamoStore:
         self._page_size = page_size  # None: DynamoDB's own 1 MB pages; tests set it small to force paging
         self._outbox = outbox  # which new events some notification channel wants: they go to the outbox
         self._on_pending = on_pending  # called after a write that put an event in the outbox
+        self._corrupt: set[str] = set()  # keys of the corrupt items reported
 
     # --- writes ----------------------------------------------------------------------------------------------
 
@@ -124,7 +127,7 @@ class DynamoStore:
                 raise errors.FleetFull(
                     f"the fleet already runs {fleet_cap} worksets (run.max_fleet_concurrent)"
                 ) from exc
-            raise _conflict(exc, decision, fence_token) from exc
+            raise _conflict(exc, decision, fence_token, table=self._table) from exc
         self._rang(decision.event)
         return after
 
@@ -214,7 +217,7 @@ class DynamoStore:
             ConsistentRead=True,
         )
         item = response.get("Item")
-        return codec.workset_from_item(item) if item else None
+        return codec.workset_from_item(item, table=self._table) if item else None
 
     async def event(self, workset_id: WorksetId, seq: int) -> Event | None:
         response = await self._call(
@@ -225,7 +228,7 @@ class DynamoStore:
             ConsistentRead=True,
         )
         item = response.get("Item")
-        return codec.event_from_item(item) if item else None
+        return codec.event_from_item(item, table=self._table) if item else None
 
     async def due(self, *, now_ms: int, limit: int, retrying: bool = True) -> Due:
         """Claimable worksets whose time has come, in claim order; read from the index (may be stale)."""
@@ -258,7 +261,9 @@ class DynamoStore:
             next_rank = len(Priority)
             async with contextlib.aclosing(pages):
                 async for item in pages:
-                    ws = codec.workset_from_item(item)
+                    ws = self._readable(codec.workset_from_item, item)
+                    if ws is None:
+                        continue
                     if ws.available_at_ms > now_ms:
                         next_rank = ws.priority.rank + 1
                         next_ms = ws.available_at_ms if next_ms is None else min(next_ms, ws.available_at_ms)
@@ -283,26 +288,35 @@ class DynamoStore:
             Key=codec.FLEET_KEY,
             ConsistentRead=True,
         )
-        item = response.get("Item", {})
-        return Fleet(
-            running=int(item.get("running", {}).get("N", "0")), retry_seq=int(item.get("retry_seq", {}).get("N", "0"))
-        )
+        return codec.fleet_from_item(response.get("Item", {}), table=self._table)
 
     # --- the notification outbox --------------------------------------------------------------------------------
 
-    async def pending_events(self, *, limit: int) -> list[Event]:
-        response = await self._call(
+    async def pending_events(self, *, limit: int, due_by_ms: int | None = None) -> list[Event]:
+        condition, values = "outbox = :pending", {":pending": {"S": codec.OUTBOX_PENDING}}
+        if due_by_ms is not None:
+            condition += " AND outbox_sk < :due"
+            values[":due"] = {"S": codec.outbox_due_bound(due_by_ms)}
+        pages = self._pages(
             "query",
             what="reading the notification outbox",
+            limit=limit,
             TableName=self._table,
             IndexName=codec.OUTBOX_GSI,
-            KeyConditionExpression="outbox = :pending",
-            ExpressionAttributeValues={":pending": {"S": codec.OUTBOX_PENDING}},
-            Limit=limit,
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues=values,
         )
-        return [codec.event_from_item(item) for item in response.get("Items", [])]
+        found: list[Event] = []
+        async with contextlib.aclosing(pages):
+            async for item in pages:  # a second page only when a corrupt event was left out of the first
+                if (event := self._readable(codec.event_from_item, item)) is not None:
+                    found.append(event)
+                if len(found) >= limit:
+                    break
+        return found
 
     async def claim_event(self, event: Event, *, owner: str, now_ms: int, hold_ms: int) -> bool:
+        until_ms = now_ms + hold_ms
         try:
             await self._call(
                 "update_item",
@@ -310,12 +324,13 @@ class DynamoStore:
                 inspect=("ConditionalCheckFailedException",),
                 TableName=self._table,
                 Key=codec.event_key(event.workset_id, event.seq),
-                UpdateExpression="SET claimed_by = :me, claim_until_ms = :until",
+                UpdateExpression="SET claimed_by = :me, claim_until_ms = :until, outbox_sk = :due",
                 ConditionExpression="outbox = :pending AND (attribute_not_exists(claim_until_ms) "
-                "OR claim_until_ms < :now OR claimed_by = :me)",
+                "OR claim_until_ms <= :now OR claimed_by = :me)",
                 ExpressionAttributeValues={
                     ":me": {"S": owner},
-                    ":until": {"N": str(now_ms + hold_ms)},
+                    ":until": {"N": str(until_ms)},
+                    ":due": {"S": codec.outbox_sort_key(event, due_ms=until_ms)},
                     ":now": {"N": str(now_ms)},
                     ":pending": {"S": codec.OUTBOX_PENDING},
                 },
@@ -335,18 +350,24 @@ class DynamoStore:
             ExpressionAttributeValues={":outcome": {"S": outcome}},
         )
 
-    async def finish_event(self, event: Event, *, done: bool) -> None:
-        """Leave the outbox (``done``), or give the claim back after a temporary failure and count the attempt."""
-        update = "REMOVE claimed_by, claim_until_ms"
-        if done:
-            update += ", outbox, outbox_sk"
-        extra: dict[str, Any] = {} if done else {"ExpressionAttributeValues": {":one": {"N": "1"}}}
+    async def finish_event(self, event: Event, *, retry_at_ms: int | None = None) -> None:
+        """Leave the outbox, or (``retry_at_ms``) count a failed round and wait until then for the next."""
+        extra: dict[str, Any] = {}
+        if retry_at_ms is None:
+            update = "REMOVE claimed_by, claim_until_ms, outbox, outbox_sk"
+        else:
+            update = "SET claim_until_ms = :retry, outbox_sk = :due REMOVE claimed_by ADD notify_attempts :one"
+            extra["ExpressionAttributeValues"] = {
+                ":retry": {"N": str(retry_at_ms)},
+                ":due": {"S": codec.outbox_sort_key(event, due_ms=retry_at_ms)},
+                ":one": {"N": "1"},
+            }
         await self._call(
             "update_item",
             what=f"finishing the delivery of {event.event_id}",
             TableName=self._table,
             Key=codec.event_key(event.workset_id, event.seq),
-            UpdateExpression=update + ("" if done else " ADD notify_attempts :one"),
+            UpdateExpression=update,
             **extra,
         )
 
@@ -357,9 +378,10 @@ class DynamoStore:
         if workset_ids is None:
             for state in LIST_ORDER:
                 async for item in self._index(
-                    state, None, projection="pk, #bucket, #prefix", names={"#bucket": "bucket", "#prefix": "prefix"}
+                    state, None, projection="pk, sk, #bucket, #prefix", names={"#bucket": "bucket", "#prefix": "prefix"}
                 ):
-                    found[WorksetId(item["pk"]["S"])] = f"{item['bucket']['S']}/{item['prefix']['S']}"
+                    if (where := self._readable(codec.location, item)) is not None:
+                        found[WorksetId(item["pk"]["S"])] = where
             return found
         for ws in (await self._batch_get(workset_ids)).values():
             found[ws.workset_id] = f"{ws.bucket}/{ws.prefix}"
@@ -374,7 +396,7 @@ class DynamoStore:
             ExpressionAttributeValues={":pk": {"S": workset_id}, ":evt": {"S": codec.EVENT_SK_PREFIX}},
             ConsistentRead=True,
         )
-        return [codec.event_from_item(item) async for item in pages]
+        return [e async for item in pages if (e := self._readable(codec.event_from_item, item)) is not None]
 
     async def list(
         self, *, state: State | None = None, priority: Priority | None = None, limit: int | None = None
@@ -404,13 +426,14 @@ class DynamoStore:
         stalest: dict[State, int] = {}
         for state in State if states is None else [s for s in State if s in states]:
             per = dict.fromkeys(Priority, 0)
-            async for item in self._index(state, None, projection="gsi_sk, updated_at_ms"):
-                rank, available_at, _ = item["gsi_sk"]["S"].split("#", 2)
-                per[by_rank[int(rank)]] += 1
+            async for item in self._index(state, None, projection="pk, sk, gsi_sk, updated_at_ms"):
+                if (entry := self._readable(codec.index_entry, item)) is None:
+                    continue
+                rank, available_at, updated = entry
+                per[by_rank[rank]] += 1
                 if state is State.READY:
-                    at = int(available_at)
-                    oldest_ready_ms = at if oldest_ready_ms is None else min(oldest_ready_ms, at)
-                updated = int(item.get("updated_at_ms", {}).get("N", now_ms))
+                    oldest_ready_ms = available_at if oldest_ready_ms is None else min(oldest_ready_ms, available_at)
+                updated = now_ms if updated is None else updated
                 stalest[state] = min(stalest.get(state, updated), updated)
             counts[state] = per
         age = None if oldest_ready_ms is None else max(now_ms - oldest_ready_ms, 0) / 1000
@@ -451,13 +474,23 @@ class DynamoStore:
             while request:
                 response = await self._call("batch_get_item", what="reading worksets", RequestItems=request)
                 for item in response.get("Responses", {}).get(self._table, []):
-                    ws = codec.workset_from_item(item)
-                    found[ws.workset_id] = ws
+                    if (ws := self._readable(codec.workset_from_item, item)) is not None:
+                        found[ws.workset_id] = ws
                 request = response.get("UnprocessedKeys") or {}
                 if request:  # throttled: DynamoDB asks us to come back for the rest
                     await asyncio.sleep(delay_s)
                     delay_s = min(delay_s * 2, 2.0)
         return found
+
+    def _readable(self, decode: Callable[..., T], item: codec.Item) -> T | None:
+        """``decode(item)``, or None when the item is corrupt: a listing leaves it out (logged once per item)."""
+        try:
+            return decode(item, table=self._table)
+        except errors.CorruptItem as exc:
+            if exc.key not in self._corrupt:
+                self._corrupt.add(exc.key)
+                log.error("corrupt item left out; repair or delete it", error=str(exc))
+            return None
 
     async def _pages(
         self, operation: str, *, what: str, limit: int | None = None, **kwargs: Any
@@ -526,12 +559,14 @@ def _cancelled_by_condition(exc: botocore.exceptions.ClientError) -> bool:
     return any(r.get("Code") == "ConditionalCheckFailed" for r in _reasons(exc))
 
 
-def _conflict(exc: botocore.exceptions.ClientError, decision: Decision, fence_token: str | None) -> errors.Conflict:
+def _conflict(
+    exc: botocore.exceptions.ClientError, decision: Decision, fence_token: str | None, *, table: str
+) -> errors.Conflict:
     ws_id = decision.before.workset_id
     old = (_reasons(exc) or [{}])[0].get("Item")
     if old is None:
         return errors.Conflict(f"{ws_id} does not exist or changed concurrently")
-    current = codec.workset_from_item(old)
+    current = codec.workset_from_item(old, table=table)
     if fence_token is not None and (current.lease is None or current.lease.token != fence_token):
         return errors.LeaseLost(f"{ws_id}: our lease is gone (now {current.state.value}, epoch {current.epoch})")
     return errors.Conflict(

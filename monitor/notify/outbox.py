@@ -1,15 +1,22 @@
 """At-least-once delivery of notifications from the outbox.
 
 An event some channel wants is written *with* its transition, marked pending (``outbox-index``), so a notification
-can only be lost together with the change it reports. This loop delivers pending events, oldest first:
+can only be lost together with the change it reports. This loop delivers the pending events that are due, oldest
+first:
 
-1. **Claim** the event (a conditional write; the claim lasts ``hold_s``), so two daemons never both send it.
+1. **Claim** the event (a conditional write; the claim lasts ``hold_s`` and makes the event due only once it has run
+   out), so two daemons never both send it.
 2. For each configured channel not yet recorded on the event: skip it if its filters say so, else send it, with
    bounded retries (exponential backoff with jitter, at least what the server asked for); record the channel's
    outcome on the event right away, so a crash never re-sends what was delivered.
 3. **Finish**: out of the outbox once every channel has an outcome. A channel still failing temporarily leaves the
-   event pending; the claim runs out and the event is tried again, up to ``max_rounds`` rounds, then recorded as
-   failed (and logged as an error).
+   event pending and due again ``hold_s`` later, up to ``max_rounds`` rounds, then recorded as failed (and logged as
+   an error).
+
+One channel down never holds back the others: a channel that failed temporarily is not tried again in the same pass
+(the events still owed to it wait for the next round, without spending its retries again), and the events waiting
+out a retry are not due, so the outbox query never returns them in place of newer ones. A pass therefore spends at
+most one event's retries per failing channel, and reaches every due event while its budget lasts.
 
 A crash between commit and delivery loses nothing: the event is still pending and is delivered after the restart,
 with the same event id. Delivery never blocks or fails a state transition: it runs beside them (the supervisor's
@@ -89,8 +96,6 @@ class Outbox:
         self._max_wait_s = max_wait_s
         self._batch = batch
         self._sleep = sleep
-        # event id -> monotonic time: not ours to retry before then (at most hold_s ahead; forgotten once passed)
-        self._not_before: dict[str, float] = {}
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (channel, outcome)
         self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)  # commit -> delivered
         self.observe: Callable[[str, str, float | None], None] | None = None  # metrics hook: channel, outcome, s
@@ -121,21 +126,14 @@ class Outbox:
         hangs: at most the budget plus one event's delivery, which never outlasts the claim on it (``hold_s``)."""
         finished = 0
         ends_at = None if budget_s is None else self._clock.monotonic() + budget_s
-        # An event delivered by another daemon never comes back to clear its entry: forget what no longer holds us.
-        now = self._clock.monotonic()
-        self._not_before = {event_id: at for event_id, at in self._not_before.items() if at > now}
+        down: set[str] = set()  # channels that failed for now in this pass
         while True:
-            now = self._clock.monotonic()
-            batch = [
-                e
-                for e in await self._store.pending_events(limit=self._batch)
-                if self._not_before.get(e.event_id, 0) <= now
-            ]
+            batch = await self._store.pending_events(limit=self._batch, due_by_ms=self._clock.now_ms())
             if not batch:
                 return finished
             progressed = False
             for event in batch:
-                outcome = await self._deliver_within_claim(event)
+                outcome = await self._deliver_within_claim(event, down)
                 finished += outcome == "done"
                 progressed |= outcome != "busy"
                 if ends_at is not None and self._clock.monotonic() >= ends_at:
@@ -143,23 +141,28 @@ class Outbox:
             if not progressed:
                 return finished
 
-    async def _deliver_within_claim(self, event: Event) -> str:
+    async def _deliver_within_claim(self, event: Event, down: set[str]) -> str:
         """``deliver``, abandoned when the claim on the event runs out: past it another daemon may claim the event and
         send it too, and a hung channel must not hold the loop. What was recorded stays; the rest is retried."""
         try:
-            return await asyncio.wait_for(self.deliver(event), timeout=self._hold_ms / 1000)
+            return await asyncio.wait_for(self.deliver(event, down=down), timeout=self._hold_ms / 1000)
         except TimeoutError:
             log.warning("delivery outlasted its claim; will retry", event_id=event.event_id)
-            self._not_before[event.event_id] = self._clock.monotonic()  # the claim has run out: any daemon may retry
             return "later"
 
-    async def deliver(self, event: Event) -> str:
-        """Deliver one event to every channel that should have it: "done", "later" or "busy" (another daemon)."""
+    async def deliver(self, event: Event, *, down: set[str] | None = None) -> str:
+        """Deliver one event to every channel that should have it: "done", "later" or "busy" (another daemon).
+        Channels in ``down`` failed for now earlier in the pass: not tried, the event waits for them; a channel
+        that fails for now here is added to it."""
+        down = set() if down is None else down
         now_ms = self._clock.now_ms()
         if not await self._store.claim_event(event, owner=self._owner, now_ms=now_ms, hold_ms=self._hold_ms):
-            self._not_before[event.event_id] = self._clock.monotonic() + self._hold_ms / 1000
             return "busy"
-        ws = await self._store.get(event.workset_id)
+        try:
+            ws = await self._store.get(event.workset_id)
+        except errors.CorruptItem as exc:
+            log.error("workset unreadable; notifying without its details", event_id=event.event_id, error=str(exc))
+            ws = None
         wanted = filters.channels(self.notify)
         retry_later = False
         for channel in self._channels:
@@ -169,14 +172,14 @@ class Outbox:
             if config is None or not filters.wants(self.notify, config, event):
                 await self._record(event, channel.name, "skipped")
                 continue
-            outcome = await self._send(channel, event, ws)
+            outcome = None if channel.name in down else await self._send(channel, event, ws)
             if outcome is None:
+                down.add(channel.name)
                 retry_later = True
                 continue
             await self._record(event, channel.name, outcome)
         if retry_later and event.delivery_attempts + 1 < self._max_rounds:
-            await self._store.finish_event(event, done=False)
-            self._not_before[event.event_id] = self._clock.monotonic() + self._hold_ms / 1000
+            await self._store.finish_event(event, retry_at_ms=self._clock.now_ms() + self._hold_ms)
             return "later"
         if retry_later:
             for channel in self._channels:
@@ -184,8 +187,7 @@ class Outbox:
                     reason = f"failed: gave up after {self._max_rounds} rounds"
                     log.error("notification given up", channel=channel.name, event_id=event.event_id)
                     await self._record(event, channel.name, reason)
-        await self._store.finish_event(event, done=True)
-        self._not_before.pop(event.event_id, None)
+        await self._store.finish_event(event)
         return "done"
 
     async def _send(self, channel: Channel, event: Event, ws: Workset | None) -> str | None:
