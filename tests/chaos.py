@@ -243,7 +243,7 @@ def run(
                             actions.append(action)  # nothing running right now: later
                         continue
                     if action == "release":
-                        report.releases += _operator(work, config, "release", target, "--reason", "chaos") == 0
+                        report.releases += int(_operator(work, config, "release", target, "--reason", "chaos") == 0)
                     elif _operator(work, config, "cancel", target, "--reason", "chaos") == 0:
                         report.cancels += 1
                         _operator(work, config, "retry", target, "--reason", "chaos")  # again at the end if need be
@@ -395,6 +395,7 @@ def _check(
     report.repeated_runs = sum(len(epochs) - 1 for epochs in epochs_of.values() if epochs)
     overlapping, report.overlaps_excused = runs.overlaps(recorded, paused=paused or {})
     notifiable: list[Event] = []
+    unreached: list[str] = []  # one violation for all of them: a dead channel must not hide the other checks
 
     for ws_id, ws in sorted(worksets.items()):
         history = asyncio.run(store.history(WorksetId(ws_id)))
@@ -425,10 +426,12 @@ def _check(
                 continue
             notifiable.append(event)
             if hook.received[event.event_id] == 0:
-                violations.append(f"{event.event_id} ({event.type.value}) never reached the webhook")
+                unreached.append(f"{event.event_id} ({event.type.value})")
         if len(violations) > 50:
             violations.append("(stopped checking after 50 violations)")
             break
+    if unreached:
+        violations.append(f"{len(unreached)} events never reached the webhook: {', '.join(unreached[:10])}")
     violations += overlapping
     late, report.late_excused, report.worst_latency_s = _late(notifiable, hook.first_at, disturbed)
     violations += late
@@ -541,9 +544,18 @@ def main() -> int:
     parser.add_argument("--daemons", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--drain", type=float, default=300, help="seconds to wait for the webhook at the end")
+    parser.add_argument("--no-down-channel", action="store_true", help="no SNS channel (the latency check's baseline)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
-    report = run(worksets=args.worksets, daemons=args.daemons, seed=args.seed, timeout_s=args.timeout)
+    report = run(
+        worksets=args.worksets,
+        daemons=args.daemons,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        drain_s=args.drain,
+        down_channel=not args.no_down_channel,
+    )
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
     for violation in report.violations:
