@@ -45,7 +45,10 @@ def parse(lines: Iterable[str], *, kills: Mapping[int, float], end: float) -> li
     starts: dict[int, tuple[str, int, int, float]] = {}
     stops: dict[int, tuple[float, str]] = {}
     for line in lines:
-        ws, epoch, _attempt, pid, daemon_pid, at, what = line.split()
+        fields = line.split()
+        if len(fields) != 7:
+            continue  # a line cut short: its writer was SIGKILLed in the middle of the write
+        ws, epoch, _attempt, pid, daemon_pid, at, what = fields
         if what == "start":
             starts[int(pid)] = (ws, int(epoch), int(daemon_pid), float(at))
         elif what in _STOPS:
