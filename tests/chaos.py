@@ -123,6 +123,8 @@ class Report:
     denials: int = 0  # windows in which one daemon's heartbeats were answered AccessDenied
     releases: int = 0  # operator releases (clock skewed) that took a running workset away
     cancels: int = 0  # operator cancels (clock skewed) of a running workset, each retried at once
+    operator: list[str] = field(default_factory=list)  # each command the operator ran, with its exit code
+    denied: list[str] = field(default_factory=list)  # each daemon whose heartbeats were denied: name, pid, seconds
     faults: dict[str, int] = field(default_factory=dict)
     takeovers: int = 0
     step_runs: int = 0
@@ -202,7 +204,7 @@ def run(
                 # The scripted first actions come quickly and always happen, even on a machine fast enough to finish
                 # the work before them (then they hit an idle fleet, which must survive them too).
                 time.sleep(rng.uniform(0.5, 1.5) if actions else rng.uniform(1.0, 3.0))
-                if not actions and _settled(store, work, config):
+                if not actions and _settled(store, work, config, report):
                     break
                 spared = denied[0] if time.monotonic() < denied[1] else None
                 index = _victim(rng, fleet, store, spare=spared)
@@ -234,19 +236,20 @@ def run(
                     victim = fleet[index if long_holder is None else long_holder]
                     seconds = rng.uniform(6.0, 10.0)  # longer than a lease: another daemon takes its work over
                     faults.deny_heartbeats(f"chaos-{victim.name}", seconds)
+                    report.denied.append(f"{victim.name} (pid {victim.process.pid}) for {seconds:.1f} s")
                     denied = (victim, time.monotonic() + seconds)
                     report.denials += 1
                 else:  # release or cancel, by an operator whose clock is behind
                     target = _running(rng, store)
                     if target is None:
-                        if not _settled(store, work, config):
+                        if not _settled(store, work, config, report):
                             actions.append(action)  # nothing running right now: later
                         continue
                     if action == "release":
-                        report.releases += int(_operator(work, config, "release", target, "--reason", "chaos") == 0)
-                    elif _operator(work, config, "cancel", target, "--reason", "chaos") == 0:
+                        report.releases += int(_operator(work, config, "release", target, report=report) == 0)
+                    elif _operator(work, config, "cancel", target, report=report) == 0:
                         report.cancels += 1
-                        _operator(work, config, "retry", target, "--reason", "chaos")  # again at the end if need be
+                        _operator(work, config, "retry", target, report=report)  # again at the end if need be
             else:
                 report.violations.append(f"not every workset was terminal after {timeout_s:.0f} s")
             # The chaos is over: let the fleet deliver what is left, then stop it. Under chaos the outbox can run a
@@ -311,20 +314,22 @@ def _running(rng: random.Random, store: DynamoStore) -> str | None:
     return rng.choice(long or running) if running else None
 
 
-def _operator(work: Path, config: Path, *args: str) -> int:
-    """``workset-monitor ARGS`` run by an operator whose clock is OPERATOR_SKEW_S off (faketime); its exit code."""
+def _operator(work: Path, config: Path, verb: str, workset_id: str, *, report: Report) -> int:
+    """``workset-monitor VERB ID`` run by an operator whose clock is OPERATOR_SKEW_S off (faketime); its exit code."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSET_MONITOR_")}
-    command = [sys.executable, "-m", "monitor", args[0], "--config", str(config), *args[1:]]
+    command = [sys.executable, "-m", "monitor", verb, "--config", str(config), workset_id, "--reason", "chaos"]
     with (work / "operator.log").open("a") as log:
-        log.write(f"$ faketime {OPERATOR_SKEW_S:+d}s {' '.join(args)}\n")
+        log.write(f"$ faketime {OPERATOR_SKEW_S:+d}s workset-monitor {verb} {workset_id}\n")
         log.flush()
-        return subprocess.run(  # noqa: PLW1510
+        code = subprocess.run(  # noqa: PLW1510
             ["faketime", "-f", f"{OPERATOR_SKEW_S:+d}s", *command],
             env=env | CREDENTIALS | {"AWS_ACCESS_KEY_ID": "chaos-operator"},
             stdout=log,
             stderr=subprocess.STDOUT,
             timeout=120,
         ).returncode
+    report.operator.append(f"{verb} {workset_id}: exit {code}")
+    return code
 
 
 def _drop(s3: Any, names: list[str]) -> None:
@@ -352,12 +357,12 @@ def _config(work: Path, endpoint: str, hook_url: str, topic_arn: str | None) -> 
     )
 
 
-def _settled(store: DynamoStore, work: Path, config: Path) -> bool:
+def _settled(store: DynamoStore, work: Path, config: Path, report: Report) -> bool:
     """Whether every workset is terminal and none cancelled; the cancelled ones (the operator's) are retried."""
     worksets = asyncio.run(store.list())
     for ws in worksets:
         if ws.state is State.CANCELLED:
-            _operator(work, config, "retry", ws.workset_id, "--reason", "chaos: cancelled by the harness")
+            _operator(work, config, "retry", ws.workset_id, report=report)
     return bool(worksets) and all(ws.state.terminal and ws.state is not State.CANCELLED for ws in worksets)
 
 
