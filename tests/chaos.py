@@ -9,18 +9,19 @@ writes applied and then answered with HTTP 500: the response is lost, the write 
 K ``workset-monitor run`` processes, each with AWS credentials of its own, a short lease and two channels for every
 event: a webhook (the receiver itself refuses 10 % of deliveries) and SNS, which is down for the whole run (every
 ``Publish`` answered 503). The step records the start and the stop of every run (``tests/runs.py``); it takes
-0.3-2 s, 5-8 s (longer than a lease) for one workset in ten; one workset in twenty fails its first attempt with exit
-code 75 (temporary).
+0.3-2 s, 5-8 s (longer than a lease) for the first run of one workset in five; one workset in twenty fails its first
+attempt with exit code 75 (temporary).
 
 Chaos, until every workset is terminal: every 1-3 s one daemon (mostly one that holds work) is either SIGKILLed
 together with its step processes (what systemd's control group does) and started again 0.5-2 s later, or SIGSTOPped
 for 0.5-8 s (often longer than the lease, so its work is taken over while it sleeps) and then continued; or (one time
 in ten) AWS goes silent for 3-6 s, longer than the lease: no request gets an answer before its client times out, so
-every holder must fence itself and every loop must ride it out; or one daemon (preferably one running a long step)
+every holder must fence itself and every loop must ride it out; or one daemon that has just started a long step
 has its heartbeats answered ``AccessDeniedException`` for 6-10 s while its other requests succeed; or an operator
-whose clock is a minute slow (``faketime -f -60s``) runs ``release`` on a running workset (a long one if any), or
+whose clock is a minute slow (``faketime -f -60s``) runs ``release`` on a workset whose long step has just started, or
 ``cancel`` and at once ``retry`` (cancelled worksets are retried again before the run may end). A kill, an outage, a
-pause, a denial, a release and a cancel always happen first, 0.5-1.5 s apart, even if the work is done before them.
+pause, a denial, a release and a cancel always happen first, 0.5-1.5 s apart (the last three as soon as a long step
+has just started), even if the work is done before them.
 
 Then the fleet is stopped with SIGTERM, the faults are switched off, and every invariant is checked:
 
@@ -82,8 +83,8 @@ DELIVERY_INTERVAL_S = 1.0  # the notifier's period ([scan] interval_s): events m
 OPERATOR_SKEW_S = -60  # the operator's clock, behind by a minute (faketime)
 DOWN_TOPIC = "chaos-down"  # the SNS channel, refused for the whole run
 
-# Records its runs (see tests/runs.py); one workset in ten runs for 5-8 s, longer than a lease, so that a holder which
-# stops renewing without stopping its step is caught running beside the next holder's run.
+# Records its runs (see tests/runs.py); the first run (epoch 1) of one workset in five takes 5-8 s, longer than a lease,
+# so that a holder which stops renewing without stopping its step is caught running beside the next holder's run.
 STEP = """\
 import os, random, signal, sys, time
 ws, epoch, attempt = os.environ["WORKSET_ID"], os.environ["WORKSET_EPOCH"], os.environ["WORKSET_ATTEMPT"]
@@ -96,16 +97,27 @@ def stopped(*_):
 signal.signal(signal.SIGTERM, stopped)
 record("start")
 n = int(ws.rsplit("-", 1)[1])
-time.sleep(random.uniform(5.0, 8.0) if n % 10 == 3 else random.uniform(0.3, 2.0))
+time.sleep(random.uniform(5.0, 8.0) if n % 5 == 3 and epoch == "1" else random.uniform(0.3, 2.0))
 flaky = n % 20 == 7 and attempt == "1"
 record("fail" if flaky else "end")
 sys.exit(75 if flaky else 0)
 """
 
 
-def _long(workset_id: str) -> bool:
-    """Whether the step runs longer than a lease for this workset (as ``STEP`` decides)."""
-    return int(workset_id.rsplit("-", 1)[1]) % 10 == 3
+def _long(workset_id: str, epoch: int) -> bool:
+    """Whether the step runs longer than a lease for this workset's run under ``epoch`` (as ``STEP`` decides)."""
+    return int(workset_id.rsplit("-", 1)[1]) % 5 == 3 and epoch == 1
+
+
+def _fresh_long_runs(runs_log: Path) -> list[runs.Run]:
+    """Runs that will go on for seconds yet: long ones, started less than 2 s ago, not stopped."""
+    lines = runs_log.read_text().splitlines() if runs_log.exists() else []
+    now = time.monotonic()
+    return [
+        r
+        for r in runs.parse(lines, kills={}, end=now)
+        if r.how == "open" and _long(r.workset, r.epoch) and now - r.start < 2.0
+    ]
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -232,18 +244,24 @@ def run(
                     fleet[index].pause(rng.uniform(0.5, 8.0))
                     disturbed.append((at, time.time()))
                 elif action == "deny":
-                    long_holder = _holder_of_long(fleet, store)
-                    victim = fleet[index if long_holder is None else long_holder]
+                    pids = {r.daemon_pid for r in _fresh_long_runs(work / "runs.log")}
+                    holders = [daemon for daemon in fleet if daemon.process.pid in pids]
+                    if not holders:
+                        if not _settled(store, work, config, report):
+                            actions.append(action)  # nobody is running a long step right now: later
+                        continue
+                    victim = rng.choice(holders)
                     seconds = rng.uniform(6.0, 10.0)  # longer than a lease: another daemon takes its work over
                     faults.deny_heartbeats(f"chaos-{victim.name}", seconds)
                     report.denied.append(f"{victim.name} (pid {victim.process.pid}) for {seconds:.1f} s")
                     denied = (victim, time.monotonic() + seconds)
                     report.denials += 1
                 else:  # release or cancel, by an operator whose clock is behind
-                    target = _running(rng, store)
+                    fresh = sorted({r.workset for r in _fresh_long_runs(work / "runs.log")})
+                    target = rng.choice(fresh) if fresh else None
                     if target is None:
                         if not _settled(store, work, config, report):
-                            actions.append(action)  # nothing running right now: later
+                            actions.append(action)  # no long step running right now: later
                         continue
                     if action == "release":
                         report.releases += int(_operator(work, config, "release", target, report=report) == 0)
@@ -297,21 +315,6 @@ def _victim(rng: random.Random, fleet: list[Daemon], store: DynamoStore, *, spar
     allowed = [i for i, daemon in enumerate(fleet) if daemon is not spare] or list(range(len(fleet)))
     busy = [i for i in allowed if fleet[i].find_owner() in holders]
     return rng.choice(busy) if busy and rng.random() < 0.8 else rng.choice(allowed)
-
-
-def _holder_of_long(fleet: list[Daemon], store: DynamoStore) -> int | None:
-    """A daemon that holds a workset whose step outlasts a lease, if one does."""
-    holders = {
-        ws.lease.owner for ws in asyncio.run(store.list(state=State.IN_PROGRESS)) if ws.lease and _long(ws.workset_id)
-    }
-    return next((i for i, daemon in enumerate(fleet) if daemon.find_owner() in holders), None)
-
-
-def _running(rng: random.Random, store: DynamoStore) -> str | None:
-    """A workset in progress, one whose step outlasts a lease if there is one."""
-    running = [ws.workset_id for ws in asyncio.run(store.list(state=State.IN_PROGRESS))]
-    long = [ws for ws in running if _long(ws)]
-    return rng.choice(long or running) if running else None
 
 
 def _operator(work: Path, config: Path, verb: str, workset_id: str, *, report: Report) -> int:
