@@ -110,6 +110,9 @@ def _long(workset_id: str, epoch: int) -> bool:
     return int(workset_id.rsplit("-", 1)[1]) % 5 == 3 and epoch == 1
 
 
+_NEED_LONG = ("deny", "release", "cancel")
+
+
 def _fresh_long_runs(runs_log: Path) -> list[runs.Run]:
     """Runs that will go on for seconds yet: long ones, started less than 2 s ago, not stopped."""
     lines = runs_log.read_text().splitlines() if runs_log.exists() else []
@@ -222,11 +225,23 @@ def run(
                     break
                 spared = denied[0] if time.monotonic() < denied[1] else None
                 index = _victim(rng, fleet, store, spare=spared)
-                action = (
-                    actions.pop(0)
-                    if actions
-                    else rng.choices(["kill", "pause", "outage", "deny", "release", "cancel"], [35, 35, 10, 6, 8, 6])[0]
-                )
+                fresh = _fresh_long_runs(work / "runs.log")
+                if actions:  # the scripted ones: those that need a long step as soon as one has just started
+                    ready = [a for a in actions if (a in _NEED_LONG) == bool(fresh)] or [
+                        a for a in actions if a not in _NEED_LONG
+                    ]
+                    if not ready:  # only those that need a long step are left, and none is running
+                        if _settled(store, work, config, report):
+                            actions.clear()  # the work is done: there will be none
+                        continue
+                    action = ready[0]
+                    actions.remove(action)
+                else:
+                    action = rng.choices(
+                        ["kill", "pause", "outage", "deny", "release", "cancel"], [35, 35, 10, 6, 8, 6]
+                    )[0]
+                    if action in _NEED_LONG and not fresh:
+                        continue
                 at = time.time()
                 if action == "outage":
                     report.outages += 1
@@ -246,25 +261,15 @@ def run(
                     fleet[index].pause(rng.uniform(0.5, 8.0))
                     disturbed.append((at, time.time()))
                 elif action == "deny":
-                    pids = {r.daemon_pid for r in _fresh_long_runs(work / "runs.log")}
-                    holders = [daemon for daemon in fleet if daemon.process.pid in pids]
-                    if not holders:
-                        if not _settled(store, work, config, report):
-                            actions.append(action)  # nobody is running a long step right now: later
-                        continue
-                    victim = rng.choice(holders)
+                    pids = {r.daemon_pid for r in fresh}
+                    victim = rng.choice([daemon for daemon in fleet if daemon.process.pid in pids] or fleet)
                     seconds = rng.uniform(6.0, 10.0)  # longer than a lease: another daemon takes its work over
                     faults.deny_heartbeats(f"chaos-{victim.name}", seconds)
                     report.denied.append(f"{victim.name} (pid {victim.process.pid}) for {seconds:.1f} s")
                     denied = (victim, time.monotonic() + seconds)
                     report.denials += 1
                 else:  # release or cancel, by an operator whose clock is behind
-                    fresh = sorted({r.workset for r in _fresh_long_runs(work / "runs.log")})
-                    target = rng.choice(fresh) if fresh else None
-                    if target is None:
-                        if not _settled(store, work, config, report):
-                            actions.append(action)  # no long step running right now: later
-                        continue
+                    target = rng.choice(sorted({r.workset for r in fresh}))
                     if action == "release":
                         report.releases += int(_operator(work, config, "release", target, report=report) == 0)
                     elif _operator(work, config, "cancel", target, report=report) == 0:
