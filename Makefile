@@ -5,18 +5,28 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint typecheck unit tools bench chaos soak demo clean deploy-test deploy-tools
+.PHONY: test lint typecheck unit tools faketime bench chaos soak demo clean deploy-test deploy-tools
 
 test: lint typecheck tools unit
 
-# promtool and prometheus (Debian's `prometheus` package) for the alert-rule tests and the scrape test.
-tools:
+# promtool and prometheus (Debian's `prometheus` package) for the alert-rule tests and the scrape test; faketime for
+# the chaos suite's operator with a slow clock.
+tools: faketime
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian's prometheus package (promtool, prometheus)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else \
 	    echo "promtool/prometheus missing: install Debian's 'prometheus' package (sudo apt-get install prometheus)"; exit 1; \
+	  fi; }
+
+faketime:
+	@command -v faketime >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's faketime package"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends faketime >/dev/null; \
+	  else \
+	    echo "faketime missing: install Debian's 'faketime' package (sudo apt-get install faketime)"; exit 1; \
 	  fi; }
 
 $(BIN)/python:
@@ -53,9 +63,9 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/notify.py
 	$(BIN)/python bench/fleet.py --json bench/results/fleet.json --plot docs/images/idle-cost.png
 
-# The full chaos suite: 3 daemons, 300 worksets, kills, pauses and AWS faults; exit 1 on any violation.
-# (A bounded run of the same code is part of `make test`: tests/test_chaos.py.)
-chaos: $(STAMP)
+# The full chaos suite: 3 daemons, 300 worksets, kills, pauses, AWS faults, denied heartbeats, an operator with a slow
+# clock, a notification channel down; exit 1 on any violation. (A bounded run is part of `make test`: tests/test_chaos.py.)
+chaos: $(STAMP) faketime
 	$(BIN)/python -m tests.chaos --worksets 300 --daemons 3 --json bench/results/chaos.json
 
 # The soak: 2 daemons, a workset every 2 s for 30 minutes, then 5 idle; health, systemd watchdog, memory, fds, threads,

@@ -6,26 +6,37 @@
 
 Setup: the local AWS emulator behind a fault injector (5 % of requests throttled, 1 % answered with HTTP 500, 2 % of
 writes applied and then answered with HTTP 500: the response is lost, the write is not); N worksets dropped into S3;
-K ``workset-monitor run`` processes with a short lease and a webhook channel for every event (the receiver itself
-refuses 10 % of deliveries). The step records every run in a file; one workset in twenty fails its first attempt
-with exit code 75 (temporary).
+K ``workset-monitor run`` processes, each with AWS credentials of its own, a short lease and two channels for every
+event: a webhook (the receiver itself refuses 10 % of deliveries) and SNS, which is down for the whole run (every
+``Publish`` answered 503). The step records the start and the stop of every run (``tests/runs.py``); it takes
+0.3-2 s, 5-8 s (longer than a lease) for the first run of one workset in five; one workset in twenty fails its first
+attempt with exit code 75 (temporary).
 
 Chaos, until every workset is terminal: every 1-3 s one daemon (mostly one that holds work) is either SIGKILLed
 together with its step processes (what systemd's control group does) and started again 0.5-2 s later, or SIGSTOPped
 for 0.5-8 s (often longer than the lease, so its work is taken over while it sleeps) and then continued; or (one time
 in ten) AWS goes silent for 3-6 s, longer than the lease: no request gets an answer before its client times out, so
-every holder must fence itself and every loop must ride it out. A kill, an outage and a pause always happen first,
-0.5-1.5 s apart, even if the work is done before them.
+every holder must fence itself and every loop must ride it out; or one daemon that has just started a long step
+has its heartbeats answered ``AccessDeniedException`` for 6-10 s while its other requests succeed; or an operator
+whose clock is a minute slow (``faketime -f -60s``) runs ``release`` on a workset whose long step has just started, or
+``cancel`` and at once ``retry`` (cancelled worksets are retried again before the run may end). A denial, a release and
+a cancel (each as soon as a long step has just started), a kill, an outage and a pause always happen first, 0.5-1.5 s
+apart, even if the work is done before them.
 
 Then the fleet is stopped with SIGTERM, the faults are switched off, and every invariant is checked:
 
 - every workset is complete (each has 20 attempts: the chaos alone must not exhaust them);
 - each workset has one ``complete`` event if it is complete, none otherwise;
 - every recorded step run has an epoch of its own, with a ``started`` event; an epoch that a later one superseded
-  ended with a recorded ``lease_expired`` (a takeover), ``released`` or ``retrying``;
+  ended with a recorded ``lease_expired`` (a takeover), ``released``, ``retrying`` or ``cancelled``;
+- no two runs of a workset overlap in time (``tests/runs.py``: the step's monotonic start and stop, a SIGKILLed run's
+  stop at its daemon's kill; an overlap whose first holder was frozen by a pause is the documented limit, counted
+  as excused);
 - no lease is left behind: nothing in progress, no lease token, the fleet counter at zero;
 - every audit trail is contiguous (events 1..version);
-- every event reached the webhook at least once, and the outbox is empty;
+- every event reached the webhook at least once, within 2 x the notifier's interval of its commit unless a kill, a
+  pause or an outage overlapped its delivery (``_late``); nothing is left in the outbox for the webhook (SNS, down,
+  keeps its events there until they run out of rounds);
 - every daemon is still running and exits 0 on SIGTERM (none died of a fault);
 - every contract counter the run exercised moved: each daemon's ``/metrics`` is read just before it is killed and
   before the final stop, and the sums must show claims, heartbeats, lost leases (when a daemon logged one),
@@ -39,14 +50,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import concurrent.futures
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,87 +70,58 @@ from monitor.aws import schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.aws.emulator import Emulator, WsgiApp
 from monitor.config import TableConfig
-from monitor.model import NOTIFIABLE_EVENTS, EventType, State, WorksetId
-from tests import fleet
+from monitor.model import NOTIFIABLE_EVENTS, Event, EventType, State, WorksetId
+from tests import fleet, runs
+from tests.emulator_faults import HARNESS, Faults
 from tests.fleet import CREDENTIALS, Daemon, Webhook
 from tests.lab import Lab
 
 BUCKET, PREFIX, TABLE = "chaos-lab", "chaos/", "chaos-worksets"
 LEASE_S, HEARTBEAT_S, SWEEP_S = 3.0, 0.75, 1.0
 READ_TIMEOUT_S = 1.5  # the daemons' [aws] read_timeout_s: an unanswered request fails after this
-HARNESS = "chaos-harness"  # in the User-Agent of this module's own AWS clients, which outages spare
-_DYNAMODB_WRITES = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem")
+CLAIM_S = 5.0  # the daemons' [notify] claim_s: an event claimed by a daemon that then froze or died waits this long
+DELIVERY_INTERVAL_S = 1.0  # the notifier's period ([scan] interval_s): events must reach a channel within twice it
+OPERATOR_SKEW_S = -60  # the operator's clock, behind by a minute (faketime)
+DOWN_TOPIC = "chaos-down"  # the SNS channel, refused for the whole run
 
+# Records its runs (see tests/runs.py); the first run (epoch 1) of one workset in five takes 5-8 s, longer than a lease,
+# so that a holder which stops renewing without stopping its step is caught running beside the next holder's run.
 STEP = """\
-import os, sys, time, random
+import os, random, signal, sys, time
 ws, epoch, attempt = os.environ["WORKSET_ID"], os.environ["WORKSET_EPOCH"], os.environ["WORKSET_ATTEMPT"]
-with open(sys.argv[1], "a") as runs:
-    runs.write(f"{ws} {epoch} {attempt} {os.getpid()} start\\n")
-time.sleep(random.uniform(0.3, 2.0))
-flaky = int(ws.rsplit("-", 1)[1]) % 20 == 7 and attempt == "1"
-with open(sys.argv[1], "a") as runs:
-    runs.write(f"{ws} {epoch} {attempt} {os.getpid()} {'fail' if flaky else 'end'}\\n")
+def record(what):
+    with open(sys.argv[1], "a") as runs:
+        runs.write(f"{ws} {epoch} {attempt} {os.getpid()} {os.getppid()} {time.monotonic():.6f} {what}\\n")
+def stopped(*_):
+    record("stopped")
+    os._exit(143)
+signal.signal(signal.SIGTERM, stopped)
+record("start")
+n = int(ws.rsplit("-", 1)[1])
+time.sleep(random.uniform(5.0, 8.0) if n % 5 == 3 and epoch == "1" else random.uniform(0.3, 2.0))
+flaky = n % 20 == 7 and attempt == "1"
+record("fail" if flaky else "end")
 sys.exit(75 if flaky else 0)
 """
 
 
-# --- AWS that fails ----------------------------------------------------------------------------------------------
+def _long(workset_id: str, epoch: int) -> bool:
+    """Whether the step runs longer than a lease for this workset's run under ``epoch`` (as ``STEP`` decides)."""
+    return int(workset_id.rsplit("-", 1)[1]) % 5 == 3 and epoch == 1
 
 
-class Faults:
-    """WSGI middleware around the emulator: throttling, server errors, and writes whose response is lost."""
+_NEED_LONG = ("deny", "release", "cancel")
 
-    def __init__(
-        self, app: WsgiApp, *, throttle: float = 0.05, error: float = 0.01, lost: float = 0.02, seed: int = 0
-    ) -> None:
-        self._app = app
-        self._rates = (throttle, error, lost)
-        self._rng = random.Random(seed)
-        self._lock = threading.Lock()
-        self.enabled = True
-        self.counts: collections.Counter[str] = collections.Counter()
-        self._outage_until = 0.0
 
-    def outage(self, seconds: float) -> None:
-        """From now on, for ``seconds``, no request (but the harness's) gets an answer before its client gives up."""
-        self._outage_until = time.monotonic() + seconds
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if time.monotonic() < self._outage_until and HARNESS not in environ.get("HTTP_USER_AGENT", ""):
-            with self._lock:
-                self.counts["unanswered"] += 1
-            time.sleep(READ_TIMEOUT_S + 0.5)  # not applied; the caller has timed out and hung up by now
-            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-            return [b"outage"]
-        target = environ.get("HTTP_X_AMZ_TARGET", "")
-        service = "dynamodb" if target.startswith("DynamoDB_") else "s3"
-        write = target.endswith(_DYNAMODB_WRITES) if service == "dynamodb" else environ["REQUEST_METHOD"] != "GET"
-        throttle, error, lost = self._rates
-        with self._lock:
-            roll, lose = self._rng.random(), self._rng.random()
-        if self.enabled and roll < throttle:
-            return self._fail(start_response, service, "throttled")
-        if self.enabled and roll < throttle + error:
-            return self._fail(start_response, service, "server_error")
-        if self.enabled and write and lose < lost:
-            list(self._app(environ, lambda *_: None))  # applied...
-            return self._fail(start_response, service, "response_lost")  # ...but the caller never hears so
-        return self._app(environ, start_response)
-
-    def _fail(self, start_response: Callable[..., Any], service: str, kind: str) -> list[bytes]:
-        with self._lock:
-            self.counts[kind] += 1
-        if service == "dynamodb":
-            code = "ThrottlingException" if kind == "throttled" else "InternalServerError"
-            status = "400 Bad Request" if kind == "throttled" else "500 Internal Server Error"
-            body = json.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": "injected"})
-            start_response(status, [("Content-Type", "application/x-amz-json-1.0")])
-        else:
-            code = "SlowDown" if kind == "throttled" else "InternalError"
-            status = "503 Slow Down" if kind == "throttled" else "500 Internal Server Error"
-            body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>"
-            start_response(status, [("Content-Type", "application/xml")])
-        return [body.encode()]
+def _fresh_long_runs(runs_log: Path) -> list[runs.Run]:
+    """Runs that will go on for seconds yet: long ones, started less than 2 s ago, not stopped."""
+    lines = runs_log.read_text().splitlines() if runs_log.exists() else []
+    now = time.monotonic()
+    return [
+        r
+        for r in runs.parse(lines, kills={}, end=now)
+        if r.how == "open" and _long(r.workset, r.epoch) and now - r.start < 2.0
+    ]
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -153,13 +136,21 @@ class Report:
     kills: int = 0
     pauses: int = 0
     outages: int = 0
+    denials: int = 0  # windows in which one daemon's heartbeats were answered AccessDenied
+    releases: int = 0  # operator releases (clock skewed) that took a running workset away
+    cancels: int = 0  # operator cancels (clock skewed) of a running workset, each retried at once
+    operator: list[str] = field(default_factory=list)  # each command the operator ran, with its exit code
+    denied: list[str] = field(default_factory=list)  # each daemon whose heartbeats were denied: name, pid, seconds
     faults: dict[str, int] = field(default_factory=dict)
     takeovers: int = 0
     step_runs: int = 0
     repeated_runs: int = 0  # step runs beyond the first for a workset (each under a new epoch)
+    overlaps_excused: int = 0  # overlapping runs whose first holder was frozen (SIGSTOP): see tests/runs.py
     webhook_deliveries: int = 0
     webhook_refused: int = 0
     duplicate_deliveries: int = 0
+    late_excused: int = 0  # events later than 2 x the delivery interval, during or just after a kill/pause/outage
+    worst_latency_s: float = 0.0  # commit -> first receipt by the webhook, over every event
     exit_codes: list[int] = field(default_factory=list)
     counters: dict[str, float] = field(default_factory=dict)  # every daemon's counters, summed over the run
     lease_losses_logged: int = 0  # "lease lost" lines in the daemons' logs
@@ -173,9 +164,13 @@ def run(
     daemons: int = 3,
     seed: int = 1,
     timeout_s: float = 600,
+    drain_s: float = 300,
+    down_channel: bool = True,
     workdir: Path | None = None,
     out: Callable[[str], None] = print,
 ) -> Report:
+    """``drain_s``: how long, once every workset is terminal, to wait for the webhook to have every event;
+    ``down_channel``: the SNS channel, refused for the whole run."""
     rng = random.Random(seed)
     os.environ.update(CREDENTIALS)
     report = Report(worksets=worksets, daemons=daemons)
@@ -185,61 +180,108 @@ def run(
 
     def wrap(app: WsgiApp) -> WsgiApp:
         nonlocal faults
-        faults = Faults(app, seed=seed)
+        faults = Faults(app, seed=seed, hang_s=READ_TIMEOUT_S + 0.5, down=frozenset({"sns"} if down_channel else ()))
         return faults
 
     hook = Webhook(refuse=0.10, seed=seed)
     with Emulator(wrap=wrap) as emulator:
         assert faults is not None
         faults.enabled = False
+        harness = botocore.config.Config(user_agent_extra=HARNESS)
         client = boto3.client(
             "dynamodb",
             endpoint_url=emulator.endpoint,
-            config=botocore.config.Config(
-                retries={"mode": "standard", "total_max_attempts": 20}, user_agent_extra=HARNESS
-            ),
+            config=harness.merge(botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 20})),
         )
-        s3 = boto3.client("s3", endpoint_url=emulator.endpoint, config=botocore.config.Config(user_agent_extra=HARNESS))
+        s3 = boto3.client("s3", endpoint_url=emulator.endpoint, config=harness)
         s3.create_bucket(Bucket=BUCKET)
+        topic = boto3.client("sns", endpoint_url=emulator.endpoint, config=harness).create_topic(Name=DOWN_TOPIC)
         schema.ensure_table(client, TableConfig(name=TABLE))
         store = DynamoStore(client, TABLE)
         names = [f"ws-{n:04d}" for n in range(worksets)]
         _drop(s3, names)
-        config = _config(work, emulator.endpoint, hook.url)
+        config = _config(work, emulator.endpoint, hook.url, topic["TopicArn"] if down_channel else None)
         faults.enabled = True
         started = time.monotonic()
-        fleet = [Daemon(f"d{i}", config, work) for i in range(daemons)]
+        everyone: list[Daemon] = []  # every daemon started, for the kill times and pauses of its steps
+
+        def start(name: str) -> Daemon:
+            everyone.append(Daemon(name, config, work, env={"AWS_ACCESS_KEY_ID": f"chaos-{name}"}))
+            return everyone[-1]
+
+        fleet = [start(f"d{i}") for i in range(daemons)]
         counters: collections.Counter[str] = collections.Counter()  # of the daemons gone, read before they went
+        disturbed: list[tuple[float, float]] = []  # wall-clock windows of kills, pauses and outages
+        denied: tuple[Daemon | None, float] = (None, 0.0)  # spared other chaos while its heartbeats are denied
         restarts = 0
         try:
-            actions = ["kill", "outage", "pause"]  # each at least once, then at random
+            # each at least once, then at random; those that need a long step just started first, while there are many
+            actions = ["deny", "release", "cancel", "kill", "outage", "pause"]
             while time.monotonic() - started < timeout_s:
                 # The scripted first actions come quickly and always happen, even on a machine fast enough to finish
                 # the work before them (then they hit an idle fleet, which must survive them too).
                 time.sleep(rng.uniform(0.5, 1.5) if actions else rng.uniform(1.0, 3.0))
-                if not actions and _all_terminal(store):
+                if not actions and _settled(store, work, config, report):
                     break
-                index = _victim(rng, fleet, store)
-                action = actions.pop(0) if actions else rng.choices(["kill", "pause", "outage"], [45, 45, 10])[0]
+                spared = denied[0] if time.monotonic() < denied[1] else None
+                index = _victim(rng, fleet, store, spare=spared)
+                fresh = _fresh_long_runs(work / "runs.log")
+                if actions:  # the scripted ones: those that need a long step as soon as one has just started
+                    ready = [a for a in actions if (a in _NEED_LONG) == bool(fresh)] or [
+                        a for a in actions if a not in _NEED_LONG
+                    ]
+                    if not ready:  # only those that need a long step are left, and none is running
+                        if _settled(store, work, config, report):
+                            actions.clear()  # the work is done: there will be none
+                        continue
+                    action = ready[0]
+                    actions.remove(action)
+                else:
+                    action = rng.choices(
+                        ["kill", "pause", "outage", "deny", "release", "cancel"], [35, 35, 10, 6, 8, 6]
+                    )[0]
+                    if action in _NEED_LONG and not fresh:
+                        continue
+                at = time.time()
                 if action == "outage":
                     report.outages += 1
-                    faults.outage(rng.uniform(3.0, 6.0))
+                    seconds = rng.uniform(3.0, 6.0)
+                    faults.outage(seconds)
+                    disturbed.append((at, at + seconds + READ_TIMEOUT_S))
                 elif action == "kill":
                     counters.update(fleet[index].counters())
                     fleet[index].kill()
                     report.kills += 1
                     time.sleep(rng.uniform(0.5, 2.0))
                     restarts += 1
-                    fleet[index] = Daemon(f"d{index}-r{restarts}", config, work)
-                else:
+                    fleet[index] = start(f"d{index}-r{restarts}")
+                    disturbed.append((at, time.time()))
+                elif action == "pause":
                     report.pauses += 1
                     fleet[index].pause(rng.uniform(0.5, 8.0))
+                    disturbed.append((at, time.time()))
+                elif action == "deny":
+                    pids = {r.daemon_pid for r in fresh}
+                    victim = rng.choice([daemon for daemon in fleet if daemon.process.pid in pids] or fleet)
+                    seconds = rng.uniform(6.0, 10.0)  # longer than a lease: another daemon takes its work over
+                    faults.deny_heartbeats(f"chaos-{victim.name}", seconds)
+                    report.denied.append(f"{victim.name} (pid {victim.process.pid}) for {seconds:.1f} s")
+                    denied = (victim, time.monotonic() + seconds)
+                    report.denials += 1
+                else:  # release or cancel, by an operator whose clock is behind
+                    target = rng.choice(sorted({r.workset for r in fresh}))
+                    if action == "release":
+                        report.releases += int(_operator(work, config, "release", target, report=report) == 0)
+                    elif _operator(work, config, "cancel", target, report=report) == 0:
+                        report.cancels += 1
+                        _operator(work, config, "retry", target, report=report)  # again at the end if need be
             else:
                 report.violations.append(f"not every workset was terminal after {timeout_s:.0f} s")
-            # The chaos is over: let the fleet deliver what is left in the outbox, then stop it.
-            # Under chaos the outbox can run a minute behind: wait while deliveries still arrive, up to 5 minutes.
-            last, quiet_since, give_up = -1, time.monotonic(), time.monotonic() + 300
-            while time.monotonic() < give_up and asyncio.run(store.pending_events(limit=1)):
+            # The chaos is over: let the fleet deliver what is left, then stop it. Under chaos the outbox can run a
+            # minute behind: wait while the webhook still misses events and deliveries still arrive, up to drain_s.
+            wanted = {e.event_id for name in names for e in _history(store, name) if e.type in NOTIFIABLE_EVENTS}
+            last, quiet_since, give_up = -1, time.monotonic(), time.monotonic() + drain_s
+            while time.monotonic() < give_up and wanted - set(hook.received):
                 delivered = sum(hook.received.values())
                 if delivered != last:
                     last, quiet_since = delivered, time.monotonic()
@@ -249,7 +291,8 @@ def run(
         finally:
             for daemon in fleet:
                 counters.update(daemon.counters())
-            report.exit_codes = [d.stop() for d in fleet]
+            with concurrent.futures.ThreadPoolExecutor(len(fleet)) as pool:  # each flushes its outbox for up to 10 s
+                report.exit_codes = list(pool.map(Daemon.stop, fleet))
             hook.close()
         report.counters = dict(sorted(counters.items()))
         report.lease_losses_logged = sum(
@@ -258,17 +301,46 @@ def run(
         report.seconds = round(time.monotonic() - started, 1)
         faults.enabled = False
         report.faults = dict(faults.counts)
-        _check(report, store, names, work / "runs.log", hook)
+        _check(
+            report,
+            store,
+            names,
+            work / "runs.log",
+            hook,
+            kills={d.process.pid: d.killed_at for d in everyone if d.killed_at is not None},
+            paused={d.process.pid: d.paused for d in everyone},
+            disturbed=disturbed,
+            down=("sns",) if down_channel else (),
+        )
         report.violations += _unfed_counters(report)
     out(json.dumps(asdict(report), indent=2))
     return report
 
 
-def _victim(rng: random.Random, fleet: list[Daemon], store: DynamoStore) -> int:
-    """Mostly a daemon that holds work right now (that is where the bugs are), sometimes any."""
+def _victim(rng: random.Random, fleet: list[Daemon], store: DynamoStore, *, spare: Daemon | None = None) -> int:
+    """Mostly a daemon that holds work right now (that is where the bugs are), sometimes any; never ``spare``."""
     holders = {ws.lease.owner for ws in asyncio.run(store.list(state=State.IN_PROGRESS)) if ws.lease}
-    busy = [i for i, daemon in enumerate(fleet) if daemon.find_owner() in holders]
-    return rng.choice(busy) if busy and rng.random() < 0.8 else rng.randrange(len(fleet))
+    allowed = [i for i, daemon in enumerate(fleet) if daemon is not spare] or list(range(len(fleet)))
+    busy = [i for i in allowed if fleet[i].find_owner() in holders]
+    return rng.choice(busy) if busy and rng.random() < 0.8 else rng.choice(allowed)
+
+
+def _operator(work: Path, config: Path, verb: str, workset_id: str, *, report: Report) -> int:
+    """``workset-monitor VERB ID`` run by an operator whose clock is OPERATOR_SKEW_S off (faketime); its exit code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSET_MONITOR_")}
+    command = [sys.executable, "-m", "monitor", verb, "--config", str(config), workset_id, "--reason", "chaos"]
+    with (work / "operator.log").open("a") as log:
+        log.write(f"$ faketime {OPERATOR_SKEW_S:+d}s workset-monitor {verb} {workset_id}\n")
+        log.flush()
+        code = subprocess.run(  # noqa: PLW1510
+            ["faketime", "-f", f"{OPERATOR_SKEW_S:+d}s", *command],
+            env=env | CREDENTIALS | {"AWS_ACCESS_KEY_ID": "chaos-operator"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        ).returncode
+    report.operator.append(f"{verb} {workset_id}: exit {code}")
+    return code
 
 
 def _drop(s3: Any, names: list[str]) -> None:
@@ -277,7 +349,7 @@ def _drop(s3: Any, names: list[str]) -> None:
         lab.workset(name, prefix=PREFIX, samples=1)
 
 
-def _config(work: Path, endpoint: str, hook_url: str) -> Path:
+def _config(work: Path, endpoint: str, hook_url: str, topic_arn: str | None) -> Path:
     return fleet.write_config(
         work / "chaos.toml",
         endpoint=endpoint,
@@ -290,15 +362,39 @@ def _config(work: Path, endpoint: str, hook_url: str) -> Path:
         lease_s=LEASE_S,
         heartbeat_s=HEARTBEAT_S,
         sweep_s=SWEEP_S,
+        interval_s=DELIVERY_INTERVAL_S,
+        claim_s=CLAIM_S,
+        sns_topic_arn=topic_arn,
     )
 
 
-def _all_terminal(store: DynamoStore) -> bool:
+def _settled(store: DynamoStore, work: Path, config: Path, report: Report) -> bool:
+    """Whether every workset is terminal and none cancelled; the cancelled ones (the operator's) are retried."""
     worksets = asyncio.run(store.list())
-    return bool(worksets) and all(ws.state.terminal for ws in worksets)
+    for ws in worksets:
+        if ws.state is State.CANCELLED:
+            _operator(work, config, "retry", ws.workset_id, report=report)
+    return bool(worksets) and all(ws.state.terminal and ws.state is not State.CANCELLED for ws in worksets)
 
 
-def _check(report: Report, store: DynamoStore, names: list[str], runs_log: Path, hook: Webhook) -> None:
+def _history(store: DynamoStore, name: str) -> list[Event]:
+    return asyncio.run(store.history(WorksetId(name)))
+
+
+def _check(
+    report: Report,
+    store: DynamoStore,
+    names: list[str],
+    runs_log: Path,
+    hook: Webhook,
+    *,
+    kills: Mapping[int, float] | None = None,
+    paused: Mapping[int, Sequence[tuple[float, float]]] | None = None,
+    disturbed: Sequence[tuple[float, float]] = (),
+    down: Sequence[str] = (),
+) -> None:
+    """``kills``/``paused``: daemon pid -> when the harness SIGKILLed its tree / its SIGSTOP windows (monotonic);
+    ``disturbed``: wall-clock windows of kills, pauses and outages; ``down``: the channels refused all along."""
     violations = report.violations
     worksets = {ws.workset_id: ws for ws in asyncio.run(store.list())}
     report.states = dict(collections.Counter(ws.state.value for ws in worksets.values()))
@@ -306,13 +402,16 @@ def _check(report: Report, store: DynamoStore, names: list[str], runs_log: Path,
     if missing:
         violations.append(f"never registered: {missing[:5]}")
 
-    runs: dict[str, list[int]] = collections.defaultdict(list)
-    for line in runs_log.read_text().splitlines() if runs_log.exists() else []:
-        ws_id, run_epoch, _, _, what = line.split()
-        if what == "start":
-            runs[ws_id].append(int(run_epoch))
-    report.step_runs = sum(len(epochs) for epochs in runs.values())
-    report.repeated_runs = sum(len(epochs) - 1 for epochs in runs.values() if epochs)
+    lines = runs_log.read_text().splitlines() if runs_log.exists() else []
+    recorded = runs.parse(lines, kills=kills or {}, end=time.monotonic())
+    epochs_of: dict[str, list[int]] = collections.defaultdict(list)
+    for step_run in recorded:
+        epochs_of[step_run.workset].append(step_run.epoch)
+    report.step_runs = len(recorded)
+    report.repeated_runs = sum(len(epochs) - 1 for epochs in epochs_of.values() if epochs)
+    overlapping, report.overlaps_excused = runs.overlaps(recorded, paused=paused or {})
+    notifiable: list[Event] = []
+    unreached: list[str] = []  # one violation for all of them: a dead channel must not hide the other checks
 
     for ws_id, ws in sorted(worksets.items()):
         history = asyncio.run(store.history(WorksetId(ws_id)))
@@ -328,7 +427,7 @@ def _check(report: Report, store: DynamoStore, names: list[str], runs_log: Path,
         if ws.lease is not None:
             violations.append(f"{ws_id}: a lease is left behind ({ws.lease.owner})")
         report.takeovers += sum(e.type is EventType.LEASE_EXPIRED for e in history)
-        epochs = runs.get(ws_id, [])
+        epochs = epochs_of.get(ws_id, [])
         if len(epochs) != len(set(epochs)):
             violations.append(f"{ws_id}: the step ran twice under one epoch: {sorted(epochs)}")
         started = {e.epoch for e in history if e.type is EventType.STARTED}
@@ -341,14 +440,22 @@ def _check(report: Report, store: DynamoStore, names: list[str], runs_log: Path,
         for event in history:
             if event.type not in NOTIFIABLE_EVENTS:
                 continue
+            notifiable.append(event)
             if hook.received[event.event_id] == 0:
-                violations.append(f"{event.event_id} ({event.type.value}) never reached the webhook")
+                unreached.append(f"{event.event_id} ({event.type.value})")
         if len(violations) > 50:
             violations.append("(stopped checking after 50 violations)")
             break
-    pending = asyncio.run(store.pending_events(limit=10))
-    if pending:
-        violations.append(f"the outbox still holds {[e.event_id for e in pending]}")
+    if unreached:
+        violations.append(f"{len(unreached)} events never reached the webhook: {', '.join(unreached[:10])}")
+    violations += overlapping
+    late, report.late_excused, report.worst_latency_s = _late(notifiable, hook.first_at, disturbed)
+    violations += late
+    # A channel that is down keeps its events in the outbox (until they run out of rounds); the webhook must not.
+    pending = asyncio.run(store.pending_events(limit=100_000))
+    held = [e.event_id for e in pending if not down or "webhook" not in e.notified]
+    if held:
+        violations.append(f"the outbox still holds {held[:10]}" + (f" for the webhook ({len(held)})" if down else ""))
     fleet = asyncio.run(store.fleet())
     if fleet.running != 0:
         violations.append(f"the fleet counter says {fleet.running} in progress")
@@ -357,6 +464,50 @@ def _check(report: Report, store: DynamoStore, names: list[str], runs_log: Path,
     report.duplicate_deliveries = sum(n - 1 for n in hook.received.values() if n > 1)
     if any(code != 0 for code in report.exit_codes):
         violations.append(f"a daemon did not stop cleanly: exit codes {report.exit_codes}")
+
+
+def _late(
+    events: Sequence[Event], first_at: Mapping[str, float], disturbed: Sequence[tuple[float, float]]
+) -> tuple[list[str], int, float]:
+    """The events that reached the webhook more than 2 x DELIVERY_INTERVAL_S after their commit: (violations, how
+    many were excused, the worst latency).
+
+    An event's commit time is its ``at_ms`` (the committing process's wall clock; an operator's is OPERATOR_SKEW_S
+    off, which is put back). Excused: an event whose delivery a kill, a pause or an outage overlapped; its deadline
+    moves to the end of that disturbance plus CLAIM_S (a frozen or killed daemon's claim on the event runs out) plus
+    2 x DELIVERY_INTERVAL_S, as often as another disturbance overlaps the new deadline."""
+    bound_s = 2 * DELIVERY_INTERVAL_S
+    late: list[tuple[float, Event]] = []
+    excused, worst = 0, 0.0
+    for event in events:
+        if event.event_id not in first_at:
+            continue  # never arrived: its own check says so
+        committed = event.at_ms / 1000 - (OPERATOR_SKEW_S if event.actor.startswith("operator:") else 0)
+        latency = first_at[event.event_id] - committed
+        worst = max(worst, latency)
+        if latency <= bound_s:
+            continue
+        deadline, moved = committed + bound_s, True
+        while moved:
+            moved = False
+            for begin, end in disturbed:
+                if begin < deadline and end > committed and end + CLAIM_S + bound_s > deadline:
+                    deadline, moved = end + CLAIM_S + bound_s, True
+        if committed + latency <= deadline:
+            excused += 1
+        else:
+            late.append((latency, event))
+    late.sort(key=lambda pair: pair[0], reverse=True)
+    examples = ", ".join(f"{e.event_id} ({e.type.value}) {latency:.1f} s" for latency, e in late[:5])
+    violations = (
+        [
+            f"{len(late)} of {len(events)} events reached the webhook later than {bound_s:g} s after their commit, "
+            f"outside any kill, pause or outage; the latest: {examples}"
+        ]
+        if late
+        else []
+    )
+    return violations, excused, round(worst, 2)
 
 
 def _unfed_counters(report: Report) -> list[str]:
@@ -400,7 +551,7 @@ def _unfed_counters(report: Report) -> list[str]:
     ]
 
 
-_EPOCH_ENDINGS = frozenset({EventType.LEASE_EXPIRED, EventType.RELEASED, EventType.RETRYING})
+_EPOCH_ENDINGS = frozenset({EventType.LEASE_EXPIRED, EventType.RELEASED, EventType.RETRYING, EventType.CANCELLED})
 
 
 def main() -> int:
@@ -409,9 +560,18 @@ def main() -> int:
     parser.add_argument("--daemons", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--drain", type=float, default=300, help="seconds to wait for the webhook at the end")
+    parser.add_argument("--no-down-channel", action="store_true", help="no SNS channel (the latency check's baseline)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
-    report = run(worksets=args.worksets, daemons=args.daemons, seed=args.seed, timeout_s=args.timeout)
+    report = run(
+        worksets=args.worksets,
+        daemons=args.daemons,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        drain_s=args.drain,
+        down_channel=not args.no_down_channel,
+    )
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
     for violation in report.violations:

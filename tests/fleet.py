@@ -43,12 +43,14 @@ _NOT_INHERITED = ("WORKSET_MONITOR_", "NOTIFY_SOCKET", "WATCHDOG_")
 
 
 class Webhook:
-    """The receiving end of the webhook channel: remembers every event id; refuses some deliveries."""
+    """The receiving end of the webhook channel: remembers every event id and when (wall clock) it first arrived;
+    refuses some deliveries."""
 
     def __init__(self, *, refuse: float, seed: int) -> None:
         received: collections.Counter[str] = collections.Counter()
         rng, lock = random.Random(seed), threading.Lock()
         refused = collections.Counter[str]()
+        first_at: dict[str, float] = {}
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
@@ -57,13 +59,15 @@ class Webhook:
                 with lock:
                     refuse_it = rng.random() < refuse
                     (refused if refuse_it else received)[event_id] += 1
+                    if not refuse_it:
+                        first_at.setdefault(event_id, time.time())
                 self.send_response(503 if refuse_it else 200)
                 self.end_headers()
 
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self.received, self.refused = received, refused
+        self.received, self.refused, self.first_at = received, refused, first_at
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhook", daemon=True)
@@ -141,9 +145,12 @@ def write_config(
     backoff_s: tuple[float, float] = (1, 2),
     claim_s: float = 5,
     metrics: str = "",
+    sns_topic_arn: str | None = None,
 ) -> Path:
-    """A daemon's configuration: JSON logs, a webhook channel for every notifiable event, a free metrics port, one
-    ``exec`` step named ``record``; ``metrics`` adds lines to ``[metrics]``."""
+    """A daemon's configuration: JSON logs, a webhook channel for every notifiable event (and an SNS one with
+    ``sns_topic_arn``), a free metrics port, one ``exec`` step named ``record``; ``metrics`` adds lines to
+    ``[metrics]``."""
+    sns = f'[notify.sns]\ntopic_arn = "{sns_topic_arn}"\n' if sns_topic_arn else ""
     timeout = f"read_timeout_s = {read_timeout_s}\n" if read_timeout_s is not None else ""
     path.write_text(
         f'[aws]\nregion = "us-east-1"\nendpoint_url = "{endpoint}"\n{timeout}'
@@ -154,7 +161,7 @@ def write_config(
         f"shutdown_grace_s = {shutdown_grace_s}\n"
         f"retry_backoff_base_s = {backoff_s[0]}\nretry_backoff_max_s = {backoff_s[1]}\n"
         f"[notify]\nevents = {json.dumps(sorted(e.value for e in NOTIFIABLE_EVENTS))}\nclaim_s = {claim_s}\n"
-        f'[notify.webhook]\nurl = "{hook_url}"\n'
+        f'{sns}[notify.webhook]\nurl = "{hook_url}"\n'
         f"[metrics]\nport = 0\n{metrics}"  # each daemon its own free port
         '[log]\nlevel = "info"\nformat = "json"\n'
         f'[[pipeline.steps]]\nname = "record"\ncommand = {json.dumps(step)}\ntimeout_s = 60\n'
@@ -187,6 +194,8 @@ class Daemon:
             )
         self.owner: str | None = None
         self.metrics_url: str | None = None
+        self.killed_at: float | None = None  # time.monotonic() once its whole tree is dead
+        self.paused: list[tuple[float, float]] = []  # (SIGSTOP, SIGCONT), time.monotonic()
 
     def _log_field(self, event: str, key: str) -> str | None:
         with contextlib.suppress(OSError):
@@ -252,19 +261,27 @@ class Daemon:
         )
 
     def kill(self) -> None:
-        """SIGKILL the daemon and every process it started, as systemd does to a crashed unit's control group."""
+        """SIGKILL the daemon and every process it started, as systemd does to a crashed unit's control group.
+
+        The daemon is frozen first: a step it started between our listing of its tree and its death would escape
+        the kill, run on as an orphan and look like a run its daemon should have fenced."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGSTOP)
         tree = descendants(self.process.pid)
         for pid in [self.process.pid, *tree]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait()
+        self.killed_at = time.monotonic()
 
     def pause(self, seconds: float) -> None:
+        started = time.monotonic()
         os.kill(self.process.pid, signal.SIGSTOP)  # the daemon only: its running steps carry on, unaware
         try:
             time.sleep(seconds)
         finally:
             os.kill(self.process.pid, signal.SIGCONT)
+            self.paused.append((started, time.monotonic()))
 
     def stop(self, timeout_s: float = 60) -> int:
         with contextlib.suppress(ProcessLookupError):
