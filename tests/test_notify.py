@@ -3,6 +3,7 @@ on demand, filters, and the outbox's at-least-once, never-twice bookkeeping."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -536,3 +537,71 @@ def test_a_corrupt_event_or_workset_never_stops_the_outbox(dynamodb: Any) -> Non
 
     run(scenario())
     assert sorted(sns.sent) == ["bad-workset#1", "good#1"]
+
+
+def test_an_sns_reply_that_cannot_be_parsed_is_a_failure_for_now() -> None:
+    """Seen in the chaos run: a 503 whose body is not XML made botocore raise ResponseParserError, which is not a
+    BotoCoreError; it escaped the channel and the notifier, and the daemon exited 1."""
+    import botocore.parsers
+
+    class Unparseable:
+        def publish(self, **_: Any) -> None:
+            raise botocore.parsers.ResponseParserError("Unable to parse response (syntax error), invalid XML received")
+
+    event = Event(WorksetId("w"), 1, EventType.ERROR, 0, "a", None, State.ERROR)
+    with pytest.raises(errors.DeliveryError) as caught:
+        run(SnsChannel(Unparseable(), ARN).send(event, None))
+    assert caught.value.temporary and "could not be parsed" in str(caught.value)
+
+
+class SlowChannel(FakeChannel):
+    """Down, and slow to say so: each send takes ``seconds`` of real time (botocore's own retries on a 503)."""
+
+    def __init__(self, name: str, clock: FakeClock, *, seconds: float) -> None:
+        super().__init__(name, clock, down=True)
+        self.seconds = seconds
+
+    async def send(self, event: Event, ws: Any) -> str:
+        self.tries += 1
+        await asyncio.sleep(self.seconds)
+        raise errors.DeliveryError("HTTP 503", temporary=True)
+
+
+def test_a_channel_slow_to_fail_never_starves_the_channels_after_it() -> None:
+    """Seen in the chaos run: SNS down took longer to fail than the claim on the event lasted, so every delivery was
+    cut off before the webhook's turn, and no round was counted: the webhook never got anything. Channels are sent
+    to side by side, each within the claim."""
+    rig = Rig({"sns": {"topic_arn": ARN}, "webhook": {"url": "http://127.0.0.1:9/hook"}})
+    sns, webhook_ = SlowChannel("sns", rig.clock, seconds=5), FakeChannel("webhook", rig.clock)
+    rig.channels = [sns, webhook_]  # SNS first, as configured channels are ordered
+
+    async def scenario() -> None:
+        for i in range(3):
+            await rig.register(f"ws-{i}", invalid="bad")
+        outbox = rig.outbox(hold_s=0.4)
+        await outbox.deliver_pending(budget_s=5)
+        assert sorted(webhook_.sent) == ["ws-0#1", "ws-1#1", "ws-2#1"]
+        pending = await rig.store.pending_events(limit=10)
+        assert [(e.notified, e.delivery_attempts) for e in pending] == [({"webhook": "sent"}, 1)] * 3
+        assert sns.tries == 1  # then known down for the rest of the pass
+
+    run(scenario())
+
+
+def test_a_channel_that_raises_something_unexpected_is_retried_later_and_the_loop_lives() -> None:
+    class Broken(FakeChannel):
+        async def send(self, event: Event, ws: Any) -> str:
+            self.tries += 1
+            raise KeyError("a bug in a channel")
+
+    rig = Rig({"sns": {"topic_arn": ARN}, "webhook": {"url": "http://127.0.0.1:9/hook"}})
+    webhook_ = FakeChannel("webhook", rig.clock)
+    rig.channels = [Broken("sns", rig.clock), webhook_]
+
+    async def scenario() -> None:
+        await rig.register("ws-1", invalid="bad")
+        assert await rig.outbox().deliver_pending() == 0
+        [event] = await rig.store.pending_events(limit=10)
+        assert (event.notified, list(webhook_.sent)) == ({"webhook": "sent"}, ["ws-1#1"])
+
+    run(scenario())

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.parsers
 
 from monitor import errors
 from monitor.config import AwsConfig
@@ -134,8 +135,19 @@ def error_code(exc: botocore.exceptions.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+class UnparseableResponse(botocore.exceptions.BotoCoreError):  # type: ignore[misc]  # botocore has no stubs
+    """An answer botocore could not parse (a proxy's or an overloaded endpoint's plain-text 503). botocore raises
+    ``ResponseParserError``, which is not a ``BotoCoreError``: re-raised as one, it is handled, and retried, like any
+    other transport failure."""
+
+    fmt = "AWS sent a response that could not be parsed: {error}"
+
+
 async def call(fn: Callable[..., T], /, *, executor: Executor | None = None, **kwargs: Any) -> T:
     """Run one blocking boto3 call in a thread of ``executor`` (asyncio's default pool if None); context variables
     carry over, as with ``asyncio.to_thread``."""
     context = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(context.run, fn, **kwargs))
+    try:
+        return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(context.run, fn, **kwargs))
+    except botocore.parsers.ResponseParserError as exc:
+        raise UnparseableResponse(error=str(exc).splitlines()[0]) from exc

@@ -8,7 +8,10 @@ first:
    out), so two daemons never both send it.
 2. For each configured channel not yet recorded on the event: skip it if its filters say so, else send it, with
    bounded retries (exponential backoff with jitter, at least what the server asked for); record the channel's
-   outcome on the event right away, so a crash never re-sends what was delivered.
+   outcome on the event right away, so a crash never re-sends what was delivered. The channels are sent to side by
+   side, each within three quarters of the claim: one slow to fail (botocore's own retries on a 503 take seconds)
+   never uses up the claim before the others' turn. A failure nobody foresaw (a bug in a channel) counts as a
+   temporary one: logged with its stack, retried, and never fatal to the notifier.
 3. **Finish**: out of the outbox once every channel has an outcome. A channel still failing temporarily leaves the
    event pending and due again ``hold_s`` later, up to ``max_rounds`` rounds, then recorded as failed (and logged as
    an error).
@@ -90,6 +93,7 @@ class Outbox:
         self._doorbell = doorbell
         self._channels = list(channels)
         self._hold_ms = round(hold_s * 1000)
+        self._send_s = hold_s * 3 / 4  # each channel's sending, retries included; the rest is for the writes
         self._max_rounds = max_rounds
         self._tries = tries
         self._backoff_s = backoff_s
@@ -164,6 +168,7 @@ class Outbox:
             log.error("workset unreadable; notifying without its details", event_id=event.event_id, error=str(exc))
             ws = None
         wanted = filters.channels(self.notify)
+        owed: list[Channel] = []
         retry_later = False
         for channel in self._channels:
             if channel.name in event.notified:
@@ -171,13 +176,16 @@ class Outbox:
             config = wanted.get(channel.name)
             if config is None or not filters.wants(self.notify, config, event):
                 await self._record(event, channel.name, "skipped")
-                continue
-            outcome = None if channel.name in down else await self._send(channel, event, ws)
+            elif channel.name in down:
+                retry_later = True
+            else:
+                owed.append(channel)
+        # Side by side, each within the claim: a channel slow to fail (or hung) delays none of the others.
+        outcomes = await asyncio.gather(*(self._send_and_record(channel, event, ws) for channel in owed))
+        for channel, outcome in zip(owed, outcomes, strict=True):
             if outcome is None:
                 down.add(channel.name)
                 retry_later = True
-                continue
-            await self._record(event, channel.name, outcome)
         if retry_later and event.delivery_attempts + 1 < self._max_rounds:
             await self._store.finish_event(event, retry_at_ms=self._clock.now_ms() + self._hold_ms)
             return "later"
@@ -190,8 +198,26 @@ class Outbox:
         await self._store.finish_event(event)
         return "done"
 
+    async def _send_and_record(self, channel: Channel, event: Event, ws: Workset | None) -> str | None:
+        """``_send`` within the channels' share of the claim (None past it), its outcome recorded at once."""
+        try:
+            outcome = await asyncio.wait_for(self._send(channel, event, ws), timeout=self._send_s)
+        except TimeoutError:
+            log.warning(
+                "notification channel did not finish within its share of the claim; will retry",
+                channel=channel.name,
+                event_id=event.event_id,
+                seconds=self._send_s,
+            )
+            self._count(channel.name, "retry_later", None)
+            return None
+        if outcome is not None:
+            await self._record(event, channel.name, outcome)
+        return outcome
+
     async def _send(self, channel: Channel, event: Event, ws: Workset | None) -> str | None:
-        """The channel's outcome, "failed: ..." for a permanent refusal, None when it is worth another round."""
+        """The channel's outcome, "failed: ..." for a permanent refusal, None when it is worth another round (a
+        temporary failure, or a failure nobody foresaw: a bug in a channel must not stop the notifier)."""
         try:
             async for attempt in tenacity.AsyncRetrying(
                 stop=tenacity.stop_after_attempt(self._tries),
@@ -214,6 +240,10 @@ class Outbox:
                 return None
             log.error("notification refused", channel=channel.name, event_id=event.event_id, error=str(exc))
             return f"failed: {exc}"[:500]
+        except Exception:
+            log.exception("notification channel failed unexpectedly; will retry", channel=channel.name)
+            self._count(channel.name, "retry_later", None)
+            return None
         return None  # unreachable: AsyncRetrying either returns or raises
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
