@@ -560,10 +560,14 @@ class SlowChannel(FakeChannel):
     def __init__(self, name: str, clock: FakeClock, *, seconds: float) -> None:
         super().__init__(name, clock, down=True)
         self.seconds = seconds
+        self.ended = 0
 
     async def send(self, event: Event, ws: Any) -> str:
         self.tries += 1
-        await asyncio.sleep(self.seconds)
+        try:
+            await asyncio.sleep(self.seconds)
+        finally:
+            self.ended += 1
         raise errors.DeliveryError("HTTP 503", temporary=True)
 
 
@@ -583,7 +587,7 @@ def test_a_channel_slow_to_fail_never_starves_the_channels_after_it() -> None:
         assert sorted(webhook_.sent) == ["ws-0#1", "ws-1#1", "ws-2#1"]
         pending = await rig.store.pending_events(limit=10)
         assert [(e.notified, e.delivery_attempts) for e in pending] == [({"webhook": "sent"}, 1)] * 3
-        assert sns.tries == 1  # then known down for the rest of the pass
+        assert sns.tries == 3  # each event tried it at once, side by side; cut off by the claim, none retried it
 
     run(scenario())
 
@@ -603,5 +607,38 @@ def test_a_channel_that_raises_something_unexpected_is_retried_later_and_the_loo
         assert await rig.outbox().deliver_pending() == 0
         [event] = await rig.store.pending_events(limit=10)
         assert (event.notified, list(webhook_.sent)) == ({"webhook": "sent"}, ["ws-1#1"])
+
+    run(scenario())
+
+
+def test_a_channel_that_failed_rests_for_a_claim_and_its_probe_holds_back_no_other_event() -> None:
+    """Seen in the chaos run: each pass of the notifier tried SNS (down, 3 s to fail) again on its first event, and
+    every event waited for that: webhook latencies grew to 80 s. A channel that failed rests for ``hold_s`` (its
+    events are delivered elsewhere and wait for it); after that one event probes it while the others go on."""
+    rig = Rig({"sns": {"topic_arn": ARN}, "webhook": {"url": "http://127.0.0.1:9/hook"}})
+    sns = SlowChannel("sns", rig.clock, seconds=0.3)
+    probed_at: list[int] = []  # webhook sends made while an SNS probe was still under way
+
+    class Webhook(FakeChannel):
+        async def send(self, event: Event, ws: Any) -> str:
+            probed_at.append(sns.tries - sns.ended)
+            return await super().send(event, ws)
+
+    webhook_ = Webhook("webhook", rig.clock)
+    rig.channels = [sns, webhook_]
+
+    async def scenario() -> None:
+        outbox = rig.outbox(hold_s=10)
+        for i in range(3):  # three notifier passes, new events before each
+            await rig.register(f"ws-{i}a", invalid="bad")
+            await outbox.deliver_pending(budget_s=5)
+        assert (sns.tries, len(webhook_.sent)) == (4, 3)  # one event's four tries, then resting
+        rig.clock.advance(10)
+        probed_at.clear()
+        for i in range(4):
+            await rig.register(f"ws-{i}b", invalid="bad")
+        await outbox.deliver_pending(budget_s=5)
+        assert (sns.tries, len(webhook_.sent)) == (8, 7)  # one probe (four tries) for the 3 waiting and 4 new events
+        assert probed_at == [1, 1, 1, 1]  # every new event reached the webhook while the probe was under way
 
     run(scenario())

@@ -456,7 +456,7 @@ def test_a_hung_notification_channel_delays_delivery_but_never_stalls_the_notifi
         return verdicts
 
     assert run(scenario()) == []
-    assert hung.sends > 40  # it kept trying
+    assert hung.sends >= 8  # probed again after every rest (a claim long) while events waited for it
     gaps = [b - a for a, b in itertools.pairwise(watchdog.pings)]
     assert max(gaps) <= 60 / 4 + 1e-6
 

@@ -16,10 +16,10 @@ first:
    event pending and due again ``hold_s`` later, up to ``max_rounds`` rounds, then recorded as failed (and logged as
    an error).
 
-One channel down never holds back the others: a channel that failed temporarily is not tried again in the same pass
-(the events still owed to it wait for the next round, without spending its retries again), and the events waiting
-out a retry are not due, so the outbox query never returns them in place of newer ones. A pass therefore spends at
-most one event's retries per failing channel, and reaches every due event while its budget lasts.
+One channel down never holds back the others: a channel that failed for now rests for ``hold_s`` (the events owed
+to it are delivered to the others and wait for it), then one event probes it while the rest go on; the events of a
+pass are delivered a few at a time, so one waiting on a slow channel delays no other; and the events waiting out a
+retry are not due, so the outbox query never returns them in place of newer ones.
 
 A crash between commit and delivery loses nothing: the event is still pending and is delivered after the restart,
 with the same event id. Delivery never blocks or fails a state transition: it runs beside them (the supervisor's
@@ -45,6 +45,8 @@ from monitor.notify import filters
 from monitor.ports import Store
 
 log = logs.get("monitor.notify")
+
+_EVENTS_AT_ONCE = 4  # delivered side by side in a pass (each a claim, a read, its channels' sends and records)
 
 
 class Channel(Protocol):
@@ -94,6 +96,8 @@ class Outbox:
         self._channels = list(channels)
         self._hold_ms = round(hold_s * 1000)
         self._send_s = hold_s * 3 / 4  # each channel's sending, retries included; the rest is for the writes
+        self._rest_until: dict[str, float] = {}  # channel -> monotonic time: failed for now, not tried before then
+        self._probing: set[str] = set()  # resting channels one event is trying again right now
         self._max_rounds = max_rounds
         self._tries = tries
         self._backoff_s = backoff_s
@@ -126,39 +130,41 @@ class Outbox:
 
     async def deliver_pending(self, *, budget_s: float | None = None) -> int:
         """One pass over the pending events; returns how many left the outbox. With ``budget_s``, the pass takes no
-        new event after that long (the loop calls again at once), so it ends in bounded time even when a channel
-        hangs: at most the budget plus one event's delivery, which never outlasts the claim on it (``hold_s``)."""
+        new batch after that long (the loop calls again at once), so it ends in bounded time even when a channel
+        hangs: at most the budget plus one batch, whose events never outlast the claims on them (``hold_s``).
+        The events of a batch are delivered ``_EVENTS_AT_ONCE`` at a time: one waiting on a slow channel holds back
+        no other."""
         finished = 0
         ends_at = None if budget_s is None else self._clock.monotonic() + budget_s
-        down: set[str] = set()  # channels that failed for now in this pass
+        gate = asyncio.Semaphore(_EVENTS_AT_ONCE)
+
+        async def one(event: Event) -> str:
+            async with gate:
+                return await self._deliver_within_claim(event)
+
         while True:
             batch = await self._store.pending_events(limit=self._batch, due_by_ms=self._clock.now_ms())
             if not batch:
                 return finished
-            progressed = False
-            for event in batch:
-                outcome = await self._deliver_within_claim(event, down)
-                finished += outcome == "done"
-                progressed |= outcome != "busy"
-                if ends_at is not None and self._clock.monotonic() >= ends_at:
-                    return finished
-            if not progressed:
+            outcomes = await asyncio.gather(*(one(event) for event in batch))
+            finished += outcomes.count("done")
+            if all(outcome == "busy" for outcome in outcomes):
+                return finished
+            if ends_at is not None and self._clock.monotonic() >= ends_at:
                 return finished
 
-    async def _deliver_within_claim(self, event: Event, down: set[str]) -> str:
+    async def _deliver_within_claim(self, event: Event) -> str:
         """``deliver``, abandoned when the claim on the event runs out: past it another daemon may claim the event and
         send it too, and a hung channel must not hold the loop. What was recorded stays; the rest is retried."""
         try:
-            return await asyncio.wait_for(self.deliver(event, down=down), timeout=self._hold_ms / 1000)
+            return await asyncio.wait_for(self.deliver(event), timeout=self._hold_ms / 1000)
         except TimeoutError:
             log.warning("delivery outlasted its claim; will retry", event_id=event.event_id)
             return "later"
 
-    async def deliver(self, event: Event, *, down: set[str] | None = None) -> str:
+    async def deliver(self, event: Event) -> str:
         """Deliver one event to every channel that should have it: "done", "later" or "busy" (another daemon).
-        Channels in ``down`` failed for now earlier in the pass: not tried, the event waits for them; a channel
-        that fails for now here is added to it."""
-        down = set() if down is None else down
+        A resting channel (one that failed for now less than ``hold_s`` ago) is not tried: the event waits for it."""
         now_ms = self._clock.now_ms()
         if not await self._store.claim_event(event, owner=self._owner, now_ms=now_ms, hold_ms=self._hold_ms):
             return "busy"
@@ -176,16 +182,13 @@ class Outbox:
             config = wanted.get(channel.name)
             if config is None or not filters.wants(self.notify, config, event):
                 await self._record(event, channel.name, "skipped")
-            elif channel.name in down:
+            elif self._resting(channel.name):
                 retry_later = True
             else:
                 owed.append(channel)
         # Side by side, each within the claim: a channel slow to fail (or hung) delays none of the others.
         outcomes = await asyncio.gather(*(self._send_and_record(channel, event, ws) for channel in owed))
-        for channel, outcome in zip(owed, outcomes, strict=True):
-            if outcome is None:
-                down.add(channel.name)
-                retry_later = True
+        retry_later |= None in outcomes
         if retry_later and event.delivery_attempts + 1 < self._max_rounds:
             await self._store.finish_event(event, retry_at_ms=self._clock.now_ms() + self._hold_ms)
             return "later"
@@ -197,6 +200,17 @@ class Outbox:
                     await self._record(event, channel.name, reason)
         await self._store.finish_event(event)
         return "done"
+
+    def _resting(self, channel: str) -> bool:
+        """Whether ``channel`` sits this event out: it failed for now less than ``hold_s`` ago, or it did longer ago
+        and another event is probing it right now. Otherwise this event probes it (or it is healthy)."""
+        until = self._rest_until.get(channel)
+        if until is None:
+            return False
+        if channel in self._probing or self._clock.monotonic() < until:
+            return True
+        self._probing.add(channel)
+        return False
 
     async def _send_and_record(self, channel: Channel, event: Event, ws: Workset | None) -> str | None:
         """``_send`` within the channels' share of the claim (None past it), its outcome recorded at once."""
@@ -210,9 +224,14 @@ class Outbox:
                 seconds=self._send_s,
             )
             self._count(channel.name, "retry_later", None)
+            outcome = None
+        finally:
+            self._probing.discard(channel.name)
+        if outcome is None:
+            self._rest_until[channel.name] = self._clock.monotonic() + self._hold_ms / 1000
             return None
-        if outcome is not None:
-            await self._record(event, channel.name, outcome)
+        self._rest_until.pop(channel.name, None)
+        await self._record(event, channel.name, outcome)
         return outcome
 
     async def _send(self, channel: Channel, event: Event, ws: Workset | None) -> str | None:
