@@ -98,6 +98,7 @@ class Outbox:
         self._send_s = hold_s * 3 / 4  # each channel's sending, retries included; the rest is for the writes
         self._rest_until: dict[str, float] = {}  # channel -> monotonic time: failed for now, not tried before then
         self._probing: set[str] = set()  # resting channels one event is trying again right now
+        self._probes: set[asyncio.Task[str | None]] = set()
         self._max_rounds = max_rounds
         self._tries = tries
         self._backoff_s = backoff_s
@@ -121,17 +122,24 @@ class Outbox:
 
     async def flush(self, *, timeout_s: float) -> None:
         """Deliver what is pending now, within ``timeout_s`` (at shutdown)."""
+
+        async def everything() -> None:
+            await self.deliver_pending()
+            await self.wait_for_probes()
+
         try:
-            await asyncio.wait_for(self.deliver_pending(), timeout=timeout_s)
+            await asyncio.wait_for(everything(), timeout=timeout_s)
         except TimeoutError:
             log.warning("outbox not fully flushed at shutdown; the next daemon start delivers the rest")
         except errors.MonitorError as exc:
             log.warning("outbox flush failed; the next daemon start delivers the rest", error=str(exc))
+        finally:
+            await self.stop_probes()
 
     async def deliver_pending(self, *, budget_s: float | None = None) -> int:
         """One pass over the pending events; returns how many left the outbox. With ``budget_s``, the pass takes no
         new batch after that long (the loop calls again at once), so it ends in bounded time even when a channel
-        hangs: at most the budget plus one batch, whose events never outlast the claims on them (``hold_s``).
+        hangs: at most the budget plus the deliveries then under way, none of which outlasts its claim (``hold_s``).
         The events of a batch are delivered ``_EVENTS_AT_ONCE`` at a time: one waiting on a slow channel holds back
         no other."""
         finished = 0
@@ -140,6 +148,8 @@ class Outbox:
 
         async def one(event: Event) -> str:
             async with gate:
+                if ends_at is not None and self._clock.monotonic() >= ends_at:
+                    return "unstarted"  # past the budget: the next pass takes it
                 return await self._deliver_within_claim(event)
 
         while True:
@@ -174,6 +184,7 @@ class Outbox:
             log.error("workset unreadable; notifying without its details", event_id=event.event_id, error=str(exc))
             ws = None
         wanted = filters.channels(self.notify)
+        last_round = event.delivery_attempts + 1 >= self._max_rounds
         owed: list[Channel] = []
         retry_later = False
         for channel in self._channels:
@@ -182,14 +193,19 @@ class Outbox:
             config = wanted.get(channel.name)
             if config is None or not filters.wants(self.notify, config, event):
                 await self._record(event, channel.name, "skipped")
+            elif last_round:  # never given up untried: resting or not, the channel gets this event's last chance
+                owed.append(channel)
             elif self._resting(channel.name):
+                retry_later = True
+            elif channel.name in self._probing:  # ours to probe: in the background, the event waits for its outcome
+                self._start_probe(channel, event, ws)
                 retry_later = True
             else:
                 owed.append(channel)
         # Side by side, each within the claim: a channel slow to fail (or hung) delays none of the others.
         outcomes = await asyncio.gather(*(self._send_and_record(channel, event, ws) for channel in owed))
         retry_later |= None in outcomes
-        if retry_later and event.delivery_attempts + 1 < self._max_rounds:
+        if retry_later and not last_round:
             await self._store.finish_event(event, retry_at_ms=self._clock.now_ms() + self._hold_ms)
             return "later"
         if retry_later:
@@ -203,7 +219,8 @@ class Outbox:
 
     def _resting(self, channel: str) -> bool:
         """Whether ``channel`` sits this event out: it failed for now less than ``hold_s`` ago, or it did longer ago
-        and another event is probing it right now. Otherwise this event probes it (or it is healthy)."""
+        and another event is probing it right now. Otherwise this event probes it (then it is in ``_probing``), or
+        it is healthy."""
         until = self._rest_until.get(channel)
         if until is None:
             return False
@@ -211,6 +228,24 @@ class Outbox:
             return True
         self._probing.add(channel)
         return False
+
+    def _start_probe(self, channel: Channel, event: Event, ws: Workset | None) -> None:
+        """Try a resting channel again with ``event``, beside the pass: a channel that takes seconds to fail must not
+        hold back the batch, and with it every newer event. The event has been handed back until ``hold_s`` from
+        now, longer than the probe may take, so nobody sends it meanwhile; the outcome is on it by then."""
+        probe = asyncio.create_task(self._send_and_record(channel, event, ws), name=f"probe {channel.name}")
+        self._probes.add(probe)
+        probe.add_done_callback(self._probes.discard)
+
+    async def wait_for_probes(self) -> None:
+        """Until the probes under way have ended (each within three quarters of a claim)."""
+        await asyncio.gather(*self._probes, return_exceptions=True)
+
+    async def stop_probes(self) -> None:
+        """Abandon the probes under way (at shutdown): their events are retried, as after a crash."""
+        for probe in list(self._probes):
+            probe.cancel()
+        await self.wait_for_probes()
 
     async def _send_and_record(self, channel: Channel, event: Event, ws: Workset | None) -> str | None:
         """``_send`` within the channels' share of the claim (None past it), its outcome recorded at once."""
