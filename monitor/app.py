@@ -7,7 +7,8 @@ import argparse
 import getpass
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -23,7 +24,7 @@ from monitor.model import (
 )
 from monitor.notify import filters
 from monitor.notify.linear import LinearChannel
-from monitor.notify.outbox import Channel, linear_issue_lookup
+from monitor.notify.outbox import EVENTS_AT_ONCE, Channel, linear_issue_lookup
 from monitor.notify.webhook import WebhookChannel
 from monitor.ports import Store
 from monitor.sentinels import SentinelMirror
@@ -40,6 +41,7 @@ class App:
     args: argparse.Namespace
     clock: Clock
     metrics: Metrics | None = None  # only the daemon serves metrics
+    _channel_pools: dict[str, ThreadPoolExecutor] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def settings(self) -> config.Settings:
@@ -69,20 +71,32 @@ class App:
         return store
 
     def close(self) -> None:
-        """Release what the command built (the AWS clients' worker threads)."""
+        """Release what the command built (the AWS clients' and the channels' worker threads)."""
         if "clients" in self.__dict__:
             self.clients.close()
+        for pool in self._channel_pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def channels(self, notify: config.NotifyConfig, store: Store) -> list[Channel]:
-        """The configured notification channels, in delivery order."""
+        """The configured notification channels, in delivery order. Each sends from worker threads of its own, kept
+        across reloads: one slow to fail (SNS's retries take seconds) cannot queue the others' sends behind it."""
         found: list[Channel] = []
         if notify.sns is not None:
-            found.append(SnsChannel(self.clients.get("sns"), notify.sns.topic_arn))
+            found.append(SnsChannel(self.clients.get("sns"), notify.sns.topic_arn, executor=self._pool("sns")))
         if notify.linear is not None:
-            found.append(LinearChannel(notify.linear, has_issue=linear_issue_lookup(store)))
+            found.append(
+                LinearChannel(notify.linear, has_issue=linear_issue_lookup(store), executor=self._pool("linear"))
+            )
         if notify.webhook is not None:
-            found.append(WebhookChannel(notify.webhook))
+            found.append(WebhookChannel(notify.webhook, executor=self._pool("webhook")))
         return found
+
+    def _pool(self, channel: str) -> ThreadPoolExecutor:
+        if channel not in self._channel_pools:
+            self._channel_pools[channel] = ThreadPoolExecutor(
+                max_workers=EVENTS_AT_ONCE, thread_name_prefix=f"notify-{channel}"
+            )
+        return self._channel_pools[channel]
 
     @cached_property
     def source(self) -> S3Source:

@@ -54,3 +54,34 @@ def test_a_heartbeat_completes_while_the_default_thread_pool_is_saturated(mocked
         run(scenario())
     finally:
         app.close()
+
+
+def test_each_notification_channel_has_worker_threads_of_its_own(tmp_path: Path) -> None:
+    """Seen in the chaos run with SNS down: every publish held a default-pool thread for seconds (botocore's retries),
+    and the webhook's posts queued behind them until their claims ran out. A channel's sends run in its own threads:
+    another channel, or anything else, filling asyncio's default pool cannot hold them back."""
+    from monitor.model import Event, EventType, State
+    from tests.fake_http import FakeServer
+
+    server = FakeServer().start()
+    path = tmp_path / "c.toml"
+    path.write_text(f'[aws]\nregion = "{REGION}"\n[notify.webhook]\nurl = "{server.url}"\n')
+    app = App(loaded=config.load(path, {}), args=argparse.Namespace(), clock=SystemClock())
+    [webhook] = app.channels(app.settings.notify, store=None)  # type: ignore[arg-type]
+    event = Event(WorksetId("ws-1"), 1, EventType.COMPLETE, 0, "t", State.IN_PROGRESS, State.COMPLETE)
+    release = threading.Event()
+
+    async def scenario() -> None:
+        blockers = [asyncio.ensure_future(asyncio.to_thread(release.wait, 30)) for _ in range(BLOCKERS)]
+        try:
+            await asyncio.sleep(0.2)  # every default worker thread is busy now
+            assert await asyncio.wait_for(webhook.send(event, None), timeout=2) == "sent"
+        finally:
+            release.set()
+            await asyncio.gather(*blockers)
+
+    try:
+        run(scenario())
+    finally:
+        app.close()
+        server.stop()

@@ -7,6 +7,7 @@ a denied publish are permanent.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import Any
 
 import botocore.exceptions
@@ -20,9 +21,10 @@ from monitor.notify import message
 class SnsChannel:
     name = "sns"
 
-    def __init__(self, client: Any, topic_arn: str) -> None:
+    def __init__(self, client: Any, topic_arn: str, *, executor: Executor | None = None) -> None:
         self._client = client
         self._topic_arn = topic_arn
+        self._executor = executor  # the channel's worker threads (a pool of its own in the daemon)
 
     async def send(self, event: Event, ws: Workset | None) -> str:
         attributes = {
@@ -34,6 +36,7 @@ class SnsChannel:
         try:
             await clients.call(
                 self._client.publish,
+                executor=self._executor,
                 TopicArn=self._topic_arn,
                 Subject=message.subject(event),
                 Message=message.body(event, ws),

@@ -7,12 +7,15 @@ server's ``Retry-After`` or rate-limit reset when it sends one); other 4xx are p
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
+import functools
 import json
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +34,12 @@ class Response:
         return json.loads(self.body or b"null")
 
 
-async def post(url: str, payload: bytes, *, headers: Mapping[str, str], timeout_s: float) -> Response:
-    return await asyncio.to_thread(_post, url, payload, dict(headers), timeout_s)
+async def post(
+    url: str, payload: bytes, *, headers: Mapping[str, str], timeout_s: float, executor: Executor | None = None
+) -> Response:
+    """POST in a thread of ``executor`` (the channel's own; asyncio's default pool if None)."""
+    call = functools.partial(contextvars.copy_context().run, _post, url, payload, dict(headers), timeout_s)
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
 
 
 def _post(url: str, payload: bytes, headers: dict[str, str], timeout_s: float) -> Response:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 
 from monitor import errors
 from monitor.config import LinearConfig
@@ -41,8 +42,15 @@ def comment_id(team_id: str, event_id: str) -> str:
 class LinearChannel:
     name = "linear"
 
-    def __init__(self, cfg: LinearConfig, *, has_issue: Callable[[Event], Awaitable[bool]]) -> None:
+    def __init__(
+        self,
+        cfg: LinearConfig,
+        *,
+        has_issue: Callable[[Event], Awaitable[bool]],
+        executor: Executor | None = None,
+    ) -> None:
         self._cfg = cfg
+        self._executor = executor  # the channel's worker threads (a pool of its own in the daemon)
         self._has_issue = has_issue  # whether an earlier problem of this workset already made its issue
 
     async def send(self, event: Event, ws: Workset | None) -> str:
@@ -82,7 +90,9 @@ class LinearChannel:
         }
         payload = json.dumps({"query": query, "variables": {"input": input_}}).encode()
         try:
-            response = await http.post(self._cfg.api_url, payload, headers=headers, timeout_s=self._cfg.timeout_s)
+            response = await http.post(
+                self._cfg.api_url, payload, headers=headers, timeout_s=self._cfg.timeout_s, executor=self._executor
+            )
         except errors.DeliveryError as exc:
             if "HTTP 401" in str(exc) or "HTTP 403" in str(exc):
                 raise errors.DeliveryError(

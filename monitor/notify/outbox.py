@@ -46,7 +46,7 @@ from monitor.ports import Store
 
 log = logs.get("monitor.notify")
 
-_EVENTS_AT_ONCE = 4  # delivered side by side in a pass (each a claim, a read, its channels' sends and records)
+EVENTS_AT_ONCE = 4  # delivered side by side in a pass (each a claim, a read, its channels' sends and records)
 
 
 class Channel(Protocol):
@@ -140,11 +140,11 @@ class Outbox:
         """One pass over the pending events; returns how many left the outbox. With ``budget_s``, the pass takes no
         new batch after that long (the loop calls again at once), so it ends in bounded time even when a channel
         hangs: at most the budget plus the deliveries then under way, none of which outlasts its claim (``hold_s``).
-        The events of a batch are delivered ``_EVENTS_AT_ONCE`` at a time: one waiting on a slow channel holds back
+        The events of a batch are delivered ``EVENTS_AT_ONCE`` at a time: one waiting on a slow channel holds back
         no other."""
         finished = 0
         ends_at = None if budget_s is None else self._clock.monotonic() + budget_s
-        gate = asyncio.Semaphore(_EVENTS_AT_ONCE)
+        gate = asyncio.Semaphore(EVENTS_AT_ONCE)
 
         async def one(event: Event) -> str:
             async with gate:

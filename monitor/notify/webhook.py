@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import time
+from concurrent.futures import Executor
 
 from monitor.config import WebhookConfig
 from monitor.model import Event, Workset
@@ -20,8 +21,9 @@ from monitor.notify import http, message
 class WebhookChannel:
     name = "webhook"
 
-    def __init__(self, cfg: WebhookConfig) -> None:
+    def __init__(self, cfg: WebhookConfig, *, executor: Executor | None = None) -> None:
         self._cfg = cfg
+        self._executor = executor  # the channel's worker threads (a pool of its own in the daemon)
 
     async def send(self, event: Event, ws: Workset | None) -> str:
         payload = json.dumps(
@@ -30,7 +32,13 @@ class WebhookChannel:
         headers = {"Content-Type": "application/json", "X-Workset-Monitor-Event-Id": event.event_id}
         if self._cfg.secret is not None:
             headers["X-Workset-Monitor-Signature"] = sign(payload, self._cfg.secret.get_secret_value())
-        await http.post(self._cfg.url.get_secret_value(), payload, headers=headers, timeout_s=self._cfg.timeout_s)
+        await http.post(
+            self._cfg.url.get_secret_value(),
+            payload,
+            headers=headers,
+            timeout_s=self._cfg.timeout_s,
+            executor=self._executor,
+        )
         return "sent"
 
 
