@@ -47,6 +47,7 @@ from monitor.ports import Store
 log = logs.get("monitor.notify")
 
 EVENTS_AT_ONCE = 4  # delivered side by side in a pass (each a claim, a read, its channels' sends and records)
+PATIENCE_S = 1.0  # a channel's send still busy after this goes on beside the pass; its event waits for it
 
 
 class Channel(Protocol):
@@ -195,16 +196,22 @@ class Outbox:
                 await self._record(event, channel.name, "skipped")
             elif last_round:  # never given up untried: resting or not, the channel gets this event's last chance
                 owed.append(channel)
-            elif self._resting(channel.name):
+            elif (turn := self._turn(channel.name)) == "wait":
                 retry_later = True
-            elif channel.name in self._probing:  # ours to probe: in the background, the event waits for its outcome
+            elif turn == "probe":  # in the background: the event waits for its outcome
                 self._start_probe(channel, event, ws)
                 retry_later = True
             else:
                 owed.append(channel)
-        # Side by side, each within the claim: a channel slow to fail (or hung) delays none of the others.
-        outcomes = await asyncio.gather(*(self._send_and_record(channel, event, ws) for channel in owed))
-        retry_later |= None in outcomes
+        # Side by side, each within the claim: a channel slow to fail (or hung) delays none of the others. One still
+        # busy after PATIENCE_S goes on in the background, and the event waits for it (on its last round, it is
+        # waited for): the pass, and every newer event, does not.
+        sends = {asyncio.create_task(self._send_and_record(channel, event, ws)): channel.name for channel in owed}
+        done, slow = await asyncio.wait(sends, timeout=None if last_round else PATIENCE_S) if sends else (set(), set())
+        for task in slow:
+            self._probing.add(sends[task])  # in doubt until it answers: the other events do without it meanwhile
+            self._in_background(task)
+        retry_later |= bool(slow) or any(task.result() is None for task in done)
         if retry_later and not last_round:
             await self._store.finish_event(event, retry_at_ms=self._clock.now_ms() + self._hold_ms)
             return "later"
@@ -217,25 +224,30 @@ class Outbox:
         await self._store.finish_event(event)
         return "done"
 
-    def _resting(self, channel: str) -> bool:
-        """Whether ``channel`` sits this event out: it failed for now less than ``hold_s`` ago, or it did longer ago
-        and another event is probing it right now. Otherwise this event probes it (then it is in ``_probing``), or
-        it is healthy."""
+    def _turn(self, channel: str) -> str:
+        """What this event does with ``channel``: "send" (healthy); "wait" (it failed for now less than ``hold_s``
+        ago, or another event is trying it right now); or "probe" (it rested long enough: this event tries it)."""
+        if channel in self._probing:
+            return "wait"
         until = self._rest_until.get(channel)
         if until is None:
-            return False
-        if channel in self._probing or self._clock.monotonic() < until:
-            return True
+            return "send"
+        if self._clock.monotonic() < until:
+            return "wait"
         self._probing.add(channel)
-        return False
+        return "probe"
 
     def _start_probe(self, channel: Channel, event: Event, ws: Workset | None) -> None:
         """Try a resting channel again with ``event``, beside the pass: a channel that takes seconds to fail must not
         hold back the batch, and with it every newer event. The event has been handed back until ``hold_s`` from
         now, longer than the probe may take, so nobody sends it meanwhile; the outcome is on it by then."""
-        probe = asyncio.create_task(self._send_and_record(channel, event, ws), name=f"probe {channel.name}")
-        self._probes.add(probe)
-        probe.add_done_callback(self._probes.discard)
+        self._in_background(
+            asyncio.create_task(self._send_and_record(channel, event, ws), name=f"probe {channel.name}")
+        )
+
+    def _in_background(self, send: asyncio.Task[str | None]) -> None:
+        self._probes.add(send)
+        send.add_done_callback(self._probes.discard)
 
     async def wait_for_probes(self) -> None:
         """Until the probes under way have ended (each within three quarters of a claim)."""
