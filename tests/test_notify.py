@@ -645,3 +645,24 @@ def test_a_channel_that_failed_rests_for_a_claim_and_its_probe_holds_back_no_oth
         assert sns.tries == 8  # one probe (four tries) for the 3 waiting and 4 new events
 
     run(scenario())
+
+
+def test_a_table_error_on_one_event_leaves_the_others_to_their_pass() -> None:
+    """Seen in the chaos run: one record write answered HTTP 500 failed the whole pass ("loop tick failed"), and
+    every event behind it waited for the notifier's next tick."""
+    from tests.faults import StoreSpy
+
+    rig = Rig({"webhook": {"url": "http://127.0.0.1:9/hook"}})
+    webhook_ = FakeChannel("webhook", rig.clock)
+    rig.channels = [webhook_]
+
+    async def scenario() -> None:
+        for name in ("ws-1", "ws-2", "ws-3"):
+            await rig.register(name, invalid="bad")
+        spy = StoreSpy(rig.store)
+        spy.fail_before["record_delivery"] = 1
+        outbox = Outbox(spy, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, channels=rig.channels)
+        assert await outbox.deliver_pending() == 2
+        assert len(webhook_.sent) == 3  # the failed record is retried later (at least once: the event id says so)
+
+    run(scenario())

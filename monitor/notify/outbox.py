@@ -166,11 +166,17 @@ class Outbox:
 
     async def _deliver_within_claim(self, event: Event) -> str:
         """``deliver``, abandoned when the claim on the event runs out: past it another daemon may claim the event and
-        send it too, and a hung channel must not hold the loop. What was recorded stays; the rest is retried."""
+        send it too, and a hung channel must not hold the loop. What was recorded stays; the rest is retried. A
+        table error on one event (a claim, a record) leaves that event for a later pass, not the others."""
         try:
             return await asyncio.wait_for(self.deliver(event), timeout=self._hold_ms / 1000)
         except TimeoutError:
             log.warning("delivery outlasted its claim; will retry", event_id=event.event_id)
+            return "later"
+        except errors.MonitorError as exc:
+            if not exc.temporary:
+                raise
+            log.warning("delivery failed for now; will retry", event_id=event.event_id, error=str(exc))
             return "later"
 
     async def deliver(self, event: Event) -> str:
