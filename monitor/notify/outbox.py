@@ -99,7 +99,7 @@ class Outbox:
         self._send_s = hold_s * 3 / 4  # each channel's sending, retries included; the rest is for the writes
         self._rest_until: dict[str, float] = {}  # channel -> monotonic time: failed for now, not tried before then
         self._probing: set[str] = set()  # resting channels one event is trying again right now
-        self._probes: set[asyncio.Task[str | None]] = set()
+        self._probes: set[asyncio.Future[None]] = set()  # sends (and their bookkeeping) going on beside the passes
         self._max_rounds = max_rounds
         self._tries = tries
         self._backoff_s = backoff_s
@@ -191,42 +191,39 @@ class Outbox:
             log.error("workset unreadable; notifying without its details", event_id=event.event_id, error=str(exc))
             ws = None
         wanted = filters.channels(self.notify)
-        last_round = event.delivery_attempts + 1 >= self._max_rounds
         owed: list[Channel] = []
-        retry_later = False
+        waiting = False  # a channel sat this event out (resting, or being tried by another event)
         for channel in self._channels:
             if channel.name in event.notified:
                 continue
             config = wanted.get(channel.name)
             if config is None or not filters.wants(self.notify, config, event):
                 await self._record(event, channel.name, "skipped")
-            elif last_round:  # never given up untried: resting or not, the channel gets this event's last chance
-                owed.append(channel)
             elif (turn := self._turn(channel.name)) == "wait":
-                retry_later = True
+                waiting = True
             elif turn == "probe":  # in the background: the event waits for its outcome
                 self._start_probe(channel, event, ws)
-                retry_later = True
+                waiting = True
             else:
                 owed.append(channel)
         # Side by side, each within the claim: a channel slow to fail (or hung) delays none of the others. One still
-        # busy after PATIENCE_S goes on in the background, and the event waits for it (on its last round, it is
-        # waited for): the pass, and every newer event, does not.
+        # busy after PATIENCE_S goes on in the background, and the event waits for it: the pass, and every newer
+        # event, does not.
         sends = {asyncio.create_task(self._send_and_record(channel, event, ws)): channel.name for channel in owed}
-        done, slow = await asyncio.wait(sends, timeout=None if last_round else PATIENCE_S) if sends else (set(), set())
+        done, slow = await asyncio.wait(sends, timeout=PATIENCE_S) if sends else (set(), set())
         for task in slow:
             self._probing.add(sends[task])  # in doubt until it answers: the other events do without it meanwhile
-            self._in_background(task)
-        retry_later |= bool(slow) or any(task.result() is None for task in done)
-        if retry_later and not last_round:
-            await self._store.finish_event(event, retry_at_ms=self._clock.now_ms() + self._hold_ms)
+            self._in_background(self._settle_later(task, sends[task], event))
+        waiting |= bool(slow)
+        failed = [sends[task] for task in done if task.result() is None]
+        if failed and event.delivery_attempts + 1 < self._max_rounds:
+            await self._store.finish_event(event, retry_at_ms=self._clock.now_ms() + self._hold_ms)  # a round
             return "later"
-        if retry_later:
-            for channel in self._channels:
-                if channel.name not in event.notified and channel.name in wanted:
-                    reason = f"failed: gave up after {self._max_rounds} rounds"
-                    log.error("notification given up", channel=channel.name, event_id=event.event_id)
-                    await self._record(event, channel.name, reason)
+        for name in failed:  # its last round: a channel is given up only after it was tried and failed
+            log.error("notification given up", channel=name, event_id=event.event_id)
+            await self._record(event, name, f"failed: gave up after {self._max_rounds} rounds")
+        if waiting:  # no round counted: the claim runs out (``hold_s``) and the event is due again
+            return "later"
         await self._store.finish_event(event)
         return "done"
 
@@ -247,13 +244,28 @@ class Outbox:
         """Try a resting channel again with ``event``, beside the pass: a channel that takes seconds to fail must not
         hold back the batch, and with it every newer event. The event has been handed back until ``hold_s`` from
         now, longer than the probe may take, so nobody sends it meanwhile; the outcome is on it by then."""
-        self._in_background(
-            asyncio.create_task(self._send_and_record(channel, event, ws), name=f"probe {channel.name}")
-        )
+        self._in_background(self._settle_later(self._send_and_record(channel, event, ws), channel.name, event))
 
-    def _in_background(self, send: asyncio.Task[str | None]) -> None:
-        self._probes.add(send)
-        send.add_done_callback(self._probes.discard)
+    def _in_background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _settle_later(self, send: Awaitable[str | None], channel: str, event: Event) -> None:
+        """The end of a send that went on beside the pass. A failure counts the event's round, as in the pass; on
+        its last round the channel is given up, and the event leaves the outbox once every channel has an outcome."""
+        try:
+            if await send is not None:
+                return
+            if event.delivery_attempts + 1 < self._max_rounds:
+                await self._store.finish_event(event, retry_at_ms=self._clock.now_ms() + self._hold_ms)
+                return
+            log.error("notification given up", channel=channel, event_id=event.event_id)
+            await self._record(event, channel, f"failed: gave up after {self._max_rounds} rounds")
+            if all(name in event.notified for name in filters.channels(self.notify)):
+                await self._store.finish_event(event)
+        except errors.MonitorError as exc:  # what was recorded stays; the event is due again once its claim ends
+            log.warning("delivery failed for now; will retry", event_id=event.event_id, error=str(exc))
 
     async def wait_for_probes(self) -> None:
         """Until the probes under way have ended (each within three quarters of a claim)."""
