@@ -211,8 +211,7 @@ class Outbox:
         # event, does not.
         sends = {asyncio.create_task(self._send_and_record(channel, event, ws)): channel.name for channel in owed}
         done, slow = await asyncio.wait(sends, timeout=PATIENCE_S) if sends else (set(), set())
-        for task in slow:
-            self._probing.add(sends[task])  # in doubt until it answers: the other events do without it meanwhile
+        for task in slow:  # slow is not down: the other events still send to it (a failure makes it rest)
             self._in_background(self._settle_later(task, sends[task], event))
         waiting |= bool(slow)
         failed = [sends[task] for task in done if task.result() is None]
