@@ -245,7 +245,7 @@ def test_a_channel_down_for_good_is_given_up_after_the_rounds(server: FakeServer
         outbox = rig.outbox(max_rounds=3, tries=2, hold_s=5)
         for _ in range(3):
             await outbox.deliver_pending()
-            await outbox.wait_for_probes()  # round 2 tries the resting channel in the background
+            await outbox.wait_for_background()  # round 2 tries the resting channel in the background
             rig.clock.advance(6)  # the claim runs out; the next round may try again
         [event] = await rig.events("ws-1")
         assert not event.pending and event.notified["linear"] == "failed: gave up after 3 rounds"
@@ -640,7 +640,7 @@ def test_a_channel_that_failed_rests_for_a_claim_and_its_probe_holds_back_no_oth
             await rig.register(f"ws-{i}b", invalid="bad")
         await outbox.deliver_pending(budget_s=5)
         assert len(webhook_.sent) == 7 and probed_at == [1, 1, 1, 1]  # all delivered while the probe was under way
-        await asyncio.wait_for(outbox.wait_for_probes(), timeout=5)
+        await asyncio.wait_for(outbox.wait_for_background(), timeout=5)
         assert sns.tries == 8  # one probe (four tries) for the 3 waiting and 4 new events
 
     run(scenario())

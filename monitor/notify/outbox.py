@@ -9,16 +9,17 @@ first:
 2. For each configured channel not yet recorded on the event: skip it if its filters say so, else send it, with
    bounded retries (exponential backoff with jitter, at least what the server asked for); record the channel's
    outcome on the event right away, so a crash never re-sends what was delivered. The channels are sent to side by
-   side, each within three quarters of the claim: one slow to fail (botocore's own retries on a 503 take seconds)
-   never uses up the claim before the others' turn. A failure nobody foresaw (a bug in a channel) counts as a
-   temporary one: logged with its stack, retried, and never fatal to the notifier.
-3. **Finish**: out of the outbox once every channel has an outcome. A channel still failing temporarily leaves the
-   event pending and due again ``hold_s`` later, up to ``max_rounds`` rounds, then recorded as failed (and logged as
-   an error).
+   side, each from worker threads of its own and within three quarters of the claim. A send still busy after
+   ``PATIENCE_S`` goes on beside the pass (the event waits for it; the pass and newer events do not). A failure
+   nobody foresaw (a bug in a channel) counts as a temporary one: logged with its stack, never fatal to the loop.
+3. **Finish**: out of the outbox once every channel has an outcome. A channel that was tried and failed for now
+   counts a round: the event is due again ``hold_s`` later, up to ``max_rounds`` rounds, then the channel is
+   recorded as failed (and logged as an error). A channel is never given up untried.
 
-One channel down never holds back the others: a channel that failed for now rests for ``hold_s`` (the events owed
-to it are delivered to the others and wait for it), then one event probes it while the rest go on; the events of a
-pass are delivered a few at a time, so one waiting on a slow channel delays no other; and the events waiting out a
+One channel down never holds back the others. A channel that failed for now *rests* for ``hold_s``: the events owed
+to it are delivered to the other channels and wait for it (no round counted; they are due again when their claim
+runs out). After the rest one event *probes* it, beside the pass; success ends the rest. The events of a pass are
+delivered ``EVENTS_AT_ONCE`` at a time and a table error on one leaves the others alone; the events waiting out a
 retry are not due, so the outbox query never returns them in place of newer ones.
 
 A crash between commit and delivery loses nothing: the event is still pending and is delivered after the restart,
@@ -99,7 +100,7 @@ class Outbox:
         self._send_s = hold_s * 3 / 4  # each channel's sending, retries included; the rest is for the writes
         self._rest_until: dict[str, float] = {}  # channel -> monotonic time: failed for now, not tried before then
         self._probing: set[str] = set()  # resting channels one event is trying again right now
-        self._probes: set[asyncio.Future[None]] = set()  # sends (and their bookkeeping) going on beside the passes
+        self._background: set[asyncio.Future[None]] = set()  # sends (and their bookkeeping) going on beside the passes
         self._max_rounds = max_rounds
         self._tries = tries
         self._backoff_s = backoff_s
@@ -126,7 +127,7 @@ class Outbox:
 
         async def everything() -> None:
             await self.deliver_pending()
-            await self.wait_for_probes()
+            await self.wait_for_background()
 
         try:
             await asyncio.wait_for(everything(), timeout=timeout_s)
@@ -135,7 +136,7 @@ class Outbox:
         except errors.MonitorError as exc:
             log.warning("outbox flush failed; the next daemon start delivers the rest", error=str(exc))
         finally:
-            await self.stop_probes()
+            await self.stop_background()
 
     async def deliver_pending(self, *, budget_s: float | None = None) -> int:
         """One pass over the pending events; returns how many left the outbox. With ``budget_s``, the pass takes no
@@ -247,8 +248,8 @@ class Outbox:
 
     def _in_background(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
-        self._probes.add(task)
-        task.add_done_callback(self._probes.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _settle_later(self, send: Awaitable[str | None], channel: str, event: Event) -> None:
         """The end of a send that went on beside the pass. A failure counts the event's round, as in the pass; on
@@ -266,15 +267,15 @@ class Outbox:
         except errors.MonitorError as exc:  # what was recorded stays; the event is due again once its claim ends
             log.warning("delivery failed for now; will retry", event_id=event.event_id, error=str(exc))
 
-    async def wait_for_probes(self) -> None:
-        """Until the probes under way have ended (each within three quarters of a claim)."""
-        await asyncio.gather(*self._probes, return_exceptions=True)
+    async def wait_for_background(self) -> None:
+        """Until the sends going on beside the passes have ended (each within three quarters of a claim)."""
+        await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def stop_probes(self) -> None:
-        """Abandon the probes under way (at shutdown): their events are retried, as after a crash."""
-        for probe in list(self._probes):
+    async def stop_background(self) -> None:
+        """Abandon the sends going on beside the passes (at shutdown): their events are retried, as after a crash."""
+        for probe in list(self._background):
             probe.cancel()
-        await self.wait_for_probes()
+        await self.wait_for_background()
 
     async def _send_and_record(self, channel: Channel, event: Event, ws: Workset | None) -> str | None:
         """``_send`` within the channels' share of the claim (None past it), its outcome recorded at once."""
