@@ -149,6 +149,7 @@ class Report:
     webhook_deliveries: int = 0
     webhook_refused: int = 0
     duplicate_deliveries: int = 0
+    late: int = 0  # events later than 2 x the delivery interval, outside any disturbance
     late_excused: int = 0  # events later than 2 x the delivery interval, during or just after a kill/pause/outage
     worst_latency_s: float = 0.0  # commit -> first receipt by the webhook, over every event
     exit_codes: list[int] = field(default_factory=list)
@@ -166,11 +167,14 @@ def run(
     timeout_s: float = 600,
     drain_s: float = 300,
     down_channel: bool = True,
+    latency_bound: bool = True,
     workdir: Path | None = None,
     out: Callable[[str], None] = print,
 ) -> Report:
     """``drain_s``: how long, once every workset is terminal, to wait for the webhook to have every event;
-    ``down_channel``: the SNS channel, refused for the whole run."""
+    ``down_channel``: the SNS channel, refused for the whole run; ``latency_bound``: a late notification is a
+    violation (a performance bound: ``make chaos`` holds the fleet to it; the bounded run in ``make test``, sharing
+    two cores with the rest of the suite, only reports it)."""
     rng = random.Random(seed)
     os.environ.update(CREDENTIALS)
     report = Report(worksets=worksets, daemons=daemons)
@@ -311,6 +315,7 @@ def run(
             paused={d.process.pid: d.paused for d in everyone},
             disturbed=disturbed,
             down=("sns",) if down_channel else (),
+            latency_bound=latency_bound,
         )
         report.violations += _unfed_counters(report)
     out(json.dumps(asdict(report), indent=2))
@@ -392,6 +397,7 @@ def _check(
     paused: Mapping[int, Sequence[tuple[float, float]]] | None = None,
     disturbed: Sequence[tuple[float, float]] = (),
     down: Sequence[str] = (),
+    latency_bound: bool = True,
 ) -> None:
     """``kills``/``paused``: daemon pid -> when the harness SIGKILLed its tree / its SIGSTOP windows (monotonic);
     ``disturbed``: wall-clock windows of kills, pauses and outages; ``down``: the channels refused all along."""
@@ -450,7 +456,9 @@ def _check(
         violations.append(f"{len(unreached)} events never reached the webhook: {', '.join(unreached[:10])}")
     violations += overlapping
     late, report.late_excused, report.worst_latency_s = _late(notifiable, hook.first_at, disturbed)
-    violations += late
+    report.late = len(late)
+    if latency_bound:
+        violations += late
     # A channel that is down keeps its events in the outbox (until they run out of rounds); the webhook must not.
     pending = asyncio.run(store.pending_events(limit=100_000))
     held = [e.event_id for e in pending if not down or "webhook" not in e.notified]
