@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from monitor import actions, config
@@ -22,13 +24,25 @@ from tests.conftest import REGION, run
 BLOCKERS = 40  # more than asyncio's default pool ever has threads (32)
 
 
+@contextlib.asynccontextmanager
+async def default_pool_saturated() -> AsyncIterator[None]:
+    """Every thread of asyncio's default pool blocked (slow S3 validation, say) while the body runs."""
+    release = threading.Event()
+    blockers = [asyncio.ensure_future(asyncio.to_thread(release.wait, 30)) for _ in range(BLOCKERS)]
+    try:
+        await asyncio.sleep(0.2)  # every default worker thread is busy now
+        yield
+    finally:
+        release.set()
+        await asyncio.gather(*blockers)
+
+
 def test_a_heartbeat_completes_while_the_default_thread_pool_is_saturated(mocked_aws: None, tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(f'[aws]\nregion = "{REGION}"\n[table]\nname = "pools"\n')
     app = App(loaded=config.load(path, {}), args=argparse.Namespace(), clock=SystemClock())
     schema.ensure_table(app.clients.get("dynamodb"), TableConfig(name="pools"))
     store = app.make_store(outbox=lambda event: False)
-    release = threading.Event()
 
     async def scenario() -> None:
         clock = SystemClock()
@@ -42,13 +56,8 @@ def test_a_heartbeat_completes_while_the_default_thread_pool_is_saturated(mocked
         )
         claimer = Claimer(store, clock, owner="host-a:1:0", policy=Policy(), rng=random.Random(0))
         [held] = await claimer.claim(slots=1)
-        blockers = [asyncio.ensure_future(asyncio.to_thread(release.wait, 30)) for _ in range(BLOCKERS)]
-        try:
-            await asyncio.sleep(0.2)  # every default worker thread is busy now
+        async with default_pool_saturated():
             assert await asyncio.wait_for(held.heartbeat_once(), timeout=2)
-        finally:
-            release.set()
-            await asyncio.gather(*blockers)
 
     try:
         run(scenario())
@@ -69,16 +78,10 @@ def test_each_notification_channel_has_worker_threads_of_its_own(tmp_path: Path)
     app = App(loaded=config.load(path, {}), args=argparse.Namespace(), clock=SystemClock())
     [webhook] = app.channels(app.settings.notify, store=None)  # type: ignore[arg-type]
     event = Event(WorksetId("ws-1"), 1, EventType.COMPLETE, 0, "t", State.IN_PROGRESS, State.COMPLETE)
-    release = threading.Event()
 
     async def scenario() -> None:
-        blockers = [asyncio.ensure_future(asyncio.to_thread(release.wait, 30)) for _ in range(BLOCKERS)]
-        try:
-            await asyncio.sleep(0.2)  # every default worker thread is busy now
+        async with default_pool_saturated():
             assert await asyncio.wait_for(webhook.send(event, None), timeout=2) == "sent"
-        finally:
-            release.set()
-            await asyncio.gather(*blockers)
 
     try:
         run(scenario())
