@@ -31,6 +31,10 @@ Guarantees, given the store contract (``ports.Store``):
 - **Idempotent holder writes.** A write that failed transiently is checked against the audit trail before it is
   retried: if its event is there, it was applied and its response lost. While that read fails the outcome stays
   unknown and nothing is written: the read is repeated until it answers or the holding fences itself.
+- **A daemon that cannot renew stops taking work.** A holding lost because its own renewal (or write) failed, not
+  because someone took the workset, puts the claimer in a cool-off (``Renewals``): no claims for one lease, doubling
+  while renewals keep failing (up to ``COOL_OFF_MAX_S``); a successful renewal ends it. A host whose IAM role lost
+  ``UpdateItem`` would otherwise claim every due workset, lose it at once, and spend its attempts.
 - **Bounded holder writes.** Every retry (transient error, stale version, failed read) comes after a pause
   (0.5 s doubling to 5 s, jittered); a write not recorded within ``renew_deadline_s`` gives the lease up.
 
@@ -114,6 +118,39 @@ class Policy:
         return max(self.heartbeat_s / 4, 0.5)
 
 
+COOL_OFF_MAX_S = 300.0  # the longest a daemon whose renewals fail goes without trying to claim
+
+
+class Renewals:
+    """Whether this daemon can keep a lease, as its holdings find out: after one is lost because its own renewal
+    failed, no claims for a cool-off (one lease, doubling while it goes on, up to COOL_OFF_MAX_S); any successful
+    renewal ends it."""
+
+    def __init__(self, clock: Clock, policy: Policy) -> None:
+        self._clock = clock
+        self._policy = policy
+        self._seconds = 0.0
+        self._until = 0.0  # monotonic
+
+    def failed(self, workset_id: str) -> None:
+        now = self._clock.monotonic()
+        if now < self._until:
+            return  # another holding lost in the same trouble
+        self._seconds = min(
+            max(self._seconds * 2, self._policy.duration_s), max(COOL_OFF_MAX_S, self._policy.duration_s)
+        )
+        self._until = now + self._seconds
+        log.warning("renewals failing; not claiming for a while", workset_id=workset_id, seconds=self._seconds)
+
+    def renewed(self) -> None:
+        if self._seconds:
+            log.info("renewals work again; claiming")
+        self._seconds, self._until = 0.0, 0.0
+
+    def cooling_off(self) -> bool:
+        return self._clock.monotonic() < self._until
+
+
 class Claimer:
     """Claims due worksets for one daemon (``owner``)."""
 
@@ -125,6 +162,7 @@ class Claimer:
         self.owner = owner
         self.counts: collections.Counter[str] = collections.Counter()  # claims by result: won, lost, fleet_full...
         self.heartbeats: collections.Counter[str] = collections.Counter()  # of all its holdings: ok, lost...
+        self.renewals = Renewals(clock, policy)
         self._seq_first_seen: tuple[int, float] | None = None  # a retry_seq of the counter; when we first saw it
         self._seq_known: int | None = None  # the retry_seq as of which a settled read saw every retrying workset
         self._retrying_read_at: float | None = None  # monotonic start of our latest read of the retrying worksets
@@ -141,7 +179,7 @@ class Claimer:
         Bound: the retrying worksets are read whenever the previous read started ``RETRYING_REREAD_S`` ago or more,
         whatever the counter and the index said, so a due one the index shows waits at most that plus one round."""
         self._round_started = self._clock.monotonic()
-        if slots <= 0:
+        if slots <= 0 or self.renewals.cooling_off():
             return []
         now_ms = self._clock.now_ms()
         retrying = self._retrying_may_be_due(now_ms, fleet)
@@ -252,6 +290,7 @@ class Claimer:
             renewed_at=renewed_at,
             rng=self._rng,
             heartbeats=self.heartbeats,
+            renewals=self.renewals,
         )
 
     async def _landed_claim(self, claim: Decision, exc: errors.MonitorError) -> Workset | None:
@@ -324,6 +363,7 @@ class Holding:
         renewed_at: float,
         rng: random.Random | None = None,
         heartbeats: collections.Counter[str] | None = None,
+        renewals: Renewals | None = None,
     ) -> None:
         assert ws.lease is not None, "a holding needs a leased workset"
         self._store = store
@@ -339,6 +379,7 @@ class Holding:
         self.lost_reason = ""
         # by result: ok, spurious_refusal, error, lost (shared by a claimer's holdings, for the metrics)
         self.heartbeats = heartbeats if heartbeats is not None else collections.Counter[str]()
+        self._renewals = renewals
 
     @property
     def workset_id(self) -> str:
@@ -349,7 +390,7 @@ class Holding:
     def fenced(self) -> bool:
         """True once we must not act: the lease is lost, or renewal has failed for too long."""
         if not self.lost.is_set() and self._clock.monotonic() - self.renewed_at >= self._policy.renew_deadline_s:
-            self._lose(f"no successful renewal for {self._policy.renew_deadline_s:g} s")
+            self._lose(f"no successful renewal for {self._policy.renew_deadline_s:g} s", ours=True)
         return self.lost.is_set()
 
     async def heartbeat_once(self) -> bool:
@@ -379,6 +420,8 @@ class Holding:
             return await self._confirm_refusal(started)
         self.renewed_at = started
         self.heartbeats["ok"] += 1
+        if self._renewals is not None:
+            self._renewals.renewed()
         return True
 
     async def _by_deadline(self, call: Awaitable[T]) -> T:
@@ -423,7 +466,7 @@ class Holding:
             try:
                 ok = await self.heartbeat_once()
             except Exception as exc:
-                self._lose(f"heartbeat failed: {exc}")
+                self._lose(f"heartbeat failed: {exc}", ours=True)
                 return
             if self.lost.is_set():
                 return
@@ -441,7 +484,10 @@ class Holding:
             if await self._clock.sleep(left_s, until=stop):
                 return
 
-    def _lose(self, reason: str) -> None:
+    def _lose(self, reason: str, *, ours: bool = False) -> None:
+        """``ours``: lost because our renewal or write failed (not because someone else took the workset)."""
+        if ours and not self.lost.is_set() and self._renewals is not None:
+            self._renewals.failed(self.workset_id)
         if not self.lost.is_set():
             self.lost_reason = reason
             self.heartbeats["lost"] += 1
@@ -541,7 +587,7 @@ class Holding:
     def _check(self, patience: _Patience) -> None:
         """Raise LeaseLost once we must not act: fenced, or this write has been trying for ``renew_deadline_s``."""
         if not self.fenced() and self._clock.monotonic() >= patience.give_up_at:
-            self._lose(f"could not record a change for {self._policy.renew_deadline_s:g} s")
+            self._lose(f"could not record a change for {self._policy.renew_deadline_s:g} s", ours=True)
         if self.lost.is_set():
             raise errors.LeaseLost(f"{self.workset_id}: {self.lost_reason}")
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -311,5 +312,41 @@ def test_an_unknown_claim_that_lands_after_its_re_read_is_given_back_at_the_next
         await sup._sweep_tick()
         ws = await world.store.get(WS)
         assert ws is not None and (ws.state, ws.attempts) == (State.READY, 0) and sup.claimer.unknown_claims == 0
+
+    run(scenario())
+
+
+# --- 5. a daemon that cannot renew stops taking work ---------------------------------------------------------------
+
+
+def test_a_daemon_whose_heartbeats_are_refused_stops_claiming_until_one_renews(world: World) -> None:
+    """Seen in the chaos run: a daemon whose heartbeats were answered AccessDenied for 8 s claimed 29 worksets and lost
+    each at once; every one waited for a takeover and spent an attempt (with max_attempts 3, a host with a broken IAM
+    role dead-letters the queue). After a holding is lost because its own renewal failed, the claimer takes no new
+    work for a lease, doubling while renewals keep failing; a renewal that succeeds ends the cool-off."""
+
+    async def scenario() -> None:
+        await world.register("ws-1", "ws-2", "ws-3", "ws-4")
+        daemon = world.daemon("host-a")
+        first = await claim_one(daemon)
+        denied = errors.AwsError("heartbeating ws-1: access denied (AccessDeniedException: injected)")
+
+        async def refuse(*_: Any, **__: Any) -> None:
+            raise denied
+
+        world.store.before["heartbeat"] = refuse
+        await first.keep_alive(stop=asyncio.Event())
+        assert first.lost.is_set() and "access denied" in first.lost_reason
+        assert await daemon.claim(slots=1) == []  # cooling off: one lease
+        world.clock.advance(POLICY.duration_s + 0.1)
+        second = await claim_one(daemon)
+        world.store.before["heartbeat"] = refuse
+        await second.keep_alive(stop=asyncio.Event())
+        world.clock.advance(POLICY.duration_s + 0.1)
+        assert await daemon.claim(slots=1) == []  # still failing: twice as long
+        world.clock.advance(POLICY.duration_s)
+        third = await claim_one(daemon)
+        assert await third.heartbeat_once()  # renewals work again
+        assert len(await daemon.claim(slots=1)) == 1  # no cool-off
 
     run(scenario())
