@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import collections
 import concurrent.futures
 import json
@@ -152,6 +153,10 @@ class Report:
     late: int = 0  # events later than 2 x the delivery interval, outside any disturbance
     late_excused: int = 0  # events later than 2 x the delivery interval, during or just after a kill/pause/outage
     worst_latency_s: float = 0.0  # commit -> first receipt by the webhook, over every event
+    emulator_answer_ms: dict[str, float] = field(default_factory=dict)  # its answer time (queue + work): how loaded
+    timeline: list[str] = field(default_factory=list)  # each disturbance: seconds into the run, what, how long
+    # events on time / late (outside disturbances or not), by the emulator's median answer time while each was in flight
+    latency_by_load: dict[str, list[int]] = field(default_factory=dict)
     exit_codes: list[int] = field(default_factory=list)
     counters: dict[str, float] = field(default_factory=dict)  # every daemon's counters, summed over the run
     lease_losses_logged: int = 0  # "lease lost" lines in the daemons' logs
@@ -206,7 +211,7 @@ def run(
         _drop(s3, names)
         config = _config(work, emulator.endpoint, hook.url, topic["TopicArn"] if down_channel else None)
         faults.enabled = True
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         everyone: list[Daemon] = []  # every daemon started, for the kill times and pauses of its steps
 
         def start(name: str) -> Daemon:
@@ -246,11 +251,12 @@ def run(
                     )[0]
                     if action in _NEED_LONG and not fresh:
                         continue
-                at = time.time()
+                at, lasting = time.time(), None
                 if action == "outage":
                     report.outages += 1
                     seconds = rng.uniform(3.0, 6.0)
                     faults.outage(seconds)
+                    lasting = seconds
                     disturbed.append((at, at + seconds + READ_TIMEOUT_S))
                 elif action == "kill":
                     counters.update(fleet[index].counters())
@@ -272,6 +278,7 @@ def run(
                     report.denied.append(f"{victim.name} (pid {victim.process.pid}) for {seconds:.1f} s")
                     denied = (victim, time.monotonic() + seconds)
                     report.denials += 1
+                    lasting = seconds
                 else:  # release or cancel, by an operator whose clock is behind
                     target = rng.choice(sorted({r.workset for r in fresh}))
                     if action == "release":
@@ -279,6 +286,8 @@ def run(
                     elif _operator(work, config, "cancel", target, report=report) == 0:
                         report.cancels += 1
                         _operator(work, config, "retry", target, report=report)  # again at the end if need be
+                lasting = time.time() - at if lasting is None else lasting
+                report.timeline.append(f"{at - started_wall:6.1f} s: {action} ({lasting:.1f} s)")
             else:
                 report.violations.append(f"not every workset was terminal after {timeout_s:.0f} s")
             # The chaos is over: let the fleet deliver what is left, then stop it. Under chaos the outbox can run a
@@ -305,6 +314,7 @@ def run(
         report.seconds = round(time.monotonic() - started, 1)
         faults.enabled = False
         report.faults = dict(faults.counts)
+        report.emulator_answer_ms = _answer_times(faults.answers)
         _check(
             report,
             store,
@@ -316,10 +326,31 @@ def run(
             disturbed=disturbed,
             down=("sns",) if down_channel else (),
             latency_bound=latency_bound,
+            answers=faults.answers,
         )
         report.violations += _unfed_counters(report)
     out(json.dumps(asdict(report), indent=2))
     return report
+
+
+def _answer_times(answers: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """The emulator's answer times, median, p95 and worst, overall and in its busiest 10 s (by median)."""
+    if not answers:
+        return {}
+
+    def summary(seconds: list[float], prefix: str = "") -> dict[str, float]:
+        seconds = sorted(seconds)
+
+        def at(q: float) -> float:
+            return round(seconds[min(int(q * len(seconds)), len(seconds) - 1)] * 1000, 1)
+
+        return {f"{prefix}p50": at(0.5), f"{prefix}p95": at(0.95), f"{prefix}max": at(1.0)}
+
+    windows: dict[int, list[float]] = collections.defaultdict(list)
+    for wall, seconds in answers:
+        windows[int(wall // 10)].append(seconds)
+    busiest = max(windows.values(), key=lambda w: sorted(w)[len(w) // 2])
+    return {"requests": len(answers), **summary([s for _, s in answers]), **summary(busiest, "busiest_10s_")}
 
 
 def _victim(rng: random.Random, fleet: list[Daemon], store: DynamoStore, *, spare: Daemon | None = None) -> int:
@@ -398,6 +429,7 @@ def _check(
     disturbed: Sequence[tuple[float, float]] = (),
     down: Sequence[str] = (),
     latency_bound: bool = True,
+    answers: Sequence[tuple[float, float]] = (),
 ) -> None:
     """``kills``/``paused``: daemon pid -> when the harness SIGKILLed its tree / its SIGSTOP windows (monotonic);
     ``disturbed``: wall-clock windows of kills, pauses and outages; ``down``: the channels refused all along."""
@@ -455,8 +487,8 @@ def _check(
     if unreached:
         violations.append(f"{len(unreached)} events never reached the webhook: {', '.join(unreached[:10])}")
     violations += overlapping
-    late, report.late_excused, report.worst_latency_s = _late(notifiable, hook.first_at, disturbed)
-    report.late = len(late)
+    late, report.late, report.late_excused, report.worst_latency_s = _late(notifiable, hook.first_at, disturbed)
+    report.latency_by_load = _by_load(notifiable, hook.first_at, answers)
     if latency_bound:
         violations += late
     # A channel that is down keeps its events in the outbox (until they run out of rounds); the webhook must not.
@@ -474,11 +506,37 @@ def _check(
         violations.append(f"a daemon did not stop cleanly: exit codes {report.exit_codes}")
 
 
+_LOAD_BUCKETS_MS = (25, 50, 100, 200, 400)
+
+
+def _by_load(
+    events: Sequence[Event], first_at: Mapping[str, float], answers: Sequence[tuple[float, float]]
+) -> dict[str, list[int]]:
+    """[on time, later than 2 x DELIVERY_INTERVAL_S] per bucket of the emulator's median answer time between each
+    event's commit and its arrival: how much of the lateness is the (serialized, two-core) emulator's."""
+    answers = sorted(answers)  # by when each was answered (the emulator's threads append out of order)
+    walls = [wall for wall, _ in answers]
+    found: dict[str, list[int]] = {}
+    for event in events:
+        if event.event_id not in first_at:
+            continue
+        committed = event.at_ms / 1000 - (OPERATOR_SKEW_S if event.actor.startswith("operator:") else 0)
+        arrived = first_at[event.event_id]
+        first, last = bisect.bisect_left(walls, committed), bisect.bisect_right(walls, arrived)
+        during = sorted(seconds for _, seconds in answers[first:last])
+        if not during:
+            continue
+        median_ms = during[len(during) // 2] * 1000
+        bucket = next((f"<{b} ms" for b in _LOAD_BUCKETS_MS if median_ms < b), f">={_LOAD_BUCKETS_MS[-1]} ms")
+        found.setdefault(bucket, [0, 0])[int(arrived - committed > 2 * DELIVERY_INTERVAL_S)] += 1
+    return dict(sorted(found.items(), key=lambda kv: float(kv[0].strip("<>= ms"))))
+
+
 def _late(
     events: Sequence[Event], first_at: Mapping[str, float], disturbed: Sequence[tuple[float, float]]
-) -> tuple[list[str], int, float]:
+) -> tuple[list[str], int, int, float]:
     """The events that reached the webhook more than 2 x DELIVERY_INTERVAL_S after their commit: (violations, how
-    many were excused, the worst latency).
+    many were late, how many more were excused, the worst latency).
 
     An event's commit time is its ``at_ms`` (the committing process's wall clock; an operator's is OPERATOR_SKEW_S
     off, which is put back). Excused: an event whose delivery a kill, a pause or an outage overlapped; its deadline
@@ -515,7 +573,7 @@ def _late(
         if late
         else []
     )
-    return violations, excused, round(worst, 2)
+    return violations, len(late), excused, round(worst, 2)
 
 
 def _unfed_counters(report: Report) -> list[str]:

@@ -56,6 +56,7 @@ class Faults:
         self.counts: collections.Counter[str] = collections.Counter()
         self._outage_until = 0.0
         self._deny: tuple[str, float] = ("", 0.0)  # (access key id, until)
+        self.answers: list[tuple[float, float]] = []  # (wall clock, seconds): each request the emulator answered
 
     def deny_heartbeats(self, access_key: str, seconds: float) -> None:
         """From now on, for ``seconds``, answer the heartbeats of the daemon with this access key AccessDenied."""
@@ -90,7 +91,10 @@ class Faults:
         if self.enabled and write and lose < lost:
             list(self._app(environ, lambda *_: None))  # applied...
             return self._fail(start_response, service, "response_lost")  # ...but the caller never hears so
-        return self._app(environ, start_response)
+        began = time.monotonic()  # the wait for the serialized emulator, and its work
+        answer = list(self._app(environ, start_response))
+        self.answers.append((time.time(), time.monotonic() - began))
+        return answer
 
     def _denied(self, key: str, target: str, environ: dict[str, Any]) -> bool:
         denied_key, until = self._deny

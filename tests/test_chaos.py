@@ -200,9 +200,9 @@ def _event(seq: int, at_s: float, actor: str = "d0:1:aa") -> Event:
 def test_late_notifications_are_flagged_unless_a_disturbance_explains_them() -> None:
     events = [_event(1, 100.0), _event(2, 100.0), _event(3, 200.0), _event(4, 300.0), _event(5, 400.0, "operator:o@h")]
     arrived = {"w#1": 101.5, "w#2": 104.0, "w#3": 209.0, "w#4": 320.0, "w#5": 461.0}
-    late, excused, worst = chaos._late(events, arrived, disturbed=[(201.0, 203.0)])
+    late, count, excused, worst = chaos._late(events, arrived, disturbed=[(201.0, 203.0)])
     # w#3 is within the outage's end + the claim + 2 s; w#5 was committed at 460 s by a clock a minute behind
-    assert (excused, worst) == (1, 20.0)
+    assert (count, excused, worst) == (2, 1, 20.0)
     assert late == [
         "2 of 5 events reached the webhook later than 2 s after their commit, outside any kill, pause or outage; "
         "the latest: w#4 (complete) 20.0 s, w#2 (complete) 4.0 s"
@@ -274,3 +274,10 @@ def test_the_metrics_check_names_every_counter_that_did_not_move() -> None:
         "aws_retries_total",
         "notification_delivery_seconds_count",
     ]
+
+
+def test_latency_is_told_apart_by_how_loaded_the_emulator_was() -> None:
+    events = [_event(1, 100.0), _event(2, 200.0), _event(3, 300.0)]
+    arrived = {"w#1": 101.0, "w#2": 205.0, "w#3": 300.5}
+    answers = [(300.2, 0.06), (100.5, 0.01), (202.0, 0.3), (201.0, 0.3)]  # (answered at, seconds), out of order
+    assert chaos._by_load(events, arrived, answers) == {"<25 ms": [1, 0], "<100 ms": [1, 0], "<400 ms": [0, 1]}

@@ -16,11 +16,16 @@ first:
    counts a round: the event is due again ``hold_s`` later, up to ``max_rounds`` rounds, then the channel is
    recorded as failed (and logged as an error). A channel is never given up untried.
 
-One channel down never holds back the others. A channel that failed for now *rests* for ``hold_s``: the events owed
-to it are delivered to the other channels and wait for it (no round counted; they are due again when their claim
-runs out). After the rest one event *probes* it, beside the pass; success ends the rest. The events of a pass are
-delivered ``EVENTS_AT_ONCE`` at a time and a table error on one leaves the others alone; the events waiting out a
-retry are not due, so the outbox query never returns them in place of newer ones.
+One channel down never holds back the others. A channel that failed for now *rests*: the events owed to it are
+delivered to the other channels and wait for it (no round counted). After the rest one event *probes* it, beside the
+pass; success ends the rest, failure doubles it (``hold_s``, 2 x, 4 x ... up to ``REST_MAX_S``). An event owed only
+to resting channels is *parked* without being read or sent: its claim lasts to the end of the rest plus half to all
+of its age (by its id; at most REST_MAX_S), so a backlog owed to a channel that stays down costs a handful of claims
+per event per hour, comes due spread out rather than all at once, and never stands in front of new events in the
+due order. Once the channel is back, a waiting event is delivered within its age (REST_MAX_S at most) after the rest.
+The events of a pass are delivered ``EVENTS_AT_ONCE`` at a time (each daemon starting at a different place in the
+batch) and a table error on one leaves the others alone; the events waiting out a retry are not due, so the outbox
+query never returns them in place of newer ones.
 
 A crash between commit and delivery loses nothing: the event is still pending and is delivered after the restart,
 with the same event id. Delivery never blocks or fails a state transition: it runs beside them (the supervisor's
@@ -33,6 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -49,6 +56,15 @@ log = logs.get("monitor.notify")
 
 EVENTS_AT_ONCE = 4  # delivered side by side in a pass (each a claim, a read, its channels' sends and records)
 PATIENCE_S = 1.0  # a channel's send still busy after this goes on beside the pass; its event waits for it
+REST_MAX_S = 900.0  # the longest a failing channel rests between probes (a rest doubles from hold_s up to this)
+
+
+@dataclasses.dataclass
+class _Rest:
+    """A channel that failed for now: not tried before ``until`` (monotonic), then probed by one event."""
+
+    until: float
+    seconds: float
 
 
 class Channel(Protocol):
@@ -98,7 +114,7 @@ class Outbox:
         self._channels = list(channels)
         self._hold_ms = round(hold_s * 1000)
         self._send_s = hold_s * 3 / 4  # each channel's sending, retries included; the rest is for the writes
-        self._rest_until: dict[str, float] = {}  # channel -> monotonic time: failed for now, not tried before then
+        self._rests: dict[str, _Rest] = {}  # the channels that failed for now
         self._probing: set[str] = set()  # resting channels one event is trying again right now
         self._background: set[asyncio.Future[None]] = set()  # sends (and their bookkeeping) going on beside the passes
         self._max_rounds = max_rounds
@@ -158,7 +174,8 @@ class Outbox:
             batch = await self._store.pending_events(limit=self._batch, due_by_ms=self._clock.now_ms())
             if not batch:
                 return finished
-            outcomes = await asyncio.gather(*(one(event) for event in batch))
+            start = zlib.crc32(self._owner.encode()) % len(batch)  # daemons reading one batch start apart
+            outcomes = await asyncio.gather(*(one(event) for event in batch[start:] + batch[:start]))
             finished += outcomes.count("done")
             if all(outcome == "busy" for outcome in outcomes):
                 return finished
@@ -183,9 +200,12 @@ class Outbox:
     async def deliver(self, event: Event) -> str:
         """Deliver one event to every channel that should have it: "done", "later" or "busy" (another daemon).
         A resting channel (one that failed for now less than ``hold_s`` ago) is not tried: the event waits for it."""
-        now_ms = self._clock.now_ms()
-        if not await self._store.claim_event(event, owner=self._owner, now_ms=now_ms, hold_ms=self._hold_ms):
+        park_ms = self._parked_for_ms(event)
+        hold_ms = self._hold_ms if park_ms is None else park_ms
+        if not await self._store.claim_event(event, owner=self._owner, now_ms=self._clock.now_ms(), hold_ms=hold_ms):
             return "busy"
+        if park_ms is not None:  # owed only to resting channels: no read, no send; back after the rest
+            return "later"
         try:
             ws = await self._store.get(event.workset_id)
         except errors.CorruptItem as exc:
@@ -194,6 +214,7 @@ class Outbox:
         wanted = filters.channels(self.notify)
         owed: list[Channel] = []
         waiting = False  # a channel sat this event out (resting, or being tried by another event)
+        beside = False  # a send for this event goes on beside the pass (a probe, or a slow one)
         for channel in self._channels:
             if channel.name in event.notified:
                 continue
@@ -204,7 +225,7 @@ class Outbox:
                 waiting = True
             elif turn == "probe":  # in the background: the event waits for its outcome
                 self._start_probe(channel, event, ws)
-                waiting = True
+                waiting = beside = True
             else:
                 owed.append(channel)
         # Side by side, each within the claim: a channel slow to fail (or hung) delays none of the others. One still
@@ -215,6 +236,7 @@ class Outbox:
         for task in slow:  # slow is not down: the other events still send to it (a failure makes it rest)
             self._in_background(self._settle_later(task, sends[task], event))
         waiting |= bool(slow)
+        beside |= bool(slow)
         failed = [sends[task] for task in done if task.result() is None]
         if failed and event.delivery_attempts + 1 < self._max_rounds:
             await self._store.finish_event(event, retry_at_ms=self._clock.now_ms() + self._hold_ms)  # a round
@@ -222,23 +244,51 @@ class Outbox:
         for name in failed:  # its last round: a channel is given up only after it was tried and failed
             log.error("notification given up", channel=name, event_id=event.event_id)
             await self._record(event, name, f"failed: gave up after {self._max_rounds} rounds")
-        if waiting:  # no round counted: the claim runs out (``hold_s``) and the event is due again
+        if waiting:  # no round counted: the claim runs out and the event is due again
+            if not beside and (park_ms := self._parked_for_ms(event)) is not None:  # left to resting channels only
+                now_ms = self._clock.now_ms()  # back after the rest, not in a wave of re-claims a claim from now
+                await self._store.claim_event(event, owner=self._owner, now_ms=now_ms, hold_ms=park_ms)
             return "later"
         await self._store.finish_event(event)
         return "done"
 
     def _turn(self, channel: str) -> str:
-        """What this event does with ``channel``: "send" (healthy); "wait" (it failed for now less than ``hold_s``
-        ago, or another event is trying it right now); or "probe" (it rested long enough: this event tries it)."""
-        if channel in self._probing:
+        """What this event does with ``channel``: "send" (healthy); "wait" (it is resting, or another event is
+        trying it right now); or "probe" (it rested long enough: this event tries it)."""
+        if self._resting(channel):
             return "wait"
-        until = self._rest_until.get(channel)
-        if until is None:
+        if channel not in self._rests:
             return "send"
-        if self._clock.monotonic() < until:
-            return "wait"
         self._probing.add(channel)
         return "probe"
+
+    def _resting(self, channel: str) -> bool:
+        rest = self._rests.get(channel)
+        return channel in self._probing or (rest is not None and self._clock.monotonic() < rest.until)
+
+    def _parked_for_ms(self, event: Event) -> int | None:
+        """None while ``event`` has a channel to send to now. When every channel it still waits for is resting: how
+        long to park it, until the earliest of those rests ends plus half to all of the event's age (at least the
+        rest's length, at most REST_MAX_S), the fraction fixed by the event's id. So an event waiting for a channel
+        that stays down is looked at again after 1.5 to 2 times its age: a handful of claims an hour, whichever
+        daemon holds which rest, and a backlog comes due spread out rather than in a wave in front of newer events.
+        Never less than ``hold_s`` (a probe under way ends within that). Only an event with nothing to send is
+        parked: a daemon that dies holding a long claim must not delay a send it had not made. Wall time (the
+        event's ``at_ms``) only schedules here; it decides nothing about safety."""
+        wanted = filters.channels(self.notify)
+        owed = [
+            name
+            for name in (channel.name for channel in self._channels)
+            if name not in event.notified and name in wanted and filters.wants(self.notify, wanted[name], event)
+        ]
+        if not owed or not all(self._resting(name) for name in owed):
+            return None
+        now = self._clock.monotonic()
+        default = _Rest(now, self._hold_ms / 1000)  # a channel being probed right now, its rest ended
+        rest = min((self._rests.get(name) or default for name in owed), key=lambda r: r.until)
+        age_s = max(self._clock.now_ms() - event.at_ms, 0) / 1000
+        spread_s = min(max(rest.seconds, age_s), REST_MAX_S) * (0.5 + zlib.crc32(event.event_id.encode()) % 500 / 1000)
+        return max(round((rest.until - now + spread_s) * 1000), self._hold_ms)
 
     def _start_probe(self, channel: Channel, event: Event, ws: Workset | None) -> None:
         """Try a resting channel again with ``event``, beside the pass: a channel that takes seconds to fail must not
@@ -293,11 +343,22 @@ class Outbox:
         finally:
             self._probing.discard(channel.name)
         if outcome is None:
-            self._rest_until[channel.name] = self._clock.monotonic() + self._hold_ms / 1000
+            self._rest(channel.name)
             return None
-        self._rest_until.pop(channel.name, None)
+        if self._rests.pop(channel.name, None) is not None:
+            log.info("notification channel back", channel=channel.name)
         await self._record(event, channel.name, outcome)
         return outcome
+
+    def _rest(self, channel: str) -> None:
+        """``channel`` failed for now: it rests for ``hold_s``, or twice its last rest when that had ended (a probe,
+        or a send begun before the rest, failed again), up to REST_MAX_S."""
+        now, rest = self._clock.monotonic(), self._rests.get(channel)
+        if rest is not None and now < rest.until:
+            return  # another send that was under way when it began resting
+        seconds = self._hold_ms / 1000 if rest is None else min(rest.seconds * 2, max(REST_MAX_S, self._hold_ms / 1000))
+        self._rests[channel] = _Rest(until=now + seconds, seconds=seconds)
+        log.warning("notification channel resting", channel=channel, seconds=seconds)
 
     async def _send(self, channel: Channel, event: Event, ws: Workset | None) -> str | None:
         """The channel's outcome, "failed: ..." for a permanent refusal, None when it is worth another round (a
