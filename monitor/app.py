@@ -56,7 +56,9 @@ class App:
         """The store for operator commands: events they cause go to the outbox for the daemon to deliver."""
         return self.make_store(outbox=lambda event: filters.anyone_wants(self.settings.notify, event))
 
-    def make_store(self, *, outbox: Callable[[Event], bool], on_pending: Callable[[], None] | None = None) -> Store:
+    def make_store(
+        self, *, outbox: Callable[[Event], bool], on_pending: Callable[[Event], None] | None = None
+    ) -> Store:
         store: Store = DynamoStore(
             self.clients.get("dynamodb"),
             self.settings.table.name,

@@ -64,7 +64,7 @@ class MemoryStore:
         self,
         *,
         outbox: Callable[[Event], bool] | None = None,
-        on_pending: Callable[[], None] | None = None,
+        on_pending: Callable[[Event], None] | None = None,
         faults: Faults | None = None,
     ) -> None:
         self._worksets: dict[WorksetId, Workset] = {}
@@ -144,9 +144,10 @@ class MemoryStore:
     def _outboxed(self, event: Event) -> Event:
         if not (self._outbox and self._outbox(event)):
             return event
+        event = dataclasses.replace(event, pending=True)
         if self._on_pending is not None:
-            self._on_pending()
-        return dataclasses.replace(event, pending=True)
+            self._on_pending(event)
+        return event
 
     async def pending_events(self, *, limit: int, due_by_ms: int | None = None) -> list[Event]:
         pending = [e for events in self._events.values() for e in events if e.pending]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from monitor import actions, errors
 from monitor.aws import codec, schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.aws.sns import SnsChannel
-from monitor.clock import FakeClock
+from monitor.clock import FakeClock, SystemClock
 from monitor.config import NotifyConfig, TableConfig
 from monitor.leases import Claimer, Policy
 from monitor.memory import MemoryStore
@@ -533,6 +534,7 @@ def test_a_corrupt_event_or_workset_never_stops_the_outbox(dynamodb: Any) -> Non
             UpdateExpression="SET attempts = :v",
             ExpressionAttributeValues={":v": {"N": "0.5"}},
         )
+        rig.doorbell.fresh.clear()  # registered by another process: this daemon reads them from the table
         assert await rig.outbox().deliver_pending() == 2
         assert await rig.outbox().deliver_pending() == 0
 
@@ -740,5 +742,39 @@ def test_a_backlog_owed_to_a_down_channel_costs_less_and_less_and_never_delays_a
         assert (len(latency_s), late) == (new, {})
         backlog = [e for at, name, e in table.calls if at > end - 300 and name == "claim_event" and "old-" in e.event_id]
         assert len(backlog) < 1.5 * 300  # in the last five minutes, once or twice each (it was every claim: 30 times)
+
+    run(scenario())
+
+
+def test_a_slow_delivery_holds_back_only_itself_and_a_new_event_goes_at_once() -> None:
+    """Seen in the 300-workset chaos run: late events had waited a median 3.9 s before their daemon even claimed them,
+    then took 0.2 s to deliver. A pass delivered a batch 4 at a time and read the next batch only once the whole
+    batch was done, so one slow event (a throttled call, a refused send and its retry) held back every event
+    committed meanwhile. Now a freed slot takes the next due event at once, and an event committed during the pass
+    (the doorbell) is read as soon as a slot is free."""
+    rig = Rig({"webhook": {"url": "http://127.0.0.1:9/hook"}})
+    rig.clock = SystemClock()  # type: ignore[assignment]
+    sent_at: dict[str, float] = {}
+
+    class Webhook(FakeChannel):
+        async def send(self, event: Event, ws: Any) -> str:
+            if event.workset_id == "slow":
+                await asyncio.sleep(0.8)  # within PATIENCE_S: its delivery waits for it
+            sent_at[event.event_id] = time.monotonic()
+            return "sent"
+
+    rig.channels = [Webhook("webhook", rig.clock)]  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        for name in ("slow", "a", "b", "c"):
+            await rig.register(name, invalid="bad")
+        outbox = rig.outbox()
+        rig.doorbell.rung.clear()
+        delivering = asyncio.create_task(outbox.deliver_pending(budget_s=5))
+        await asyncio.sleep(0.1)  # a, b and c are delivered; the slow one holds a slot
+        await rig.register("new", invalid="bad")
+        committed = time.monotonic()
+        assert await delivering == 5
+        assert sent_at["new#1"] - committed < 0.2, "waited for the slow one"
 
     run(scenario())

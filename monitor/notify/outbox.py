@@ -23,9 +23,10 @@ to resting channels is *parked* without being read or sent: its claim lasts to t
 of its age (by its id; at most REST_MAX_S), so a backlog owed to a channel that stays down costs a handful of claims
 per event per hour, comes due spread out rather than all at once, and never stands in front of new events in the
 due order. Once the channel is back, a waiting event is delivered within its age (REST_MAX_S at most) after the rest.
-The events of a pass are delivered ``EVENTS_AT_ONCE`` at a time (each daemon starting at a different place in the
-batch) and a table error on one leaves the others alone; the events waiting out a retry are not due, so the outbox
-query never returns them in place of newer ones.
+The events of a pass are delivered ``EVENTS_AT_ONCE`` at a time as a stream (a freed slot takes the next due event
+at once; each daemon starts at a different place in a batch), an event committed during a pass is read at the next
+free slot, and a table error on one event leaves the others alone; the events waiting out a retry are not due, so
+the outbox query never returns them in place of newer ones.
 
 A crash between commit and delivery loses nothing: the event is still pending and is delivered after the restart,
 with the same event id. Delivery never blocks or fails a state transition: it runs beside them (the supervisor's
@@ -38,9 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 import tenacity
@@ -56,6 +58,7 @@ log = logs.get("monitor.notify")
 
 EVENTS_AT_ONCE = 4  # delivered side by side in a pass (each a claim, a read, its channels' sends and records)
 PATIENCE_S = 1.0  # a channel's send still busy after this goes on beside the pass; its event waits for it
+FRESH_KEPT = 1000  # events committed here and kept for the outbox's fast path (the rest it reads from the table)
 REST_MAX_S = 900.0  # the longest a failing channel rests between probes (a rest doubles from hold_s up to this)
 
 
@@ -77,16 +80,20 @@ class Channel(Protocol):
 
 class Doorbell:
     """What the store needs from the outbox, made before either: which new events enter it, and a bell to ring
-    after committing one (the outbox loop wakes at once instead of at its next poll)."""
+    after committing one, with the event: the outbox loop wakes at once instead of at its next poll, and delivers the
+    events committed here first, without reading them back (other daemons see them only once they are due again)."""
 
     def __init__(self, notify: NotifyConfig) -> None:
         self.notify = notify
         self.rung = asyncio.Event()
+        self.fresh: collections.deque[Event] = collections.deque(maxlen=FRESH_KEPT)  # committed here, not yet taken
 
     def wants(self, event: Event) -> bool:
         return filters.anyone_wants(self.notify, event)
 
-    def ring(self) -> None:
+    def ring(self, event: Event | None = None) -> None:
+        if event is not None:
+            self.fresh.append(event)
         self.rung.set()
 
 
@@ -117,6 +124,7 @@ class Outbox:
         self._rests: dict[str, _Rest] = {}  # the channels that failed for now
         self._probing: set[str] = set()  # resting channels one event is trying again right now
         self._background: set[asyncio.Future[None]] = set()  # sends (and their bookkeeping) going on beside the passes
+        self._claimed_at_ms: dict[str, int] = {}  # event id -> when a pass claimed it (the log: how long it waited)
         self._max_rounds = max_rounds
         self._tries = tries
         self._backoff_s = backoff_s
@@ -155,32 +163,42 @@ class Outbox:
             await self.stop_background()
 
     async def deliver_pending(self, *, budget_s: float | None = None) -> int:
-        """One pass over the pending events; returns how many left the outbox. With ``budget_s``, the pass takes no
-        new batch after that long (the loop calls again at once), so it ends in bounded time even when a channel
-        hangs: at most the budget plus the deliveries then under way, none of which outlasts its claim (``hold_s``).
-        The events of a batch are delivered ``EVENTS_AT_ONCE`` at a time: one waiting on a slow channel holds back
-        no other."""
+        """One pass over the pending events; returns how many left the outbox. With ``budget_s``, the pass starts no
+        event after that long (the loop calls again at once), so it ends in bounded time even when a channel hangs:
+        at most the budget plus the deliveries then under way, none of which outlasts its claim (``hold_s``).
+
+        Events are delivered ``EVENTS_AT_ONCE`` at a time as a stream: a slot freed by one event takes the next one
+        at once, so one slow delivery (a throttled call, a refused send and its retry) holds back only itself. The
+        next one is an event committed here, if any (the doorbell: taken as soon as a slot is free, without reading
+        it back), else the next due one read from the outbox (see ``_Pass``)."""
         finished = 0
         ends_at = None if budget_s is None else self._clock.monotonic() + budget_s
-        gate = asyncio.Semaphore(EVENTS_AT_ONCE)
-
-        async def one(event: Event) -> str:
-            async with gate:
-                if ends_at is not None and self._clock.monotonic() >= ends_at:
-                    return "unstarted"  # past the budget: the next pass takes it
-                return await self._deliver_within_claim(event)
-
+        work = _Pass(
+            self._store, self._clock, self._doorbell, batch=self._batch, start=zlib.crc32(self._owner.encode())
+        )
+        running: dict[asyncio.Task[str], str] = {}  # delivery -> event id
         while True:
-            batch = await self._store.pending_events(limit=self._batch, due_by_ms=self._clock.now_ms())
-            if not batch:
+            past_budget = ends_at is not None and self._clock.monotonic() >= ends_at
+            while not past_budget and len(running) < EVENTS_AT_ONCE and (event := await work.next()) is not None:
+                running[asyncio.create_task(self._deliver_within_claim(event))] = event.event_id
+            if not running:
                 return finished
-            start = zlib.crc32(self._owner.encode()) % len(batch)  # daemons reading one batch start apart
-            outcomes = await asyncio.gather(*(one(event) for event in batch[start:] + batch[:start]))
-            finished += outcomes.count("done")
-            if all(outcome == "busy" for outcome in outcomes):
-                return finished
-            if ends_at is not None and self._clock.monotonic() >= ends_at:
-                return finished
+            await self._first_done(running, bell=len(running) < EVENTS_AT_ONCE and not past_budget)
+            for task in [task for task in running if task.done()]:
+                outcome = task.result()
+                finished += outcome == "done"
+                work.ended(running.pop(task), outcome)
+
+    async def _first_done(self, running: Mapping[asyncio.Task[str], str], *, bell: bool) -> None:
+        """Until a delivery ends or, with ``bell`` (a slot is free), an event is committed here."""
+        rung = asyncio.ensure_future(self._doorbell.rung.wait()) if bell else None
+        try:
+            await asyncio.wait([*running, *([rung] if rung else [])], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if rung is not None:
+                rung.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await rung
 
     async def _deliver_within_claim(self, event: Event) -> str:
         """``deliver``, abandoned when the claim on the event runs out: past it another daemon may claim the event and
@@ -196,6 +214,8 @@ class Outbox:
                 raise
             log.warning("delivery failed for now; will retry", event_id=event.event_id, error=str(exc))
             return "later"
+        finally:
+            self._claimed_at_ms.pop(event.event_id, None)
 
     async def deliver(self, event: Event) -> str:
         """Deliver one event to every channel that should have it: "done", "later" or "busy" (another daemon).
@@ -206,6 +226,7 @@ class Outbox:
             return "busy"
         if park_ms is not None:  # owed only to resting channels: no read, no send; back after the rest
             return "later"
+        self._claimed_at_ms[event.event_id] = self._clock.now_ms()
         try:
             ws = await self._store.get(event.workset_id)
         except errors.CorruptItem as exc:
@@ -406,13 +427,66 @@ class Outbox:
             self.latencies_s.append(latency)
         kind = outcome if outcome in ("sent", "skipped") else "failed"
         self._count(channel, kind, latency)
-        if outcome == "sent":
-            log.info("notification sent", channel=channel, event_id=event.event_id, latency_s=latency)
+        if outcome == "sent":  # latency: since the commit; waited: of it, before this daemon claimed the event
+            claimed_ms = self._claimed_at_ms.get(event.event_id)
+            waited = None if claimed_ms is None else max(claimed_ms - event.at_ms, 0) / 1000
+            log.info("notification sent", channel=channel, event_id=event.event_id, latency_s=latency, waited_s=waited)
 
     def _count(self, channel: str, outcome: str, latency: float | None) -> None:
         self.counts[(channel, outcome)] += 1
         if self.observe is not None:
             self.observe(channel, outcome, latency)
+
+
+class _Pass:
+    """The events of one delivery pass, in the order they are started: those committed here first (the doorbell's),
+    then the due ones read from the outbox ``batch`` at a time, each daemon starting at a different place in a batch
+    (daemons reading one batch start apart). The outbox is read again when a batch is used up, or when the doorbell
+    rang without an event. Each event is started at most once per pass; a batch every event of which another daemon
+    had claimed ends the reading (that daemon is on them)."""
+
+    def __init__(self, store: Store, clock: Clock, doorbell: Doorbell, *, batch: int, start: int) -> None:
+        self._store, self._clock, self._doorbell = store, clock, doorbell
+        self._batch, self._start = batch, start
+        self._queue: collections.deque[Event] = collections.deque()
+        self._tried: set[str] = set()
+        self._unanswered: set[str] = set()  # the latest batch's events, until one of them was not another's
+        self._more = True  # the outbox may hold due events this pass has not read
+
+    async def next(self) -> Event | None:
+        """The next event to start, or None when there is none for now."""
+        bell = self._doorbell
+        if bell.rung.is_set():
+            bell.rung.clear()
+            if not bell.fresh:  # rung without its event: read again, in due order
+                self._queue.clear()
+                self._more = True
+        while bell.fresh:
+            if (event := bell.fresh.popleft()).event_id not in self._tried:
+                return self._take(event)
+        if not self._queue and self._more:
+            await self._read()
+        return self._take(self._queue.popleft()) if self._queue else None
+
+    def ended(self, event_id: str, outcome: str) -> None:
+        if outcome != "busy":
+            self._unanswered.clear()
+            return
+        self._unanswered.discard(event_id)
+        if not self._unanswered and not self._queue:
+            self._more = False
+
+    async def _read(self) -> None:
+        batch = await self._store.pending_events(limit=self._batch, due_by_ms=self._clock.now_ms())
+        new = [event for event in batch if event.event_id not in self._tried]
+        first = self._start % len(new) if new else 0
+        self._queue.extend(new[first:] + new[:first])
+        self._unanswered = {event.event_id for event in new}
+        self._more = len(batch) >= self._batch and bool(new)
+
+    def _take(self, event: Event) -> Event:
+        self._tried.add(event.event_id)
+        return event
 
 
 def linear_issue_lookup(store: Store) -> Callable[[Event], Awaitable[bool]]:
