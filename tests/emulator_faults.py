@@ -57,6 +57,7 @@ class Faults:
         self._outage_until = 0.0
         self._deny: tuple[str, float] = ("", 0.0)  # (access key id, until)
         self.answers: list[tuple[float, float]] = []  # (wall clock, seconds): each request the emulator answered
+        self.faulted: list[tuple[float, str]] = []  # (wall clock, the item's pk): a DynamoDB item request failed
 
     def deny_heartbeats(self, access_key: str, seconds: float) -> None:
         """From now on, for ``seconds``, answer the heartbeats of the daemon with this access key AccessDenied."""
@@ -85,10 +86,13 @@ class Faults:
         with self._lock:
             roll, lose = self._rng.random(), self._rng.random()
         if self.enabled and roll < throttle:
+            self._note_item(environ, service)
             return self._fail(start_response, service, "throttled")
         if self.enabled and roll < throttle + error:
+            self._note_item(environ, service)
             return self._fail(start_response, service, "server_error")
         if self.enabled and write and lose < lost:
+            self._note_item(environ, service)
             list(self._app(environ, lambda *_: None))  # applied...
             return self._fail(start_response, service, "response_lost")  # ...but the caller never hears so
         began = time.monotonic()  # the wait for the serialized emulator, and its work
@@ -105,6 +109,15 @@ class Faults:
         with contextlib.suppress(ValueError, AttributeError):
             return "heartbeat_at_ms" in json.loads(body).get("UpdateExpression", "")
         return False
+
+    def _note_item(self, environ: dict[str, Any], service: str) -> None:
+        """Remember which item (its workset: the partition key) a failed DynamoDB request was about, if one."""
+        if service != "dynamodb":
+            return
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(body)  # the emulator may read it
+        with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
+            self.faulted.append((time.time(), json.loads(body)["Key"]["pk"]["S"]))
 
     def _fail(self, start_response: Callable[..., Any], service: str, kind: str) -> list[bytes]:
         with self._lock:

@@ -200,13 +200,26 @@ def _event(seq: int, at_s: float, actor: str = "d0:1:aa") -> Event:
 def test_late_notifications_are_flagged_unless_a_disturbance_explains_them() -> None:
     events = [_event(1, 100.0), _event(2, 100.0), _event(3, 200.0), _event(4, 300.0), _event(5, 400.0, "operator:o@h")]
     arrived = {"w#1": 101.5, "w#2": 104.0, "w#3": 209.0, "w#4": 320.0, "w#5": 461.0}
-    late, count, excused, worst = chaos._late(events, arrived, disturbed=[(201.0, 203.0)])
+    late, count, excused, retried, worst = chaos._late(events, arrived, disturbed=[(201.0, 203.0)])
     # w#3 is within the outage's end + the claim + 2 s; w#5 was committed at 460 s by a clock a minute behind
-    assert (count, excused, worst) == (2, 1, 20.0)
+    assert (count, excused, retried, worst) == (2, 1, 0, 20.0)
     assert late == [
-        "2 of 5 events reached the webhook later than 2 s after their commit, outside any kill, pause or outage; "
-        "the latest: w#4 (complete) 20.0 s, w#2 (complete) 4.0 s"
+        "2 of 5 events reached the webhook later than 2 s after their commit, outside any kill, pause or outage and "
+        "not explained by a retry of its own; the latest: w#4 (complete by d0:1:aa) 20.0 s, w#2 (complete by d0:1:aa) "
+        "4.0 s"
     ]
+    # w#2 met an injected failure of its own (say a throttled claim) and was retried: 2 s more for it, not for w#4
+    late, count, excused, retried, worst = chaos._late(events, arrived, [(201.0, 203.0)], retried={"w#2", "w#4"})
+    assert (count, retried) == (1, 1)
+
+
+def test_an_event_whose_own_delivery_was_retried_is_found() -> None:
+    events = [_event(1, 100.0), _event(2, 200.0), _event(3, 300.0)]
+    hook = type("Hook", (), {})()
+    hook.first_at = {"w#1": 101.0, "w#2": 204.0, "w#3": 303.0}  # type: ignore[attr-defined]
+    hook.refused = Counter({"w#3": 1})  # type: ignore[attr-defined]
+    faulted = [(203.0, "w"), (99.0, "w"), (150.0, "other")]  # (when, the failed request's workset)
+    assert chaos._retried(events, hook, faulted) == {"w#2", "w#3"}
 
 
 class _App:

@@ -22,7 +22,8 @@ pass; success ends the rest, failure doubles it (``hold_s``, 2 x, 4 x ... up to 
 to resting channels is *parked* without being read or sent: its claim lasts to the end of the rest plus half to all
 of its age (by its id; at most REST_MAX_S), so a backlog owed to a channel that stays down costs a handful of claims
 per event per hour, comes due spread out rather than all at once, and never stands in front of new events in the
-due order. Once the channel is back, a waiting event is delivered within its age (REST_MAX_S at most) after the rest.
+due order. When a probe finds the channel back, the events parked here are taken up at once (our claim on them
+lets us); any other waiting event is delivered within its age (REST_MAX_S at most) after the rest.
 The events of a pass are delivered ``EVENTS_AT_ONCE`` at a time as a stream (a freed slot takes the next due event
 at once; each daemon starts at a different place in a batch), an event committed during a pass is read at the next
 free slot, and a table error on one event leaves the others alone; the events waiting out a retry are not due, so
@@ -59,6 +60,8 @@ log = logs.get("monitor.notify")
 EVENTS_AT_ONCE = 4  # delivered side by side in a pass (each a claim, a read, its channels' sends and records)
 PATIENCE_S = 1.0  # a channel's send still busy after this goes on beside the pass; its event waits for it
 FRESH_KEPT = 1000  # events committed here and kept for the outbox's fast path (the rest it reads from the table)
+UNPARK_MARGIN_S = 1.0  # a parked event is taken up early only if our claim on it lasts this much longer
+PARKED_KEPT = FRESH_KEPT  # events parked here that are taken up at once when a channel comes back
 REST_MAX_S = 900.0  # the longest a failing channel rests between probes (a rest doubles from hold_s up to this)
 
 
@@ -124,6 +127,7 @@ class Outbox:
         self._rests: dict[str, _Rest] = {}  # the channels that failed for now
         self._probing: set[str] = set()  # resting channels one event is trying again right now
         self._background: set[asyncio.Future[None]] = set()  # sends (and their bookkeeping) going on beside the passes
+        self._parked: dict[str, tuple[Event, float]] = {}  # parked here, untouched since: (event, claim end, monotonic)
         self._claimed_at_ms: dict[str, int] = {}  # event id -> when a pass claimed it (the log: how long it waited)
         self._max_rounds = max_rounds
         self._tries = tries
@@ -182,6 +186,7 @@ class Outbox:
             while not past_budget and len(running) < EVENTS_AT_ONCE and (event := await work.next()) is not None:
                 running[asyncio.create_task(self._deliver_within_claim(event))] = event.event_id
             if not running:
+                work.close()
                 return finished
             await self._first_done(running, bell=len(running) < EVENTS_AT_ONCE and not past_budget)
             for task in [task for task in running if task.done()]:
@@ -220,11 +225,13 @@ class Outbox:
     async def deliver(self, event: Event) -> str:
         """Deliver one event to every channel that should have it: "done", "later" or "busy" (another daemon).
         A resting channel (one that failed for now less than ``hold_s`` ago) is not tried: the event waits for it."""
+        self._parked.pop(event.event_id, None)  # taken up: no longer ours to hand back when a channel returns
         park_ms = self._parked_for_ms(event)
         hold_ms = self._hold_ms if park_ms is None else park_ms
         if not await self._store.claim_event(event, owner=self._owner, now_ms=self._clock.now_ms(), hold_ms=hold_ms):
             return "busy"
         if park_ms is not None:  # owed only to resting channels: no read, no send; back after the rest
+            self._park(event, park_ms)
             return "later"
         self._claimed_at_ms[event.event_id] = self._clock.now_ms()
         try:
@@ -268,7 +275,8 @@ class Outbox:
         if waiting:  # no round counted: the claim runs out and the event is due again
             if not beside and (park_ms := self._parked_for_ms(event)) is not None:  # left to resting channels only
                 now_ms = self._clock.now_ms()  # back after the rest, not in a wave of re-claims a claim from now
-                await self._store.claim_event(event, owner=self._owner, now_ms=now_ms, hold_ms=park_ms)
+                if await self._store.claim_event(event, owner=self._owner, now_ms=now_ms, hold_ms=park_ms):
+                    self._park(event, park_ms)
             return "later"
         await self._store.finish_event(event)
         return "done"
@@ -367,9 +375,22 @@ class Outbox:
             self._rest(channel.name)
             return None
         if self._rests.pop(channel.name, None) is not None:
-            log.info("notification channel back", channel=channel.name)
+            log.info("notification channel back", channel=channel.name, parked_here=len(self._parked))
+            self._unpark()
         await self._record(event, channel.name, outcome)
         return outcome
+
+    def _park(self, event: Event, park_ms: int) -> None:
+        if len(self._parked) < PARKED_KEPT:
+            self._parked[event.event_id] = (event, self._clock.monotonic() + park_ms / 1000)
+
+    def _unpark(self) -> None:
+        """A channel is back: the events parked here go to the front (our claim on them lets us take them before it
+        ends; one another daemon took since is "busy" and skipped). Those beyond PARKED_KEPT wait for their park."""
+        now, parked, self._parked = self._clock.monotonic(), list(self._parked.values()), {}
+        # Only while our claim lasts: once it has run out, another daemon may have delivered it, unknown to our copy.
+        self._doorbell.fresh.extend(event for event, until in parked if until - now > UNPARK_MARGIN_S)
+        self._doorbell.ring()
 
     def _rest(self, channel: str) -> None:
         """``channel`` failed for now: it rests for ``hold_s``, or twice its last rest when that had ended (a probe,
@@ -452,6 +473,13 @@ class _Pass:
         self._tried: set[str] = set()
         self._unanswered: set[str] = set()  # the latest batch's events, until one of them was not another's
         self._more = True  # the outbox may hold due events this pass has not read
+        self._again: list[Event] = []
+
+    def close(self) -> None:
+        """Hand back the events committed or un-parked here that this pass had already tried."""
+        if self._again:
+            self._doorbell.fresh.extendleft(reversed(self._again))
+            self._doorbell.ring()  # the loop's next pass comes at once
 
     async def next(self) -> Event | None:
         """The next event to start, or None when there is none for now."""
@@ -464,6 +492,7 @@ class _Pass:
         while bell.fresh:
             if (event := bell.fresh.popleft()).event_id not in self._tried:
                 return self._take(event)
+            self._again.append(event)  # handed back during this pass (a channel came back): the next one takes it
         if not self._queue and self._more:
             await self._read()
         return self._take(self._queue.popleft()) if self._queue else None
