@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -838,5 +839,38 @@ def test_an_event_that_probed_a_channel_back_is_not_handed_back_again(dynamodb: 
             await outbox.deliver_pending()  # the parked event is due: it probes the webhook, which is back
             await outbox.wait_for_background()
         assert sends.count("parked#1") == 1, sends
+
+    run(scenario())
+
+
+def test_an_event_committed_here_is_started_once_though_the_outbox_read_shows_it_too(dynamodb: Any) -> None:
+    """Seen in the chaos run (34 duplicates, most sent twice by one daemon 0.1 s apart): an event committed while the
+    pass read the outbox came both from the read and from the doorbell, and was started from each; our own claim let
+    the second through."""
+    rig = Rig({"webhook": {"url": "http://127.0.0.1:9/hook"}})
+    schema.ensure_table(dynamodb, TableConfig(name="notify"))
+    rig.store = DynamoStore(dynamodb, "notify", outbox=rig.doorbell.wants, on_pending=rig.doorbell.ring)
+    webhook_ = FakeChannel("webhook", rig.clock)
+    rig.channels = [webhook_]
+
+    class SlowReads:  # the outbox read is answered after a commit that happened while it was on its way
+        def __getattr__(self, name: str) -> Any:
+            return getattr(rig.store, name)
+
+        async def pending_events(self, **kwargs: Any) -> list[Event]:
+            await asyncio.sleep(0.2)
+            return list(await rig.store.pending_events(**kwargs))
+
+    async def scenario() -> None:
+        await rig.register("older", invalid="bad")
+        rig.doorbell.fresh.clear()  # committed by another daemon
+        # a daemon that starts a two-event batch at its second event ("older"; "new#1" sorts first), as half do
+        owner = next(f"host-{i}:1:0" for i in range(100) if zlib.crc32(f"host-{i}:1:0".encode()) % 2 == 1)
+        outbox = Outbox(SlowReads(), rig.clock, owner=owner, doorbell=rig.doorbell, channels=rig.channels)  # type: ignore[arg-type]
+        delivering = asyncio.create_task(outbox.deliver_pending())
+        await asyncio.sleep(0.05)
+        await rig.register("new", invalid="bad")  # during the read: in the read's answer and at the doorbell
+        assert await delivering == 2
+        assert webhook_.tries == 2
 
     run(scenario())

@@ -127,6 +127,7 @@ class Outbox:
         self._rests: dict[str, _Rest] = {}  # the channels that failed for now
         self._probing: set[str] = set()  # resting channels one event is trying again right now
         self._background: set[asyncio.Future[None]] = set()  # sends (and their bookkeeping) going on beside the passes
+        self._started: collections.OrderedDict[str, None] = collections.OrderedDict()  # by the latest passes
         self._parked: dict[str, tuple[Event, float]] = {}  # parked here, untouched since: (event, claim end, monotonic)
         self._claimed_at_ms: dict[str, int] = {}  # event id -> when a pass claimed it (the log: how long it waited)
         self._max_rounds = max_rounds
@@ -177,16 +178,14 @@ class Outbox:
         it back), else the next due one read from the outbox (see ``_Pass``)."""
         finished = 0
         ends_at = None if budget_s is None else self._clock.monotonic() + budget_s
-        work = _Pass(
-            self._store, self._clock, self._doorbell, batch=self._batch, start=zlib.crc32(self._owner.encode())
-        )
+        start = zlib.crc32(self._owner.encode())
+        work = _Pass(self._store, self._clock, self._doorbell, batch=self._batch, start=start, recent=self._started)
         running: dict[asyncio.Task[str], str] = {}  # delivery -> event id
         while True:
             past_budget = ends_at is not None and self._clock.monotonic() >= ends_at
             while not past_budget and len(running) < EVENTS_AT_ONCE and (event := await work.next()) is not None:
                 running[asyncio.create_task(self._deliver_within_claim(event))] = event.event_id
             if not running:
-                work.close()
                 return finished
             await self._first_done(running, bell=len(running) < EVENTS_AT_ONCE and not past_budget)
             for task in [task for task in running if task.done()]:
@@ -389,7 +388,10 @@ class Outbox:
         ends; one another daemon took since is "busy" and skipped). Those beyond PARKED_KEPT wait for their park."""
         now, parked, self._parked = self._clock.monotonic(), list(self._parked.values()), {}
         # Only while our claim lasts: once it has run out, another daemon may have delivered it, unknown to our copy.
-        self._doorbell.fresh.extend(event for event, until in parked if until - now > UNPARK_MARGIN_S)
+        handed = [event for event, until in parked if until - now > UNPARK_MARGIN_S]
+        for event in handed:
+            self._started.pop(event.event_id, None)  # started before, parked since: this copy is current
+        self._doorbell.fresh.extend(handed)
         self._doorbell.ring()
 
     def _rest(self, channel: str) -> None:
@@ -466,20 +468,23 @@ class _Pass:
     rang without an event. Each event is started at most once per pass; a batch every event of which another daemon
     had claimed ends the reading (that daemon is on them)."""
 
-    def __init__(self, store: Store, clock: Clock, doorbell: Doorbell, *, batch: int, start: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        doorbell: Doorbell,
+        *,
+        batch: int,
+        start: int,
+        recent: collections.OrderedDict[str, None],
+    ) -> None:
         self._store, self._clock, self._doorbell = store, clock, doorbell
+        self._recent = recent  # the events the latest passes started (the doorbell's copy of one may be stale)
         self._batch, self._start = batch, start
         self._queue: collections.deque[Event] = collections.deque()
         self._tried: set[str] = set()
         self._unanswered: set[str] = set()  # the latest batch's events, until one of them was not another's
         self._more = True  # the outbox may hold due events this pass has not read
-        self._again: list[Event] = []
-
-    def close(self) -> None:
-        """Hand back the events committed or un-parked here that this pass had already tried."""
-        if self._again:
-            self._doorbell.fresh.extendleft(reversed(self._again))
-            self._doorbell.ring()  # the loop's next pass comes at once
 
     async def next(self) -> Event | None:
         """The next event to start, or None when there is none for now."""
@@ -489,13 +494,16 @@ class _Pass:
             if not bell.fresh:  # rung without its event: read again, in due order
                 self._queue.clear()
                 self._more = True
-        while bell.fresh:
-            if (event := bell.fresh.popleft()).event_id not in self._tried:
+        while bell.fresh:  # one a pass has started already (read from the outbox meanwhile) is not started again
+            if (event := bell.fresh.popleft()).event_id not in self._tried and event.event_id not in self._recent:
                 return self._take(event)
-            self._again.append(event)  # handed back during this pass (a channel came back): the next one takes it
-        if not self._queue and self._more:
-            await self._read()
-        return self._take(self._queue.popleft()) if self._queue else None
+        while True:
+            if not self._queue and self._more:
+                await self._read()
+            if not self._queue:
+                return None
+            if (event := self._queue.popleft()).event_id not in self._tried:  # not taken from the doorbell meanwhile
+                return self._take(event)
 
     def ended(self, event_id: str, outcome: str) -> None:
         if outcome != "busy":
@@ -515,6 +523,9 @@ class _Pass:
 
     def _take(self, event: Event) -> Event:
         self._tried.add(event.event_id)
+        self._recent[event.event_id] = None
+        if len(self._recent) > FRESH_KEPT:
+            self._recent.popitem(last=False)
         return event
 
 
