@@ -128,7 +128,8 @@ class Outbox:
         self._probing: set[str] = set()  # resting channels one event is trying again right now
         self._background: set[asyncio.Future[None]] = set()  # sends (and their bookkeeping) going on beside the passes
         self._started: collections.OrderedDict[str, None] = collections.OrderedDict()  # by the latest passes
-        self._parked: dict[str, tuple[Event, float]] = {}  # parked here, untouched since: (event, claim end, monotonic)
+        # parked here and untouched since: (event, claim end on our monotonic clock, the channels it waits for)
+        self._parked: dict[str, tuple[Event, float, frozenset[str]]] = {}
         self._claimed_at_ms: dict[str, int] = {}  # event id -> when a pass claimed it (the log: how long it waited)
         self._max_rounds = max_rounds
         self._tries = tries
@@ -294,6 +295,15 @@ class Outbox:
         rest = self._rests.get(channel)
         return channel in self._probing or (rest is not None and self._clock.monotonic() < rest.until)
 
+    def _owed(self, event: Event) -> list[str]:
+        """The channels ``event`` still waits for."""
+        wanted = filters.channels(self.notify)
+        return [
+            name
+            for name in (channel.name for channel in self._channels)
+            if name not in event.notified and name in wanted and filters.wants(self.notify, wanted[name], event)
+        ]
+
     def _parked_for_ms(self, event: Event) -> int | None:
         """None while ``event`` has a channel to send to now. When every channel it still waits for is resting: how
         long to park it, until the earliest of those rests ends plus half to all of the event's age (at least the
@@ -303,12 +313,7 @@ class Outbox:
         Never less than ``hold_s`` (a probe under way ends within that). Only an event with nothing to send is
         parked: a daemon that dies holding a long claim must not delay a send it had not made. Wall time (the
         event's ``at_ms``) only schedules here; it decides nothing about safety."""
-        wanted = filters.channels(self.notify)
-        owed = [
-            name
-            for name in (channel.name for channel in self._channels)
-            if name not in event.notified and name in wanted and filters.wants(self.notify, wanted[name], event)
-        ]
+        owed = self._owed(event)
         if not owed or not all(self._resting(name) for name in owed):
             return None
         now = self._clock.monotonic()
@@ -375,20 +380,27 @@ class Outbox:
             return None
         if self._rests.pop(channel.name, None) is not None:
             log.info("notification channel back", channel=channel.name, parked_here=len(self._parked))
-            self._unpark()
+            self._unpark(channel.name)
         await self._record(event, channel.name, outcome)
         return outcome
 
     def _park(self, event: Event, park_ms: int) -> None:
         if len(self._parked) < PARKED_KEPT:
-            self._parked[event.event_id] = (event, self._clock.monotonic() + park_ms / 1000)
+            self._parked[event.event_id] = (
+                event,
+                self._clock.monotonic() + park_ms / 1000,
+                frozenset(self._owed(event)),
+            )
 
-    def _unpark(self) -> None:
-        """A channel is back: the events parked here go to the front (our claim on them lets us take them before it
-        ends; one another daemon took since is "busy" and skipped). Those beyond PARKED_KEPT wait for their park."""
-        now, parked, self._parked = self._clock.monotonic(), list(self._parked.values()), {}
+    def _unpark(self, channel: str) -> None:
+        """``channel`` is back: the events parked here waiting for it go to the front (our claim on them lets us take
+        them before it ends; one another daemon took since is "busy" and skipped). Those parked for other channels
+        only, and those beyond PARKED_KEPT, wait for their park."""
+        now = self._clock.monotonic()
+        waiting = {key: entry for key, entry in self._parked.items() if channel in entry[2]}
+        self._parked = {key: entry for key, entry in self._parked.items() if key not in waiting}
         # Only while our claim lasts: once it has run out, another daemon may have delivered it, unknown to our copy.
-        handed = [event for event, until in parked if until - now > UNPARK_MARGIN_S]
+        handed = [event for event, until, _ in waiting.values() if until - now > UNPARK_MARGIN_S]
         for event in handed:
             self._started.pop(event.event_id, None)  # started before, parked since: this copy is current
         self._doorbell.fresh.extend(handed)
