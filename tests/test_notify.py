@@ -777,7 +777,7 @@ def test_a_slow_delivery_holds_back_only_itself_and_a_new_event_goes_at_once() -
         await rig.register("new", invalid="bad")
         committed = time.monotonic()
         assert await delivering == 5
-        assert sent_at["new#1"] - committed < 0.2, "waited for the slow one"
+        assert sent_at["new#1"] - committed < 0.4, "waited for the slow one"  # it was 0.7 s: the slow one's end
 
     run(scenario())
 
