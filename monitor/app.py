@@ -19,9 +19,7 @@ from monitor.aws.s3 import S3Source
 from monitor.aws.sns import SnsChannel
 from monitor.clock import Clock
 from monitor.metrics import Metrics, ObservedStore
-from monitor.model import (
-    Event,
-)
+from monitor.model import Event, Workset
 from monitor.notify import filters
 from monitor.notify.linear import LinearChannel
 from monitor.notify.outbox import EVENTS_AT_ONCE, Channel, linear_issue_lookup
@@ -57,7 +55,7 @@ class App:
         return self.make_store(outbox=lambda event: filters.anyone_wants(self.settings.notify, event))
 
     def make_store(
-        self, *, outbox: Callable[[Event], bool], on_pending: Callable[[Event], None] | None = None
+        self, *, outbox: Callable[[Event], bool], on_pending: Callable[[Event, Workset], None] | None = None
     ) -> Store:
         store: Store = DynamoStore(
             self.clients.get("dynamodb"),

@@ -64,7 +64,7 @@ class MemoryStore:
         self,
         *,
         outbox: Callable[[Event], bool] | None = None,
-        on_pending: Callable[[Event], None] | None = None,
+        on_pending: Callable[[Event, Workset], None] | None = None,
         faults: Faults | None = None,
     ) -> None:
         self._worksets: dict[WorksetId, Workset] = {}
@@ -91,7 +91,7 @@ class MemoryStore:
         if ws.workset_id in self._worksets:
             return False
         self._worksets[ws.workset_id] = ws
-        self._events[ws.workset_id] = [self._outboxed(decision.event)]
+        self._events[ws.workset_id] = [self._outboxed(decision.event, ws)]
         self._respond("register", call)
         return True
 
@@ -135,18 +135,18 @@ class MemoryStore:
         }
         after = dataclasses.replace(current, **changed)
         self._worksets[after.workset_id] = after
-        self._events[after.workset_id].append(self._outboxed(decision.event))
+        self._events[after.workset_id].append(self._outboxed(decision.event, after))
         self._running += entering - leaving
         self._retry_seq += after.state is State.RETRYING and before.state is not State.RETRYING
         self._respond("commit", call)
         return after
 
-    def _outboxed(self, event: Event) -> Event:
+    def _outboxed(self, event: Event, ws: Workset) -> Event:
         if not (self._outbox and self._outbox(event)):
             return event
         event = dataclasses.replace(event, pending=True)
         if self._on_pending is not None:
-            self._on_pending(event)
+            self._on_pending(event, ws)
         return event
 
     async def pending_events(self, *, limit: int, due_by_ms: int | None = None) -> list[Event]:

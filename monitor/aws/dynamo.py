@@ -49,7 +49,7 @@ class DynamoStore:
         *,
         page_size: int | None = None,
         outbox: Callable[[Event], bool] | None = None,
-        on_pending: Callable[[Event], None] | None = None,
+        on_pending: Callable[[Event, Workset], None] | None = None,
         executor: Executor | None = None,
     ) -> None:
         self._client = client
@@ -57,7 +57,7 @@ class DynamoStore:
         self._table = table
         self._page_size = page_size  # None: DynamoDB's own 1 MB pages; tests set it small to force paging
         self._outbox = outbox  # which new events some notification channel wants: they go to the outbox
-        self._on_pending = on_pending  # called with the event after a write that put it in the outbox
+        self._on_pending = on_pending  # called with the event and its workset after a write put it in the outbox
         self._corrupt: set[str] = set()  # keys of the corrupt items reported
 
     # --- writes ----------------------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ class DynamoStore:
             if _cancelled_by_condition(exc):
                 return False
             raise clients.translate(exc, what=f"registering {decision.after.workset_id}") from exc
-        self._rang(decision.event)
+        self._rang(decision.event, decision.after)
         return True
 
     async def commit(
@@ -128,12 +128,12 @@ class DynamoStore:
                     f"the fleet already runs {fleet_cap} worksets (run.max_fleet_concurrent)"
                 ) from exc
             raise _conflict(exc, decision, fence_token, table=self._table) from exc
-        self._rang(decision.event)
+        self._rang(decision.event, after)
         return after
 
-    def _rang(self, event: Event) -> None:
+    def _rang(self, event: Event, ws: Workset) -> None:
         if self._on_pending is not None and self._outbox is not None and self._outbox(event):
-            self._on_pending(dataclasses.replace(event, pending=True))
+            self._on_pending(dataclasses.replace(event, pending=True), ws)
 
     def _fleet_update(self, before: Workset, after: Workset, cap: int | None) -> dict[str, Any] | None:
         """Keep the fleet counter exact: ``running`` +1 entering in_progress (capped), -1 leaving it; ``retry_seq``

@@ -25,9 +25,11 @@ per event per hour, comes due spread out rather than all at once, and never stan
 due order. When a probe finds the channel back, the events parked here are taken up at once (our claim on them
 lets us); any other waiting event is delivered within its age (REST_MAX_S at most) after the rest.
 The events of a pass are delivered ``EVENTS_AT_ONCE`` at a time as a stream (a freed slot takes the next due event
-at once; each daemon starts at a different place in a batch), an event committed during a pass is read at the next
-free slot, and a table error on one event leaves the others alone; the events waiting out a retry are not due, so
-the outbox query never returns them in place of newer ones.
+at once; each daemon starts at a different place in a batch), an event committed during a pass is taken at the next
+free slot, a daemon busy with its own events still reads the outbox once an interval, an event left unclaimed for
+two intervals goes before newer ones (a dead daemon's events do not wait behind a busy one's), and a table error on
+one event leaves the others alone; the events waiting out a retry are not due, so the outbox query never returns
+them in place of newer ones.
 
 A crash between commit and delivery loses nothing: the event is still pending and is delivered after the restart,
 with the same event id. Delivery never blocks or fails a state transition: it runs beside them (the supervisor's
@@ -77,27 +79,39 @@ class Channel(Protocol):
     name: str
 
     async def send(self, event: Event, ws: Workset | None) -> str:
-        """Deliver; returns "sent" (or "skipped" when the channel decides the event is not for it)."""
+        """Deliver; returns "sent" (or "skipped" when the channel decides the event is not for it). ``ws`` is the
+        workset as of the event's commit or later: show only where it is (``s3_uri``), which never changes."""
         ...
 
 
 class Doorbell:
     """What the store needs from the outbox, made before either: which new events enter it, and a bell to ring
-    after committing one, with the event: the outbox loop wakes at once instead of at its next poll, and delivers the
-    events committed here first, without reading them back (other daemons see them only once they are due again)."""
+    after committing one, with the event and its workset: the outbox loop wakes at once instead of at its next poll,
+    and delivers the events committed here first, reading back neither them nor their workset (other daemons see
+    them only once they are due again)."""
 
     def __init__(self, notify: NotifyConfig) -> None:
         self.notify = notify
         self.rung = asyncio.Event()
         self.fresh: collections.deque[Event] = collections.deque(maxlen=FRESH_KEPT)  # committed here, not yet taken
+        # the latest worksets met, for what channels show of them: where they are, which never changes
+        self.worksets: collections.OrderedDict[str, Workset] = collections.OrderedDict()
 
     def wants(self, event: Event) -> bool:
         return filters.anyone_wants(self.notify, event)
 
-    def ring(self, event: Event | None = None) -> None:
+    def ring(self, event: Event | None = None, ws: Workset | None = None) -> None:
         if event is not None:
             self.fresh.append(event)
+        if ws is not None:
+            self.remember(ws)
         self.rung.set()
+
+    def remember(self, ws: Workset) -> None:
+        self.worksets[ws.workset_id] = ws
+        self.worksets.move_to_end(ws.workset_id)
+        if len(self.worksets) > FRESH_KEPT:
+            self.worksets.popitem(last=False)
 
 
 class Outbox:
@@ -131,6 +145,7 @@ class Outbox:
         # parked here and untouched since: (event, claim end on our monotonic clock, the channels it waits for)
         self._parked: dict[str, tuple[Event, float, frozenset[str]]] = {}
         self._claimed_at_ms: dict[str, int] = {}  # event id -> when a pass claimed it (the log: how long it waited)
+        self._reads = _Reads()  # when the outbox was last read (a pass busy with our own events reads it once a while)
         self._max_rounds = max_rounds
         self._tries = tries
         self._backoff_s = backoff_s
@@ -175,12 +190,22 @@ class Outbox:
 
         Events are delivered ``EVENTS_AT_ONCE`` at a time as a stream: a slot freed by one event takes the next one
         at once, so one slow delivery (a throttled call, a refused send and its retry) holds back only itself. The
-        next one is an event committed here, if any (the doorbell: taken as soon as a slot is free, without reading
-        it back), else the next due one read from the outbox (see ``_Pass``)."""
+        next one is the oldest (by commit) of the events committed here (the doorbell: taken without reading them
+        back) and the due ones read from the outbox, which a pass woken by our own commits reads once per
+        ``budget_s`` (see ``_Pass``)."""
         finished = 0
         ends_at = None if budget_s is None else self._clock.monotonic() + budget_s
-        start = zlib.crc32(self._owner.encode())
-        work = _Pass(self._store, self._clock, self._doorbell, batch=self._batch, start=start, recent=self._started)
+        work = _Pass(
+            self._store,
+            self._clock,
+            self._doorbell,
+            batch=self._batch,
+            start=zlib.crc32(self._owner.encode()),
+            recent=self._started,
+            reads=self._reads,
+            read_every_s=budget_s or 0.0,
+            sendable=lambda event: self._parked_for_ms(event) is None,
+        )
         running: dict[asyncio.Task[str], str] = {}  # delivery -> event id
         while True:
             past_budget = ends_at is not None and self._clock.monotonic() >= ends_at
@@ -234,11 +259,7 @@ class Outbox:
             self._park(event, park_ms)
             return "later"
         self._claimed_at_ms[event.event_id] = self._clock.now_ms()
-        try:
-            ws = await self._store.get(event.workset_id)
-        except errors.CorruptItem as exc:
-            log.error("workset unreadable; notifying without its details", event_id=event.event_id, error=str(exc))
-            ws = None
+        ws = await self._workset(event)
         wanted = filters.channels(self.notify)
         owed: list[Channel] = []
         waiting = False  # a channel sat this event out (resting, or being tried by another event)
@@ -280,6 +301,20 @@ class Outbox:
             return "later"
         await self._store.finish_event(event)
         return "done"
+
+    async def _workset(self, event: Event) -> Workset | None:
+        """``event``'s workset for its location, the one thing channels show of it: the doorbell's copy (the
+        committer's, or one read before) when there is one, else read once."""
+        if (known := self._doorbell.worksets.get(event.workset_id)) is not None:
+            return known
+        try:
+            ws = await self._store.get(event.workset_id)
+        except errors.CorruptItem as exc:
+            log.error("workset unreadable; notifying without its details", event_id=event.event_id, error=str(exc))
+            return None
+        if ws is not None:
+            self._doorbell.remember(ws)
+        return ws
 
     def _turn(self, channel: str) -> str:
         """What this event does with ``channel``: "send" (healthy); "wait" (it is resting, or another event is
@@ -473,12 +508,27 @@ class Outbox:
             self.observe(channel, outcome, latency)
 
 
+@dataclasses.dataclass
+class _Reads:
+    at: float = float("-inf")  # when the outbox was last read (monotonic)
+
+
 class _Pass:
-    """The events of one delivery pass, in the order they are started: those committed here first (the doorbell's),
-    then the due ones read from the outbox ``batch`` at a time, each daemon starting at a different place in a batch
-    (daemons reading one batch start apart). The outbox is read again when a batch is used up, or when the doorbell
-    rang without an event. Each event is started at most once per pass; a batch every event of which another daemon
-    had claimed ends the reading (that daemon is on them)."""
+    """The events of one delivery pass, from two sources: those committed here (the doorbell's), and the due ones read
+    from the outbox ``batch`` at a time, each daemon starting at a different place in a batch (daemons reading one
+    batch start apart). The doorbell's go first (the committer has them in hand; others would only race it for
+    their claims), except when the batch holds an event still unclaimed twice ``read_every_s`` after its commit,
+    before the doorbell's next: its committer died right after the commit, or the commit's answer was lost and no
+    doorbell rang. That one is due in the outbox only, and must not wait behind a stream of newer events committed
+    here (seen: 8-19 s behind three busy daemons); it goes first, unless all it waits for is resting here (a parked
+    event come due, which would only be parked again). The commit times come from different hosts' clocks: a
+    skewed one only shifts that order.
+
+    The outbox is read when the batch is used up and the doorbell has nothing (a pass that began with no event of
+    ours: the poll; or rung without an event), and, while the doorbell keeps this daemon busy, afresh once
+    ``read_every_s`` has passed since the last read: a busy daemon too sees the outbox every interval. Each event is
+    started at most once per pass; a batch every event of which another daemon had claimed ends the reading (that
+    daemon is on them)."""
 
     def __init__(
         self,
@@ -489,10 +539,15 @@ class _Pass:
         batch: int,
         start: int,
         recent: collections.OrderedDict[str, None],
+        reads: _Reads,
+        read_every_s: float,
+        sendable: Callable[[Event], bool],
     ) -> None:
         self._store, self._clock, self._doorbell = store, clock, doorbell
         self._recent = recent  # the events the latest passes started (the doorbell's copy of one may be stale)
         self._batch, self._start = batch, start
+        self._reads, self._read_every_s = reads, read_every_s
+        self._sendable = sendable  # whether an event has a channel to go to now (else it would only be parked)
         self._queue: collections.deque[Event] = collections.deque()
         self._tried: set[str] = set()
         self._unanswered: set[str] = set()  # the latest batch's events, until one of them was not another's
@@ -506,16 +561,50 @@ class _Pass:
             if not bell.fresh:  # rung without its event: read again, in due order
                 self._queue.clear()
                 self._more = True
-        while bell.fresh:  # one a pass has started already (read from the outbox meanwhile) is not started again
-            if (event := bell.fresh.popleft()).event_id not in self._tried and event.event_id not in self._recent:
-                return self._take(event)
-        while True:
+        if self._fresh() is None:
             if not self._queue and self._more:
                 await self._read()
-            if not self._queue:
-                return None
-            if (event := self._queue.popleft()).event_id not in self._tried:  # not taken from the doorbell meanwhile
-                return self._take(event)
+        elif self._reads_due():  # busy with our own: a fresh look, for events left unclaimed
+            self._queue.clear()
+            await self._read()
+        fresh, queued = self._fresh(), self._queued()
+        if fresh is None:
+            return None if queued is None else self._take(self._queue.popleft())
+        if (overdue := self._overdue(fresh)) is not None:
+            self._queue.remove(overdue)
+            return self._take(overdue)
+        return self._take(bell.fresh.popleft())
+
+    def _fresh(self) -> Event | None:
+        """The next event committed here, dropping those a pass has started already (one read from the outbox
+        meanwhile, or the doorbell's stale copy of one started before)."""
+        fresh = self._doorbell.fresh
+        while fresh and (fresh[0].event_id in self._tried or fresh[0].event_id in self._recent):
+            fresh.popleft()
+        return fresh[0] if fresh else None
+
+    def _queued(self) -> Event | None:
+        """The next event read from the outbox, dropping those taken from the doorbell meanwhile."""
+        while self._queue and self._queue[0].event_id in self._tried:
+            self._queue.popleft()
+        return self._queue[0] if self._queue else None
+
+    def _overdue(self, fresh: Event) -> Event | None:
+        """The batch's first event committed before ``fresh``, left unclaimed for two read intervals, with a channel
+        to go to now (one owed only to resting channels, e.g. a parked one come due, would only be parked again: it
+        waits for the doorbell's)."""
+        left_ms = self._clock.now_ms() - round(2 * self._read_every_s * 1000)
+        return next(
+            (
+                e
+                for e in self._queue
+                if e.event_id not in self._tried and e.at_ms < min(fresh.at_ms, left_ms) and self._sendable(e)
+            ),
+            None,
+        )
+
+    def _reads_due(self) -> bool:
+        return self._clock.monotonic() - self._reads.at >= self._read_every_s
 
     def ended(self, event_id: str, outcome: str) -> None:
         if outcome != "busy":
@@ -526,8 +615,10 @@ class _Pass:
             self._more = False
 
     async def _read(self) -> None:
+        self._reads.at = self._clock.monotonic()
         batch = await self._store.pending_events(limit=self._batch, due_by_ms=self._clock.now_ms())
-        new = [event for event in batch if event.event_id not in self._tried]
+        ours = {event.event_id for event in self._doorbell.fresh}  # they come from the doorbell
+        new = [event for event in batch if event.event_id not in self._tried and event.event_id not in ours]
         first = self._start % len(new) if new else 0
         self._queue.extend(new[first:] + new[:first])
         self._unanswered = {event.event_id for event in new}
