@@ -155,18 +155,28 @@ class MemoryStore:
         due = [(at, e) for at, e in due if due_by_ms is None or at <= due_by_ms]
         return [e for _, e in sorted(due, key=lambda d: (d[0], d[1].workset_id, d[1].seq))][:limit]
 
-    async def claim_event(self, event: Event, *, owner: str, now_ms: int, hold_ms: int) -> bool:
+    async def claim_event(
+        self, event: Event, *, owner: str, now_ms: int, hold_ms: int, outcomes: Mapping[str, str] | None = None
+    ) -> bool:
         current = await self.event(event.workset_id, event.seq)
         holder = self._claims.get(event.event_id)
         if current is None or not current.pending or (holder and holder[0] != owner and holder[1] > now_ms):
             return False
         self._claims[event.event_id] = (owner, now_ms + hold_ms)
+        self._record(event, outcomes)
         return True
 
     async def record_delivery(self, event: Event, channel: str, outcome: str) -> None:
-        self._replace_event(event, lambda e: dataclasses.replace(e, notified={**e.notified, channel: outcome}))
+        self._record(event, {channel: outcome})
 
-    async def finish_event(self, event: Event, *, retry_at_ms: int | None = None) -> None:
+    def _record(self, event: Event, outcomes: Mapping[str, str] | None) -> None:
+        if outcomes:
+            self._replace_event(event, lambda e: dataclasses.replace(e, notified={**e.notified, **outcomes}))
+
+    async def finish_event(
+        self, event: Event, *, retry_at_ms: int | None = None, outcomes: Mapping[str, str] | None = None
+    ) -> None:
+        self._record(event, outcomes)
         if retry_at_ms is None:
             self._claims.pop(event.event_id, None)
             self._replace_event(event, lambda e: dataclasses.replace(e, pending=False))

@@ -91,17 +91,23 @@ class Store(Protocol):
         (not held by a live claim, not waiting out a retry)."""
         ...
 
-    async def claim_event(self, event: Event, *, owner: str, now_ms: int, hold_ms: int) -> bool:
-        """Take the delivery of ``event`` for ``hold_ms`` (False when another daemon holds it or it is done)."""
+    async def claim_event(
+        self, event: Event, *, owner: str, now_ms: int, hold_ms: int, outcomes: Mapping[str, str] | None = None
+    ) -> bool:
+        """Take the delivery of ``event`` for ``hold_ms`` (False when another daemon holds it or it is done); with
+        ``outcomes`` (channel -> outcome, as ``record_delivery``), record them in the same write, only if it is
+        taken."""
         ...
 
     async def record_delivery(self, event: Event, channel: str, outcome: str) -> None:
         """Note one channel's outcome ("sent", "skipped", "failed: ...") so it is never sent there again."""
         ...
 
-    async def finish_event(self, event: Event, *, retry_at_ms: int | None = None) -> None:
+    async def finish_event(
+        self, event: Event, *, retry_at_ms: int | None = None, outcomes: Mapping[str, str] | None = None
+    ) -> None:
         """Take ``event`` out of the outbox, or (``retry_at_ms``) give back its claim, count a failed round and leave
-        it due again at that time."""
+        it due again at that time; with ``outcomes``, record them in the same write."""
         ...
 
     async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:

@@ -651,7 +651,8 @@ def test_a_channel_that_failed_rests_for_a_claim_and_its_probe_holds_back_no_oth
 
 def test_a_table_error_on_one_event_leaves_the_others_to_their_pass() -> None:
     """Seen in the chaos run: one record write answered HTTP 500 failed the whole pass ("loop tick failed"), and
-    every event behind it waited for the notifier's next tick."""
+    every event behind it waited for the notifier's next tick. (A single channel's outcome is recorded with the
+    event's finish.)"""
     from tests.faults import StoreSpy
 
     rig = Rig({"webhook": {"url": "http://127.0.0.1:9/hook"}})
@@ -662,7 +663,7 @@ def test_a_table_error_on_one_event_leaves_the_others_to_their_pass() -> None:
         for name in ("ws-1", "ws-2", "ws-3"):
             await rig.register(name, invalid="bad")
         spy = StoreSpy(rig.store)
-        spy.fail_before["record_delivery"] = 1
+        spy.fail_before["finish_event"] = 1
         outbox = Outbox(spy, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, channels=rig.channels)
         assert await outbox.deliver_pending() == 2
         assert len(webhook_.sent) == 3  # the failed record is retried later (at least once: the event id says so)
@@ -870,6 +871,43 @@ def test_an_event_committed_here_is_delivered_without_reading_its_workset_back(o
         reads = [str(arg) for _, call, arg in table.calls if call == "get"]
         assert reads == ["elsewhere"]  # it was ["here", "elsewhere"]
         assert where == {"here#1": "s3://lab-bucket/w/here/", "elsewhere#1": "s3://lab-bucket/w/elsewhere/"}
+
+    run(scenario())
+
+
+def test_a_single_send_is_recorded_with_the_events_next_write(outbox_rig: Rig) -> None:
+    """A delivery wrote the channel's outcome, then finished the event (or parked it for a resting channel): two
+    writes after the send, where one does. A single send's outcome now goes with the event's next write, which
+    follows the send at once as the record did (so a crash re-sends no more than before); several sends side by
+    side still record each as it ends."""
+    rig = outbox_rig
+    sns, webhook_ = FakeChannel("sns", rig.clock), FakeChannel("webhook", rig.clock)
+    table = BusyTable(rig.store, rig.clock, seconds=0)
+    outbox = Outbox(table, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, channels=[webhook_], hold_s=10)
+
+    async def scenario() -> None:
+        await rig.register("one", invalid="bad")
+        assert await outbox.deliver_pending() == 1
+        writes = [call for _, call, _ in table.calls if call in ("claim_event", "record_delivery", "finish_event")]
+        assert writes == ["claim_event", "finish_event"]  # it was claim, record, finish
+        [event] = await rig.events(WorksetId("one"))
+        assert (event.pending, event.notified) == (False, {"webhook": "sent"})
+
+        # SNS down and resting: the webhook's outcome goes with the event's park
+        sns.down = True
+        outbox2 = Outbox(
+            table, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, channels=[sns, webhook_], hold_s=10, tries=1
+        )
+        await rig.register("two", invalid="bad")
+        await outbox2.deliver_pending()  # both sent side by side: SNS fails and rests, the webhook is recorded
+        await rig.register("three", invalid="bad")
+        table.calls.clear()
+        await outbox2.deliver_pending()
+        writes = [call for _, call, _ in table.calls if call in ("claim_event", "record_delivery", "finish_event")]
+        assert writes == ["claim_event", "claim_event"]  # it was claim, record, claim (the park)
+        [event] = await rig.events(WorksetId("three"))
+        assert (event.pending, event.notified) == (True, {"webhook": "sent"})
+        assert sorted(webhook_.sent) == ["one#1", "three#1", "two#1"]
 
     run(scenario())
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import heapq
-from collections.abc import AsyncGenerator, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -315,8 +315,12 @@ class DynamoStore:
                     break
         return found
 
-    async def claim_event(self, event: Event, *, owner: str, now_ms: int, hold_ms: int) -> bool:
+    async def claim_event(
+        self, event: Event, *, owner: str, now_ms: int, hold_ms: int, outcomes: Mapping[str, str] | None = None
+    ) -> bool:
         until_ms = now_ms + hold_ms
+        names, values, recorded = _outcome_updates(outcomes)
+        extra: dict[str, Any] = {"ExpressionAttributeNames": names} if names else {}
         try:
             await self._call(
                 "update_item",
@@ -324,7 +328,7 @@ class DynamoStore:
                 inspect=("ConditionalCheckFailedException",),
                 TableName=self._table,
                 Key=codec.event_key(event.workset_id, event.seq),
-                UpdateExpression="SET claimed_by = :me, claim_until_ms = :until, outbox_sk = :due",
+                UpdateExpression="SET claimed_by = :me, claim_until_ms = :until, outbox_sk = :due" + recorded,
                 ConditionExpression="outbox = :pending AND (attribute_not_exists(claim_until_ms) "
                 "OR claim_until_ms <= :now OR claimed_by = :me)",
                 ExpressionAttributeValues={
@@ -333,7 +337,9 @@ class DynamoStore:
                     ":due": {"S": codec.outbox_sort_key(event, due_ms=until_ms)},
                     ":now": {"N": str(now_ms)},
                     ":pending": {"S": codec.OUTBOX_PENDING},
+                    **values,
                 },
+                **extra,
             )
         except botocore.exceptions.ClientError:
             return False
@@ -350,18 +356,30 @@ class DynamoStore:
             ExpressionAttributeValues={":outcome": {"S": outcome}},
         )
 
-    async def finish_event(self, event: Event, *, retry_at_ms: int | None = None) -> None:
-        """Leave the outbox, or (``retry_at_ms``) count a failed round and wait until then for the next."""
-        extra: dict[str, Any] = {}
+    async def finish_event(
+        self, event: Event, *, retry_at_ms: int | None = None, outcomes: Mapping[str, str] | None = None
+    ) -> None:
+        """Leave the outbox, or (``retry_at_ms``) count a failed round and wait until then for the next; with
+        ``outcomes``, recorded in the same write."""
+        names, values, recorded = _outcome_updates(outcomes)
         if retry_at_ms is None:
-            update = "REMOVE claimed_by, claim_until_ms, outbox, outbox_sk"
+            update = (f"SET {recorded.removeprefix(', ')} " if recorded else "") + (
+                "REMOVE claimed_by, claim_until_ms, outbox, outbox_sk"
+            )
         else:
-            update = "SET claim_until_ms = :retry, outbox_sk = :due REMOVE claimed_by ADD notify_attempts :one"
-            extra["ExpressionAttributeValues"] = {
+            update = (
+                f"SET claim_until_ms = :retry, outbox_sk = :due{recorded} REMOVE claimed_by ADD notify_attempts :one"
+            )
+            values |= {
                 ":retry": {"N": str(retry_at_ms)},
                 ":due": {"S": codec.outbox_sort_key(event, due_ms=retry_at_ms)},
                 ":one": {"N": "1"},
             }
+        extra: dict[str, Any] = {}
+        if names:
+            extra["ExpressionAttributeNames"] = names
+        if values:
+            extra["ExpressionAttributeValues"] = values
         await self._call(
             "update_item",
             what=f"finishing the delivery of {event.event_id}",
@@ -547,6 +565,14 @@ def _update_expression(old: dict[str, Any], new: dict[str, Any]) -> dict[str, An
         "ExpressionAttributeNames": names,
         "ExpressionAttributeValues": values,
     }
+
+
+def _outcome_updates(outcomes: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, Any], str]:
+    """Channel outcomes as parts of an update (``record_delivery``'s attributes): names, values, and the ``SET``
+    clauses, each after a comma."""
+    names = {f"#o{i}": f"notify_{channel}" for i, channel in enumerate(outcomes or {})}
+    values = {f":o{i}": {"S": outcome} for i, outcome in enumerate((outcomes or {}).values())}
+    return names, values, "".join(f", #o{i} = :o{i}" for i in range(len(names)))
 
 
 def _reasons(exc: botocore.exceptions.ClientError) -> list[dict[str, Any]]:

@@ -262,6 +262,7 @@ class Outbox:
         ws = await self._workset(event)
         wanted = filters.channels(self.notify)
         owed: list[Channel] = []
+        outcomes: dict[str, str] = {}  # recorded with the event's next write
         waiting = False  # a channel sat this event out (resting, or being tried by another event)
         beside = False  # a send for this event goes on beside the pass (a probe, or a slow one)
         for channel in self._channels:
@@ -269,7 +270,7 @@ class Outbox:
                 continue
             config = wanted.get(channel.name)
             if config is None or not filters.wants(self.notify, config, event):
-                await self._record(event, channel.name, "skipped")
+                outcomes[channel.name] = "skipped"
             elif (turn := self._turn(channel.name)) == "wait":
                 waiting = True
             elif turn == "probe":  # in the background: the event waits for its outcome
@@ -279,28 +280,46 @@ class Outbox:
                 owed.append(channel)
         # Side by side, each within the claim: a channel slow to fail (or hung) delays none of the others. One still
         # busy after PATIENCE_S goes on in the background, and the event waits for it: the pass, and every newer
-        # event, does not.
-        sends = {asyncio.create_task(self._send_and_record(channel, event, ws)): channel.name for channel in owed}
+        # event, does not. Each outcome is recorded as soon as it is known, so a crash never re-sends it: with
+        # several sends, on its own; a single send's with the event's next write, which follows it at once.
+        alone = len(owed) == 1
+        sends = {
+            asyncio.create_task(self._send_and_record(channel, event, ws, record=not alone)): channel.name
+            for channel in owed
+        }
         done, slow = await asyncio.wait(sends, timeout=PATIENCE_S) if sends else (set(), set())
         for task in slow:  # slow is not down: the other events still send to it (a failure makes it rest)
-            self._in_background(self._settle_later(task, sends[task], event))
+            self._in_background(self._settle_later(task, sends[task], event, record=alone))
         waiting |= bool(slow)
         beside |= bool(slow)
         failed = [sends[task] for task in done if task.result() is None]
-        if failed and event.delivery_attempts + 1 < self._max_rounds:
-            await self._store.finish_event(event, retry_at_ms=self._clock.now_ms() + self._hold_ms)  # a round
+        if alone:
+            outcomes |= {sends[task]: outcome for task in done if (outcome := task.result()) is not None}
+        if failed and event.delivery_attempts + 1 < self._max_rounds:  # a round
+            await self._finish(event, retry_at_ms=self._clock.now_ms() + self._hold_ms, outcomes=outcomes)
             return "later"
         for name in failed:  # its last round: a channel is given up only after it was tried and failed
             log.error("notification given up", channel=name, event_id=event.event_id)
-            await self._record(event, name, f"failed: gave up after {self._max_rounds} rounds")
+            outcomes[name] = f"failed: gave up after {self._max_rounds} rounds"
         if waiting:  # no round counted: the claim runs out and the event is due again
+            event.notified.update(outcomes)  # what it still waits for decides its park
             if not beside and (park_ms := self._parked_for_ms(event)) is not None:  # left to resting channels only
                 now_ms = self._clock.now_ms()  # back after the rest, not in a wave of re-claims a claim from now
-                if await self._store.claim_event(event, owner=self._owner, now_ms=now_ms, hold_ms=park_ms):
+                if await self._store.claim_event(
+                    event, owner=self._owner, now_ms=now_ms, hold_ms=park_ms, outcomes=outcomes
+                ):
                     self._park(event, park_ms)
+                    self._noted(event, outcomes)
+                    return "later"
+            for name, outcome in outcomes.items():  # not parked: the outcomes on their own
+                await self._record(event, name, outcome)
             return "later"
-        await self._store.finish_event(event)
+        await self._finish(event, outcomes=outcomes)
         return "done"
+
+    async def _finish(self, event: Event, *, retry_at_ms: int | None = None, outcomes: dict[str, str]) -> None:
+        await self._store.finish_event(event, retry_at_ms=retry_at_ms, outcomes=outcomes)
+        self._noted(event, outcomes)
 
     async def _workset(self, event: Event) -> Workset | None:
         """``event``'s workset for its location, the one thing channels show of it: the doorbell's copy (the
@@ -369,11 +388,16 @@ class Outbox:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _settle_later(self, send: Awaitable[str | None], channel: str, event: Event) -> None:
-        """The end of a send that went on beside the pass. A failure counts the event's round, as in the pass; on
-        its last round the channel is given up, and the event leaves the outbox once every channel has an outcome."""
+    async def _settle_later(
+        self, send: Awaitable[str | None], channel: str, event: Event, *, record: bool = False
+    ) -> None:
+        """The end of a send that went on beside the pass (``record``: its outcome is not recorded yet). A failure
+        counts the event's round, as in the pass; on its last round the channel is given up, and the event leaves
+        the outbox once every channel has an outcome."""
         try:
-            if await send is not None:
+            if (outcome := await send) is not None:
+                if record:
+                    await self._record(event, channel, outcome)
                 return
             if event.delivery_attempts + 1 < self._max_rounds:
                 await self._store.finish_event(event, retry_at_ms=self._clock.now_ms() + self._hold_ms)
@@ -395,8 +419,11 @@ class Outbox:
             probe.cancel()
         await self.wait_for_background()
 
-    async def _send_and_record(self, channel: Channel, event: Event, ws: Workset | None) -> str | None:
-        """``_send`` within the channels' share of the claim (None past it), its outcome recorded at once."""
+    async def _send_and_record(
+        self, channel: Channel, event: Event, ws: Workset | None, *, record: bool = True
+    ) -> str | None:
+        """``_send`` within the channels' share of the claim (None past it), its outcome recorded at once (unless
+        not ``record``: the caller writes it)."""
         try:
             outcome = await asyncio.wait_for(self._send(channel, event, ws), timeout=self._send_s)
         except TimeoutError:
@@ -416,7 +443,8 @@ class Outbox:
         if self._rests.pop(channel.name, None) is not None:
             log.info("notification channel back", channel=channel.name, parked_here=len(self._parked))
             self._unpark(channel.name)
-        await self._record(event, channel.name, outcome)
+        if record:
+            await self._record(event, channel.name, outcome)
         return outcome
 
     def _park(self, event: Event, park_ms: int) -> None:
@@ -491,16 +519,24 @@ class Outbox:
 
     async def _record(self, event: Event, channel: str, outcome: str) -> None:
         await self._store.record_delivery(event, channel, outcome)
-        event.notified[channel] = outcome  # our copy, so a later round does not send it again
-        latency = max(self._clock.now_ms() - event.at_ms, 0) / 1000 if outcome == "sent" else None
-        if latency is not None:
-            self.latencies_s.append(latency)
-        kind = outcome if outcome in ("sent", "skipped") else "failed"
-        self._count(channel, kind, latency)
-        if outcome == "sent":  # latency: since the commit; waited: of it, before this daemon claimed the event
-            claimed_ms = self._claimed_at_ms.get(event.event_id)
-            waited = None if claimed_ms is None else max(claimed_ms - event.at_ms, 0) / 1000
-            log.info("notification sent", channel=channel, event_id=event.event_id, latency_s=latency, waited_s=waited)
+        self._noted(event, {channel: outcome})
+
+    def _noted(self, event: Event, outcomes: Mapping[str, str]) -> None:
+        """After ``outcomes`` were written: our copy of the event (so a later round does not send them again), the
+        metrics and the log."""
+        for channel, outcome in outcomes.items():
+            event.notified[channel] = outcome
+            latency = max(self._clock.now_ms() - event.at_ms, 0) / 1000 if outcome == "sent" else None
+            if latency is not None:
+                self.latencies_s.append(latency)
+            kind = outcome if outcome in ("sent", "skipped") else "failed"
+            self._count(channel, kind, latency)
+            if outcome == "sent":  # latency: since the commit; waited: of it, before this daemon claimed the event
+                claimed_ms = self._claimed_at_ms.get(event.event_id)
+                waited = None if claimed_ms is None else max(claimed_ms - event.at_ms, 0) / 1000
+                log.info(
+                    "notification sent", channel=channel, event_id=event.event_id, latency_s=latency, waited_s=waited
+                )
 
     def _count(self, channel: str, outcome: str, latency: float | None) -> None:
         self.counts[(channel, outcome)] += 1
