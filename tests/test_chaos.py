@@ -38,7 +38,7 @@ def test_a_fleet_under_chaos_loses_nothing_and_does_nothing_twice(tmp_path: Path
     # The chaos really happened: processes died and slept, AWS failed in every way (and went silent), heartbeats
     # were denied, an operator with a slow clock released and cancelled running work, SNS was down, work moved.
     assert report.kills >= 1 and report.pauses >= 1 and report.outages >= 1
-    assert report.denials >= 1 and report.releases >= 1 and report.cancels >= 1
+    assert report.denials >= 1 and report.releases >= 1 and report.cancels >= 1, report.operator
     assert {"throttled", "server_error", "response_lost", "unanswered"} <= set(report.faults), report.faults
     assert {"heartbeat_denied", "channel_down"} <= set(report.faults), report.faults
     assert report.webhook_refused > 0

@@ -145,7 +145,7 @@ class Outbox:
         # parked here and untouched since: (event, claim end on our monotonic clock, the channels it waits for)
         self._parked: dict[str, tuple[Event, float, frozenset[str]]] = {}
         self._claimed_at_ms: dict[str, int] = {}  # event id -> when a pass claimed it (the log: how long it waited)
-        self._reads = _Reads()  # when the outbox was last read (a pass busy with our own events reads it once a while)
+        self._reads = _Reads()  # when the outbox was last read, by any pass
         self._max_rounds = max_rounds
         self._tries = tries
         self._backoff_s = backoff_s
@@ -190,9 +190,9 @@ class Outbox:
 
         Events are delivered ``EVENTS_AT_ONCE`` at a time as a stream: a slot freed by one event takes the next one
         at once, so one slow delivery (a throttled call, a refused send and its retry) holds back only itself. The
-        next one is the oldest (by commit) of the events committed here (the doorbell: taken without reading them
-        back) and the due ones read from the outbox, which a pass woken by our own commits reads once per
-        ``budget_s`` (see ``_Pass``)."""
+        next one is an event committed here, if any (the doorbell: taken without reading it back), else the next due
+        one read from the outbox; but an event left unclaimed for two ``budget_s`` goes first, and a pass kept busy by
+        our own commits reads the outbox afresh once per ``budget_s`` (see ``_Pass``)."""
         finished = 0
         ends_at = None if budget_s is None else self._clock.monotonic() + budget_s
         work = _Pass(
