@@ -812,6 +812,25 @@ def test_an_older_event_from_the_table_goes_before_newer_ones_committed_here() -
     run(scenario())
 
 
+def test_a_pass_without_a_budget_reads_the_outbox_once_not_once_per_event() -> None:
+    """Found in review: a pass without a budget (``run --once``, the flush at shutdown) took "a read every 0 s" to
+    mean a fresh outbox read before every event committed here: 12 events, 12 queries. It reads when the doorbell
+    is empty."""
+    rig = Rig({"webhook": {"url": "http://127.0.0.1:9/hook"}})
+    webhook_ = FakeChannel("webhook", rig.clock)
+    table = BusyTable(rig.store, rig.clock, seconds=0)
+    outbox = Outbox(table, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, channels=[webhook_])
+
+    async def scenario() -> None:
+        for i in range(12):
+            await rig.register(f"ws-{i:02d}", invalid="bad")
+        assert await outbox.deliver_pending() == 12
+        reads = [call for _, call, _ in table.calls if call == "pending_events"]
+        assert len(reads) <= 2, len(reads)
+
+    run(scenario())
+
+
 def test_a_parked_event_come_due_never_goes_before_a_new_one() -> None:
     """An event left unclaimed for two intervals goes before this daemon's newer ones, but not one that only a
     resting channel still waits for: it would only be parked again. (A first version put the SNS backlog's re-parks

@@ -203,7 +203,7 @@ class Outbox:
             start=zlib.crc32(self._owner.encode()),
             recent=self._started,
             reads=self._reads,
-            read_every_s=budget_s or 0.0,
+            read_every_s=budget_s,
             sendable=lambda event: self._parked_for_ms(event) is None,
         )
         running: dict[asyncio.Task[str], str] = {}  # delivery -> event id
@@ -562,7 +562,8 @@ class _Pass:
 
     The outbox is read when the batch is used up and the doorbell has nothing (a pass that began with no event of
     ours: the poll; or rung without an event), and, while the doorbell keeps this daemon busy, afresh once
-    ``read_every_s`` has passed since the last read: a busy daemon too sees the outbox every interval. Each event is
+    ``read_every_s`` has passed since the last read (None: never; a pass without a budget drains the doorbell
+    first): a busy daemon too sees the outbox every interval. Each event is
     started at most once per pass; a batch every event of which another daemon had claimed ends the reading (that
     daemon is on them)."""
 
@@ -576,7 +577,7 @@ class _Pass:
         start: int,
         recent: collections.OrderedDict[str, None],
         reads: _Reads,
-        read_every_s: float,
+        read_every_s: float | None,
         sendable: Callable[[Event], bool],
     ) -> None:
         self._store, self._clock, self._doorbell = store, clock, doorbell
@@ -629,7 +630,7 @@ class _Pass:
         """The batch's first event committed before ``fresh``, left unclaimed for two read intervals, with a channel
         to go to now (one owed only to resting channels, e.g. a parked one come due, would only be parked again: it
         waits for the doorbell's)."""
-        left_ms = self._clock.now_ms() - round(2 * self._read_every_s * 1000)
+        left_ms = self._clock.now_ms() - round(2 * (self._read_every_s or 0) * 1000)
         return next(
             (
                 e
@@ -640,7 +641,10 @@ class _Pass:
         )
 
     def _reads_due(self) -> bool:
-        return self._clock.monotonic() - self._reads.at >= self._read_every_s
+        """Whether a pass kept busy by the doorbell should look at the outbox afresh (never without a budget: such a
+        pass runs until the doorbell is empty, then reads)."""
+        every = self._read_every_s
+        return every is not None and self._clock.monotonic() - self._reads.at >= every
 
     def ended(self, event_id: str, outcome: str) -> None:
         if outcome != "busy":
