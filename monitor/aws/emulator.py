@@ -16,7 +16,10 @@ Stock moto differs from DynamoDB in two ways that matter here, and this module c
   comparing keys as ``DynamoType`` objects, each comparison re-deriving both values: a query on an index of a
   5 000-item table took ~200 ms, and the serialized emulator of a 300-workset chaos run spent most of its time there
   (its answers' median rose past 100 ms). ``speed_up`` sorts by the same values, derived once per item (and kept,
-  for the keys, which never change).
+  for the keys, which never change). Even so every query still tested every item of the table (17 ms for one
+  workset's history, 29 ms for the outbox at 3 900 items, against 3-4 ms in an empty table): ``speed_up`` hands
+  moto's own query code only the items that can pass its first test, the partition of the table's hash key (a dict
+  lookup) or the items that hold the index's hash key value; moto's code then tests, sorts and pages them as before.
 
 None of these changes alters what a request returns; they exist so that tests and benchmarks at realistic sizes
 finish, and so that a fleet test measures the daemons rather than the emulator.
@@ -121,11 +124,68 @@ def _speed_up_queries() -> None:
         self: Table, hash_key_attrs: list[str], range_key_attrs: list[str | None], items: list[Any]
     ) -> Any:
         names = self._generate_attr_to_sort_by(hash_key_attrs, range_key_attrs)
-        items.sort(key=lambda item: tuple(item.attrs[name].cast_value for name in names))
+        items.sort(key=lambda item: tuple(_cast(item.attrs[name]) for name in names))
         return items
+
+    original_query = Table.query
+
+    def query(self: Table, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        # moto's backend passes index_name as the eighth positional argument (after hash_key, the seventh of args)
+        index_name = kwargs["index_name"] if "index_name" in kwargs else (args[6] if len(args) > 6 else None)
+        candidates = _candidates(self, hash_key, index_name, kwargs.get("hash_key_conditions") or [])
+        view = self if candidates is None else _QueryView(self, candidates)
+        return original_query(view, hash_key, *args, **kwargs)  # type: ignore[arg-type]
 
     Table.all_items = all_items  # type: ignore[method-assign]
     Table.sorted_items = sorted_items  # type: ignore[method-assign]
+    Table.query = query  # type: ignore[method-assign]
+
+
+def _candidates(table: Table, hash_key: Any, index_name: str | None, conditions: list[tuple[str, Any]]) -> Any:
+    """A superset of the items ``Table.query`` can return, in ``all_items`` order; None: every item. On the table:
+    the hash key's partition (``items`` is keyed by it, and ``DynamoType`` hashes as it compares). On an index: the
+    items holding each string hash key condition's value (others are left to moto's own test)."""
+
+    def flat(found: Any) -> list[Any]:
+        return list(found.values()) if table.range_key_attr else [found]
+
+    if index_name is None:
+        if hash_key is None:
+            return None
+        found = table.items.get(hash_key)
+        return sorted(flat(found), key=_key_values) if found else []
+    strings = [(name, value.value) for name, value in conditions if value.type == "S"]
+    if not strings:
+        return None
+    return sorted(
+        (
+            item
+            for found in table.items.values()
+            for item in flat(found)
+            if all(
+                (v := item.attrs.get(name)) is not None and v.type == "S" and v.value == want for name, want in strings
+            )
+        ),
+        key=_key_values,
+    )
+
+
+class _QueryView:
+    """The table as moto's query code sees it, with ``all_items()`` limited to the candidates."""
+
+    def __init__(self, table: Table, candidates: list[Any]) -> None:
+        self._table, self._candidates = table, candidates
+
+    def all_items(self) -> list[Any]:
+        return self._candidates
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+
+def _cast(value: Any) -> Any:
+    """``DynamoType.cast_value``, a string's without the type tests."""
+    return value.value if value.type == "S" else value.cast_value
 
 
 def _key_values(item: Any) -> Any:
