@@ -34,17 +34,24 @@ Then the fleet is stopped with SIGTERM, the faults are switched off, and every i
   as excused);
 - no lease is left behind: nothing in progress, no lease token, the fleet counter at zero;
 - every audit trail is contiguous (events 1..version);
-- every event reached the webhook at least once, within 2 x the notifier's interval of its commit unless a kill, a
-  pause or an outage overlapped its delivery, or its own delivery met an injected failure and was retried (then
-  RETRY_ALLOWANCE_S more: ``_late``, ``_retried``); nothing is left in the outbox for the webhook (SNS, down, keeps
-  its events there until they run out of rounds). The report also tells how loaded the (serialized) emulator was
-  while each event was in flight, and the CPU time of the emulator and of the daemons;
+- every event reached the webhook at least once; nothing is left in the outbox for the webhook (SNS, down, keeps
+  its events there until they run out of rounds). How late each event was is reported: later than 2 x the
+  notifier's interval after its commit, and not excused by a kill, a pause or an outage that overlapped its delivery
+  or by an injected failure of its own delivery (then RETRY_ALLOWANCE_S more: ``_late``, ``_retried``); with how
+  loaded the (serialized) emulator was while each event was in flight, and the CPU time of the emulator and of the
+  daemons;
 - every daemon is still running and exits 0 on SIGTERM (none died of a fault);
 - every contract counter the run exercised moved: each daemon's ``/metrics`` is read just before it is killed and
   before the final stop, and the sums must show claims, heartbeats, lost leases (when a daemon logged one),
   takeovers (when the trail has one), transitions, notifications and AWS requests (``Report.counters``).
 
 The daemons' logs stay in the report's ``workdir``.
+
+``--calm``: the same fleet, worksets and channels with no chaos at all but SNS down for the whole run (no kill,
+pause, outage, denial or operator; no AWS fault; the webhook refuses nothing). It isolates what one channel down does
+to the others, and holds the bound as a violation: every event reaches the webhook within 2 x the notifier's
+interval of its commit. Under the chaos the same lateness is measured and reported, not failed on: there it mostly
+measures the emulator's load and the disturbances' aftermath (docs/performance.md). ``make chaos`` runs both.
 """
 
 from __future__ import annotations
@@ -179,14 +186,16 @@ def run(
     timeout_s: float = 600,
     drain_s: float = 300,
     down_channel: bool = True,
-    latency_bound: bool = True,
+    latency_bound: bool = False,
+    calm: bool = False,
     workdir: Path | None = None,
     out: Callable[[str], None] = print,
 ) -> Report:
     """``drain_s``: how long, once every workset is terminal, to wait for the webhook to have every event;
     ``down_channel``: the SNS channel, refused for the whole run; ``latency_bound``: a late notification is a
-    violation (a performance bound: ``make chaos`` holds the fleet to it; the bounded run in ``make test``, sharing
-    two cores with the rest of the suite, only reports it)."""
+    violation (a performance bound, held by the calm run of ``make chaos``; otherwise it is reported); ``calm``: no
+    chaos at all, only the channel that is down (no kill, pause, outage, denial or operator, no AWS or webhook
+    faults): the run that isolates what one channel down does to the others' latency."""
     rng = random.Random(seed)
     os.environ.update(CREDENTIALS)
     report = Report(worksets=worksets, daemons=daemons)
@@ -199,7 +208,7 @@ def run(
         faults = Faults(app, seed=seed, hang_s=READ_TIMEOUT_S + 0.5, down=frozenset({"sns"} if down_channel else ()))
         return faults
 
-    hook = Webhook(refuse=0.10, seed=seed)
+    hook = Webhook(refuse=0.0 if calm else 0.10, seed=seed)
     with Emulator(wrap=wrap) as emulator:
         assert faults is not None
         faults.enabled = False
@@ -217,7 +226,7 @@ def run(
         names = [f"ws-{n:04d}" for n in range(worksets)]
         _drop(s3, names)
         config = _config(work, emulator.endpoint, hook.url, topic["TopicArn"] if down_channel else None)
-        faults.enabled = True
+        faults.enabled = not calm
         started, started_wall = time.monotonic(), time.time()
         everyone: list[Daemon] = []  # every daemon started, for the kill times and pauses of its steps
 
@@ -232,13 +241,15 @@ def run(
         restarts = 0
         try:
             # each at least once, then at random; those that need a long step just started first, while there are many
-            actions = ["deny", "release", "cancel", "kill", "outage", "pause"]
+            actions = [] if calm else ["deny", "release", "cancel", "kill", "outage", "pause"]
             while time.monotonic() - started < timeout_s:
                 # The scripted first actions come quickly and always happen, even on a machine fast enough to finish
                 # the work before them (then they hit an idle fleet, which must survive them too).
                 time.sleep(rng.uniform(0.5, 1.5) if actions else rng.uniform(1.0, 3.0))
                 if not actions and _settled(store, work, config, report):
                     break
+                if calm:
+                    continue
                 spared = denied[0] if time.monotonic() < denied[1] else None
                 index = _victim(rng, fleet, store, spare=spared)
                 fresh = _fresh_long_runs(work / "runs.log")
@@ -679,6 +690,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--drain", type=float, default=300, help="seconds to wait for the webhook at the end")
     parser.add_argument("--no-down-channel", action="store_true", help="no SNS channel (the latency check's baseline)")
+    parser.add_argument(
+        "--calm", action="store_true", help="no chaos, SNS down all run; fails on an event later than 2 intervals"
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
     report = run(
@@ -688,6 +702,8 @@ def main() -> int:
         timeout_s=args.timeout,
         drain_s=args.drain,
         down_channel=not args.no_down_channel,
+        calm=args.calm,
+        latency_bound=args.calm,  # the channel-down bound, isolated; under the chaos lateness is reported
     )
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
