@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.config
 
 from monitor.aws import schema
 from monitor.aws.dynamo import DynamoStore
@@ -56,11 +57,13 @@ from monitor.aws.emulator import Emulator
 from monitor.config import TableConfig
 from monitor.model import EventType, State, WorksetId
 from tests import fleet, soak_checks
+from tests.emulator_faults import HARNESS, Faults
 from tests.fleet import CREDENTIALS, Daemon, SystemdSocket, Webhook
 from tests.lab import Lab
 from tests.soak_checks import Bounds, DaemonSample, Result, Sample, check
 
 BUCKET, PREFIX, TABLE = "soak-lab", "soak/", "soak-worksets"
+_HARNESS = botocore.config.Config(user_agent_extra=HARNESS)  # the harness's own calls, which a down service spares
 INTERVAL_S, LEASE_S, HEARTBEAT_S, SWEEP_S = 1.0, 6.0, 1.5, 1.0
 QUEUE_REFRESH_S, FINISHED_REFRESH_S = 30.0, 900.0  # the defaults: the queue gauges run as in production
 WAITING = (State.READY, State.IN_PROGRESS, State.RETRYING)
@@ -89,9 +92,12 @@ def run(
     seed: int = 1,
     watchdog_s: float = 20,
     bounds: Bounds | None = None,
+    down_channel: bool = False,
     workdir: Path | None = None,
     out: Any = print,
 ) -> Result:
+    """``down_channel``: an SNS channel beside the webhook, refused for the whole run (every ``Publish`` answered
+    503): the daemons run on with a backlog that only grows, for longer than the longest rest (``REST_MAX_S``)."""
     os.environ.update(CREDENTIALS)
     work = workdir or Path(tempfile.mkdtemp(prefix="wm-soak-"))
     result = Result(
@@ -109,14 +115,18 @@ def run(
         machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         load_average={"start": [round(x, 2) for x in os.getloadavg()]},
         workdir=str(work),
+        down_channel=down_channel,
     )
     hook = Webhook(refuse=0.10, seed=seed)
     sockets: list[SystemdSocket] = []
     daemons_: list[Daemon] = []
     arrived_ms: dict[str, int] = {}
     try:
-        with Emulator() as emulator:
+        wrap = _down if down_channel else None
+        with Emulator(wrap=wrap) as emulator:
             s3 = boto3.client("s3", endpoint_url=emulator.endpoint)
+            sns = boto3.client("sns", endpoint_url=emulator.endpoint, config=_HARNESS)
+            topic = sns.create_topic(Name="soak-down")["TopicArn"] if down_channel else None
             s3.create_bucket(Bucket=BUCKET)
             client = boto3.client("dynamodb", endpoint_url=emulator.endpoint)
             schema.ensure_table(client, TableConfig(name=TABLE))
@@ -129,6 +139,7 @@ def run(
                 prefix=PREFIX,
                 step=fleet.write_step(work, STEP, str(work / "runs.log"), str(seed)),
                 hook_url=hook.url,
+                sns_topic_arn=topic,
                 interval_s=INTERVAL_S,
                 lease_s=LEASE_S,
                 heartbeat_s=HEARTBEAT_S,
@@ -263,10 +274,26 @@ def _sample(
         phase="busy" if t_s < result.minutes * 60 else "idle",
         dropped=len(arrived_ms),
         backlog={state.value: sum(s == state.value for s in waiting.values()) for state in WAITING},
-        outbox=len(asyncio.run(store.pending_events(limit=100))),
+        **_outbox(store, result.down_channel),
         load1=round(os.getloadavg()[0], 2),
         daemons=per_daemon,
     )
+
+
+def _outbox(store: DynamoStore, down_channel: bool) -> dict[str, int]:
+    """What the outbox holds: pending (up to 100); with a channel down, those the webhook still waits for, and
+    every pending event (the down channel's backlog: read whole, thousands of events, once a sample)."""
+    if not down_channel:
+        return {"outbox": len(asyncio.run(store.pending_events(limit=100)))}
+    pending = asyncio.run(store.pending_events(limit=100_000))
+    return {"outbox": sum("webhook" not in e.notified for e in pending), "parked": len(pending)}
+
+
+def _down(app: Any) -> Any:
+    """The emulator with SNS refused (503) for the whole run, everything else answered as usual."""
+    faults = Faults(app, down=frozenset({"sns"}))
+    faults.enabled = False  # no other fault: only the channel is down
+    return faults
 
 
 async def _waiting(store: DynamoStore) -> dict[str, str]:
@@ -290,7 +317,12 @@ async def _final(result: Result, store: DynamoStore, arrived_ms: dict[str, int])
         if name in worksets and worksets[WorksetId(name)].state is State.COMPLETE:
             done = [e.at_ms for e in await store.history(WorksetId(name)) if e.type is EventType.COMPLETE]
             result.latency_s.extend(round((ms - at_ms) / 1000, 2) for ms in done[:1])
-    result.outbox_left = len(await store.pending_events(limit=100))
+    if result.down_channel:
+        pending = await store.pending_events(limit=100_000)
+        result.outbox_left = sum("webhook" not in e.notified for e in pending)
+        result.parked_left = len(pending)
+    else:
+        result.outbox_left = len(await store.pending_events(limit=100))
 
 
 # --- report -------------------------------------------------------------------------------------------------------
@@ -345,6 +377,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the result (summary and every sample) here")
     parser.add_argument("--plot", type=Path, help="draw RSS, AWS calls and the backlog over time (PNG) here")
+    parser.add_argument(
+        "--down-channel", action="store_true", help="an SNS channel refused all run, beside the webhook"
+    )
     parser.add_argument("--recheck", type=Path, metavar="JSON", help="no run: check (and --plot) a saved result")
     args = parser.parse_args()
     if args.recheck:
@@ -360,6 +395,7 @@ def main() -> int:
             daemons=args.daemons,
             seed=args.seed,
             watchdog_s=args.watchdog_s,
+            down_channel=args.down_channel,
         )
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")

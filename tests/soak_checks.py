@@ -57,7 +57,8 @@ class Sample:
     backlog: dict[str, int]  # ready, in_progress, retrying: read from the table
     load1: float
     daemons: list[DaemonSample]
-    outbox: int = 0  # notifications pending (up to 100): read from the table
+    outbox: int = 0  # notifications pending (up to 100), for the channels that work: read from the table
+    parked: int = 0  # with a channel down: every event still pending, most of them waiting for it only
 
 
 @dataclass
@@ -87,7 +88,9 @@ class Result:
     latency_s: list[float] = field(default_factory=list)  # arrival to ``complete``, per workset
     step_runs: int = 0
     temporary_failures: int = 0  # step runs that exited 75
-    outbox_left: int = 0
+    outbox_left: int = 0  # for the channels that work
+    down_channel: bool = False  # SNS refused all run: its backlog's cost is reported, not held to the idle budgets
+    parked_left: int = 0  # with a channel down: the events still waiting for it at the end
     webhook_deliveries: int = 0
     webhook_refused: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
@@ -157,8 +160,18 @@ def check(result: Result, bounds: Bounds) -> tuple[dict[str, Any], list[str]]:
         summary[name] = per_daemon
 
     summary["cpu"] = _cpu(result)
-    summary["calls_per_workset"] = _calls_per_workset(result, bounds, violations)
-    summary["idle"] = _idle(result, bounds, violations)
+    # With a channel down all run, the events waiting for it are claimed again every half to whole age (at most
+    # 15 minutes): a cost that grows with that backlog by design (docs/notifications.md). Measured and reported;
+    # the budgets hold for a fleet whose channels work.
+    held = [] if result.down_channel else violations
+    summary["calls_per_workset"] = _calls_per_workset(result, bounds, held)
+    summary["idle"] = _idle(result, bounds, held)
+    if result.down_channel:
+        summary["down_channel"] = {
+            "parked_max": max((s.parked for s in samples), default=0),
+            "parked_left": result.parked_left,
+            "not_held": held,
+        }
     summary["backlog"] = _backlog(result, bounds, warmup_s, violations)
 
     violations += result.stuck

@@ -187,3 +187,30 @@ def test_the_checks_catch_what_they_look_for() -> None:
         "2 notification(s) still in the outbox at the end",
         "a daemon did not stop cleanly on SIGTERM: exit codes [0, 1]",
     ]
+
+
+def test_with_a_channel_down_the_backlog_s_cost_is_reported_and_the_rest_still_held() -> None:
+    """A channel down all run: its backlog is claimed again every half to whole age, so calls grow with it by design;
+    the idle and per-workset budgets are reported for it, not held. Health, growth, the work and the webhook's outbox
+    still are."""
+    result = healthy(down_channel=True)
+    for sample in result.samples:
+        sample.parked = sample.dropped * 3  # every event waits for the down channel
+        if sample.phase == "idle":  # re-parks of the backlog: more than the idle budget
+            t = sample.t_s - 1800
+            calls = dict(sample.daemons[0].calls)
+            calls["dynamodb.UpdateItem"] = 5 * t
+            sample.daemons[0] = dataclasses.replace(sample.daemons[0], calls=calls)
+    summary, violations = check(result, Bounds())
+    assert violations == [], violations
+    assert summary["down_channel"]["parked_max"] == 2700
+    assert [v.split(" (")[0] for v in summary["down_channel"]["not_held"]] == [
+        "d0: 1920 DynamoDB calls in 240 idle intervals"
+    ]
+    assert check(dataclasses.replace(result, down_channel=False), Bounds())[1] == summary["down_channel"]["not_held"]
+    result.outbox_left = 4  # the webhook still waits for some: a working channel must not be held back
+    result.exit_codes = [0, 1]
+    assert check(result, Bounds())[1] == [
+        "4 notification(s) still in the outbox at the end",
+        "a daemon did not stop cleanly on SIGTERM: exit codes [0, 1]",
+    ]
