@@ -139,7 +139,10 @@ async def cmd_run(app: App) -> int:
         source=app.source,
         clock=app.clock,
         runner=steps.Runner(
-            app.clock, base_env=environ, observe=lambda step, r: metrics.step(step, r.outcome.value, r.seconds)
+            app.clock,
+            base_env=environ,
+            passthrough=settings.run.step_env_passthrough,
+            observe=lambda step, r: metrics.step(step, r.outcome.value, r.seconds),
         ),
         owner=owner,
         notifier=Notifier(environ.get("NOTIFY_SOCKET"), watchdog_usec=int(watchdog) if watchdog else None),

@@ -130,6 +130,10 @@ class LeaseConfig(Section):
         return self
 
 
+DEFAULT_PASSTHROUGH = ("PATH", "HOME", "LANG", "TZ")  # [run] step_env_passthrough's default
+NEVER_PASSED = "WORKSET_MONITOR_"  # the daemon's own settings, secrets among them: never in a step's environment
+
+
 class RunConfig(Section):
     max_concurrent: int = Field(2, ge=1)  # worksets driven at once by one daemon
     max_attempts: int = Field(3, ge=1)  # failed attempts before a workset is dead-lettered (state error)
@@ -137,6 +141,20 @@ class RunConfig(Section):
     retry_backoff_base_s: Seconds = 60.0
     retry_backoff_max_s: Seconds = 3600.0
     max_fleet_concurrent: int | None = Field(None, ge=1)  # worksets in progress across all daemons
+    # the daemon's environment variables its steps get besides their own WORKSET_* (NAME* for a prefix)
+    step_env_passthrough: list[str] = Field(default_factory=lambda: list(DEFAULT_PASSTHROUGH))
+
+    @field_validator("step_env_passthrough")
+    @classmethod
+    def _passthrough(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*\*?", name):
+                raise ValueError(f"{name!r} is not an environment variable name (NAME, or NAME* for a prefix)")
+            if name.upper().startswith(NEVER_PASSED):
+                raise ValueError(
+                    f"{name!r}: the daemon's own WORKSET_MONITOR_* settings (secrets among them) never reach a step"
+                )
+        return value
 
 
 class StepConfig(Section):

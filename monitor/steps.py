@@ -23,13 +23,13 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from monitor import logs
 from monitor.clock import Clock
-from monitor.config import StepConfig
+from monitor.config import DEFAULT_PASSTHROUGH, NEVER_PASSED, StepConfig
 
 log = logs.get("monitor.steps")
 
@@ -69,6 +69,18 @@ def render(step: StepConfig, values: Mapping[str, object]) -> list[str]:
     return [arg.format_map(values) for arg in step.command]
 
 
+def passed_on(env: Mapping[str, str], names: Sequence[str]) -> dict[str, str]:
+    """The part of the daemon's environment its steps get: the variables ``names`` lists (``NAME*``: every name
+    with that prefix), never the daemon's own ``WORKSET_MONITOR_*`` settings."""
+    exact = {name for name in names if not name.endswith("*")}
+    prefixes = tuple(name[:-1] for name in names if name.endswith("*"))
+    return {
+        key: value
+        for key, value in env.items()
+        if (key in exact or key.startswith(prefixes)) and not key.startswith(NEVER_PASSED)
+    }
+
+
 def environment(values: Mapping[str, object], step: str, base: Mapping[str, str]) -> dict[str, str]:
     env = dict(base)
     env |= {f"WORKSET_{name.upper()}": str(value) for name, value in values.items() if name != "workset_id"}
@@ -77,18 +89,21 @@ def environment(values: Mapping[str, object], step: str, base: Mapping[str, str]
 
 
 class Runner:
-    """Runs steps; ``base_env`` is the environment children inherit (the daemon's own, given by the CLI)."""
+    """Runs steps. A step's environment is its own ``WORKSET_*`` variables and, of ``base_env`` (the daemon's
+    environment, given by the CLI), only what ``passthrough`` lists (``[run] step_env_passthrough``): a daemon's
+    secrets and credentials given by environment never reach a step, its output, the log or the audit trail."""
 
     def __init__(
         self,
         clock: Clock,
         *,
         base_env: Mapping[str, str],
+        passthrough: Sequence[str] = DEFAULT_PASSTHROUGH,
         kill_grace_s: float = 5.0,
         observe: Callable[[str, Result], None] | None = None,
     ) -> None:
         self._clock = clock
-        self._base_env = dict(base_env)
+        self._base_env = passed_on(base_env, passthrough)
         self._kill_grace_s = kill_grace_s
         self._observe = observe  # metrics: every finished run, by step name
 

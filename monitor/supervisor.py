@@ -60,6 +60,7 @@ RESTART_ONLY: tuple[tuple[str, str | None], ...] = (
     ("metrics", "host"),
     ("metrics", "port"),
     ("metrics", "cloudwatch"),
+    ("run", "step_env_passthrough"),
     ("log", "format"),
 )
 

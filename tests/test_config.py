@@ -164,6 +164,15 @@ def test_unknown_keys_are_errors_at_every_level(tmp_path: Path, text: str, expec
             "line 2: table.billing_mode: Input should be 'PAY_PER_REQUEST'",
         ),
         ("[run]\nmax_concurrent = 0\n", "run.max_concurrent: Input should be greater than or equal to 1"),
+        (
+            "[run]\nstep_env_passthrough = ['PATH', 'WORKSET_MONITOR_NOTIFY__WEBHOOK__SECRET']\n",
+            "line 2: run.step_env_passthrough: 'WORKSET_MONITOR_NOTIFY__WEBHOOK__SECRET': the daemon's own "
+            "WORKSET_MONITOR_* settings (secrets among them) never reach a step",
+        ),
+        (
+            "[run]\nstep_env_passthrough = ['PATH', 'AWS_*', 'MY VAR']\n",
+            "run.step_env_passthrough: 'MY VAR' is not an environment variable name (NAME, or NAME* for a prefix)",
+        ),
         ("[scan]\nbucket = 'Not_A_Bucket'\n", "scan.bucket: invalid S3 bucket name"),
         ("[notify]\nevents = ['reopened']\n", "notify.events: cannot notify on reopened"),
         (

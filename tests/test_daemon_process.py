@@ -331,3 +331,37 @@ def test_secrets_never_reach_the_log(env: dict[str, Any]) -> None:
     assert "Linear refused the API key" in log  # the failure itself is reported...
     for value in ("TOPSECRETKEY", "XOXBTOKENSECRET", "HMACSECRETVALUE"):
         assert value not in log, f"a secret ({value}) reached the log"  # ...but never the secrets
+
+
+def test_a_step_that_prints_its_environment_leaks_no_secret(env: dict[str, Any]) -> None:
+    """Steps inherited the daemon's whole environment: a step printing it put the webhook secret and the AWS keys
+    into the log and, through its output tail, the audit trail in the table."""
+    secrets = {
+        "WORKSET_MONITOR_NOTIFY__WEBHOOK__URL": "http://127.0.0.1:9/hooks/XOXBTOKENSECRET",
+        "WORKSET_MONITOR_NOTIFY__WEBHOOK__SECRET": "HMACSECRETVALUE",
+        "AWS_SECRET_ACCESS_KEY": "AWSSECRETVALUE",  # the daemon's own identity: the emulator takes any key
+    }
+    dump = (  # one variable a line (no braces: they would be placeholders); 75 first, so a retry's event has it too
+        "import os, sys; print(*(k + '=' + v for k, v in sorted(os.environ.items())), sep=chr(10)); "
+        "sys.exit(0 if os.environ['WORKSET_ATTEMPT'] == '2' else 75)"
+    )
+    config = write_config(env, dump)
+    env["lab"].workset("ws-env", prefix="w/")
+    daemon = env["start"](config, env=secrets)
+    until(lambda: (ws := get(env, "ws-env")) and ws.state is State.COMPLETE, what="the second attempt")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    history = subprocess.run(
+        [sys.executable, "-m", "monitor", "history", "ws-env", "--json", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **secrets},
+        check=True,
+    ).stdout
+    table = boto3.client("dynamodb", region_name=REGION, endpoint_url=env["endpoint"])
+    items = json.dumps(table.scan(TableName=TABLE)["Items"])
+    assert "WORKSET_EPOCH" in daemon.log() and "WORKSET_EPOCH" in history and "WORKSET_EPOCH" in items  # it printed
+    for where, text in (("the log", daemon.log()), ("history --json", history), ("the table", items)):
+        for value in ("XOXBTOKENSECRET", "HMACSECRETVALUE", "AWSSECRETVALUE"):
+            assert value not in text, f"a secret ({value}) reached {where}"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,3 +202,45 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
     except OSError:
         return "X"
+
+
+def test_a_step_sees_only_its_own_variables_and_the_allowed_ones() -> None:
+    """Steps inherited the daemon's whole environment: a webhook secret, the Linear key and AWS credentials given by
+    environment reached every step, and a step that printed them put them in the log and the audit trail."""
+    daemon_env = {
+        "PATH": os.environ["PATH"],
+        "HOME": "/var/lib/workset-monitor",
+        "LANG": "C.UTF-8",
+        "WORKSET_MONITOR_NOTIFY__WEBHOOK__SECRET": "hook-secret",
+        "WORKSET_MONITOR_NOTIFY__LINEAR__API_KEY": "lin_api_secret",
+        "WORKSET_MONITOR_CONFIG": "/etc/workset-monitor/config.toml",
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+        "AWS_SHARED_CREDENTIALS_FILE": "/root/.aws/credentials",
+        "CREDENTIALS_DIRECTORY": "/run/credentials/workset-monitor.service",
+        "LC_ALL": "C.UTF-8",
+    }
+    dump = step("import json, os; print(json.dumps(dict(os.environ), sort_keys=True))")
+
+    def seen(**runner: Any) -> dict[str, str]:
+        async def main() -> Result:
+            return await Runner(SystemClock(), base_env=daemon_env, **runner).run(dump, VALUES, stop=asyncio.Event())
+
+        result = run(main())
+        assert result.outcome is Outcome.DONE, result.tail
+        env = json.loads(result.tail)
+        env.pop("PWD", None)  # some platforms add it
+        return env
+
+    own = {f"WORKSET_{k.upper()}": str(v) for k, v in VALUES.items() if k != "workset_id"}
+    own |= {"WORKSET_ID": "ws-1", "WORKSET_STEP": "s"}
+    default = {"PATH": os.environ["PATH"], "HOME": "/var/lib/workset-monitor", "LANG": "C.UTF-8"}
+    assert seen() == own | default
+    # An operator lists what their steps need, a prefix ending in * included; the daemon's own settings never pass.
+    listed = seen(passthrough=("PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LC_*"))
+    assert listed == own | {
+        "PATH": os.environ["PATH"],
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+        "LC_ALL": "C.UTF-8",
+    }
