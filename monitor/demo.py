@@ -149,6 +149,8 @@ max_attempts = 3
 shutdown_grace_s = 5.0
 retry_backoff_base_s = 2.0
 retry_backoff_max_s = 4.0
+# the example steps read and write S3 themselves, with the demo's (fake) credentials and the emulator's endpoint
+step_env_passthrough = ["PATH", "HOME", "LANG", "TZ", "AWS_*"]
 
 [metrics]
 host = "127.0.0.1"
