@@ -115,6 +115,7 @@ async def cmd_stats(app: App) -> int:
 
 async def cmd_run(app: App) -> int:
     settings = app.settings
+    config.require_pipeline(settings, app.loaded.path)
     if not settings.scan.bucket:
         raise errors.ConfigError(f"run needs [scan] bucket (or ${config.ENV_PREFIX}SCAN__BUCKET)")
     app.metrics = metrics = Metrics()
@@ -187,6 +188,7 @@ async def cmd_notify_test(app: App) -> int:
 
 def cmd_check_config(app: App) -> int:
     s = app.settings
+    config.require_pipeline(s, app.loaded.path)
     text = (
         f"{app.loaded.path}: valid (table {s.table.name}, bucket {s.scan.bucket or '-'}, "
         f"{len(s.scan.prefixes)} prefix(es), {len(s.pipeline.steps)} step(s))"
@@ -224,6 +226,7 @@ def cmd_iam_policy(app: App) -> int:
 
 
 def cmd_check(app: App) -> int:
+    config.require_pipeline(app.settings, app.loaded.path)
     results = preflight.run(app.settings, app.clients, config_path=str(app.loaded.path))
     rows = [(c.status, c.name, c.detail) for c in results]
     app.emit(

@@ -311,6 +311,17 @@ def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, s
     return DEFAULT_CONFIG_PATH
 
 
+def require_pipeline(settings: Settings, path: object) -> None:
+    """What runs worksets (``run``) and what checks a daemon's config (``check``, ``check-config``) needs the
+    pipeline declared: with no ``[[pipeline.steps]]`` every workset would be marked complete without anything run.
+    ``[pipeline] steps = []`` declares an empty one on purpose (registration and notification only)."""
+    if "steps" not in settings.pipeline.model_fields_set:
+        raise errors.ConfigError(
+            f"{path}: no [[pipeline.steps]]: run would mark every workset complete without running anything; "
+            "declare the steps, or put steps = [] under [pipeline] to run none on purpose"
+        )
+
+
 def load(explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Loaded:
     """Read, merge and validate the configuration; any problem is one ConfigError line."""
     env = os.environ if environ is None else environ

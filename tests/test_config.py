@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -279,3 +280,26 @@ def test_the_cli_exits_78_with_one_line_and_no_traceback(tmp_path: Path, text: s
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "check-config", "check"])
+@pytest.mark.parametrize("text", ["", "[scan]\nbucket = 'lab'\n", "[scan]\nbucket = 'lab'\n[pipeline]\n"])
+def test_a_daemon_config_without_steps_is_refused(tmp_path: Path, command: str, text: str) -> None:
+    """A config without [[pipeline.steps]] was valid: run marked every workset complete ("all steps finished"),
+    with dual-write on it wrote daylily.complete too, and check and check-config both passed."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    result = _cli(command, "--config", str(path), env={**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert result.returncode == 78, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"{path}: no [[pipeline.steps]]" in lines[0] and "steps = []" in lines[0]
+
+
+def test_an_empty_pipeline_declared_on_purpose_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[scan]\nbucket = 'lab'\n[pipeline]\nsteps = []  # registration and notification only\n")
+    result = _cli("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "0 step(s)" in result.stdout
+    assert _cli("list", "--config", str(tmp_path / "c.toml"), "--help").returncode == 0

@@ -216,6 +216,7 @@ def site(aws_endpoint: str, tmp_path: Path) -> dict[str, Any]:
         f'[scan]\nbucket = "{BUCKET}"\nprefixes = ["worksets/"]\nsqs_queue_url = "{queue}"\n'
         f'[notify.sns]\ntopic_arn = "{topic}"\n'
         f"[metrics]\nport = {port}\n"
+        '[[pipeline.steps]]\nname = "work"\ncommand = ["true"]\n'
     )
     return {"config": path, "endpoint": aws_endpoint, "lab": Lab(s3), "tmp": tmp_path}
 
