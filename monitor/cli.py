@@ -36,7 +36,6 @@ from monitor.commands import (
     transition,
 )
 from monitor.model import (
-    Priority,
     State,
     check_bucket,
     check_workset_id,
@@ -122,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=workset_id, metavar="ID")
     p.add_argument("--bucket", type=_arg(check_bucket), help="default: [scan] bucket")
     p.add_argument("--prefix", help="the workset's own folder, e.g. worksets/ws-001/")
-    p.add_argument("--priority", type=_arg(parse_priority), default=Priority.NORMAL, help="urgent, normal or low")
+    p.add_argument(
+        "--priority", type=_arg(parse_priority), help="urgent, normal or low (default: the folder's daylily_info.yaml)"
+    )
+    p.add_argument("--no-validate", action="store_true", help="register the folder without checking it")
     p.add_argument("--reason", help="recorded in the audit trail")
 
     add("show", cmd_show, "show one workset").add_argument("id", type=workset_id, metavar="ID")

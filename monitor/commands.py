@@ -9,7 +9,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from monitor.migration import Migration
 from monitor.model import (
     Event,
     EventType,
+    Priority,
     State,
     WorksetId,
 )
@@ -61,19 +62,24 @@ async def cmd_register(app: App) -> int:
     bucket = args.bucket or app.settings.scan.bucket
     if not bucket:
         raise errors.InvalidInput("register needs --bucket (no [scan] bucket is configured)")
-    prefix = args.prefix
-    if prefix is None:
-        if len(app.settings.scan.prefixes) != 1:
-            raise errors.InvalidInput("register needs --prefix (the workset's own folder, e.g. worksets/ws-001/)")
-        prefix = f"{app.settings.scan.prefixes[0]}{workset_id}/"
-    prefix = _workset_prefix(prefix, workset_id)
+    prefix = _hand_prefix(args.prefix, workset_id, app.settings.scan.prefixes)
+    priority = args.priority
+    known = await app.store.get(workset_id)
+    if known is None and not args.no_validate:
+        verdict = await validation.inspect(
+            S3Source(app.clients.get("s3"), bucket),
+            folder=prefix,
+            max_manifest_bytes=app.settings.scan.max_manifest_bytes,
+        )
+        _refuse_unless_new(verdict, f"s3://{bucket}/{prefix}")
+        priority = priority or verdict.priority
     created, ws = await actions.register(
         app.store,
         workset_id=workset_id,
         bucket=bucket,
         prefix=prefix,
-        priority=args.priority,
-        ctx=app.context("registered by hand"),
+        priority=priority or Priority.NORMAL,
+        ctx=app.context("registered by hand" + (" (not validated)" if args.no_validate else "")),
     )
     if created:
         text = f"registered {ws.workset_id} ({ws.priority.value}) at {ws.s3_uri}: {ws.state.value}"
@@ -293,6 +299,8 @@ async def cmd_migrate(app: App) -> int:
 def transition(action: Action | Callable[[argparse.Namespace], Action], default_reason: str) -> Any:
     async def command(app: App) -> int:
         chosen = action(app.args) if callable(action) else action
+        if chosen in (Action.RETRY, Action.RETRY_FORCE):
+            await _refuse_stand_in(app, app.args.id)
         if chosen is Action.RETRY:
             await _revalidate(app, app.args.id)
         decision = await actions.act(
@@ -320,6 +328,18 @@ def transition(action: Action | Callable[[argparse.Namespace], Action], default_
     return command
 
 
+async def _refuse_stand_in(app: App, workset_id: WorksetId) -> None:
+    """A folder whose name is not a valid workset id is registered under a stand-in id, as invalid, and is never
+    run (not even with ``--force``): its name would reach the steps' arguments (``{s3_uri}``) and the logs."""
+    ws = await app.store.get(workset_id)
+    if ws is not None and ws.prefix.rstrip("/").rsplit("/", 1)[-1] != ws.workset_id:
+        name = ascii(ws.prefix.rstrip("/").rsplit("/", 1)[-1][:80])
+        raise errors.InvalidInput(
+            f"{workset_id} stands in for the folder {name}, whose name is not a valid workset id (1-128 characters "
+            "from A-Z a-z 0-9 . _ -): rename the folder, and the scanner registers it under its new name"
+        )
+
+
 async def _revalidate(app: App, workset_id: WorksetId) -> None:
     """A workset that failed validation is re-opened only once its folder passes validation: otherwise the pipeline
     would run on the input that was refused. ``retry --force`` skips this (and the S3 reads)."""
@@ -338,12 +358,33 @@ async def _revalidate(app: App, workset_id: WorksetId) -> None:
         )
 
 
-def _workset_prefix(prefix: str, workset_id: str) -> str:
-    prefix = prefix.lstrip("/")
-    prefix = prefix if prefix.endswith("/") else prefix + "/"
-    if prefix.rstrip("/").rsplit("/", 1)[-1] != workset_id:
+def _hand_prefix(given: str | None, workset_id: str, prefixes: Sequence[str]) -> str:
+    """The folder of a workset registered by hand: one the scanner would look at, a configured ``[scan]`` prefix
+    followed by the workset id (which names no other folder: no ``..``, no absolute path, nothing outside the
+    prefixes, nothing a terminal or a log line would misread)."""
+    folders = [f"{prefix}{workset_id}/" for prefix in prefixes]
+    if given is None:
+        if len(folders) != 1:
+            raise errors.InvalidInput(f"register needs --prefix, one of: {', '.join(folders)}")
+        return folders[0]
+    folder = given if given.endswith("/") else given + "/"
+    if folder not in folders:
+        shown = ascii(given[:80]) + ("..." if len(given) > 80 else "")
         raise errors.InvalidInput(
-            f"--prefix {prefix!r} is not the folder of {workset_id!r}: the workset id is the folder name, "
-            f"so the prefix must end in {workset_id}/"
+            f"--prefix {shown} is not a folder the scanner looks at for {workset_id}: use "
+            f"{' or '.join(folders)} (a [scan] prefix, then the workset id)"
         )
-    return prefix
+    return folder
+
+
+def _refuse_unless_new(verdict: validation.Verdict, where: str) -> None:
+    """A folder registered by hand must be one the scanner would register as a new workset."""
+    if verdict.kind == "new":
+        return
+    if verdict.kind == "legacy":
+        why = f"{where} has {verdict.reason}: bring it over with `workset-monitor migrate`"
+    elif verdict.kind == "pending":
+        why = f"{where}: {verdict.reason} (the scanner registers it once it is written)"
+    else:  # invalid, ignored
+        why = f"{where} is not a workset to run: {verdict.reason}"
+    raise errors.InvalidInput(f"{why}; --no-validate registers it as it is")

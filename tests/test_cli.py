@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -10,13 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 
 from monitor import actions, cli, states
 from monitor.aws import schema
 from monitor.aws.dynamo import DynamoStore
+from monitor.aws.s3 import S3Source
+from monitor.clock import SystemClock
 from monitor.config import TableConfig
 from monitor.model import Lease, Priority, State, WorksetId
+from monitor.scanner import Scanner
 from monitor.states import Action, Context
 from tests.conftest import REGION, run
 from tests.lab import BUCKET, Lab
@@ -69,6 +74,7 @@ def test_an_operator_sets_up_and_works_the_queue(config_file: Path, aws_endpoint
                 f"worksets/{name}/",
                 "--priority",
                 priority,
+                "--no-validate",  # the queue's story: the folders are not in S3
             )
         )
         assert f"registered {name} ({priority})" in out
@@ -150,7 +156,7 @@ def ready_table(config_file: Path, aws_endpoint: str) -> Path:
 
 
 def test_register_defaults_to_the_configured_bucket_and_prefix(ready_table: Path, capsys: Any) -> None:
-    code, out, _ = main(capsys, "--config", str(ready_table), "register", "ws-7", "--json")
+    code, out, _ = main(capsys, "--config", str(ready_table), "register", "ws-7", "--json", "--no-validate")
     assert code == 0
     data = json.loads(out)
     assert data["registered"] and data["workset"]["s3_uri"] == "s3://lab-bucket/worksets/ws-7/"
@@ -181,7 +187,7 @@ def test_malformed_arguments_are_usage_errors(
 
 def test_a_prefix_that_is_not_the_workset_folder_is_refused(ready_table: Path, capsys: Any) -> None:
     code, _, err = main(capsys, "--config", str(ready_table), "register", "ws-1", "--prefix", "worksets/other/")
-    assert code == 1 and "must end in ws-1/" in err
+    assert code == 1 and "use worksets/ws-1/ (a [scan] prefix, then the workset id)" in err
 
 
 def test_unknown_worksets_are_reported_plainly(ready_table: Path, capsys: Any) -> None:
@@ -192,8 +198,8 @@ def test_unknown_worksets_are_reported_plainly(ready_table: Path, capsys: Any) -
 
 def test_cancel_set_priority_and_show(ready_table: Path, capsys: Any) -> None:
     cfg = ("--config", str(ready_table))
-    assert main(capsys, *cfg, "register", "a")[0] == 0
-    assert main(capsys, *cfg, "register", "b", "--priority", "low")[0] == 0
+    assert main(capsys, *cfg, "register", "a", "--no-validate")[0] == 0
+    assert main(capsys, *cfg, "register", "b", "--priority", "low", "--no-validate")[0] == 0
     code, out, _ = main(capsys, *cfg, "set-priority", "b", "urgent")
     assert code == 0 and "b: ready -> ready (priority low -> urgent)" in out
     assert [w["workset_id"] for w in json.loads(main(capsys, *cfg, "list", "--json")[1])] == ["b", "a"]
@@ -236,7 +242,7 @@ def test_unreachable_aws_exits_69(tmp_path: Path, capsys: Any) -> None:
 
 def test_json_output_of_a_transition(ready_table: Path, capsys: Any) -> None:
     cfg = ("--config", str(ready_table))
-    main(capsys, *cfg, "register", "a")
+    main(capsys, *cfg, "register", "a", "--no-validate")
     code, out, _ = main(capsys, *cfg, "ignore", "a", "--json", "--reason", "duplicate run")
     data = json.loads(out)
     assert code == 0 and (data["from_state"], data["to_state"]) == ("ready", "ignored")
@@ -257,7 +263,7 @@ def test_release_takes_a_running_workset_back_and_requires_a_reason(
     ready_table: Path, aws_endpoint: str, capsys: Any
 ) -> None:
     cfg = ("--config", str(ready_table))
-    main(capsys, *cfg, "register", "stuck")
+    main(capsys, *cfg, "register", "stuck", "--no-validate")
     code, _, err = main(capsys, *cfg, "release", "stuck", "--reason", "x")
     assert code == 1 and "cannot force release a workset that is ready" in err
     _claim(aws_endpoint, "stuck")
@@ -331,7 +337,10 @@ def test_show_of_a_corrupt_item_is_one_clear_line(ready_table: Path, aws_endpoin
     """Issue 14.7: reading an item with a fraction in an integer attribute ended in a traceback."""
     config = str(ready_table)
     for name in ("ws-bad", "ws-good"):
-        assert main(capsys, "--config", config, "register", name, "--bucket", BUCKET, "--prefix", f"w/{name}/")[0] == 0
+        registered = main(
+            capsys, "--config", config, "register", name, "--prefix", f"worksets/{name}/", "--no-validate"
+        )
+        assert registered[0] == 0
     client = boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint)
     client.update_item(
         TableName="daylily-worksets",
@@ -349,3 +358,106 @@ def test_show_of_a_corrupt_item_is_one_clear_line(ready_table: Path, aws_endpoin
     )
     code, out, _ = main(capsys, "--config", config, "list")
     assert code == 0 and "ws-good" in out and "ws-bad" not in out
+
+
+# --- hand registration follows the scanner's rules ---------------------------------------------------------------
+
+
+@pytest.fixture
+def lab(ready_table: Path, aws_endpoint: str) -> Lab:
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=aws_endpoint)
+    s3.create_bucket(Bucket=BUCKET)
+    return Lab(s3)
+
+
+def _registered(aws_endpoint: str) -> list[str]:
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint)
+    return sorted({item["pk"]["S"] for item in client.scan(TableName="daylily-worksets")["Items"]})
+
+
+@pytest.mark.parametrize(
+    ("workset", "prefix"),
+    [
+        ("ok-id", "../../ok-id/"),
+        ("ok-id", "worksets/../ok-id/"),
+        ("ok-id", "worksets/x/../ok-id/"),
+        ("ok-id", "/worksets/ok-id/"),
+        ("ok-id", "elsewhere/ok-id/"),  # outside every configured prefix
+        ("ok-id", "worksets/nested/ok-id/"),
+        ("ok-id", "worksets/\nfake log line/ok-id/"),
+        ("ok-id", "worksets/$(id)/ok-id/"),
+        ("ok-id", "worksets/" + "a" * 1200 + "/ok-id/"),
+    ],
+)
+def test_hand_registration_takes_only_the_folders_the_scanner_would(
+    ready_table: Path, lab: Lab, aws_endpoint: str, capsys: Any, workset: str, prefix: str
+) -> None:
+    """register --prefix accepted ../../ok-id/, absolute paths, a newline, 1 200 characters and folders outside
+    every configured prefix, and the daemon ran the pipeline on them."""
+    with contextlib.suppress(botocore.exceptions.ClientError):  # a valid folder is there, where S3 allows one
+        lab.workset(workset, prefix=prefix.removesuffix(f"{workset}/").lstrip("/"))
+    code, out, err = main(capsys, "--config", str(ready_table), "register", workset, "--prefix", prefix)
+    assert code == 1 and out == "", (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "worksets/ok-id/" in lines[0], err  # says which folder it would take
+    assert "\n" not in lines[0] and "\x1b" not in err
+    assert _registered(aws_endpoint) == []
+
+
+def test_hand_registration_validates_the_folder_as_the_scanner_does(
+    ready_table: Path, lab: Lab, aws_endpoint: str, capsys: Any
+) -> None:
+    cfg = ("--config", str(ready_table))
+    lab.workset("ws-good", priority="urgent")
+    code, out, _ = main(capsys, *cfg, "register", "ws-good")
+    assert code == 0 and "registered ws-good (urgent)" in out  # the priority the folder asks for
+    lab.workset("ws-bad", files={"stage_samples.tsv": None})
+    code, _, err = main(capsys, *cfg, "register", "ws-bad")
+    assert code == 1 and "stage_samples.tsv: required file is missing" in err and "--no-validate" in err
+    lab.workset("ws-early", sentinels=())
+    code, _, err = main(capsys, *cfg, "register", "ws-early")
+    assert code == 1 and "no daylily.ready yet" in err
+    lab.workset("ws-old", sentinels=("daylily.ready", "daylily.complete"))
+    code, _, err = main(capsys, *cfg, "register", "ws-old")
+    assert code == 1 and "workset-monitor migrate" in err
+    lab.workset("ws-hands-off", sentinels=("daylily.ignore",))
+    code, _, err = main(capsys, *cfg, "register", "ws-hands-off")
+    assert code == 1 and "daylily.ignore is present" in err
+    code, _, err = main(capsys, *cfg, "register", "ws-nowhere")
+    assert code == 1 and "no daylily.ready yet" in err
+    assert _registered(aws_endpoint) == ["ws-good"]
+    # An operator who knows better says so.
+    code, out, _ = main(capsys, *cfg, "register", "ws-early", "--no-validate", "--priority", "low")
+    assert code == 0 and "registered ws-early (low)" in out
+    assert sorted(_registered(aws_endpoint)) == ["ws-early", "ws-good"]
+
+
+def test_a_folder_registered_under_a_stand_in_id_is_never_run(
+    ready_table: Path, lab: Lab, aws_endpoint: str, capsys: Any
+) -> None:
+    """retry of a folder registered under a stand-in id (its name unusable) re-validated the content, not the name,
+    and ran it: {s3_uri} then carried the unsafe name into the step's arguments."""
+    name = "x;$(id)"
+    lab.workset(name)
+    store = DynamoStore(boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint), "daylily-worksets")
+    s3 = S3Source(boto3.client("s3", region_name=REGION, endpoint_url=aws_endpoint), BUCKET)
+    scanner = Scanner(store, s3, SystemClock(), prefixes=["worksets/"], actor="scanner:test")
+    stand_in, _ = scanner.identify("worksets/", name)  # what a scan registers it under, as invalid
+    run(
+        actions.register(
+            store,
+            workset_id=stand_in,
+            bucket=BUCKET,
+            prefix=f"worksets/{name}/",
+            priority=Priority.NORMAL,
+            ctx=Context(now_ms=1, actor="scanner:test", reason="found in S3"),
+            invalid_reason="folder name is not a valid workset id",
+        )
+    )
+    (ws,) = run(store.list())
+    assert ws.workset_id.startswith("invalid-name-") and ws.state is State.ERROR
+    for force in ((), ("--force",)):
+        code, _, err = main(capsys, "--config", str(ready_table), "retry", ws.workset_id, *force)
+        assert code == 1 and "not a valid workset id" in err and "rename the folder" in err, err
+        again = run(store.get(ws.workset_id))
+        assert again is not None and again.state is State.ERROR
