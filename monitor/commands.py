@@ -265,7 +265,16 @@ def cmd_import(app: App) -> int:
         raise errors.InvalidInput(f"{source}: cannot read ({exc.strerror or exc})") from None
     with handle:
         items = backup.read(handle, source="stdin" if source == "-" else source)
-    report = backup.load(app.clients.get("dynamodb"), app.settings.table.name, items, force=app.args.force)
+    ctx = app.context("import")
+    report = backup.load(
+        app.clients.get("dynamodb"),
+        app.settings.table.name,
+        items,
+        force=app.args.force,
+        actor=ctx.actor,
+        source="stdin" if source == "-" else source,
+        now_ms=ctx.now_ms,
+    )
     text = (
         f"worksets: {report.worksets_written} written, {report.worksets_kept} kept (the table's were as new); "
         f"events: {report.events_written} written, {report.events_kept} already there; "

@@ -70,6 +70,7 @@ class EventType(StrEnum):
     REOPENED = "reopened"
     PRIORITY_CHANGED = "priority_changed"
     DUPLICATE = "duplicate"
+    IMPORTED = "imported"  # import --force replaced the table's copy with an older one from a file
     TEST = "test"
 
 

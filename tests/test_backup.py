@@ -6,14 +6,16 @@ import io
 from collections.abc import Callable
 from typing import Any
 
-from monitor import actions
+import pytest
+
+from monitor import actions, errors
 from monitor.aws import backup, codec, schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.clock import SystemClock
 from monitor.config import TableConfig
 from monitor.leases import Claimer, Policy
-from monitor.model import Priority, State, WorksetId
-from monitor.states import Context
+from monitor.model import EventType, Priority, State, WorksetId
+from monitor.states import Action, Context
 from tests.conftest import run
 
 
@@ -68,3 +70,45 @@ def test_import_keeps_the_fleet_counter_exact_while_a_daemon_claims(dynamodb: An
     assert len(in_progress) == 1 + len(claimed) and len(claimed) >= 3
     counter = dynamodb.get_item(TableName="live", Key=codec.FLEET_KEY, ConsistentRead=True)["Item"]
     assert int(counter["running"]["N"]) == len(in_progress)
+
+
+def _export(dynamodb: Any, table: str) -> list[dict[str, Any]]:
+    out = io.StringIO()
+    backup.export(dynamodb, table, out, now_iso="2026-12-03T00:00:00Z")
+    return backup.read(io.StringIO(out.getvalue()), source="old.jsonl")
+
+
+def test_a_forced_import_of_an_older_copy_is_a_new_audited_version(dynamodb: Any) -> None:
+    """import --force of an older copy set a workset's version back (16 -> 8) while its newer events stayed: every
+    later action then failed forever ("kept changing... try again"), and no audit event recorded the import."""
+    schema.ensure_table(dynamodb, TableConfig(name="live"))
+    store = DynamoStore(dynamodb, "live")
+    _register(store, "ws-1")
+    older = _export(dynamodb, "live")  # version 1: ready
+    ctx = Context(now_ms=SystemClock().now_ms(), actor="operator:test")
+    run(actions.act(store, WorksetId("ws-1"), Action.CANCEL, ctx))
+    run(actions.act(store, WorksetId("ws-1"), Action.RETRY, ctx))
+    run(actions.act(store, WorksetId("ws-1"), Action.IGNORE, ctx))  # version 4: ignored
+    report = backup.load(dynamodb, "live", older, force=True, actor="operator:alice@host", source="old.jsonl")
+    assert report.worksets_written == 1
+    ws = run(store.get(WorksetId("ws-1")))
+    assert ws is not None and (ws.state, ws.version) == (State.READY, 5)  # the file's state, a version on top
+    history = run(store.history(WorksetId("ws-1")))
+    assert [e.seq for e in history] == [1, 2, 3, 4, 5]
+    last = history[-1]
+    assert (last.type, last.from_state, last.to_state, last.actor) == (
+        EventType.IMPORTED,
+        State.IGNORED,
+        State.READY,
+        "operator:alice@host",
+    )
+    assert "old.jsonl" in last.reason and "version 1" in last.reason
+    # ...and the workset works on: the next action is an ordinary one.
+    run(actions.act(store, WorksetId("ws-1"), Action.CANCEL, ctx))
+    assert run(store.get(WorksetId("ws-1"))).version == 6  # type: ignore[union-attr]
+
+
+def test_an_import_file_without_a_header_is_refused(dynamodb: Any) -> None:
+    for text in ("", "\n\n"):
+        with pytest.raises(errors.InvalidInput, match=r"empty.jsonl: empty: not a workset-monitor export"):
+            backup.read(io.StringIO(text), source="empty.jsonl")

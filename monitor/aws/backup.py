@@ -12,6 +12,7 @@ the same table. Its retry sequence is advanced, so that running daemons read the
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -20,7 +21,7 @@ import botocore.exceptions
 
 from monitor import errors
 from monitor.aws import clients, codec
-from monitor.model import State
+from monitor.model import Event, EventType, State
 
 FORMAT, VERSION = "workset-monitor-export", 1
 _TRIES = 5  # reads and conditional writes of one workset that a daemon keeps changing meanwhile
@@ -48,6 +49,7 @@ def export(client: Any, table: str, out: TextIO, *, now_iso: str) -> int:
 def read(lines: Iterable[str], *, source: str) -> list[dict[str, Any]]:
     """Parse and check an export completely; a problem is one error naming the file and line."""
     items = []
+    header = False
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -60,6 +62,7 @@ def read(lines: Iterable[str], *, source: str) -> list[dict[str, Any]]:
                 raise errors.InvalidInput(f"{source} line 1: not a workset-monitor export (no header)")
             if data.get("version") != VERSION:
                 raise errors.InvalidInput(f"{source} line 1: export format version {data.get('version')} unsupported")
+            header = True
             continue
         item = data.get("item") if isinstance(data, dict) else None
         if not isinstance(item, dict) or "S" not in item.get("pk", {}) or "S" not in item.get("sk", {}):
@@ -73,17 +76,32 @@ def read(lines: Iterable[str], *, source: str) -> list[dict[str, Any]]:
             problem = f"attribute {exc.attribute} {exc.problem}"
             raise errors.InvalidInput(f"{source} line {number}: not a valid workset or event ({problem})") from None
         items.append(item)
+    if not header:
+        raise errors.InvalidInput(f"{source}: empty: not a workset-monitor export (no header line)")
     return items
 
 
-def load(client: Any, table: str, items: list[dict[str, Any]], *, force: bool = False) -> ImportReport:
+def load(
+    client: Any,
+    table: str,
+    items: list[dict[str, Any]],
+    *,
+    force: bool = False,
+    actor: str = "operator",
+    source: str = "an export",
+    now_ms: int | None = None,
+) -> ImportReport:
+    """Write ``items`` (``read``'s); with ``force``, a workset whose table copy is as new or newer is replaced by the
+    file's all the same, as a new version on top of the table's, recorded by an ``imported`` event (``actor``,
+    ``source``): the version never goes back, so the trail stays contiguous and the workset can be acted on."""
     report = ImportReport()
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     for item in items:
         sk = item["sk"]["S"]
         if sk == "counter":
             continue  # the table's own counter moves with each workset written (below)
         if sk == codec.CONTROL_SK:
-            written = _put_workset(client, table, item, force=force)
+            written = _put_workset(client, table, item, force=force, audit=(actor, source, now_ms))
             report.worksets_written += written
             report.worksets_kept += not written
             continue
@@ -110,23 +128,30 @@ def load(client: Any, table: str, items: list[dict[str, Any]], *, force: bool = 
     return report
 
 
-def _put_workset(client: Any, table: str, item: dict[str, Any], *, force: bool) -> bool:
-    """Write one workset unless the table's copy is as new (with ``force``: whatever it is), in one transaction with
-    the fleet counter's change, as every transition is: the counter stays exact while daemons work the table. A daemon's
-    write in between fails the condition on the version read, and the workset is read and decided again."""
+def _put_workset(client: Any, table: str, item: dict[str, Any], *, force: bool, audit: tuple[str, str, int]) -> bool:
+    """Write one workset unless the table's copy is as new (with ``force``: whatever it is, as a new version on top
+    of the table's, with an ``imported`` event), in one transaction with the fleet counter's change, as every
+    transition is: the counter stays exact while daemons work the table. A daemon's write in between fails the
+    condition on the version read, and the workset is read and decided again."""
     key = {"pk": item["pk"], "sk": item["sk"]}
     for _ in range(_TRIES):
         old = _call(client.get_item, table, Key=key, ConsistentRead=True).get("Item")
-        if old is not None and not force and int(old["version"]["N"]) >= int(item["version"]["N"]):
-            return False
-        put: dict[str, Any] = {"TableName": table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
+        writes: list[dict[str, Any]] = []
+        written = item
+        if old is not None and int(old["version"]["N"]) >= int(item["version"]["N"]):
+            if not force:
+                return False
+            written, event = _on_top(item, old, audit)
+            events = {"TableName": table, "Item": event, "ConditionExpression": "attribute_not_exists(pk)"}
+            writes.append({"Put": events})
+        put: dict[str, Any] = {"TableName": table, "Item": written, "ConditionExpression": "attribute_not_exists(pk)"}
         if old is not None:
             put |= {
                 "ConditionExpression": "#version = :seen",
                 "ExpressionAttributeNames": {"#version": "version"},
                 "ExpressionAttributeValues": {":seen": old["version"]},
             }
-        writes: list[dict[str, Any]] = [{"Put": put}]
+        writes.insert(0, {"Put": put})
         delta = _in_progress(item) - _in_progress(old)
         if delta:
             fleet = {"TableName": table, "Key": codec.FLEET_KEY, "UpdateExpression": "ADD running :delta"}
@@ -138,6 +163,29 @@ def _put_workset(client: Any, table: str, item: dict[str, Any], *, force: bool) 
             if clients.error_code(exc) != "TransactionCanceledException":
                 raise clients.translate(exc, what=f"importing into {table}") from exc
     raise errors.Conflict(f"{item['pk']['S']} kept changing while it was imported; run the import again")
+
+
+def _on_top(
+    item: dict[str, Any], old: dict[str, Any], audit: tuple[str, str, int]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The file's older copy as the version after the table's, and the event that records it."""
+    actor, source, now_ms = audit
+    ws, before = codec.workset_from_item(item, table=source), codec.workset_from_item(old, table="the table")
+    version = before.version + 1
+    event = Event(
+        workset_id=ws.workset_id,
+        seq=version,
+        type=EventType.IMPORTED,
+        at_ms=now_ms,
+        actor=actor,
+        from_state=before.state,
+        to_state=ws.state,
+        reason=f"import --force from {source}: its copy (version {ws.version}) replaced the table's "
+        f"(version {before.version})"[:500],
+        priority=ws.priority,
+    )
+    written = item | {"version": {"N": str(version)}, "updated_at_ms": {"N": str(now_ms)}}
+    return written, codec.event_item(event)
 
 
 def _in_progress(item: dict[str, Any] | None) -> int:
