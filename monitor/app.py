@@ -115,7 +115,7 @@ class App:
         )
 
     def emit(self, data: Any, text: str) -> None:
-        print(render.to_json(data) if self.args.json else text)
+        print(render.to_json(data) if self.args.json else render.lines_for_terminal(text))
 
 
 def operator_identity() -> str:

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from monitor import __version__, config, errors, logs
+from monitor import __version__, config, errors, logs, render
 from monitor.app import PROG, App
 from monitor.clock import SystemClock
 from monitor.commands import (
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.MonitorError as exc:
         if verbose:
             traceback.print_exc()
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {render.for_terminal(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -243,5 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not an operator mistake: say so, details with -v
         if verbose:
             traceback.print_exc()
-        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
+        print(
+            f"{PROG}: internal error: {type(exc).__name__}: {render.for_terminal(exc)} (run with -v for details)",
+            file=sys.stderr,
+        )
         return errors.EX_FAILED

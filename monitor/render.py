@@ -1,4 +1,11 @@
-"""How records look to an operator: plain dicts for ``--json``, aligned text tables otherwise."""
+"""How records look to an operator: plain dicts for ``--json``, aligned text tables otherwise.
+
+One rule for text meant for a terminal (``for_terminal``): every character that is not printable (control
+characters, C1 codes, bidirectional overrides, line separators) is shown as its escape, ``\\x1b``, ``\\u202e``. A
+manifest, an S3 key or a step's output can put anything into ``last_error``, a reason or a detail; shown raw it could
+clear the screen, fake a prompt or reorder a line. Table cells and values are escaped one by one (a newline in a value
+does not start a line), and ``lines_for_terminal`` guards whole messages (their own line breaks kept). ``--json``
+needs nothing: JSON escapes them itself."""
 
 from __future__ import annotations
 
@@ -64,12 +71,30 @@ def stats_dict(stats: Stats) -> dict[str, Any]:
     }
 
 
+def for_terminal(value: object) -> str:
+    """``value`` as text that a terminal shows and does not obey."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def lines_for_terminal(text: str) -> str:
+    """``for_terminal`` for each line of a message (its own line breaks kept)."""
+    return "\n".join(for_terminal(line) for line in text.split("\n"))
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def to_json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    cells = [[str(h) for h in headers], *[["" if c is None else for_terminal(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines)
@@ -79,7 +104,7 @@ def workset_text(ws: Workset) -> str:
     data = workset_dict(ws)
     data["steps_done"] = ", ".join(ws.steps_done) or None
     width = max(len(k) for k in data)
-    return "\n".join(f"{k.ljust(width)}  {'-' if v is None else v}" for k, v in data.items())
+    return "\n".join(f"{k.ljust(width)}  {'-' if v is None else for_terminal(v)}" for k, v in data.items())
 
 
 def worksets_table(worksets: Sequence[Workset]) -> str:

@@ -461,3 +461,35 @@ def test_a_folder_registered_under_a_stand_in_id_is_never_run(
         assert code == 1 and "not a valid workset id" in err and "rename the folder" in err, err
         again = run(store.get(ws.workset_id))
         assert again is not None and again.state is State.ERROR
+
+
+HOSTILE = "bad manifest \x1b[2J\x1b[H\r\n$ sudo rm -rf / \x07\x9b31m\u202egnp.exe\x00"
+
+
+def test_terminal_output_neutralises_control_characters(ready_table: Path, aws_endpoint: str, capsys: Any) -> None:
+    """Terminal escapes from manifests and S3 keys were stored in last_error and printed raw by show and list
+    (clear screen, a fake prompt)."""
+    store = DynamoStore(boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint), "daylily-worksets")
+    ctx = Context(now_ms=1_000, actor="scanner:test\x1b[31m", reason="found \x1b]0;title\x07 in S3")
+    run(
+        actions.register(
+            store,
+            workset_id=WorksetId("ws-esc"),
+            bucket=BUCKET,
+            prefix="worksets/ws-esc/",
+            priority=Priority.NORMAL,
+            ctx=ctx,
+            invalid_reason=HOSTILE,
+        )
+    )
+    cfg = ("--config", str(ready_table))
+    for command in (("show", "ws-esc"), ("list",), ("history", "ws-esc"), ("retry", "ws-esc")):
+        _, out, err = main(capsys, *cfg, *command)
+        for text in (out, err):
+            assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in text), (command, text)
+            assert "\u202e" not in text, command
+        if command[0] in ("show", "list"):
+            assert "\\x1b[2J" in out, out  # shown, escaped: an operator still sees what was there
+        assert "$ sudo" not in "\n".join(line[:2] for line in (out + err).splitlines()), command
+    _, out, _ = main(capsys, *cfg, "show", "ws-esc", "--json")
+    assert json.loads(out)["last_error"].startswith("bad manifest \x1b[2J")  # JSON keeps the value, escaped by JSON
