@@ -53,13 +53,14 @@ async def act(
     ctx: Context,
     *,
     priority: Priority | None = None,
+    from_start: bool = False,
 ) -> Decision:
     """Apply an operator ``action``; raises NotFound, IllegalTransition, or Conflict if it never settles."""
     for _ in range(_ATTEMPTS):
         ws = await store.get(workset_id)
         if ws is None:
             raise errors.NotFound(f"workset {workset_id} is not registered")
-        decision = states.decide(ws, action, ctx, priority=priority)
+        decision = states.decide(ws, action, ctx, priority=priority, from_start=from_start)
         try:
             await store.commit(decision)
         except errors.Conflict:

@@ -188,10 +188,12 @@ def _add_transitions(add: Callable[..., argparse.ArgumentParser], workset_id: Ca
     p = add(
         "retry",
         transition(lambda a: Action.RETRY_FORCE if a.force else Action.RETRY, "retry requested"),
-        "re-open an error, cancelled or retrying workset (--force: also complete or ignored)",
+        "re-open an error, cancelled or retrying workset (--force: also complete or ignored); the new attempt starts "
+        "at the first step not finished yet (a complete workset's: the first step)",
     )
     p.add_argument("id", type=workset_id, metavar="ID")
     p.add_argument("--force", action="store_true", help="also re-open complete and ignored worksets")
+    p.add_argument("--from-start", action="store_true", help="run every step again, the finished ones too")
     p.add_argument("--reason", help="recorded in the audit trail")
 
     for name, action, text in (

@@ -318,6 +318,7 @@ def transition(action: Action | Callable[[argparse.Namespace], Action], default_
             chosen,
             app.context(default_reason),
             priority=getattr(app.args, "priority", None),
+            from_start=getattr(app.args, "from_start", False),
         )
         before, after = decision.before, decision.after
         detail = f"priority {before.priority.value} -> {after.priority.value}" if before.state is after.state else ""

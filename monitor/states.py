@@ -203,8 +203,10 @@ def decide(
     error_category: str | None = None,
     priority: Priority | None = None,
     detail: str = "",
+    from_start: bool = False,
 ) -> Decision:
-    """Apply ``action`` to ``ws``: the new record and its event, or IllegalTransition."""
+    """Apply ``action`` to ``ws``: the new record and its event, or IllegalTransition. A retry resumes at the first
+    unfinished step, unless ``from_start`` (or the workset is complete: it has no unfinished step)."""
     new_state = target(ws.state, action, attempts=ws.attempts, max_attempts=ctx.max_attempts)
     changes: dict[str, object] = {
         "state": new_state,
@@ -262,8 +264,14 @@ def decide(
             "error_category": error_category or default_category,
         }
     if new_state is State.READY and action in (Action.RETRY, Action.RETRY_FORCE):
-        # A re-opened workset starts with a clean slate; the trail keeps the old errors.
-        changes |= {"attempts": 0, "steps_done": (), "last_error": None, "error_category": None}
+        # A re-opened workset starts with fresh attempts and no error (the trail keeps the old ones), at the first
+        # step it has not finished: a finished step is not run again unless asked.
+        changes |= {"attempts": 0, "last_error": None, "error_category": None}
+        if from_start or ws.state is State.COMPLETE or not ws.steps_done:
+            changes |= {"steps_done": ()}
+            detail = "from the first step"
+        else:
+            detail = "resumes after the finished steps: " + ", ".join(ws.steps_done)
     if new_state is State.COMPLETE:
         changes |= {"last_error": None, "error_category": None}
 

@@ -165,12 +165,23 @@ def test_expiry_is_audited_as_lease_expired_even_when_dead_lettered() -> None:
     assert dead.after.error_category == "lease"
 
 
-def test_retry_reopens_with_a_clean_slate() -> None:
+def test_retry_reopens_at_the_first_unfinished_step() -> None:
+    """retry wiped the finished steps, so a new attempt redid them all, while docs/pipeline.md said it started at the
+    first unfinished step. Now it does; --from-start redoes them all; the event says which."""
     ws = workset(S.ERROR, attempts=3, steps_done=("stage",), last_error="boom", error_category="step")
-    after = states.decide(ws, A.RETRY, ctx()).after
+    resumed = states.decide(ws, A.RETRY, ctx())
+    after = resumed.after
     assert after.state is S.READY
-    assert (after.attempts, after.steps_done, after.last_error, after.error_category) == (0, (), None, None)
+    assert (after.attempts, after.steps_done, after.last_error, after.error_category) == (0, ("stage",), None, None)
     assert after.available_at_ms == T0
+    assert resumed.event.detail == "resumes after the finished steps: stage"
+    again = states.decide(ws, A.RETRY, ctx(), from_start=True)
+    assert again.after.steps_done == () and again.event.detail == "from the first step"
+    # A complete workset has no unfinished step: re-opening it (--force) runs it again from the first.
+    done = workset(S.COMPLETE, steps_done=("stage", "run"))
+    reopened = states.decide(done, A.RETRY_FORCE, ctx())
+    assert reopened.after.steps_done == () and reopened.event.detail == "from the first step"
+    assert states.decide(workset(S.CANCELLED), A.RETRY, ctx()).event.detail == "from the first step"  # none done
 
 
 def test_cancel_and_ignore_of_a_running_workset_remove_the_lease() -> None:
