@@ -16,6 +16,7 @@ import os
 import re
 import string
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -30,6 +32,7 @@ from pydantic_settings import (
     NestedSecretsSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
@@ -332,11 +335,37 @@ def load(explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, s
     except tomllib.TOMLDecodeError as exc:
         raise errors.ConfigError(f"{path}: invalid TOML: {exc}") from None
     secrets_dir = _secrets_dir(env)
+    _check_environment(env, path)
     try:
         settings = _settings_class(data, secrets_dir, env)()
     except pydantic.ValidationError as exc:
         raise errors.ConfigError(f"{path}: {_describe(exc, text=text, environ=env)}") from None
+    except SettingsError as exc:  # a value the environment source could not decode (_EnvSource names it)
+        inner: BaseException = exc
+        while isinstance(inner.__cause__, SettingsError):  # pydantic-settings wraps ours in "error parsing ..."
+            inner = inner.__cause__
+        raise errors.ConfigError(f"{path}: {inner}") from None
     return Loaded(settings=settings, path=path)
+
+
+def _check_environment(environ: Mapping[str, str], path: Path) -> None:
+    """Every ``WORKSET_MONITOR_<SECTION>__<KEY>`` names a section (a key typo is caught by validation; a section
+    typo would be ignored without a word)."""
+    sections = set(Settings.model_fields)
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper == ENV_CONFIG_PATH:
+            continue
+        section, nested, _ = upper.removeprefix(ENV_PREFIX).partition("__")
+        if not nested:
+            raise errors.ConfigError(
+                f"{path}: environment {name}: not a setting (use {ENV_PREFIX}<SECTION>__<KEY>, e.g. "
+                f"{ENV_PREFIX}SCAN__BUCKET, or {ENV_CONFIG_PATH})"
+            )
+        if section.lower() not in sections:
+            raise errors.ConfigError(
+                f"{path}: environment {name}: unknown section {section.lower()!r}; known: {', '.join(sections)}"
+            )
 
 
 def _read(path: Path) -> str:
@@ -368,6 +397,35 @@ class _EnvSource(EnvSettingsSource):
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
+        """JSON, as pydantic-settings reads it; for a list, also a comma-separated one (``worksets/, archive/``;
+        one that starts with ``[`` is JSON). A value that is neither names its variable and its key."""
+        try:
+            return super().decode_complex_value(field_name, field, value)  # type: ignore[arg-type]
+        except ValueError:
+            listed = isinstance(value, str) and not value.lstrip().startswith("[")  # "[..." means JSON: must parse
+            if listed and field is not None and _is_list(field.annotation):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            raise SettingsError(f"{self._variable(field_name)}: not valid JSON") from None
+
+    def _variable(self, field_name: str) -> str:
+        """``environment NAME: section.key`` of the variable that set ``field_name`` (the last one found)."""
+        suffix = f"__{field_name}".upper()
+        names = [k for k in self._environ if k.upper().startswith(ENV_PREFIX) and k.upper().endswith(suffix)]
+        names += [k for k in self._environ if k.upper() == f"{ENV_PREFIX}{field_name}".upper()]
+        if not names:
+            return f"environment: {field_name}"
+        name = names[-1]
+        key = ".".join(name.upper().removeprefix(ENV_PREFIX).lower().split("__"))
+        return f"environment {name}: {key}"
+
+
+def _is_list(annotation: Any) -> bool:
+    """Whether a field holds a list (``list[...]`` or ``list[...] | None``)."""
+    if typing.get_origin(annotation) is list:
+        return True
+    return any(typing.get_origin(arg) is list for arg in typing.get_args(annotation))
 
 
 def _settings_class(toml_data: dict[str, Any], secrets_dir: Path | None, environ: Mapping[str, str]) -> type[Settings]:

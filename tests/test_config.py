@@ -209,6 +209,38 @@ def test_a_bad_environment_override_names_the_variable(tmp_path: Path) -> None:
     assert "scan.intervals: unknown key" in message
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("worksets/", ["worksets/"]), ("a/, b/", ["a/", "b/"]), ('["a/", "b/"]', ["a/", "b/"]), ("a/,", ["a/"])],
+)
+def test_a_list_in_the_environment_is_comma_separated_or_json(tmp_path: Path, value: str, expected: list[str]) -> None:
+    """WORKSET_MONITOR_SCAN__PREFIXES=worksets/ ended in "internal error: SettingsError", exit 1."""
+    env = {"WORKSET_MONITOR_SCAN__PREFIXES": value, "WORKSET_MONITOR_NOTIFY__EVENTS": "error,complete"}
+    s = config.load(write(tmp_path, ""), env).settings
+    assert s.scan.prefixes == expected
+    assert s.notify.events == [EventType.ERROR, EventType.COMPLETE]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("WORKSET_MONITOR_SCANN__BUCKET", "lab", "environment WORKSET_MONITOR_SCANN__BUCKET: unknown section 'scann'"),
+        ("WORKSET_MONITOR_BUCKET", "lab", "environment WORKSET_MONITOR_BUCKET: not a setting"),
+        ("WORKSET_MONITOR_NOTIFY__SNS", "{oops", "environment WORKSET_MONITOR_NOTIFY__SNS: notify.sns: Input should"),
+        ("WORKSET_MONITOR_SCAN__PREFIXES", '["a/",', "environment WORKSET_MONITOR_SCAN__PREFIXES: scan.prefixes"),
+    ],
+)
+def test_an_environment_override_that_names_nothing_is_an_error(
+    tmp_path: Path, name: str, value: str, expected: str
+) -> None:
+    """A section typo was silently ignored while a key typo was caught; a value that is not JSON for a section
+    ended in an internal error."""
+    assert expected in load_error(write(tmp_path, ""), {name: value})
+    result = _cli("list", "--config", str(write(tmp_path, "")), env={**os.environ, name: value})
+    assert result.returncode == 78 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+
+
 def test_malformed_toml_reports_line_and_column(tmp_path: Path) -> None:
     message = load_error(write(tmp_path, '[aws]\nregion = "us-east-1\n'))
     assert "invalid TOML" in message and "line 2, column" in message
