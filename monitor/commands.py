@@ -239,6 +239,8 @@ def cmd_check(app: App) -> int:
         [{"check": c.name, "status": c.status, "detail": c.detail} for c in results],
         render.table(("RESULT", "CHECK", "DETAIL"), rows),
     )
+    if any(c.unreachable for c in results):
+        return errors.EX_UNAVAILABLE
     return errors.EX_FAILED if any(c.status == "FAIL" for c in results) else errors.EX_OK
 
 

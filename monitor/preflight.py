@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from monitor import errors
+from monitor import errors, steps
 from monitor.aws import clients as aws_clients
 from monitor.aws import schema
 from monitor.config import Settings
 from monitor.notify import http
+
+UNREACHABLE = (
+    "AWS is unreachable from here: check [aws] endpoint_url and region, the network (a proxy, VPC endpoints) and "
+    "that credentials are there"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +33,14 @@ class Check:
     name: str
     status: str  # PASS, FAIL, SKIP
     detail: str
+    unreachable: bool = False  # failed because AWS could not be reached at all (exit code 69)
 
 
-def run(settings: Settings, clients: aws_clients.Clients, *, config_path: str) -> list[Check]:
+def run(
+    settings: Settings, clients: aws_clients.Clients, *, config_path: str, environ: Mapping[str, str] | None = None
+) -> list[Check]:
     results = [Check("config", "PASS", f"{config_path} is valid")]
+    results += _steps(settings, os.environ if environ is None else environ)
     results.append(
         _try(
             "credentials",
@@ -91,9 +102,35 @@ def run(settings: Settings, clients: aws_clients.Clients, *, config_path: str) -
     return results
 
 
+def _steps(settings: Settings, environ: Mapping[str, str]) -> list[Check]:
+    """Each step's program is there and executable, found as the daemon will look for it: on the PATH its steps
+    get (``[run] step_env_passthrough``; without PATH there, the system default), from this environment."""
+    path = steps.passed_on(environ, settings.run.step_env_passthrough).get("PATH", os.defpath)
+    fix = "install it, or fix the step's command in [[pipeline.steps]]"
+    found = []
+    for step in settings.pipeline.steps:
+        name, program = f"step {step.name}", step.command[0]
+        if "{" in program:
+            found.append(Check(name, "SKIP", f"its program depends on the workset: {program}"))
+        elif "/" in program:
+            if not os.path.exists(program):
+                found.append(Check(name, "FAIL", f"{program} does not exist -> {fix}"))
+            elif os.path.isdir(program) or not os.access(program, os.X_OK):
+                found.append(Check(name, "FAIL", f"{program} is not an executable file -> {fix}"))
+            else:
+                found.append(Check(name, "PASS", program))
+        elif (where := shutil.which(program, path=path)) is not None:
+            found.append(Check(name, "PASS", where))
+        else:
+            found.append(Check(name, "FAIL", f"{program} is not on PATH ({path}) -> {fix}"))
+    return found
+
+
 def _try(name: str, probe: Callable[[], str], fix: str) -> Check:
     try:
         return Check(name, "PASS", probe())
+    except errors.AwsUnavailable as exc:  # not a missing table or a denied call: nothing answered at all
+        return Check(name, "FAIL", f"{exc} -> {UNREACHABLE}", unreachable=True)
     except errors.MonitorError as exc:
         return Check(name, "FAIL", f"{exc} -> {fix}")
     except Exception as exc:  # an AWS library error not translated, a socket error...

@@ -239,6 +239,39 @@ def test_check_passes_on_a_ready_site_and_says_how_to_fix_a_missing_table(site: 
     )
 
 
+def test_check_fails_a_step_whose_program_is_not_there(site: dict[str, Any], capsys: Any) -> None:
+    """check passed with a step binary that did not exist; then every workset went to error."""
+    assert wm(site, capsys, "init")[0] == 0
+    config = site["config"]
+    config.write_text(
+        config.read_text()
+        + '[[pipeline.steps]]\nname = "stage"\ncommand = ["/opt/daylily/bin/stage-samples", "{s3_uri}"]\n'
+        + '[[pipeline.steps]]\nname = "report"\ncommand = ["no-such-program-here", "{workset_id}"]\n'
+    )
+    code, out, _ = wm(site, capsys, "check", "--json")
+    results = {r["check"]: (r["status"], r["detail"]) for r in json.loads(out)}
+    assert code == 1
+    assert results["step work"][0] == "PASS" and "/true" in results["step work"][1]
+    assert results["step stage"] == (
+        "FAIL",
+        "/opt/daylily/bin/stage-samples does not exist -> install it, or fix the step's command in [[pipeline.steps]]",
+    )
+    assert results["step report"][0] == "FAIL" and "no-such-program-here is not on PATH" in results["step report"][1]
+
+
+def test_check_with_aws_unreachable_says_so_and_exits_69(site: dict[str, Any], capsys: Any) -> None:
+    """With the endpoint unreachable, check advised "configure AWS credentials" and "run init", and exited 1."""
+    config = site["config"]
+    config.write_text(config.read_text().replace(site["endpoint"], "http://127.0.0.1:9"))
+    code, out, _ = wm(site, capsys, "check", "--json")
+    results = {r["check"]: (r["status"], r["detail"]) for r in json.loads(out)}
+    assert code == 69, results
+    for name in ("credentials", "table", "bucket s3://lab-bucket/worksets/", "sns alerts", "sqs queue"):
+        status, detail = results[name]
+        assert status == "FAIL" and "AWS is unreachable" in detail, (name, detail)
+        assert "init" not in detail and "configure AWS credentials" not in detail, (name, detail)
+
+
 def test_export_import_round_trip_preserves_everything(site: dict[str, Any], capsys: Any) -> None:
     assert wm(site, capsys, "init")[0] == 0
     for name, priority in (("ws-a", "urgent"), ("ws-b", "low")):
