@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -75,7 +77,7 @@ def _demo(args: argparse.Namespace) -> int:
         )
     from monitor import demo  # noqa: PLC0415 - lazy: the emulator needs moto (the demo extra)
 
-    return demo.run(until_idle=args.until_idle)
+    return demo.run(until_idle=args.until_idle, as_json=args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the real daemon against a local AWS emulator, seeded with example worksets.",
     )
     p.add_argument("--until-idle", action="store_true", help="stop once every workset is terminal; print a summary")
+    p.add_argument("--json", action="store_true", help="the summary as JSON on stdout (progress on stderr)")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="details on errors")
     p.set_defaults(handler=None)
 
@@ -221,6 +224,16 @@ def _add_transitions(add: Callable[..., argparse.ArgumentParser], workset_id: Ca
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
+    as_json = bool(getattr(args, "json", False))
+
+    def fail(message: str, code: int) -> int:
+        """One line on stderr: ``workset-monitor: message``, or with --json ``{"error": ..., "exit_code": ...}``."""
+        if as_json:
+            print(json.dumps({"error": message, "exit_code": code}), file=sys.stderr)
+        else:
+            print(f"{PROG}: {render.for_terminal(message)}", file=sys.stderr)
+        return code
+
     try:
         if args.command == "demo":
             return _demo(args)
@@ -237,16 +250,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.MonitorError as exc:
         if verbose:
             traceback.print_exc()
-        print(f"{PROG}: {render.for_terminal(exc)}", file=sys.stderr)
-        return exc.exit_code
+        return fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return fail("interrupted", 130)
+    except BrokenPipeError:  # the reader went away (`export | head`): stop quietly, as other tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
+        return errors.EX_FAILED
     except Exception as exc:  # a bug, not an operator mistake: say so, details with -v
         if verbose:
             traceback.print_exc()
-        print(
-            f"{PROG}: internal error: {type(exc).__name__}: {render.for_terminal(exc)} (run with -v for details)",
-            file=sys.stderr,
-        )
-        return errors.EX_FAILED
+        return fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for details)", errors.EX_FAILED)

@@ -207,15 +207,29 @@ def cmd_healthcheck(app: App) -> int:
     metrics = app.settings.metrics
     host = "127.0.0.1" if metrics.host in ("0.0.0.0", "::", "") else metrics.host  # noqa: S104 - only compared
     url = app.args.url or f"http://{host}:{metrics.port}/healthz"
+    as_json = bool(app.args.json)
     try:
         with urllib.request.urlopen(url, timeout=app.args.timeout_s) as response:  # noqa: S310 - our side port
-            print(response.read().decode().strip())
+            body = response.read().decode().strip()
+            print(
+                render.to_json({"healthy": True, "url": url, "status": response.status, "body": body})
+                if as_json
+                else body
+            )
             return errors.EX_OK
     except urllib.error.HTTPError as exc:
         with exc:
-            print(f"{PROG}: unhealthy ({exc.code}): {exc.read().decode().strip()}", file=sys.stderr)
+            body = exc.read().decode().strip()
+        report = {"healthy": False, "url": url, "status": exc.code, "body": body}
+        text = f"{PROG}: unhealthy ({exc.code}): {render.for_terminal(body)}"
     except OSError as exc:
-        print(f"{PROG}: no answer from {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        reason = str(getattr(exc, "reason", exc))
+        report = {"healthy": False, "url": url, "status": None, "error": f"no answer: {reason}"}
+        text = f"{PROG}: no answer from {url}: {render.for_terminal(reason)}"
+    if as_json:
+        print(render.to_json(report))
+    else:
+        print(text, file=sys.stderr)
     return errors.EX_FAILED
 
 
@@ -255,7 +269,10 @@ def cmd_export(app: App) -> int:
         with partial.open("w", encoding="utf-8") as out:
             count = backup.export(client, table, out, now_iso=now)
         partial.replace(target)  # a complete export or none
-        print(f"exported {count} items of table {table} to {target}", file=sys.stderr)
+        if app.args.json:
+            print(render.to_json({"exported": count, "table": table, "file": str(target)}))
+        else:
+            print(f"exported {count} items of table {table} to {target}", file=sys.stderr)
     return errors.EX_OK
 
 

@@ -42,8 +42,10 @@ _CREDENTIALS = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo", "A
 TIMEOUT_S = 110.0
 
 
-def run(*, until_idle: bool, out: TextIO = sys.stdout, timeout_s: float = TIMEOUT_S) -> int:
-    """Run the demo; 0 when (with ``until_idle``) every workset ended as expected."""
+def run(*, until_idle: bool, out: TextIO = sys.stdout, timeout_s: float = TIMEOUT_S, as_json: bool = False) -> int:
+    """Run the demo; 0 when (with ``until_idle``) every workset ended as expected. ``as_json``: the progress goes
+    to stderr and the outcome is one JSON document on ``out``."""
+    result, out = out, (sys.stderr if as_json else out)
     from monitor.aws.emulator import Emulator  # noqa: PLC0415 - lazy: needs moto (the dev extra)
 
     workdir = Path(tempfile.mkdtemp(prefix="workset-monitor-demo-"))
@@ -74,8 +76,10 @@ def run(*, until_idle: bool, out: TextIO = sys.stdout, timeout_s: float = TIMEOU
                 code = _stop(daemon)
         if finals is None:
             print(f"\nstopped; daemon exit code {code}", file=out)
+            if as_json:
+                print(render.to_json({"ok": code == 0, "daemon_exit_code": code, "worksets": []}), file=result)
             return 0 if code == 0 else 1
-        return _summary(finals, code, out)
+        return _summary(finals, code, result if as_json else out, as_json=as_json)
 
 
 def _clients(endpoint: str) -> Clients:
@@ -220,7 +224,7 @@ def _stop(daemon: subprocess.Popen[bytes]) -> int:
     return -1
 
 
-def _summary(finals: dict[str, Workset], daemon_code: int, out: TextIO) -> int:
+def _summary(finals: dict[str, Workset], daemon_code: int, out: TextIO, *, as_json: bool = False) -> int:
     rows: list[tuple[Any, ...]] = []
     wrong = []
     for name, expected in EXPECTED.items():
@@ -230,6 +234,15 @@ def _summary(finals: dict[str, Workset], daemon_code: int, out: TextIO) -> int:
             wrong.append(name)
         note = (ws.last_error or "") if ws else ""
         rows.append((name, state, ws.priority.value if ws else "", ws.attempts if ws else "", note[:90]))
+    if as_json:
+        worksets = [
+            {"workset_id": r[0], "state": r[1], "expected": EXPECTED[r[0]], "priority": r[2] or None, "attempts": r[3]}
+            | {"last_error": r[4] or None}
+            for r in rows
+        ]
+        ok = not wrong and daemon_code == 0
+        print(render.to_json({"ok": ok, "daemon_exit_code": daemon_code, "worksets": worksets}), file=out)
+        return 0 if ok else 1
     print("\n" + render.table(("WORKSET", "STATE", "PRIORITY", "ATTEMPTS", "LAST ERROR"), rows), file=out)
     print(f"\ndaemon stopped with exit code {daemon_code}", file=out)
     if wrong or daemon_code != 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -493,3 +494,69 @@ def test_terminal_output_neutralises_control_characters(ready_table: Path, aws_e
         assert "$ sudo" not in "\n".join(line[:2] for line in (out + err).splitlines()), command
     _, out, _ = main(capsys, *cfg, "show", "ws-esc", "--json")
     assert json.loads(out)["last_error"].startswith("bad manifest \x1b[2J")  # JSON keeps the value, escaped by JSON
+
+
+# --- --json everywhere, and a pipe closed early ----------------------------------------------------------------
+
+
+def test_errors_under_json_are_json(ready_table: Path, capsys: Any) -> None:
+    """--json was not uniform: errors stayed plain text."""
+    code, out, err = main(capsys, "--config", str(ready_table), "show", "ghost", "--json")
+    assert code == 1 and out == ""
+    assert json.loads(err) == {"error": "workset ghost is not registered", "exit_code": 1}
+    code, out, err = main(capsys, "--config", str(ready_table.parent / "missing.toml"), "list", "--json")
+    assert code == 78 and json.loads(err)["exit_code"] == 78 and "config file not found" in json.loads(err)["error"]
+
+
+def test_healthcheck_and_export_speak_json(ready_table: Path, capsys: Any, tmp_path: Path) -> None:
+    """healthcheck and export ignored --json."""
+    code, out, _ = main(
+        capsys, "--config", str(ready_table), "healthcheck", "--url", "http://127.0.0.1:9/healthz", "--json"
+    )
+    data = json.loads(out)
+    assert code == 1 and data["healthy"] is False and data["url"] == "http://127.0.0.1:9/healthz" and data["error"]
+    target = tmp_path / "backup.jsonl"
+    code, out, err = main(capsys, "--config", str(ready_table), "export", "--out", str(target), "--json")
+    assert code == 0 and json.loads(out) == {"exported": 0, "table": "daylily-worksets", "file": str(target)}
+    assert err == ""
+
+
+def test_export_into_a_pipe_closed_early_ends_quietly(ready_table: Path, aws_endpoint: str) -> None:
+    """`export | head` ended in "internal error: BrokenPipeError"."""
+    store = DynamoStore(boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint), "daylily-worksets")
+
+    async def fill() -> None:
+        for i in range(150):  # ~100 KB of export: more than a pipe holds
+            ctx = Context(now_ms=1_000 + i, actor="test", reason="x" * 400)
+            await actions.register(
+                store,
+                workset_id=WorksetId(f"ws-{i:03d}"),
+                bucket=BUCKET,
+                prefix=f"worksets/ws-{i:03d}/",
+                priority=Priority.NORMAL,
+                ctx=ctx,
+            )
+
+    run(fill())
+    exe = Path(sys.executable).with_name("workset-monitor")
+    result = subprocess.run(
+        ["sh", "-c", f"'{exe}' --config '{ready_table}' export | head -c 100 >/dev/null; echo $? >&2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "BrokenPipe" not in result.stderr, result.stderr
+
+
+def test_the_demo_takes_json() -> None:
+    """demo rejected --json."""
+    from monitor import demo
+
+    assert cli.build_parser().parse_args(["demo", "--until-idle", "--json"]).json is True
+    out = io.StringIO()
+    assert demo._summary({}, 0, out, as_json=True) == 1
+    data = json.loads(out.getvalue())
+    assert data["ok"] is False and data["daemon_exit_code"] == 0
+    assert {w["state"] for w in data["worksets"]} == {"not registered"} and len(data["worksets"]) == len(demo.EXPECTED)
