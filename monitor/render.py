@@ -59,6 +59,9 @@ def event_dict(event: Event) -> dict[str, Any]:
         "epoch": event.epoch,
         "priority": event.priority.value,
         "detail": event.detail,
+        "notified": dict(sorted(event.notified.items())),  # channel -> sent, skipped or failed: why
+        "delivery_rounds": event.delivery_attempts,  # rounds that ended with a channel failing for now
+        "notification_pending": event.pending,  # some channel still has to hear about it
     }
 
 
@@ -132,10 +135,19 @@ def history_table(events: Sequence[Event]) -> str:
             f"{e.from_state.value if e.from_state else '-'} -> {e.to_state.value}",
             e.actor,
             e.reason,
+            _notified(e),
         )
         for e in events
     ]
-    return table(("SEQ", "AT", "EVENT", "TRANSITION", "BY", "REASON"), rows)
+    return table(("SEQ", "AT", "EVENT", "TRANSITION", "BY", "REASON", "NOTIFIED"), rows)
+
+
+def _notified(event: Event) -> str:
+    """What each channel made of an event: ``sns: failed: ...; webhook: sent`` (+ pending, rounds)."""
+    parts = [f"{channel}: {outcome}" for channel, outcome in sorted(event.notified.items())]
+    if event.pending:
+        parts.append("pending" + (f" after {event.delivery_attempts} round(s)" if event.delivery_attempts else ""))
+    return "; ".join(parts)
 
 
 def stats_table(stats: Stats) -> str:

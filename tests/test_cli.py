@@ -560,3 +560,27 @@ def test_the_demo_takes_json() -> None:
     data = json.loads(out.getvalue())
     assert data["ok"] is False and data["daemon_exit_code"] == 0
     assert {w["state"] for w in data["worksets"]} == {"not registered"} and len(data["worksets"]) == len(demo.EXPECTED)
+
+
+def test_history_shows_what_each_channel_made_of_an_event(ready_table: Path, aws_endpoint: str, capsys: Any) -> None:
+    """The event items held notify_sns = 'failed: ...' but history --json never printed it, nor the delivery rounds:
+    an operator could not see from the CLI that an alert was never delivered."""
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint)
+    cfg = ("--config", str(ready_table))
+    assert main(capsys, *cfg, "register", "ws-n", "--no-validate")[0] == 0
+    client.update_item(
+        TableName="daylily-worksets",
+        Key={"pk": {"S": "ws-n"}, "sk": {"S": "evt#0000000001"}},
+        UpdateExpression="SET notify_sns = :f, notify_webhook = :s, notify_attempts = :n",
+        ExpressionAttributeValues={
+            ":f": {"S": "failed: NotFound: Endpoint does not exist"},
+            ":s": {"S": "sent"},
+            ":n": {"N": "3"},
+        },
+    )
+    _, out, _ = main(capsys, *cfg, "history", "ws-n", "--json")
+    (event,) = json.loads(out)
+    assert event["notified"] == {"sns": "failed: NotFound: Endpoint does not exist", "webhook": "sent"}
+    assert event["delivery_rounds"] == 3 and event["notification_pending"] is False
+    _, out, _ = main(capsys, *cfg, "history", "ws-n")
+    assert "sns: failed: NotFound: Endpoint does not exist" in out and "webhook: sent" in out
