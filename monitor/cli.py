@@ -61,7 +61,10 @@ def _arg(check: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _positive(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {value!r}") from None
     if number < 1:
         raise ValueError(f"must be at least 1, got {number}")
     return number
@@ -133,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("show", cmd_show, "show one workset").add_argument("id", type=workset_id, metavar="ID")
     add("history", cmd_history, "show a workset's audit trail").add_argument("id", type=workset_id, metavar="ID")
 
-    p = add("list", cmd_list, "list worksets, urgent first then oldest first")
+    p = add("list", cmd_list, "list worksets by state (ready first), each state urgent first then oldest first")
     p.add_argument("--state", type=_arg(parse_state), help=", ".join(s.value for s in State))
     p.add_argument("--priority", type=_arg(parse_priority), help="urgent, normal or low")
     p.add_argument("--limit", type=_arg(_positive), help="at most this many (default: all)")

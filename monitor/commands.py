@@ -327,6 +327,8 @@ async def cmd_migrate(app: App) -> int:
 def transition(action: Action | Callable[[argparse.Namespace], Action], default_reason: str) -> Any:
     async def command(app: App) -> int:
         chosen = action(app.args) if callable(action) else action
+        if chosen is Action.SET_PRIORITY and await _priority_already(app):
+            return errors.EX_OK
         if chosen in (Action.RETRY, Action.RETRY_FORCE):
             await _refuse_stand_in(app, app.args.id)
         if chosen is Action.RETRY:
@@ -355,6 +357,16 @@ def transition(action: Action | Callable[[argparse.Namespace], Action], default_
         return errors.EX_OK
 
     return command
+
+
+async def _priority_already(app: App) -> bool:
+    """Whether the workset has that priority already: then nothing is written (no audit event for no change)."""
+    ws = await app.store.get(app.args.id)
+    if ws is None or ws.priority is not app.args.priority:
+        return False
+    text = f"{ws.workset_id} already has priority {ws.priority.value}; nothing changed"
+    app.emit({"workset_id": ws.workset_id, "priority": ws.priority.value, "changed": False}, text)
+    return True
 
 
 async def _refuse_stand_in(app: App, workset_id: WorksetId) -> None:

@@ -71,9 +71,26 @@ _HINTS = {
     (S.COMPLETE, Action.RETRY): "re-opening a complete workset needs retry --force",
     (S.IGNORED, Action.RETRY): "re-opening an ignored workset needs retry --force",
     (S.READY, Action.RETRY): "it is already waiting to be claimed",
+    (S.READY, Action.RETRY_FORCE): "it is already waiting to be claimed",
     (S.IN_PROGRESS, Action.RETRY): "it is running; cancel or release it first",
     (S.IN_PROGRESS, Action.RETRY_FORCE): "it is running; cancel or release it first",
+    (S.IGNORED, Action.IGNORE): "it is ignored already; retry --force re-opens it",
+    **{
+        (s, Action.CANCEL): f"only ready, retrying or running worksets can be cancelled; {hint}"
+        for s, hint in (
+            (S.COMPLETE, "it is done (retry --force runs it again)"),
+            (S.ERROR, "ignore it to set it aside, or retry it"),
+            (S.CANCELLED, "it is cancelled already (retry re-opens it)"),
+            (S.IGNORED, "it is ignored already (retry --force re-opens it)"),
+        )
+    },
+    **{
+        (s, Action.FORCE_RELEASE): "only a running workset can be released; `show ID` says who holds what"
+        for s in _ANY
+        if s is not S.IN_PROGRESS
+    },
 }
+_SAID = {Action.RETRY_FORCE: "retry --force", Action.FORCE_RELEASE: "release", Action.SET_PRIORITY: "reprioritise"}
 
 _EVENT_FOR: dict[Action, EventType] = {
     Action.CLAIM: EventType.STARTED,
@@ -98,7 +115,7 @@ def target(state: State, action: Action, *, attempts: int, max_attempts: int) ->
     found = TABLE.get((state, action))
     if found is None:
         hint = _HINTS.get((state, action))
-        message = f"cannot {action.value.replace('_', ' ')} a workset that is {state.value}"
+        message = f"cannot {_SAID.get(action, action.value.replace('_', ' '))} a workset that is {state.value}"
         raise errors.IllegalTransition(
             f"{message}: {hint}" if hint else message, state=state.value, action=action.value
         )

@@ -174,6 +174,7 @@ def test_register_defaults_to_the_configured_bucket_and_prefix(ready_table: Path
         (("register", "ws-1", "--bucket", "Bad_Bucket"), "invalid S3 bucket name"),
         (("list", "--state", "running"), "invalid state 'running'"),
         (("list", "--limit", "0"), "must be at least 1"),
+        (("list", "--limit", "abc"), "argument --limit: must be a whole number, got 'abc'"),
         (("retry",), "the following arguments are required: ID"),
     ],
 )
@@ -266,7 +267,7 @@ def test_release_takes_a_running_workset_back_and_requires_a_reason(
     cfg = ("--config", str(ready_table))
     main(capsys, *cfg, "register", "stuck", "--no-validate")
     code, _, err = main(capsys, *cfg, "release", "stuck", "--reason", "x")
-    assert code == 1 and "cannot force release a workset that is ready" in err
+    assert code == 1 and "cannot release a workset that is ready: only a running workset can be released" in err
     _claim(aws_endpoint, "stuck")
     with pytest.raises(SystemExit) as caught:
         cli.main([*cfg, "release", "stuck"])
@@ -584,3 +585,13 @@ def test_history_shows_what_each_channel_made_of_an_event(ready_table: Path, aws
     assert event["delivery_rounds"] == 3 and event["notification_pending"] is False
     _, out, _ = main(capsys, *cfg, "history", "ws-n")
     assert "sns: failed: NotFound: Endpoint does not exist" in out and "webhook: sent" in out
+
+
+def test_setting_the_priority_a_workset_has_writes_nothing(ready_table: Path, capsys: Any) -> None:
+    """Same-value set-priority wrote an audit event."""
+    cfg = ("--config", str(ready_table))
+    assert main(capsys, *cfg, "register", "ws-p", "--priority", "urgent", "--no-validate")[0] == 0
+    code, out, _ = main(capsys, *cfg, "set-priority", "ws-p", "urgent")
+    assert code == 0 and "ws-p already has priority urgent; nothing changed" in out
+    _, out, _ = main(capsys, *cfg, "history", "ws-p", "--json")
+    assert [e["type"] for e in json.loads(out)] == ["registered"]

@@ -286,3 +286,20 @@ def test_an_operator_taking_a_running_lease_marks_the_workset_held_off_until_the
     reopened = states.decide(states.decide(workset(S.IN_PROGRESS), A.CANCEL, ctx()).after, A.RETRY, ctx()).after
     assert reopened.held_off_for == "host:1:abc"  # carried until a claim
     assert states.decide(reopened, A.CLAIM, ctx(), lease=lease("t2")).after.held_off_for is None
+
+
+OPERATOR_ACTIONS = (A.RETRY, A.RETRY_FORCE, A.IGNORE, A.CANCEL, A.FORCE_RELEASE)
+
+
+@pytest.mark.parametrize("action", OPERATOR_ACTIONS)
+@pytest.mark.parametrize("state", list(S))
+def test_every_refusal_an_operator_meets_names_the_next_step(state: State, action: Action) -> None:
+    """ "cannot retry force a workset that is ready": refusals with no next step, in the program's words."""
+    try:
+        states.target(state, action, attempts=0, max_attempts=3)
+    except errors.IllegalTransition as exc:
+        message = str(exc)
+        assert ": " in message, message  # what to do, after the refusal
+        assert "_" not in message.split(":", maxsplit=1)[0].replace(state.value, ""), (
+            message
+        )  # the command, not the enum
