@@ -43,6 +43,8 @@ class Plan:
     reason: str = ""
     invalid: bool = False
     current: State | None = None  # for folders already registered
+    group: str = ""  # the summary's line for a skip, the same for every folder skipped for one reason
+    unread: str = ""  # why the folder's sentinels were not looked at (the summary's sentinel column)
 
 
 @dataclass
@@ -52,7 +54,9 @@ class Report:
     mismatches: list[str] = field(default_factory=list)
 
     def by_sentinel(self) -> collections.Counter[str]:
-        return collections.Counter(p.sentinel or "(none)" for p in self.plans)
+        return collections.Counter(
+            p.sentinel or (f"(not read: {p.unread})" if p.unread else "(none)") for p in self.plans
+        )
 
     def by_decision(self) -> collections.Counter[str]:
         return collections.Counter(_label(p) for p in self.plans)
@@ -61,7 +65,7 @@ class Report:
 def _label(plan: Plan) -> str:
     if plan.decision in ("import", "register") and plan.target is not None:
         return f"{plan.decision} as {plan.target.value}" + (" (invalid)" if plan.invalid else "")
-    return plan.decision + (f": {plan.reason}" if plan.decision == "skip" else "")
+    return plan.decision + (f": {plan.group or plan.reason}" if plan.decision == "skip" else "")
 
 
 class Migration:
@@ -144,6 +148,8 @@ class Migration:
                 None,
                 "skip",
                 reason=f"folder name {name!a} is not a valid id (the scanner registers it as invalid)",
+                group="folder name is not a valid id (the scanner registers it as invalid)",
+                unread="invalid name",
             )
         if workset_id in registered:
             current = registered[workset_id]
@@ -153,7 +159,17 @@ class Migration:
                 if same
                 else (f"the name is already registered from s3://{current.bucket}/{current.prefix}")
             )
-            return Plan(workset_id, folder, None, "skip", reason=reason, current=current.state if same else None)
+            group = "already registered" if same else "the name is already registered from another folder"
+            return Plan(
+                workset_id,
+                folder,
+                None,
+                "skip",
+                reason=reason,
+                current=current.state if same else None,
+                group=group,
+                unread="registered already",
+            )
         listing = await self._source.top_level(folder)
         sentinel = legacy.classify(listing.files)
         plan = Plan(workset_id, folder, sentinel, "import")

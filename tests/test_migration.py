@@ -168,3 +168,36 @@ def test_migrate_needs_a_bucket(tmp_path: Path, capsys: Any) -> None:
     config.write_text('[aws]\nregion = "us-east-1"\n')
     assert cli.main(["--config", str(config), "migrate", "--dry-run"]) == 78
     assert "needs [scan] bucket" in capsys.readouterr().err
+
+
+def test_the_summary_groups_stay_few_and_a_second_run_says_what_it_skipped(mocked_aws: None) -> None:
+    """migrate's decision table was ~220 columns wide (each folder registered elsewhere or badly named its own
+    group), and a second migrate reported every folder's sentinel as "(none)"."""
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=BUCKET)
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    schema.ensure_table(dynamodb, TableConfig(name="migrate"))
+    lab, store = Lab(s3), DynamoStore(dynamodb, "migrate")
+    for i in range(6):
+        lab.workset(f"ws-{i}", prefix="daylily_monitoring/active_worksets/", samples=1, sentinels=(legacy.COMPLETE,))
+        lab.workset(f"bad name {i}", prefix="daylily_monitoring/active_worksets/", samples=1)
+        lab.workset(f"dup-{i}", prefix="daylily_monitoring/active_worksets/", samples=1)
+        lab.workset(f"dup-{i}", prefix="elsewhere/", samples=1)
+    run(
+        Migration(store, S3Source(s3, BUCKET), FakeClock(), prefixes=["elsewhere/"], actor="operator:t@h").apply(
+            run(
+                Migration(
+                    store, S3Source(s3, BUCKET), FakeClock(), prefixes=["elsewhere/"], actor="operator:t@h"
+                ).plan()
+            )
+        )
+    )
+    first = run(migration(lab, store).apply(run(migration(lab, store).plan())))
+    assert dict(first.by_decision()) == {
+        "import as complete": 6,
+        "skip: folder name is not a valid id (the scanner registers it as invalid)": 6,
+        "skip: the name is already registered from another folder": 6,
+    }
+    again = run(migration(lab, store).plan())
+    assert dict(again.by_sentinel()) == {"(not read: registered already)": 12, "(not read: invalid name)": 6}
+    assert dict(again.by_decision())["skip: already registered"] == 6
