@@ -242,6 +242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         loaded = config.load(args.config)
         logs.configure(level=loaded.settings.log.level, fmt=loaded.settings.log.format)
+        for warning in loaded.warnings:
+            if args.command == "run":  # the daemon's own log (the journal) says it
+                logs.get("monitor.config").warning("config file exposes secrets", detail=warning)
+            elif as_json:
+                print(json.dumps({"warning": warning}), file=sys.stderr)
+            else:
+                print(f"{PROG}: warning: {render.for_terminal(warning)}", file=sys.stderr)
         app = App(loaded=loaded, args=args, clock=SystemClock())
         try:
             result = args.handler(app)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import string
 import tomllib
 import typing
@@ -302,6 +303,7 @@ class Loaded:
 
     settings: Settings
     path: Path
+    warnings: tuple[str, ...] = ()  # said once by the CLI (and logged by the daemon); nothing is refused for them
 
 
 def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path:
@@ -345,7 +347,31 @@ def load(explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, s
         while isinstance(inner.__cause__, SettingsError):  # pydantic-settings wraps ours in "error parsing ..."
             inner = inner.__cause__
         raise errors.ConfigError(f"{path}: {inner}") from None
-    return Loaded(settings=settings, path=path)
+    return Loaded(settings=settings, path=path, warnings=_exposed_secrets(path, data))
+
+
+SECRET_KEYS = (("notify", "linear", "api_key"), ("notify", "webhook", "url"), ("notify", "webhook", "secret"))
+
+
+def _exposed_secrets(path: Path, data: dict[str, Any]) -> tuple[str, ...]:
+    """A warning when the file holds a secret and every user of the host may read it."""
+    try:
+        readable = bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return ()
+    held = [".".join(keys) for keys in SECRET_KEYS if _get(data, keys) is not None]
+    if not readable or not held:
+        return ()
+    return (
+        f"{path} is readable by every user and holds secrets ({', '.join(held)}): chmod 600 it (or 640 with the "
+        "service's group), or move them to $CREDENTIALS_DIRECTORY or the environment",
+    )
+
+
+def _get(data: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
 
 
 def _check_environment(environ: Mapping[str, str], path: Path) -> None:

@@ -67,7 +67,7 @@ TABLE: dict[tuple[State, Action], State | str] = {
     **{(s, Action.REPORT_DUPLICATE): s for s in _ANY},
 }
 
-_HINTS = {
+_HINTS: dict[tuple[State, Action], str] = {
     (S.COMPLETE, Action.RETRY): "re-opening a complete workset needs retry --force",
     (S.IGNORED, Action.RETRY): "re-opening an ignored workset needs retry --force",
     (S.READY, Action.RETRY): "it is already waiting to be claimed",

@@ -335,3 +335,23 @@ def test_an_empty_pipeline_declared_on_purpose_is_accepted(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     assert "0 step(s)" in result.stdout
     assert _cli("list", "--config", str(tmp_path / "c.toml"), "--help").returncode == 0
+
+
+def test_a_config_file_every_user_can_read_with_a_secret_in_it_is_warned_about(tmp_path: Path) -> None:
+    """A world-readable config file holding a secret got no warning."""
+    hook = '[notify.webhook]\nurl = "https://hooks.example.org/T000/B000/XOXB"\nsecret = "s3cret"\n'
+    path = write(tmp_path, "[pipeline]\nsteps = []\n" + hook)
+    path.chmod(0o644)
+    result = _cli("check-config", "--config", str(path))
+    assert result.returncode == 0
+    (line,) = result.stderr.strip().splitlines()
+    assert (
+        f"warning: {path} is readable by every user and holds secrets (notify.webhook.url, notify.webhook.secret)"
+        in line
+    )
+    assert "chmod 600" in line and "XOXB" not in line and "s3cret" not in line
+    path.chmod(0o640)
+    assert _cli("check-config", "--config", str(path)).stderr == ""
+    public = write(tmp_path, "[pipeline]\nsteps = []\n")  # nothing secret in it: nothing to say
+    public.chmod(0o644)
+    assert _cli("check-config", "--config", str(public)).stderr == ""
