@@ -266,9 +266,14 @@ def cmd_export(app: App) -> int:
     else:
         target = Path(app.args.out)
         partial = target.with_name(target.name + ".partial")
-        with partial.open("w", encoding="utf-8") as out:
-            count = backup.export(client, table, out, now_iso=now)
-        partial.replace(target)  # a complete export or none
+        try:
+            with partial.open("w", encoding="utf-8") as out:
+                count = backup.export(client, table, out, now_iso=now)
+            partial.replace(target)  # a complete export or none
+        except OSError as exc:
+            raise errors.InvalidInput(f"{target}: cannot write the export ({exc.strerror or exc})") from None
+        finally:
+            partial.unlink(missing_ok=True)
         if app.args.json:
             print(render.to_json({"exported": count, "table": table, "file": str(target)}))
         else:

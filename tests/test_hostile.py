@@ -1,0 +1,190 @@
+"""Bad input, as an operator (or a script) gives it: every command and every way into the configuration.
+
+One table: each row is a command line (with, at times, a config file or environment of its own), the exit code it
+must end with (0 ok, 1 failed or refused, 2 usage, 69 AWS unreachable, 78 invalid configuration), the one line it
+must say (the last line, for a usage error: argparse prints the usage first), and that nothing was written: the
+table and the bucket are exactly as before. No row may end in "internal error" or a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from monitor import cli
+from monitor.aws import schema
+from monitor.config import TableConfig
+from tests.conftest import REGION
+from tests.lab import BUCKET, Lab
+
+STEP = '[[pipeline.steps]]\nname = "work"\ncommand = ["true"]\n'
+
+# (name, argv after --config, exit code, what the one line says, config text or None for the site's, environment)
+ROWS: list[tuple[str, list[str], int, str, str | None, dict[str, str]]] = [
+    (
+        "register: up and out",
+        ["register", "ok-id", "--prefix", "../../ok-id/"],
+        1,
+        "is not a folder the scanner",
+        None,
+        {},
+    ),
+    (
+        "register: dot-dot inside",
+        ["register", "ok-id", "--prefix", "worksets/x/../ok-id/"],
+        1,
+        "use worksets/ok-id/",
+        None,
+        {},
+    ),
+    ("register: absolute", ["register", "ok-id", "--prefix", "/worksets/ok-id/"], 1, "use worksets/ok-id/", None, {}),
+    (
+        "register: outside the prefixes",
+        ["register", "ok-id", "--prefix", "other/ok-id/"],
+        1,
+        "a [scan] prefix",
+        None,
+        {},
+    ),
+    ("register: a newline", ["register", "ok-id", "--prefix", "worksets/\nx/ok-id/"], 1, "\\nx", None, {}),
+    ("register: very long", ["register", "ok-id", "--prefix", "w" * 1200 + "/ok-id/"], 1, "...", None, {}),
+    ("register: shell in the id", ["register", "x;$(id)"], 2, "invalid workset id", None, {}),
+    ("register: no folder", ["register", "ws-none"], 1, "no daylily.ready yet", None, {}),
+    ("register: invalid folder", ["register", "ws-broken"], 1, "stage_samples.tsv: required file is missing", None, {}),
+    ("register: bad priority", ["register", "ok-id", "--priority", "high"], 2, "invalid priority 'high'", None, {}),
+    ("register: bad bucket", ["register", "ok-id", "--bucket", "Bad_Bucket"], 2, "invalid S3 bucket name", None, {}),
+    ("show: unknown", ["show", "ghost"], 1, "workset ghost is not registered", None, {}),
+    ("history: unknown", ["history", "ghost"], 1, "workset ghost is not registered", None, {}),
+    ("retry: unknown", ["retry", "ghost"], 1, "workset ghost is not registered", None, {}),
+    ("cancel: unknown", ["cancel", "ghost"], 1, "workset ghost is not registered", None, {}),
+    ("ignore: unknown", ["ignore", "ghost"], 1, "workset ghost is not registered", None, {}),
+    ("release: no reason", ["release", "ghost"], 2, "the following arguments are required: --reason", None, {}),
+    ("set-priority: unknown", ["set-priority", "ghost", "urgent"], 1, "workset ghost is not registered", None, {}),
+    ("set-priority: bad value", ["set-priority", "ghost", "high"], 2, "invalid priority 'high'", None, {}),
+    ("list: bad state", ["list", "--state", "running"], 2, "invalid state 'running'", None, {}),
+    ("list: bad limit", ["list", "--limit", "abc"], 2, "must be a whole number, got 'abc'", None, {}),
+    ("list: zero limit", ["list", "--limit", "0"], 2, "must be at least 1", None, {}),
+    ("import: no file", ["import", "/nonexistent/backup.jsonl"], 1, "/nonexistent/backup.jsonl: cannot read", None, {}),
+    ("import: empty file", ["import", "{tmp}/empty.jsonl"], 1, "empty: not a workset-monitor export", None, {}),
+    ("import: not an export", ["import", "{tmp}/garbage.jsonl"], 1, "line 1: not JSON", None, {}),
+    ("export: no such folder", ["export", "--out", "/nonexistent/x.jsonl"], 1, "/nonexistent/x.jsonl", None, {}),
+    ("migrate: bad choice", ["migrate", "--in-flight", "bogus"], 2, "invalid choice: 'bogus'", None, {}),
+    (
+        "healthcheck: nobody there",
+        ["healthcheck", "--url", "http://127.0.0.1:9/healthz"],
+        1,
+        "no answer from",
+        None,
+        {},
+    ),
+    ("notify-test: no channel", ["notify-test"], 1, "no notification channel is configured", None, {}),
+    ("unknown command", ["frobnicate"], 2, "invalid choice: 'frobnicate'", None, {}),
+    ("config: missing file", ["list"], 78, "config file not found", "<missing>", {}),
+    ("config: bad TOML", ["list"], 78, "invalid TOML", "[aws\n", {}),
+    ("config: unknown key", ["list"], 78, "aws.regoin: unknown key", "[aws]\nregoin = 'x'\n", {}),
+    ("config: bad value", ["list"], 78, "line 2: lease.duration_s", "[lease]\nduration_s = -1\n", {}),
+    (
+        "config: secret passed to steps",
+        ["check-config"],
+        78,
+        "never reach a step",
+        "[run]\nstep_env_passthrough = ['WORKSET_MONITOR_NOTIFY__WEBHOOK__SECRET']\n" + STEP,
+        {},
+    ),
+    ("config: no steps", ["run"], 78, "no [[pipeline.steps]]", "[scan]\nbucket = 'lab-bucket'\n", {}),
+    ("env: section typo", ["list"], 78, "unknown section 'scann'", None, {"WORKSET_MONITOR_SCANN__BUCKET": "lab"}),
+    (
+        "env: not a setting",
+        ["list"],
+        78,
+        "WORKSET_MONITOR_BUCKET: not a setting",
+        None,
+        {"WORKSET_MONITOR_BUCKET": "x"},
+    ),
+    (
+        "env: bad number",
+        ["list"],
+        78,
+        "WORKSET_MONITOR_SCAN__INTERVAL_S: scan.interval_s",
+        None,
+        {"WORKSET_MONITOR_SCAN__INTERVAL_S": "often"},
+    ),
+    (
+        "env: broken JSON list",
+        ["list"],
+        78,
+        "WORKSET_MONITOR_SCAN__PREFIXES: scan.prefixes: not valid JSON",
+        None,
+        {"WORKSET_MONITOR_SCAN__PREFIXES": '["a/",'},
+    ),
+    ("env: not a section", ["list"], 78, "notify.sns: Input should be", None, {"WORKSET_MONITOR_NOTIFY__SNS": "{oops"}),
+    ("AWS unreachable", ["list"], 69, "127.0.0.1:9", "<unreachable>", {}),
+]
+
+
+@pytest.fixture
+def site(aws_endpoint: str, tmp_path: Path) -> dict[str, Any]:
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=aws_endpoint)
+    s3.create_bucket(Bucket=BUCKET)
+    lab = Lab(s3)
+    lab.workset("ws-broken", files={"stage_samples.tsv": None})
+    lab.workset("ws-good")
+    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint)
+    schema.ensure_table(dynamodb, TableConfig(name="hostile"))
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "garbage.jsonl").write_text("rm -rf /\n")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[aws]\nregion = "{REGION}"\nendpoint_url = "{aws_endpoint}"\nmax_attempts = 2\n'
+        f'[table]\nname = "hostile"\n[scan]\nbucket = "{BUCKET}"\nprefixes = ["worksets/"]\n' + STEP
+    )
+    return {"config": config, "s3": s3, "dynamodb": dynamodb, "endpoint": aws_endpoint, "tmp": tmp_path}
+
+
+def _world(site: dict[str, Any]) -> tuple[str, list[str]]:
+    items = site["dynamodb"].scan(TableName="hostile")["Items"]
+    keys = [o["Key"] for o in site["s3"].list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    return json.dumps(sorted(items, key=json.dumps), sort_keys=True), sorted(keys)
+
+
+@pytest.mark.parametrize(("name", "argv", "code", "says", "text", "env"), ROWS, ids=[row[0] for row in ROWS])
+def test_bad_input_is_refused_plainly_and_writes_nothing(
+    site: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    argv: list[str],
+    code: int,
+    says: str,
+    text: str | None,
+    env: dict[str, str],
+) -> None:
+    config = site["config"]
+    if text == "<missing>":
+        config = site["tmp"] / "missing.toml"
+    elif text == "<unreachable>":
+        config = site["tmp"] / "unreachable.toml"
+        config.write_text(site["config"].read_text().replace(site["endpoint"], "http://127.0.0.1:9"))
+    elif text is not None:
+        config = site["tmp"] / "own.toml"
+        config.write_text(text)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    before = _world(site)
+    args = [arg.replace("{tmp}", str(site["tmp"])) for arg in argv]
+    try:
+        got = cli.main(["--config", str(config), *args])
+    except SystemExit as exc:  # argparse's usage errors
+        got = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert got == code, (name, got, err)
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert lines and says in lines[-1], (name, err)
+    assert len(lines) == 1 or code == 2, (name, err)  # one line; a usage error prints the usage first
+    assert out == "", (name, out)
+    assert _world(site) == before, f"{name}: something was written"
