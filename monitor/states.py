@@ -20,6 +20,8 @@ from monitor.model import Event, EventType, Lease, Priority, State, Workset, Wor
 
 MAX_ERROR_CHARS = 400  # last_error on the control item; full detail lives in the event
 MAX_DETAIL_CHARS = 8000  # an event's detail (error or output tail); events must stay far below 400 KB
+MAX_REASON_CHARS = 1000  # an event's reason (an operator's --reason, a scanner's verdict)
+MAX_ACTOR_CHARS = 200
 
 VALIDATION = "validation"  # error_category of a workset whose folder failed validation
 
@@ -198,10 +200,10 @@ def new_workset(
         seq=ws.version,
         type=EventType.INVALID if invalid_reason else EventType.REGISTERED,
         at_ms=ctx.now_ms,
-        actor=ctx.actor,
+        actor=table_text(ctx.actor, MAX_ACTOR_CHARS),
         from_state=None,
         to_state=state,
-        reason=invalid_reason or ctx.reason,
+        reason=table_text(invalid_reason or ctx.reason, MAX_REASON_CHARS),
         priority=priority,
         detail=_bounded(error or ""),
     )
@@ -298,10 +300,10 @@ def decide(
         seq=after.version,
         type=event_type,
         at_ms=ctx.now_ms,
-        actor=ctx.actor,
+        actor=table_text(ctx.actor, MAX_ACTOR_CHARS),
         from_state=ws.state,
         to_state=after.state,
-        reason=ctx.reason or step or "",
+        reason=table_text(ctx.reason or step or "", MAX_REASON_CHARS),
         attempt=after.attempts if action is Action.CLAIM else ws.attempts,
         epoch=after.epoch,
         detail=_bounded(error or detail),
@@ -310,10 +312,25 @@ def decide(
     return Decision(before=ws, after=after, event=event)
 
 
+def table_text(text: str, limit: int, *, keep: str = "start") -> str:
+    """The one rule for text written to the table: valid UTF-8 (a lone surrogate, what Python makes of a byte that
+    is not UTF-8 in an argument or a file name, becomes U+FFFD), at most ``limit`` characters (the start kept, or
+    with ``keep="end"`` the end: an output's tail), an ellipsis where it was cut. Secrets never get this far: steps
+    do not see them (``[run] step_env_passthrough``) and channels' keys are never part of an event."""
+    if not text.isascii():
+        try:
+            raw = text.encode("utf-8", "surrogateescape")  # the bytes the surrogates stood for...
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "replace")
+        text = raw.decode("utf-8", "replace")  # ...shown as U+FFFD
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…" if keep == "start" else "…" + text[-(limit - 1) :]
+
+
 def _bounded(text: str) -> str:
-    return text if len(text) <= MAX_DETAIL_CHARS else "…" + text[-(MAX_DETAIL_CHARS - 1) :]
+    return table_text(text, MAX_DETAIL_CHARS, keep="end")
 
 
 def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+    return table_text(" ".join(text.split()), MAX_ERROR_CHARS)

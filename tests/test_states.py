@@ -303,3 +303,20 @@ def test_every_refusal_an_operator_meets_names_the_next_step(state: State, actio
         assert "_" not in message.split(":", maxsplit=1)[0].replace(state.value, ""), (
             message
         )  # the command, not the enum
+
+
+def test_text_written_to_the_table_is_bounded_and_utf8() -> None:
+    """One rule for every text an event or a workset carries: an operator's 500 KB --reason (or an argument with a
+    byte that is not UTF-8, which Python keeps as a lone surrogate) made a write DynamoDB refuses, or one botocore
+    cannot encode: an internal error."""
+    huge = Context(now_ms=T0, reason="r" * 500_000 + "\udcff", actor="operator:\udcffx@host")
+    decision = states.decide(workset(S.READY), A.CANCEL, huge)
+    event = decision.event
+    for text in (event.reason, event.actor, event.detail):
+        text.encode("utf-8")  # raises on a lone surrogate
+    assert len(event.reason) <= states.MAX_REASON_CHARS and event.reason.startswith("rrr")
+    failed = states.decide(workset(S.IN_PROGRESS, lease=lease()), A.FAIL_PERMANENT, ctx(), error="e\udcff" * 50_000)
+    assert failed.after.last_error is not None
+    failed.after.last_error.encode("utf-8")
+    failed.event.detail.encode("utf-8")
+    assert len(failed.event.detail) <= states.MAX_DETAIL_CHARS
