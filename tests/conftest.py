@@ -68,6 +68,18 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(main())
 
 
+def register(store: Any, name: str, *, prefix: str = "worksets/", reason: str = "found in S3", **kw: Any) -> Any:
+    """Register ``name`` as the scanner would (``kw``: more of ``actions.register``'s arguments)."""
+    from monitor import actions
+    from monitor.model import Priority, WorksetId
+    from monitor.states import Context
+
+    ctx = kw.pop("ctx", None) or Context(now_ms=1_000, actor="scanner:test", reason=reason)
+    kw.setdefault("priority", Priority.NORMAL)
+    kw.setdefault("bucket", "lab-bucket")
+    return run(actions.register(store, workset_id=WorksetId(name), prefix=f"{prefix}{name}/", ctx=ctx, **kw))
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_threads() -> Iterator[None]:
     before = set(threading.enumerate())

@@ -24,7 +24,7 @@ from monitor.config import TableConfig
 from monitor.model import Lease, Priority, State, WorksetId
 from monitor.scanner import Scanner
 from monitor.states import Action, Context
-from tests.conftest import REGION, run
+from tests.conftest import REGION, register, run
 from tests.lab import BUCKET, Lab
 
 
@@ -473,17 +473,7 @@ def test_terminal_output_neutralises_control_characters(ready_table: Path, aws_e
     (clear screen, a fake prompt)."""
     store = DynamoStore(boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint), "daylily-worksets")
     ctx = Context(now_ms=1_000, actor="scanner:test\x1b[31m", reason="found \x1b]0;title\x07 in S3")
-    run(
-        actions.register(
-            store,
-            workset_id=WorksetId("ws-esc"),
-            bucket=BUCKET,
-            prefix="worksets/ws-esc/",
-            priority=Priority.NORMAL,
-            ctx=ctx,
-            invalid_reason=HOSTILE,
-        )
-    )
+    register(store, "ws-esc", ctx=ctx, invalid_reason=HOSTILE)
     cfg = ("--config", str(ready_table))
     for command in (("show", "ws-esc"), ("list",), ("history", "ws-esc"), ("retry", "ws-esc")):
         _, out, err = main(capsys, *cfg, *command)

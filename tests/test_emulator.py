@@ -3,6 +3,7 @@ the table faster than it must (counted, not timed)."""
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import boto3
@@ -45,19 +46,11 @@ def test_a_query_derives_each_key_once_per_item(monkeypatch: pytest.MonkeyPatch,
     """moto sorted every item comparing DynamoType objects, deriving both values per comparison: a query on an index
     of a 5 000-item table cost ~200 ms. Seen failing first: 15 items, 210 derivations. Kept: none the second time."""
     emulator.speed_up()
-    derived = 0
-    original = dynamo_type.DynamoType.cast_value
-
-    def counting(self: Any) -> Any:
-        nonlocal derived
-        derived += 1
-        return original.fget(self)  # type: ignore[attr-defined]
-
-    monkeypatch.setattr(dynamo_type.DynamoType, "cast_value", property(counting))
+    derived = _derivations(monkeypatch)
     assert len(Table.all_items(_table())) == 15
-    assert derived <= 2 * 15
+    assert derived["n"] <= 2 * 15
     Table.all_items(_table())
-    assert derived <= 2 * 15
+    assert derived["n"] <= 2 * 15
 
 
 def _table() -> Table:
@@ -70,26 +63,7 @@ def test_an_index_query_keeps_moto_s_order() -> None:
     emulator.speed_up()
     with mock_aws():
         client = boto3.client("dynamodb", region_name=REGION)
-        client.create_table(
-            TableName="indexed",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "g", "AttributeType": "S"},
-                {"AttributeName": "v", "AttributeType": "N"},
-            ],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": "by-v",
-                    "KeySchema": [
-                        {"AttributeName": "g", "KeyType": "HASH"},
-                        {"AttributeName": "v", "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "ALL"},
-                }
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        _create(client, "indexed", keys=("pk",), types={"pk": "S", "g": "S", "v": "N"}, index=("by-v", "g", "v"))
         for i, v in enumerate(("10", "9", "-1", "2.5", "100", "9")):
             client.put_item(TableName="indexed", Item={"pk": {"S": f"p{5 - i}"}, "g": {"S": "x"}, "v": {"N": v}})
         client.put_item(TableName="indexed", Item={"pk": {"S": "other"}, "g": {"S": "y"}, "v": {"N": "0"}})
@@ -138,42 +112,20 @@ def test_a_table_query_tests_only_its_partition(monkeypatch: pytest.MonkeyPatch)
     emulator.speed_up()
     with mock_aws():
         client = boto3.client("dynamodb", region_name=REGION)
-        client.create_table(
-            TableName="big",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[{"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk", "g", "gs")],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": "sparse",
-                    "KeySchema": [
-                        {"AttributeName": "g", "KeyType": "HASH"},
-                        {"AttributeName": "gs", "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "ALL"},
-                }
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        types = dict.fromkeys(("pk", "sk", "g", "gs"), "S")
+        _create(client, "big", keys=("pk", "sk"), types=types, index=("sparse", "g", "gs"))
         for p in range(60):
             for s in range(5):
                 item = {"pk": {"S": f"p{p:02d}"}, "sk": {"S": f"s{s}"}}
                 if p % 20 == 0:  # 15 items in the sparse index
                     item |= {"g": {"S": "pending"}, "gs": {"S": f"{p:02d}{s}"}}
                 client.put_item(TableName="big", Item=item)
-        derived = 0
-        original = dynamo_type.DynamoType.cast_value
-
-        def counting(self: Any) -> Any:
-            nonlocal derived
-            derived += 1
-            return original.fget(self)  # type: ignore[attr-defined]
-
-        monkeypatch.setattr(dynamo_type.DynamoType, "cast_value", property(counting))
+        derived = _derivations(monkeypatch)
         history = client.query(
             TableName="big", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "p07"}}
         )["Items"]
         assert [item["sk"]["S"] for item in history] == ["s0", "s1", "s2", "s3", "s4"]
-        assert derived <= 60, derived  # the partition's 5 items, not the table's 300
+        assert derived["n"] <= 60, derived  # the partition's 5 items, not the table's 300
         pending = client.query(
             TableName="big",
             IndexName="sparse",
@@ -181,3 +133,35 @@ def test_a_table_query_tests_only_its_partition(monkeypatch: pytest.MonkeyPatch)
             ExpressionAttributeValues={":g": {"S": "pending"}, ":before": {"S": "203"}},
         )["Items"]
         assert [item["gs"]["S"] for item in pending] == ["000", "001", "002", "003", "004", "200", "201", "202"]
+
+
+def _create(
+    client: Any, name: str, *, keys: tuple[str, ...], types: dict[str, str], index: tuple[str, str, str]
+) -> None:
+    """A table keyed by ``keys`` (hash, then range) with one global index ``(name, hash, range)``, projecting all."""
+
+    def schema(*names: str) -> list[dict[str, str]]:
+        return [{"AttributeName": n, "KeyType": kind} for n, kind in zip(names, ("HASH", "RANGE"), strict=False)]
+
+    client.create_table(
+        TableName=name,
+        KeySchema=schema(*keys),
+        AttributeDefinitions=[{"AttributeName": n, "AttributeType": t} for n, t in types.items()],
+        GlobalSecondaryIndexes=[
+            {"IndexName": index[0], "KeySchema": schema(*index[1:]), "Projection": {"ProjectionType": "ALL"}}
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+def _derivations(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
+    """From now on, counts (``["n"]``) how often a ``DynamoType`` derives its value."""
+    count: collections.Counter[str] = collections.Counter()
+    original = dynamo_type.DynamoType.cast_value
+
+    def counting(self: Any) -> Any:
+        count["n"] += 1
+        return original.fget(self)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(dynamo_type.DynamoType, "cast_value", property(counting))
+    return count

@@ -15,13 +15,11 @@ from typing import Any
 import boto3
 import pytest
 
-from monitor import actions, cli
+from monitor import cli
 from monitor.aws import schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.config import TableConfig
-from monitor.model import Priority, WorksetId
-from monitor.states import Context
-from tests.conftest import REGION, run
+from tests.conftest import REGION, register
 from tests.lab import BUCKET, Lab
 
 STEP = '[[pipeline.steps]]\nname = "work"\ncommand = ["true"]\n'
@@ -140,18 +138,7 @@ def site(aws_endpoint: str, tmp_path: Path) -> dict[str, Any]:
     lab.workset("ws-good")
     dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint)
     schema.ensure_table(dynamodb, TableConfig(name="hostile"))
-    store = DynamoStore(dynamodb, "hostile")
-    ctx = Context(now_ms=1_000, actor="scanner:test", reason="found in S3")
-    run(
-        actions.register(
-            store,
-            workset_id=WorksetId("ws-good"),
-            bucket=BUCKET,
-            prefix="worksets/ws-good/",
-            priority=Priority.NORMAL,
-            ctx=ctx,
-        )
-    )
+    register(DynamoStore(dynamodb, "hostile"), "ws-good")
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "garbage.jsonl").write_text("rm -rf /\n")
     config = tmp_path / "config.toml"
