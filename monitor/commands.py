@@ -27,6 +27,7 @@ from monitor.model import (
     EventType,
     Priority,
     State,
+    Workset,
     WorksetId,
 )
 from monitor.notify.outbox import Doorbell, Outbox
@@ -332,12 +333,16 @@ async def cmd_migrate(app: App) -> int:
 def transition(action: Action | Callable[[argparse.Namespace], Action], default_reason: str) -> Any:
     async def command(app: App) -> int:
         chosen = action(app.args) if callable(action) else action
-        if chosen is Action.SET_PRIORITY and await _priority_already(app):
-            return errors.EX_OK
-        if chosen in (Action.RETRY, Action.RETRY_FORCE):
-            await _refuse_stand_in(app, app.args.id)
-        if chosen is Action.RETRY:
-            await _revalidate(app, app.args.id)
+        if chosen in (Action.SET_PRIORITY, Action.RETRY, Action.RETRY_FORCE):  # looked at first: one read for all
+            ws = await app.store.get(app.args.id)
+            if chosen is Action.SET_PRIORITY and ws is not None and ws.priority is app.args.priority:
+                text = f"{ws.workset_id} already has priority {ws.priority.value}; nothing changed"
+                app.emit({"workset_id": ws.workset_id, "priority": ws.priority.value, "changed": False}, text)
+                return errors.EX_OK  # no audit event for no change
+            if chosen is not Action.SET_PRIORITY and ws is not None:
+                _refuse_stand_in(ws)
+            if chosen is Action.RETRY and ws is not None:
+                await _revalidate(app, ws)
         decision = await actions.act(
             app.store,
             app.args.id,
@@ -364,33 +369,23 @@ def transition(action: Action | Callable[[argparse.Namespace], Action], default_
     return command
 
 
-async def _priority_already(app: App) -> bool:
-    """Whether the workset has that priority already: then nothing is written (no audit event for no change)."""
-    ws = await app.store.get(app.args.id)
-    if ws is None or ws.priority is not app.args.priority:
-        return False
-    text = f"{ws.workset_id} already has priority {ws.priority.value}; nothing changed"
-    app.emit({"workset_id": ws.workset_id, "priority": ws.priority.value, "changed": False}, text)
-    return True
-
-
-async def _refuse_stand_in(app: App, workset_id: WorksetId) -> None:
+def _refuse_stand_in(ws: Workset) -> None:
     """A folder whose name is not a valid workset id is registered under a stand-in id, as invalid, and is never
     run (not even with ``--force``): its name would reach the steps' arguments (``{s3_uri}``) and the logs."""
-    ws = await app.store.get(workset_id)
-    if ws is not None and ws.prefix.rstrip("/").rsplit("/", 1)[-1] != ws.workset_id:
-        name = ascii(ws.prefix.rstrip("/").rsplit("/", 1)[-1][:80])
+    folder_name = ws.prefix.rstrip("/").rsplit("/", 1)[-1]
+    if folder_name != ws.workset_id:
         raise errors.InvalidInput(
-            f"{workset_id} stands in for the folder {name}, whose name is not a valid workset id (1-128 characters "
-            "from A-Z a-z 0-9 . _ -): rename the folder, and the scanner registers it under its new name"
+            f"{ws.workset_id} stands in for the folder {folder_name[:80]!a}, whose name is not a valid workset "
+            "id (1-128 characters from A-Z a-z 0-9 . _ -): rename the folder, and the scanner registers it under "
+            "its new name"
         )
 
 
-async def _revalidate(app: App, workset_id: WorksetId) -> None:
+async def _revalidate(app: App, ws: Workset) -> None:
     """A workset that failed validation is re-opened only once its folder passes validation: otherwise the pipeline
     would run on the input that was refused. ``retry --force`` skips this (and the S3 reads)."""
-    ws = await app.store.get(workset_id)
-    if ws is None or ws.state is not State.ERROR or ws.error_category != VALIDATION:
+    workset_id = ws.workset_id
+    if ws.state is not State.ERROR or ws.error_category != VALIDATION:
         return
     source = S3Source(app.clients.get("s3"), ws.bucket)
     listing = await source.top_level(ws.prefix)
