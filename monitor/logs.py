@@ -17,6 +17,8 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from monitor.terminal import for_terminal, lines_for_terminal
+
 Format = Literal["auto", "json", "console"]
 _NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "werkzeug")
 _HANDLER_NAME = "workset-monitor"
@@ -25,6 +27,16 @@ _HANDLER_NAME = "workset-monitor"
 _DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
     structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
 )
+
+
+def _for_terminal(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Console logs show a step's output or an S3 key's control characters escaped, never obeyed."""
+    return {
+        key: (lines_for_terminal(value) if key == "exception" else for_terminal(value))
+        if isinstance(value, str)
+        else value
+        for key, value in event.items()
+    }
 
 
 def configure(*, level: str = "info", fmt: Format = "auto", stream: TextIO | None = None) -> None:
@@ -43,6 +55,7 @@ def configure(*, level: str = "info", fmt: Format = "auto", stream: TextIO | Non
         if console
         else structlog.processors.JSONRenderer(sort_keys=False)
     )
+    shown: list[Any] = [_for_terminal] if console else []  # JSON escapes control characters itself
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
@@ -59,6 +72,7 @@ def configure(*, level: str = "info", fmt: Format = "auto", stream: TextIO | Non
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if console else _DICT_TRACEBACKS,
+            *shown,
             renderer,
         ],
     )

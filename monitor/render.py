@@ -1,11 +1,7 @@
 """How records look to an operator: plain dicts for ``--json``, aligned text tables otherwise.
 
-One rule for text meant for a terminal (``for_terminal``): every character that is not printable (control
-characters, C1 codes, bidirectional overrides, line separators) is shown as its escape, ``\\x1b``, ``\\u202e``. A
-manifest, an S3 key or a step's output can put anything into ``last_error``, a reason or a detail; shown raw it could
-clear the screen, fake a prompt or reorder a line. Table cells and values are escaped one by one (a newline in a value
-does not start a line), and ``lines_for_terminal`` guards whole messages (their own line breaks kept). ``--json``
-needs nothing: JSON escapes them itself."""
+Text goes through ``monitor.terminal``'s rule: table cells and values are escaped one by one (a newline in a value
+does not start a line), and ``lines_for_terminal`` guards whole messages (their own line breaks kept)."""
 
 from __future__ import annotations
 
@@ -17,6 +13,9 @@ from typing import Any
 from monitor.clock import iso
 from monitor.migration import Report
 from monitor.model import Event, Priority, State, Stats, Workset
+from monitor.terminal import for_terminal, lines_for_terminal
+
+__all__ = ["for_terminal", "lines_for_terminal"]  # the CLI's one rule for terminals, with the rest below
 
 
 def workset_dict(ws: Workset) -> dict[str, Any]:
@@ -72,24 +71,6 @@ def stats_dict(stats: Stats) -> dict[str, Any]:
         "total": stats.total,
         "oldest_ready_age_s": stats.oldest_ready_age_s,
     }
-
-
-def for_terminal(value: object) -> str:
-    """``value`` as text that a terminal shows and does not obey."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else _escaped(c) for c in text)
-
-
-def lines_for_terminal(text: str) -> str:
-    """``for_terminal`` for each line of a message (its own line breaks kept)."""
-    return "\n".join(for_terminal(line) for line in text.split("\n"))
-
-
-def _escaped(char: str) -> str:
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def to_json(data: Any) -> str:

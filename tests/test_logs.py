@@ -91,3 +91,16 @@ def test_console_format_is_human_readable() -> None:
         logs.configure(level="warning", fmt="json", stream=io.StringIO())
     text = out.getvalue()
     assert "hello" in text and "workset_id=ws-1" in text and not text.startswith("{")
+
+
+def test_console_logs_show_control_characters_escaped() -> None:
+    """A step's output line with terminal escapes reached a terminal raw through the console log."""
+    out = io.StringIO()
+    logs.configure(level="info", fmt="console", stream=out)
+    try:
+        logs.get("monitor.test").info("step output", line="\x1b[2J\x1b[Hfake prompt $ ", step="s\u202e")
+    finally:
+        logs.configure(level="warning", fmt="json", stream=io.StringIO())
+    text = out.getvalue()
+    assert "\x1b" not in text and "\u202e" not in text, text
+    assert "\\x1b[2J" in text and "\\u202e" in text
