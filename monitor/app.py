@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from monitor import config, errors, render
+from monitor import config, errors, render, terminal
 from monitor.aws import clients
 from monitor.aws.dynamo import DynamoStore
 from monitor.aws.s3 import S3Source
@@ -115,7 +115,7 @@ class App:
         )
 
     def emit(self, data: Any, text: str) -> None:
-        print(render.to_json(data) if self.args.json else render.lines_for_terminal(text))
+        print(render.to_json(data) if self.args.json else terminal.lines_for_terminal(text))
 
 
 def operator_identity() -> str:

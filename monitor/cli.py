@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from monitor import __version__, config, errors, logs, render
+from monitor import __version__, config, errors, logs, terminal
 from monitor.app import PROG, App
 from monitor.clock import SystemClock
 from monitor.commands import (
@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if as_json:
             print(json.dumps({"error": message, "exit_code": code}), file=sys.stderr)
         else:
-            print(f"{PROG}: {render.for_terminal(message)}", file=sys.stderr)
+            print(f"{PROG}: {terminal.for_terminal(message)}", file=sys.stderr)
         return code
 
     try:
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif as_json:
                 print(json.dumps({"warning": warning}), file=sys.stderr)
             else:
-                print(f"{PROG}: warning: {render.for_terminal(warning)}", file=sys.stderr)
+                print(f"{PROG}: warning: {terminal.for_terminal(warning)}", file=sys.stderr)
         app = App(loaded=loaded, args=args, clock=SystemClock())
         try:
             result = args.handler(app)

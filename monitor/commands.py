@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from monitor import actions, config, errors, iam, leases, preflight, render, steps, validation
+from monitor import actions, config, errors, iam, leases, preflight, render, steps, terminal, validation
 from monitor.app import PROG, App, operator_identity
 from monitor.aws import backup, codec, schema
 from monitor.aws.cloudwatch import CloudWatchPublisher
@@ -222,11 +222,11 @@ def cmd_healthcheck(app: App) -> int:
         with exc:
             body = exc.read().decode().strip()
         report = {"healthy": False, "url": url, "status": exc.code, "body": body}
-        text = f"{PROG}: unhealthy ({exc.code}): {render.for_terminal(body)}"
+        text = f"{PROG}: unhealthy ({exc.code}): {terminal.for_terminal(body)}"
     except OSError as exc:
         reason = str(getattr(exc, "reason", exc))
         report = {"healthy": False, "url": url, "status": None, "error": f"no answer: {reason}"}
-        text = f"{PROG}: no answer from {url}: {render.for_terminal(reason)}"
+        text = f"{PROG}: no answer from {url}: {terminal.for_terminal(reason)}"
     if as_json:
         print(render.to_json(report))
     else:

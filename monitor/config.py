@@ -377,7 +377,7 @@ def _get(data: Any, keys: tuple[str, ...]) -> Any:
 def _check_environment(environ: Mapping[str, str], path: Path) -> None:
     """Every ``WORKSET_MONITOR_<SECTION>__<KEY>`` names a section (a key typo is caught by validation; a section
     typo would be ignored without a word)."""
-    sections = set(Settings.model_fields)
+    sections = list(Settings.model_fields)  # in the file's order: the message lists them as the docs do
     for name in sorted(environ):
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX) or upper == ENV_CONFIG_PATH:

@@ -13,9 +13,7 @@ from typing import Any
 from monitor.clock import iso
 from monitor.migration import Report
 from monitor.model import Event, Priority, State, Stats, Workset
-from monitor.terminal import for_terminal, lines_for_terminal
-
-__all__ = ["for_terminal", "lines_for_terminal"]  # the CLI's one rule for terminals, with the rest below
+from monitor.terminal import for_terminal
 
 
 def workset_dict(ws: Workset) -> dict[str, Any]:

@@ -71,13 +71,14 @@ def render(step: StepConfig, values: Mapping[str, object]) -> list[str]:
 
 def passed_on(env: Mapping[str, str], names: Sequence[str]) -> dict[str, str]:
     """The part of the daemon's environment its steps get: the variables ``names`` lists (``NAME*``: every name
-    with that prefix), never the daemon's own ``WORKSET_MONITOR_*`` settings."""
+    with that prefix), never the daemon's own ``WORKSET_MONITOR_*`` settings (in any case: that is how they are
+    read)."""
     exact = {name for name in names if not name.endswith("*")}
     prefixes = tuple(name[:-1] for name in names if name.endswith("*"))
     return {
         key: value
         for key, value in env.items()
-        if (key in exact or key.startswith(prefixes)) and not key.startswith(NEVER_PASSED)
+        if (key in exact or key.startswith(prefixes)) and not key.upper().startswith(NEVER_PASSED)
     }
 
 

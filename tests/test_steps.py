@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from monitor import steps
 from monitor.clock import SystemClock
 from monitor.config import StepConfig
 from monitor.steps import TAIL_BYTES, Outcome, Result, Runner
@@ -244,3 +245,10 @@ def test_a_step_sees_only_its_own_variables_and_the_allowed_ones() -> None:
         "AWS_SECRET_ACCESS_KEY": "aws-secret",
         "LC_ALL": "C.UTF-8",
     }
+
+
+def test_the_daemon_s_settings_never_pass_whatever_their_case() -> None:
+    """pydantic-settings reads WORKSET_MONITOR_* case-insensitively, so workset_monitor_notify__webhook__secret is a
+    setting too: a passthrough prefix in lower case (``work*``) let it through."""
+    env = {"workset_monitor_notify__webhook__secret": "HMAC", "Workset_Monitor_X": "y", "workdir": "/w"}
+    assert steps.passed_on(env, ["work*", "Work*"]) == {"workdir": "/w"}
