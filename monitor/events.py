@@ -8,11 +8,13 @@ message stays, and SQS delivers it again after its visibility timeout. Keys arri
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.parse
 from dataclasses import dataclass
 
 from monitor import errors, legacy, logs
+from monitor.loops import Loops, Seconds
 from monitor.ports import Message, Queue
 from monitor.scanner import Scanner
 
@@ -48,11 +50,11 @@ def ready_objects(body: str) -> list[ReadyObject]:
 
 
 class ReadyListener:
-    def __init__(self, queue: Queue, scanner: Scanner, *, bucket: str, prefixes: list[str]) -> None:
+    def __init__(self, queue: Queue, scanner: Scanner, *, bucket: str) -> None:
+        """Matches keys against the scanner's prefixes (read at every message: a reload applies live)."""
         self._queue = queue
         self._scanner = scanner
         self._bucket = bucket
-        self._prefixes = prefixes
         self.handled = 0
 
     async def poll_once(self, *, wait_s: int = 20) -> int:
@@ -85,8 +87,22 @@ class ReadyListener:
     def _match(self, bucket: str, folder: str) -> tuple[str, str] | None:
         if bucket != self._bucket:
             return None
-        for prefix in sorted(self._prefixes, key=len, reverse=True):
+        for prefix in sorted(self._scanner.prefixes(), key=len, reverse=True):
             rest = folder[len(prefix) :] if folder.startswith(prefix) else None
             if rest and rest.count("/") == 1 and rest.endswith("/"):
                 return prefix, rest[:-1]
         return None
+
+
+async def listen_forever(listener: ReadyListener, loops: Loops, *, interval_s: Seconds, found: asyncio.Event) -> None:
+    """The events engine: long-polls the queue back to back (each wait at most 20 s and at most one scan interval);
+    sets ``found`` when a message was handled."""
+
+    def wait_s() -> int:
+        return min(20, int(interval_s()))
+
+    async def tick() -> None:
+        if await listener.poll_once(wait_s=wait_s()):
+            found.set()
+
+    await loops.poll("events", tick, every_s=lambda: 0.0, stale_after_s=lambda: 3 * wait_s() + 60)

@@ -50,13 +50,14 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from monitor import errors, logs, states
 from monitor.clock import Clock
 from monitor.config import LeaseConfig, RunConfig
+from monitor.live import reader
 from monitor.model import Due, Event, Fleet, Lease, State, Workset, WorksetId
 from monitor.ports import Store
 from monitor.states import Action, Backoff, Context, Decision
@@ -126,11 +127,15 @@ class Renewals:
     failed, no claims for a cool-off (one lease, doubling while it goes on, up to COOL_OFF_MAX_S); any successful
     renewal ends it."""
 
-    def __init__(self, clock: Clock, policy: Policy) -> None:
+    def __init__(self, clock: Clock, policy: Policy | Callable[[], Policy]) -> None:
         self._clock = clock
-        self._policy = policy
+        self._policy_now = reader(policy)
         self._seconds = 0.0
         self._until = 0.0  # monotonic
+
+    @property
+    def _policy(self) -> Policy:
+        return self._policy_now()
 
     def failed(self, workset_id: str) -> None:
         now = self._clock.monotonic()
@@ -152,17 +157,25 @@ class Renewals:
 
 
 class Claimer:
-    """Claims due worksets for one daemon (``owner``)."""
+    """Claims due worksets for one daemon (``owner``). ``policy`` may be a getter: it is read at every claim."""
 
-    def __init__(self, store: Store, clock: Clock, *, owner: str, policy: Policy, rng: random.Random | None = None):
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        owner: str,
+        policy: Policy | Callable[[], Policy],
+        rng: random.Random | None = None,
+    ):
         self._store = store
         self._clock = clock
-        self._policy = policy
+        self._policy_now = reader(policy)
         self._rng = rng or random.Random()
         self.owner = owner
         self.counts: collections.Counter[str] = collections.Counter()  # claims by result: won, lost, fleet_full...
         self.heartbeats: collections.Counter[str] = collections.Counter()  # of all its holdings: ok, lost...
-        self.renewals = Renewals(clock, policy)
+        self.renewals = Renewals(clock, self._policy_now)
         self._seq_first_seen: tuple[int, float] | None = None  # a retry_seq of the counter; when we first saw it
         self._seq_known: int | None = None  # the retry_seq as of which a settled read saw every retrying workset
         self._retrying_read_at: float | None = None  # monotonic start of our latest read of the retrying worksets
@@ -170,6 +183,10 @@ class Claimer:
         self._held_off: dict[tuple[WorksetId, int], float] = {}  # held-off candidate (id, version) -> first seen
         self._round_started = clock.monotonic()
         self._unknown: dict[WorksetId, tuple[int, str]] = {}  # claims of unknown outcome: (version decided on, token)
+
+    @property
+    def _policy(self) -> Policy:
+        return self._policy_now()
 
     async def claim(self, *, slots: int, fleet: Fleet | None = None) -> list[Holding]:
         """Claim up to ``slots`` worksets, urgent first then oldest first. Never raises for a lost race.

@@ -20,12 +20,17 @@ the first. One folder failing (an AWS hiccup, even a bug) never stops the scan o
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from monitor import actions, errors, logs, validation
 from monitor.clock import Clock
+from monitor.live import reader
+from monitor.loops import Loops, Seconds
 from monitor.model import EventType, Priority, State, WorksetId, check_workset_id
 from monitor.ports import Source, Store
 from monitor.states import Action, Context
@@ -51,16 +56,17 @@ class Scanner:
         source: Source,
         clock: Clock,
         *,
-        prefixes: list[str],
+        prefixes: Sequence[str] | Callable[[], Sequence[str]],
         actor: str,
-        max_manifest_bytes: int = 10 << 20,
+        max_manifest_bytes: int | Callable[[], int] = 10 << 20,
     ) -> None:
+        """``prefixes`` and ``max_manifest_bytes`` may be getters, read at every scan (a reload applies live)."""
         self._store = store
         self._source = source
         self._clock = clock
-        self._prefixes = prefixes
+        self.prefixes = reader(prefixes)
         self._actor = actor
-        self._max_manifest_bytes = max_manifest_bytes
+        self._max_manifest_bytes = reader(max_manifest_bytes)
         self._known: dict[WorksetId, str] | None = None  # id -> "bucket/folder/"
         self._legacy: set[str] = set()  # locations left to `migrate`, not looked at again until restart
         self._reported: set[str] = set()  # duplicate locations already reported
@@ -74,7 +80,7 @@ class Scanner:
         """One pass over every prefix."""
         known = await self._known_ids()
         report = ScanReport()
-        for prefix in self._prefixes:
+        for prefix in self.prefixes():
             names = await self._source.folders(prefix)
             report.folders += len(names)
             unknown: list[tuple[WorksetId, str]] = []
@@ -134,7 +140,9 @@ class Scanner:
             if workset_id != name:
                 reason = f"folder name {name!a} is not a valid workset id: use 1-128 characters from A-Z a-z 0-9 . _ -"
                 return await self._register(workset_id, folder, location, Priority.NORMAL, invalid=reason)
-            verdict = await validation.inspect(self._source, folder=folder, max_manifest_bytes=self._max_manifest_bytes)
+            verdict = await validation.inspect(
+                self._source, folder=folder, max_manifest_bytes=self._max_manifest_bytes()
+            )
             if verdict.kind == "pending":
                 return "pending"
             if verdict.kind == "legacy":
@@ -214,3 +222,33 @@ class Scanner:
 
 def _batched(items: list[tuple[WorksetId, str]], size: int) -> list[list[tuple[WorksetId, str]]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+async def scan_tick(scanner: Scanner, *, observe: Callable[[float], None] | None = None) -> ScanReport:
+    """One pass, logged; ``observe`` gets its duration (seconds)."""
+    started = time.perf_counter()
+    report = await scanner.scan_once()
+    if observe is not None:
+        observe(time.perf_counter() - started)
+    if report.outcomes:
+        log.info("scan", folders=report.folders, **report.outcomes)
+    return report
+
+
+async def scan_forever(
+    scanner: Scanner,
+    loops: Loops,
+    *,
+    interval_s: Seconds,
+    found: asyncio.Event,
+    observe: Callable[[float], None] | None = None,
+) -> None:
+    """The scanner engine: a pass every ``interval_s()``; sets ``found`` when a folder is (newly) registered, by us or
+    by another daemon."""
+
+    async def tick() -> None:
+        report = await scan_tick(scanner, observe=observe)
+        if report["registered"] or report["already_registered"]:
+            found.set()
+
+    await loops.poll("scanner", tick, every_s=interval_s, stale_after_s=lambda: 3 * interval_s() + 60)

@@ -25,16 +25,50 @@ regardless until one finds nothing in progress.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from monitor import errors, logs, states
 from monitor.clock import Clock
 from monitor.leases import Policy
+from monitor.live import reader
+from monitor.loops import Loops, Seconds
 from monitor.model import Fleet, WorksetId
 from monitor.ports import Store
 from monitor.states import Action, Context, Decision
 
 log = logs.get("monitor.sweeper")
+
+
+class SweepNews(Protocol):
+    """Who hears what each sweep learnt (the intake: it claims, and it owns the claims of unknown outcome)."""
+
+    async def before_sweep(self) -> bool:
+        """Work due before each sweep; True if it freed something to claim."""
+        ...
+
+    def swept(self, fleet: Fleet | None, taken: list[Decision], given_back: bool) -> None: ...
+
+
+async def sweep_tick(sweeper: Sweeper, news: SweepNews) -> None:
+    """One sweep as the daemon makes it, and its news told."""
+    given_back = await news.before_sweep()
+    taken = await sweeper.sweep_once()
+    news.swept(sweeper.fleet, taken, given_back)
+
+
+async def sweep_forever(sweeper: Sweeper, loops: Loops, *, interval_s: Seconds, news: SweepNews) -> None:
+    """The sweeper engine: a sweep every ``interval_s()`` (sooner when a watched lease may be taken over), from a
+    random phase so a fleet started together does not sweep in lockstep."""
+
+    await loops.poll(
+        "sweeper",
+        lambda: sweep_tick(sweeper, news),
+        every_s=lambda: sweeper.next_interval_s(interval_s()),
+        stale_after_s=lambda: 3 * interval_s() + 60,
+        first_delay_s=sweeper.first_delay_s(interval_s()),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +85,14 @@ class Sweeper:
         clock: Clock,
         *,
         actor: str,
-        policy: Policy,
+        policy: Policy | Callable[[], Policy],
         max_tracked: int = 100_000,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._actor = actor
-        self._policy = policy
+        self._policy_now = reader(policy)  # a getter is read at every sweep
         self._max_tracked = max_tracked
         self._rng = rng or random.Random()
         self._seen: dict[WorksetId, _Seen] = {}
@@ -66,6 +100,10 @@ class Sweeper:
         self.fleet: Fleet | None = None  # the latest read of the fleet counter
         self._started = 0.0  # monotonic start of the latest sweep
         self._distrust = False  # the counter said 0 while worksets were in progress: query regardless
+
+    @property
+    def _policy(self) -> Policy:
+        return self._policy_now()
 
     @property
     def tracked(self) -> int:

@@ -10,6 +10,7 @@ import socket
 import time
 
 from monitor import logs
+from monitor.loops import Loops
 
 log = logs.get("monitor.systemd")
 
@@ -57,3 +58,23 @@ class Notifier:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+async def watchdog_forever(notifier: Notifier, loops: Loops) -> None:
+    """The watchdog engine: ``WATCHDOG=1`` every quarter of systemd's timeout while the daemon is healthy; none while
+    it is not, so systemd kills a daemon whose loops are stuck one watchdog period later."""
+    assert notifier.watchdog_interval_s is not None
+    interval_s = notifier.watchdog_interval_s
+    withheld = False
+
+    async def tick() -> None:
+        nonlocal withheld
+        healthy, why = loops.healthy()
+        if healthy:
+            notifier.watchdog()
+            withheld = False
+        elif not withheld:  # once per spell
+            withheld = True
+            log.error("unhealthy: withholding the systemd watchdog ping", reason=why)
+
+    await loops.poll("watchdog", tick, every_s=lambda: interval_s)

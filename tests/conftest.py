@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,6 +67,22 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return result
 
     return asyncio.run(main())
+
+
+@contextlib.asynccontextmanager
+async def supervising(sup: Any, *, clock: Any = None, exit_code: int = 0) -> AsyncIterator[Any]:
+    """Run the supervisor ``sup`` for the body of ``async with``, then stop it as SIGTERM would and check how it
+    exited (``sup.failed`` names the root task that brought it down). With a ``VirtualClock``, time moves on while it
+    shuts down."""
+    task = asyncio.create_task(sup.run())
+    try:
+        yield sup
+    finally:
+        sup.request_stop()
+        while clock is not None and not task.done():
+            await clock.run_for(1)
+        code = await task
+    assert code == exit_code, (code, sup.failed)
 
 
 def register(store: Any, name: str, *, prefix: str = "worksets/", reason: str = "found in S3", **kw: Any) -> Any:

@@ -12,7 +12,7 @@ LAYERS: list[set[str]] = [
     {"monitor", "monitor.errors", "monitor.clock", "monitor.model", "monitor.terminal"},
     {"monitor.states", "monitor.manifest", "monitor.legacy"},
     {"monitor.config", "monitor.logs"},
-    {"monitor.ports"},
+    {"monitor.ports", "monitor.loops", "monitor.live"},
     {"monitor.aws", "monitor.aws.codec", "monitor.aws.clients", "monitor.aws.emulator", "monitor.aws.demo_steps"},
     {
         "monitor.aws.schema",
@@ -41,7 +41,7 @@ LAYERS: list[set[str]] = [
         "monitor.systemd",
     },
     {"monitor.sweeper", "monitor.scanner", "monitor.migration", "monitor.driver"},
-    {"monitor.events", "monitor.render"},
+    {"monitor.events", "monitor.render", "monitor.intake", "monitor.gauges", "monitor.reloader"},
     {"monitor.supervisor"},
     {"monitor.preflight", "monitor.iam", "monitor.app"},
     {"monitor.demo", "monitor.commands"},

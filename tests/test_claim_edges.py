@@ -25,6 +25,7 @@ from monitor.ports import Store
 from monitor.states import Action
 from monitor.steps import Runner
 from monitor.supervisor import Services, Supervisor
+from monitor.sweeper import sweep_tick
 from tests.conftest import run
 from tests.faults import StoreSpy
 from tests.test_leases import POLICY, World, claim_one
@@ -244,16 +245,16 @@ def test_a_claim_whose_outcome_is_unknown_is_given_back_unrun_within_one_sweep(w
         sup = daemon(world)
         world.store.fail_after["commit"] = 1  # the claim lands, its response is lost...
         world.store.fail_before["get"] = 1  # ...and so is the re-read that would have found it
-        assert await sup.claimer.claim(slots=1) == []
+        assert await sup.intake.claimer.claim(slots=1) == []
         ws = await world.store.get(WS)
         assert ws is not None and ws.state is State.IN_PROGRESS and ws.attempts == 1
-        await sup._sweep_tick()
+        await sweep_tick(sup.sweeper, sup.intake)
         ws = await world.store.get(WS)
         assert ws is not None and (ws.state, ws.attempts, ws.lease) == (State.READY, 0, None)
         released = (await world.store.history(WS))[-1]
         assert released.type is EventType.RELEASED and "response was lost" in released.reason
         assert released.actor == "host-a:1:aaaa" and released.epoch == 1
-        [held] = await sup.claimer.claim(slots=1)  # and it is claimable at once: nothing ran
+        [held] = await sup.intake.claimer.claim(slots=1)  # and it is claimable at once: nothing ran
         assert held.epoch == 2 and held.ws.attempts == 1
 
     run(scenario())
@@ -265,12 +266,14 @@ def test_an_unknown_claim_that_never_landed_is_forgotten(world: World) -> None:
         sup = daemon(world)
         world.store.fail_before["commit"] = 1  # not applied (but it might still be, later)
         world.store.fail_before["get"] = 1
-        assert await sup.claimer.claim(slots=1) == []
-        await sup._sweep_tick()  # still ready at the same version: the claim may land yet, so it is kept
-        assert sup.claimer.unknown_claims == 1
+        assert await sup.intake.claimer.claim(slots=1) == []
+        await sweep_tick(
+            sup.sweeper, sup.intake
+        )  # still ready at the same version: the claim may land yet, so it is kept
+        assert sup.intake.claimer.unknown_claims == 1
         [held] = await world.daemon("host-b").claim(slots=1)  # the version moves on: it can never land now
-        await sup._sweep_tick()
-        assert sup.claimer.unknown_claims == 0
+        await sweep_tick(sup.sweeper, sup.intake)
+        assert sup.intake.claimer.unknown_claims == 0
         ws = await world.store.get(WS)
         assert ws is not None and ws.lease is not None and ws.lease.token == held.token
 
@@ -303,15 +306,15 @@ def test_an_unknown_claim_that_lands_after_its_re_read_is_given_back_at_the_next
         await world.register("ws-1")
         late = LateCommit(world.store)
         sup = daemon(world, late)
-        assert await sup.claimer.claim(slots=1) == []  # the re-read still shows it ready
-        await sup._sweep_tick()
-        assert sup.claimer.unknown_claims == 1
+        assert await sup.intake.claimer.claim(slots=1) == []  # the re-read still shows it ready
+        await sweep_tick(sup.sweeper, sup.intake)
+        assert sup.intake.claimer.unknown_claims == 1
         await late.land()
         ws = await world.store.get(WS)
         assert ws is not None and ws.state is State.IN_PROGRESS  # under our token, nobody running it
-        await sup._sweep_tick()
+        await sweep_tick(sup.sweeper, sup.intake)
         ws = await world.store.get(WS)
-        assert ws is not None and (ws.state, ws.attempts) == (State.READY, 0) and sup.claimer.unknown_claims == 0
+        assert ws is not None and (ws.state, ws.attempts) == (State.READY, 0) and sup.intake.claimer.unknown_claims == 0
 
     run(scenario())
 

@@ -43,7 +43,7 @@ def setup() -> tuple[Any, Any, DynamoStore, ReadyListener, Lab]:
     schema.ensure_table(dynamodb, TableConfig(name="events"))
     store = DynamoStore(dynamodb, "events")
     scanner = Scanner(store, S3Source(s3, BUCKET), FakeClock(), prefixes=["incoming/", "urgent runs/"], actor="s")
-    listener = ReadyListener(SqsQueue(sqs, url), scanner, bucket=BUCKET, prefixes=["incoming/", "urgent runs/"])
+    listener = ReadyListener(SqsQueue(sqs, url), scanner, bucket=BUCKET)
     return s3, sqs, store, listener, Lab(s3)
 
 

@@ -34,7 +34,7 @@ from monitor.notify.webhook import WebhookChannel
 from monitor.sideport import SidePort
 from monitor.steps import Runner
 from monitor.supervisor import Services, Supervisor
-from tests.conftest import REGION, ROOT, run
+from tests.conftest import REGION, ROOT, run, supervising
 from tests.fake_http import FakeServer, serve
 from tests.lab import BUCKET, Lab
 
@@ -98,6 +98,28 @@ def hook() -> Iterator[FakeServer]:
     yield from serve()
 
 
+class Held(S3Source):
+    """S3 whose listings can be held: while ``hold`` is set, a listing does not return."""
+
+    hold = False
+    held = False
+
+    async def folders(self, prefix: str) -> list[str]:
+        while self.hold:
+            self.held = True
+            await asyncio.sleep(0.05)
+        return await super().folders(prefix)
+
+
+class Ahead(SystemClock):
+    """The system clock, moved ``ahead_s`` forward by the test."""
+
+    ahead_s = 0.0
+
+    def monotonic(self) -> float:
+        return super().monotonic() + self.ahead_s
+
+
 @pytest.fixture
 def daemon(mocked_aws: None, tmp_path: Path, hook: FakeServer) -> Any:
     """An in-process supervisor with metrics, its side port and a webhook, against S3 and DynamoDB on moto."""
@@ -117,7 +139,7 @@ def daemon(mocked_aws: None, tmp_path: Path, hook: FakeServer) -> Any:
         f'command = ["{sys.executable}", "-c", "print(1)"]\n'
     )
     settings = config.load(path, {}).settings
-    clock = SystemClock()
+    clock = Ahead()
     doorbell = Doorbell(settings.notify)
     store = ObservedStore(DynamoStore(dynamodb, "obs", outbox=doorbell.wants, on_pending=doorbell.ring), metrics)
     outbox = Outbox(
@@ -126,7 +148,7 @@ def daemon(mocked_aws: None, tmp_path: Path, hook: FakeServer) -> Any:
     runner = Runner(clock, base_env=dict(os.environ), observe=lambda s, r: metrics.step(s, r.outcome.value, r.seconds))
     services = Services(
         store=store,
-        source=S3Source(s3, BUCKET),
+        source=Held(s3, BUCKET),
         clock=clock,
         runner=runner,
         owner="h:1:0",
@@ -153,10 +175,10 @@ def test_the_exposition_has_every_contract_metric_and_passes_promtool(daemon: An
 
     async def scenario() -> tuple[str, int, str, int, str]:
         task = asyncio.create_task(sup.run())
-        await until(lambda: sup._side_port is not None and sup.endings.get("complete") == 1)
+        await until(lambda: sup.side_port is not None and sup.intake.endings.get("complete") == 1)
         await until(lambda: sup.ready()[0] and hook.requests)
         await asyncio.sleep(0.5)  # one more queue refresh after the completion
-        host, port = sup._side_port.address
+        host, port = sup.side_port.address
         exposition = await asyncio.to_thread(get, f"http://{host}:{port}/metrics")
         health = await asyncio.to_thread(get, f"http://{host}:{port}/healthz")
         ready = await asyncio.to_thread(get, f"http://{host}:{port}/readyz")
@@ -197,7 +219,7 @@ def test_heartbeat_and_lost_lease_counters_move_when_heartbeats_and_losses_happe
     long_step = sup.settings.pipeline.steps[0].model_copy(
         update={"command": [sys.executable, "-c", "import time; time.sleep(30)"]}
     )
-    sup.apply(
+    sup.reloader.apply(
         sup.settings.model_copy(update={"pipeline": sup.settings.pipeline.model_copy(update={"steps": [long_step]})})
     )
     lab.workset("ws-1", prefix="w/")
@@ -207,45 +229,43 @@ def test_heartbeat_and_lost_lease_counters_move_when_heartbeats_and_losses_happe
 
     async def scenario() -> tuple[float, float, float]:
         task = asyncio.create_task(sup.run())
-        await until(lambda: sup.drivers)
+        await until(lambda: sup.intake.drivers)
         await until(lambda: sample("heartbeats_total", result="ok") >= 2, timeout_s=10)  # heartbeat_s = 1
         lost_before = sample("leases_lost_total")
-        ctx = Context(now_ms=sup._s.clock.now_ms(), actor="operator:test", reason="wrong samples")
+        ctx = Context(now_ms=sup.services.clock.now_ms(), actor="operator:test", reason="wrong samples")
         await actions.act(store, WorksetId("ws-1"), Action.CANCEL, ctx)
-        await until(lambda: not sup.drivers, timeout_s=10)
+        await until(lambda: not sup.intake.drivers, timeout_s=10)
         sup.request_stop()
         assert await task == 0
         return lost_before, sample("leases_lost_total"), sample("heartbeats_total", result="lost")
 
     lost_before, lost_after, heartbeats_lost = run(scenario())
     assert (lost_before, lost_after, heartbeats_lost) == (0, 1, 1)
-    assert sup.endings == {"lost": 1}
+    assert sup.intake.endings == {"lost": 1}
 
 
 def test_healthz_names_a_stalled_loop(daemon: Any) -> None:
     sup, _, _, _ = daemon
-    stalled = asyncio.Event()
+    source, clock = sup.services.source, sup.services.clock
+    source.hold = True  # the scanner's next listing does not return...
 
-    async def hang(prefix: str) -> list[str]:
-        stalled.set()
-        await asyncio.sleep(3600)
-        return []
+    def healthz() -> tuple[int, dict[str, str]]:
+        assert sup.side_port is not None
+        host, port = sup.side_port.address
+        code, body = get(f"http://{host}:{port}/healthz")
+        return code, json.loads(body)
 
-    sup.scanner._source.folders = hang  # the scanner's next listing never returns
+    async def scenario() -> tuple[tuple[int, dict[str, str]], int]:
+        async with supervising(sup):
+            await until(lambda: sup.side_port is not None and source.held)
+            clock.ahead_s = 3600  # ...for an hour, while the other loops go on ticking
+            await asyncio.sleep(1)
+            stalled = await asyncio.to_thread(healthz)
+            source.hold = False
+            await until(lambda: sup.loops.silent_s("scanner") < 60)
+            return stalled, (await asyncio.to_thread(healthz))[0]
 
-    async def scenario() -> tuple[int, dict[str, str], int]:
-        task = asyncio.create_task(sup.run())
-        await until(lambda: sup._side_port is not None and stalled.is_set())
-        host, port = sup._side_port.address
-        sup.last_success["scanner"] = sup._s.clock.monotonic() - 3600  # and that was an hour ago
-        code, body = await asyncio.to_thread(get, f"http://{host}:{port}/healthz")
-        sup.last_success["scanner"] = sup._s.clock.monotonic()
-        healthy_again = (await asyncio.to_thread(get, f"http://{host}:{port}/healthz"))[0]
-        sup.request_stop()
-        await task
-        return code, json.loads(body), healthy_again
-
-    code, body, again = run(scenario())
+    (code, body), again = run(scenario())
     assert code == 503 and body["status"] == "failing" and "loop scanner has not completed a tick" in body["reason"]
     assert again == 200
 

@@ -19,11 +19,17 @@ from monitor.aws.dynamo import DynamoStore
 from monitor.aws.s3 import S3Source
 from monitor.clock import SystemClock
 from monitor.config import TableConfig
+from monitor.gauges import Gauges
+from monitor.leases import Policy
+from monitor.live import Live
 from monitor.model import State, WorksetId
+from monitor.reloader import keep_restart_only
+from monitor.scanner import Scanner
 from monitor.steps import Runner
-from monitor.supervisor import Services, Supervisor, keep_restart_only
+from monitor.supervisor import Services, Supervisor
+from monitor.sweeper import Sweeper
 from monitor.systemd import Notifier
-from tests.conftest import REGION, run
+from tests.conftest import REGION, run, supervising
 from tests.lab import BUCKET, Lab
 from tests.virtual_time import VirtualClock
 
@@ -50,6 +56,7 @@ def world(mocked_aws: None, tmp_path: Path) -> dict[str, Any]:
 
 
 def supervisor(world: dict[str, Any], path: Path, **kw: Any) -> Supervisor:
+    """A daemon on ``world`` configured by ``path``; ``kw``: other services (a source, an outbox...)."""
     loaded = config.load(path, {})
     clock = SystemClock()
     services = Services(
@@ -59,6 +66,7 @@ def supervisor(world: dict[str, Any], path: Path, **kw: Any) -> Supervisor:
         runner=Runner(clock, base_env=dict(os.environ), kill_grace_s=1),
         owner="host-t:1:0",
         reload=lambda: config.load(path, {}),
+        **kw,
     )
     return Supervisor(loaded.settings, services, config_path=str(path))
 
@@ -73,7 +81,7 @@ def test_once_scans_claims_and_finishes_what_it_claimed(world: dict[str, Any]) -
     sup = supervisor(world, write_config(world["tmp"] / "c.toml"))
     assert run(sup.run(once=True)) == 0
     assert sorted(states(world).values()) == [State.COMPLETE, State.COMPLETE, State.READY]  # max_concurrent = 2
-    assert sup.endings == {"complete": 2}
+    assert sup.intake.endings == {"complete": 2}
 
 
 def test_a_dying_root_task_brings_the_daemon_down_with_exit_1(world: dict[str, Any]) -> None:
@@ -98,14 +106,12 @@ def test_temporary_aws_trouble_does_not_kill_the_daemon(world: dict[str, Any]) -
 
     sup = supervisor(world, write_config(world["tmp"] / "c.toml"), source=Flaky(world["source"]._client, BUCKET))
 
-    async def scenario() -> int:
-        task = asyncio.create_task(sup.run())
-        while calls < 3:
-            await asyncio.sleep(0.05)
-        sup.request_stop()
-        return await task
+    async def scenario() -> None:
+        async with supervising(sup):
+            while calls < 3:
+                await asyncio.sleep(0.05)
 
-    assert run(asyncio.wait_for(scenario(), timeout=20)) == 0 and sup.failed is None
+    run(asyncio.wait_for(scenario(), timeout=20))
     assert sup.healthy()[0] is True
 
 
@@ -116,25 +122,23 @@ def test_stop_during_a_long_step_releases_the_workset_within_the_grace(world: di
     )
     sup = supervisor(world, path)
 
-    async def scenario() -> int:
-        task = asyncio.create_task(sup.run())
-        while not sup.drivers:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)
-        sup.request_stop()
-        return await task
+    async def scenario() -> None:
+        async with supervising(sup):
+            while not sup.intake.drivers:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
 
-    assert run(asyncio.wait_for(scenario(), timeout=20)) == 0
+    run(asyncio.wait_for(scenario(), timeout=20))
     ws = run(world["store"].get(WorksetId("slow")))
-    assert ws is not None and ws.state is State.READY and ws.attempts == 0 and sup.endings == {"released": 1}
+    assert ws is not None and ws.state is State.READY and ws.attempts == 0 and sup.intake.endings == {"released": 1}
 
 
 def test_a_broken_reload_keeps_the_running_configuration(world: dict[str, Any]) -> None:
     path = write_config(world["tmp"] / "c.toml")
     sup = supervisor(world, path)
     path.write_text(path.read_text() + "\n[run]\nmax_concurrent = 'lots'\n")
-    assert run(sup.reload()) is False
-    assert sup.reload_successful is False and sup.settings.run.max_concurrent == 2
+    assert run(sup.reloader.reload()) is False
+    assert sup.reloader.successful is False and sup.settings.run.max_concurrent == 2
 
 
 def test_a_reload_applies_safe_keys_and_keeps_restart_only_ones(world: dict[str, Any]) -> None:
@@ -142,9 +146,9 @@ def test_a_reload_applies_safe_keys_and_keeps_restart_only_ones(world: dict[str,
     sup = supervisor(world, path)
     text = path.read_text().replace("max_concurrent = 2", "max_concurrent = 5").replace(TABLE, "another-table")
     path.write_text(text.replace('prefixes = ["w/"]', 'prefixes = ["w/", "x/"]') + '\n[log]\nlevel = "debug"\n')
-    assert run(sup.reload()) is True
+    assert run(sup.reloader.reload()) is True
     assert sup.settings.run.max_concurrent == 5 and sup.settings.table.name == TABLE
-    assert sup.scanner_prefixes == ["w/", "x/"] and sup.reload_successful
+    assert sup.scanner.prefixes() == ["w/", "x/"] and sup.reloader.successful
 
 
 def test_restart_only_keys_are_kept_and_named(tmp_path: Path) -> None:
@@ -159,22 +163,25 @@ def test_restart_only_keys_are_kept_and_named(tmp_path: Path) -> None:
     assert merged.aws == old.aws and merged.metrics.port == old.metrics.port and merged.run.max_attempts == 9
 
 
-def test_loops_subtract_the_time_their_work_took(world: dict[str, Any]) -> None:
+def test_loops_subtract_the_time_their_work_took() -> None:
     from monitor.clock import FakeClock
+    from monitor.loops import Loops
 
-    sup = supervisor(world, write_config(world["tmp"] / "c.toml"))
     clock = FakeClock()
-    sup._s.clock = clock
-    sup._started_at = clock.monotonic()
     starts: list[float] = []
 
-    async def work() -> None:
-        starts.append(clock.monotonic())
-        clock.advance(0.3)  # the work itself takes 0.3 s of the 1 s interval
-        if len(starts) == 5:
-            sup.request_stop()
+    async def scenario() -> None:
+        loops = Loops(clock, stop := asyncio.Event())
 
-    run(sup._loop("scanner", lambda: 1.0, work))
+        async def work() -> None:
+            starts.append(clock.monotonic())
+            clock.advance(0.3)  # the work itself takes 0.3 s of the 1 s interval
+            if len(starts) == 5:
+                stop.set()
+
+        await loops.poll("scanner", work, every_s=lambda: 1.0)
+
+    run(scenario())
     assert [round(b - a, 6) for a, b in itertools.pairwise(starts)] == [1.0] * 4
 
 
@@ -193,26 +200,21 @@ def test_an_idle_daemon_makes_at_most_three_dynamodb_calls_per_scan_interval(wor
     text = write_config(world["tmp"] / "c.toml").read_text()
     path = world["tmp"] / "idle.toml"
     path.write_text(text.replace("interval_s = 0.5", f"interval_s = {interval}").replace("0.5\n", f"{interval}\n"))
-    sup = supervisor(world, path)
+    outbox = Outbox(world["store"], SystemClock(), owner="host-t:1:0", doorbell=Doorbell(NotifyConfig()), channels=[])
+    sup = supervisor(world, path, outbox=outbox)
     assert sup.settings.lease.sweep_interval_s == sup.settings.scan.interval_s == interval
-    sup._s.outbox = Outbox(
-        world["store"], sup._s.clock, owner="host-t:1:0", doorbell=Doorbell(NotifyConfig()), channels=[]
-    )
     calls: list[str] = []
     world["store"]._client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
 
     async def scenario() -> tuple[list[str], float]:
-        task = asyncio.create_task(sup.run())
-        while [ws.state for ws in await world["store"].list()] != [State.COMPLETE] * 4 or sup.drivers:
-            await asyncio.sleep(0.05)
-        # the last rounds after the work, and the retrying reads confirming the counter (INDEX_SETTLE_S)
-        await asyncio.sleep(6 * interval + INDEX_SETTLE_S)
-        start, started = len(calls), time.monotonic()
-        await asyncio.sleep(20 * interval)
-        window, elapsed = calls[start:], time.monotonic() - started
-        sup.request_stop()
-        assert await task == 0
-        return window, elapsed
+        async with supervising(sup):
+            while [ws.state for ws in await world["store"].list()] != [State.COMPLETE] * 4 or sup.intake.drivers:
+                await asyncio.sleep(0.05)
+            # the last rounds after the work, and the retrying reads confirming the counter (INDEX_SETTLE_S)
+            await asyncio.sleep(6 * interval + INDEX_SETTLE_S)
+            start, started = len(calls), time.monotonic()
+            await asyncio.sleep(20 * interval)
+            return calls[start:], time.monotonic() - started
 
     window, elapsed = run(asyncio.wait_for(scenario(), timeout=60))
     cycles = elapsed / interval
@@ -233,10 +235,9 @@ def test_finished_worksets_are_counted_on_their_own_slower_interval(world: dict[
     from monitor.states import Context
 
     path = write_config(world["tmp"] / "c.toml", extra="[metrics]\nqueue_refresh_s = 30\nfinished_refresh_s = 900\n")
-    sup = supervisor(world, path)
-    clock = FakeClock()
-    sup._s.clock, sup._s.metrics = clock, Metrics(CollectorRegistry(), process=False)
-    store = world["store"]
+    clock, store, metrics = FakeClock(), world["store"], Metrics(CollectorRegistry(), process=False)
+    sweeper = Sweeper(store, clock, actor="sweeper:t", policy=Policy())
+    gauges = Gauges(store, clock, metrics=metrics, live=Live(config.load(path, {}).settings), sweeper=sweeper)
     asked: list[set[State]] = []
     real_stats = store.stats
 
@@ -259,50 +260,65 @@ def test_finished_worksets_are_counted_on_their_own_slower_interval(world: dict[
         assert run(store.register(decision))
 
     def gauge(state: State) -> float | None:
-        assert sup._s.metrics is not None
         labels = {"state": state.value, "priority": "normal"}
-        return sup._s.metrics.registry.get_sample_value("workset_monitor_worksets", labels)
+        return metrics.registry.get_sample_value("workset_monitor_worksets", labels)
 
     add("done-1", State.COMPLETE)
     add("new-1", State.READY)
-    run(sup._gauges_tick())
+    run(gauges.refresh())
     assert asked[-1] == set(State)
     assert (gauge(State.COMPLETE), gauge(State.READY)) == (1, 1)
 
     add("done-2", State.COMPLETE)
     add("new-2", State.READY)
     clock.advance(30)
-    run(sup._gauges_tick())
+    run(gauges.refresh())
     assert asked[-1] == {State.READY, State.IN_PROGRESS, State.RETRYING, State.ERROR}
     assert (gauge(State.COMPLETE), gauge(State.READY)) == (1, 2)  # the finished count is kept, not zeroed
-    assert sup.latest_stats is not None and sup.latest_stats.count(State.COMPLETE) == 1
+    assert gauges.latest is not None and gauges.latest.count(State.COMPLETE) == 1
 
     clock.advance(900)
-    run(sup._gauges_tick())
+    run(gauges.refresh())
     assert asked[-1] == set(State)
     assert (gauge(State.COMPLETE), gauge(State.READY)) == (2, 2)
 
 
 def test_the_gauge_refresh_makes_the_sweeper_look_when_the_index_disagrees_with_the_fleet_counter(
-    world: dict[str, Any],
+    world: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A fleet counter gone wrong (0 while a workset is in progress) would make every sweep skip its query and strand
+    the workset: the gauge refresh, which counts the index, makes the next sweep query regardless."""
     from prometheus_client import CollectorRegistry
 
-    from monitor.leases import Claimer, Policy
+    from monitor.leases import Claimer
     from monitor.metrics import Metrics
     from monitor.model import Fleet
 
+    class WrongCounter(DynamoStore):
+        queried = 0
+
+        async def fleet(self) -> Fleet:
+            return Fleet(running=0)
+
+        async def running(self) -> Any:
+            WrongCounter.queried += 1
+            return await super().running()
+
     world["lab"].workset("a", prefix="w/")
-    sup = supervisor(world, write_config(world["tmp"] / "c.toml"))
-    sup._s.metrics = Metrics(CollectorRegistry(), process=False)
-    run(sup.scanner.scan_once())
-    run(Claimer(world["store"], sup._s.clock, owner="other:1:0", policy=Policy()).claim(slots=1))
-    sup.sweeper.fleet = Fleet(running=1)  # what the sweeper read: agrees with the index
-    run(sup._gauges_tick())
-    assert not sup.sweeper._distrust
-    sup.sweeper.fleet = Fleet(running=0)  # a counter gone wrong
-    run(sup._gauges_tick())
-    assert sup.sweeper._distrust
+    store, clock = WrongCounter(world["store"]._client, TABLE), SystemClock()
+    run(Scanner(store, world["source"], clock, prefixes=["w/"], actor="s").scan_once())
+    run(Claimer(store, clock, owner="other:1:0", policy=Policy()).claim(slots=1))
+    sweeper = Sweeper(store, clock, actor="sweeper:t", policy=Policy())
+    settings = config.load(write_config(world["tmp"] / "c.toml"), {}).settings
+    gauges = Gauges(
+        store, clock, metrics=Metrics(CollectorRegistry(), process=False), live=Live(settings), sweeper=sweeper
+    )
+    run(sweeper.sweep_once())
+    assert WrongCounter.queried == 0  # the counter says nothing runs: no query
+    run(gauges.refresh())
+    run(sweeper.sweep_once())
+    assert WrongCounter.queried == 1
+    assert any("fleet counter says nothing is in progress" in r.getMessage() for r in caplog.records)
 
 
 # --- the health verdict over hours of virtual time ------------------------------------------------------------------
@@ -342,8 +358,11 @@ class HungChannel:
         raise errors.DeliveryError("webhook: timed out", temporary=True)
 
 
-def idle_daemon(clock: VirtualClock, *, extra: dict[str, Any] | None = None) -> tuple[Supervisor, Watchdog]:
-    """A daemon with every loop the health verdict can watch, on the default configuration, with nothing to do."""
+def idle_daemon(
+    clock: VirtualClock, *, extra: dict[str, Any] | None = None, source: Any = None, channels: Any = ()
+) -> tuple[Supervisor, Watchdog]:
+    """A daemon with every loop the health verdict can watch, on the default configuration, with nothing to do
+    (unless ``source`` lists folders, or a channel is given)."""
     from prometheus_client import CollectorRegistry
 
     from monitor.config import Settings
@@ -364,12 +383,12 @@ def idle_daemon(clock: VirtualClock, *, extra: dict[str, Any] | None = None) -> 
     watchdog = Watchdog(clock, period_s=60)  # the shipped unit's WatchdogSec
     services = Services(
         store=store,
-        source=NoFolders(),  # type: ignore[arg-type]
+        source=source or NoFolders(),
         clock=clock,
         runner=Runner(clock, base_env={}),
         owner="host-v:1:0",
         notifier=watchdog,
-        outbox=Outbox(store, clock, owner="host-v:1:0", doorbell=doorbell, channels=[], sleep=clock.sleep),
+        outbox=Outbox(store, clock, owner="host-v:1:0", doorbell=doorbell, channels=channels, sleep=clock.sleep),
         metrics=Metrics(CollectorRegistry(), process=False),
     )
     return Supervisor(settings, services), watchdog
@@ -385,24 +404,20 @@ def test_every_watched_loop_ticks_while_an_idle_daemon_outlives_its_staleness_li
     watched = ("scanner", "claimer", "sweeper", "notifier", "gauges")
 
     async def scenario() -> tuple[list[tuple[float, str]], dict[str, float]]:
-        task = asyncio.create_task(sup.run())
         unhealthy, longest_silence = [], dict.fromkeys(watched, 0.0)
-        for _ in range(720):
-            await clock.run_for(10)
-            healthy, why = sup.healthy()
-            if not healthy:
-                unhealthy.append((clock.monotonic(), why))
-            for name in watched:
-                silent = clock.monotonic() - sup.last_success.get(name, sup._started_at)
-                longest_silence[name] = max(longest_silence[name], silent)
-        sup.request_stop()
-        await clock.run_for(1)
-        assert await task == 0
+        async with supervising(sup, clock=clock):
+            for _ in range(720):
+                await clock.run_for(10)
+                healthy, why = sup.healthy()
+                if not healthy:
+                    unhealthy.append((clock.monotonic(), why))
+                for name in watched:
+                    longest_silence[name] = max(longest_silence[name], sup.loops.silent_s(name))
         return unhealthy, longest_silence
 
     unhealthy, longest_silence = run(scenario())
     assert unhealthy == []
-    limits = {name: limit() for name, limit in sup._stale_after_s.items()}
+    limits = sup.loops.watched()
     assert set(limits) == set(watched)
     assert 2 * max(limits.values()) < 2 * 3600  # the run outlives every staleness limit twice over
     for name, limit in limits.items():
@@ -420,39 +435,35 @@ def test_a_hung_notification_channel_delays_delivery_but_never_stalls_the_notifi
     from monitor.states import Context
 
     clock = VirtualClock()
+    hung = HungChannel(clock, timeout_s=10)
     sup, watchdog = idle_daemon(
         clock,
+        channels=[hung],
         extra={
             "scan": {"bucket": BUCKET, "prefixes": ["w/"], "interval_s": 1},
             "notify": {"events": ["invalid"], "webhook": {"url": "http://127.0.0.1:9/hook"}},
         },
     )
-    hung = HungChannel(clock, timeout_s=10)
-    assert sup._s.outbox is not None
-    sup._s.outbox._channels = [hung]
 
     async def scenario() -> list[str]:
-        task = asyncio.create_task(sup.run())
-        for i in range(40):  # forty bad folders' events, all for the dead webhook
-            ctx = Context(now_ms=clock.now_ms(), actor="test")
-            await actions.register(
-                sup._s.store,
-                workset_id=WorksetId(f"bad-{i}"),
-                bucket=BUCKET,
-                prefix=f"w/bad-{i}/",
-                priority=Priority.NORMAL,
-                ctx=ctx,
-                invalid_reason="stage_samples.tsv: missing",
-            )
         verdicts = []
-        for _ in range(120):  # 20 minutes
-            await clock.run_for(10)
-            healthy, why = sup.healthy()
-            if not healthy:
-                verdicts.append(why)
-        sup.request_stop()
-        await clock.run_for(30)
-        assert await task == 0
+        async with supervising(sup, clock=clock):
+            for i in range(40):  # forty bad folders' events, all for the dead webhook
+                ctx = Context(now_ms=clock.now_ms(), actor="test")
+                await actions.register(
+                    sup.services.store,
+                    workset_id=WorksetId(f"bad-{i}"),
+                    bucket=BUCKET,
+                    prefix=f"w/bad-{i}/",
+                    priority=Priority.NORMAL,
+                    ctx=ctx,
+                    invalid_reason="stage_samples.tsv: missing",
+                )
+            for _ in range(120):  # 20 minutes
+                await clock.run_for(10)
+                healthy, why = sup.healthy()
+                if not healthy:
+                    verdicts.append(why)
         return verdicts
 
     assert run(scenario()) == []
@@ -471,18 +482,14 @@ def test_a_stuck_loop_stops_the_watchdog_pings_and_says_why_once(caplog: pytest.
             return []
 
     clock = VirtualClock()
-    sup, watchdog = idle_daemon(clock)
-    sup.scanner._source = HungListing()  # type: ignore[assignment]
+    sup, watchdog = idle_daemon(clock, source=HungListing())
 
     async def scenario() -> None:
-        task = asyncio.create_task(sup.run())
-        await clock.run_for(600)
-        sup.request_stop()
-        await clock.run_for(1)
-        assert await task == 0
+        async with supervising(sup, clock=clock):
+            await clock.run_for(600)
 
     run(scenario())
-    started = sup._started_at
+    started = sup.loops.started_at
     assert watchdog.pings and 240 - 15 <= watchdog.pings[-1] - started <= 240
     withheld = [r.getMessage() for r in caplog.records if "withholding the systemd watchdog" in r.getMessage()]
     assert len(withheld) == 1 and "loop scanner has not completed a tick" in withheld[0], withheld
@@ -507,7 +514,7 @@ def test_run_once_stops_a_step_whose_heartbeats_are_denied_and_reports_the_lease
     started = time.monotonic()
     assert run(sup.run(once=True)) == 0
     assert time.monotonic() - started < 4 * 2 / 3 + 1  # the renew deadline, plus time to kill the step
-    assert sup.endings == {"lost": 1} and sup.claimer.heartbeats["lost"] == 1
+    assert sup.intake.endings == {"lost": 1} and sup.intake.claimer.heartbeats["lost"] == 1
 
 
 def test_a_corrupt_item_is_logged_once_and_the_daemon_carries_on(world: dict[str, Any], caplog: Any) -> None:
@@ -536,19 +543,17 @@ def test_a_corrupt_item_is_logged_once_and_the_daemon_carries_on(world: dict[str
     run(corrupt())
     sup = supervisor(world, write_config(world["tmp"] / "c.toml"))
 
-    async def scenario() -> int:
-        task = asyncio.create_task(sup.run())
-        names = [WorksetId(n) for n in "abc"]
-        while not task.done() and not all(
-            ws and ws.state is State.COMPLETE for ws in [await store.get(n) for n in names]
-        ):
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.5)  # a few more rounds meet the corrupt items again
-        sup.request_stop()
-        return await task
+    async def scenario() -> None:
+        async with supervising(sup):
+            names = [WorksetId(n) for n in "abc"]
+            while not sup.failed and not all(
+                ws and ws.state is State.COMPLETE for ws in [await store.get(n) for n in names]
+            ):
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.5)  # a few more rounds meet the corrupt items again
 
-    assert run(asyncio.wait_for(scenario(), timeout=30)) == 0 and sup.failed is None
-    assert sup.endings == {"complete": 3}
+    run(asyncio.wait_for(scenario(), timeout=30))
+    assert sup.intake.endings == {"complete": 3}
     for name in ("bad-fraction", "bad-bucket"):
         reports = [r for r in caplog.records if "corrupt item" in r.getMessage() and f"pk='{name}'" in r.getMessage()]
         assert len(reports) == 1, (name, [r.getMessage() for r in reports])

@@ -32,10 +32,10 @@ one event leaves the others alone; the events waiting out a retry are not due, s
 them in place of newer ones.
 
 A crash between commit and delivery loses nothing: the event is still pending and is delivered after the restart,
-with the same event id. Delivery never blocks or fails a state transition: it runs beside them (the supervisor's
-``notifier`` loop calls ``deliver_pending``), woken by ``ring`` as soon as one is committed here, and polling for
-events committed elsewhere (the CLI, other daemons). A pass is bounded in time (``budget_s``, and each event's
-delivery by the claim on it), so a hung channel delays notifications but never stalls the loop.
+with the same event id. Delivery never blocks or fails a state transition: it runs beside them (the ``notifier``
+engine, ``deliver_forever``, calls ``deliver_pending``), woken by ``ring`` as soon as one is committed here, and
+polling for events committed elsewhere (the CLI, other daemons). A pass is bounded in time (``budget_s``, and each
+event's delivery by the claim on it), so a hung channel delays notifications but never stalls the loop.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ import tenacity
 from monitor import errors, logs
 from monitor.clock import Clock
 from monitor.config import NotifyConfig
+from monitor.loops import Loops, Seconds
 from monitor.model import PROBLEM_EVENTS, Event, Workset
 from monitor.notify import filters
 from monitor.ports import Store
@@ -682,3 +683,15 @@ def linear_issue_lookup(store: Store) -> Callable[[Event], Awaitable[bool]]:
         )
 
     return has_issue
+
+
+async def deliver_forever(outbox: Outbox, loops: Loops, *, interval_s: Seconds, claim_s: Seconds) -> None:
+    """The notifier engine: a delivery pass every ``interval_s()``, and at once when an event is committed here. A pass
+    stops taking events after ``interval_s()``; one event's delivery never outlasts its claim (``claim_s()``)."""
+    await loops.poll(
+        "notifier",
+        lambda: outbox.deliver_pending(budget_s=interval_s()),
+        every_s=interval_s,
+        stale_after_s=lambda: 3 * interval_s() + 60 + claim_s(),
+        wake=outbox.doorbell.rung,
+    )
