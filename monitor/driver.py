@@ -2,9 +2,10 @@
 
 - Steps already recorded as finished (by us or by an earlier holder on any host) are skipped: a new holder resumes at
   the first unfinished step. A ``poll`` step simply runs again and re-attaches to the external run.
-- The heartbeat runs beside the steps, and so does the holding's own fencing timer: a lost lease (taken over,
-  cancelled, a heartbeat that raised, or no successful renewal for ``renew_deadline_s``, whether the heartbeat task
-  is renewing, hung or dead) kills the running step's process group at once and nothing more is written.
+- The heartbeat runs beside the steps as a guarded sub-task, and so does the holding's own fencing timer: a lost
+  lease (taken over, cancelled, a heartbeat that raised, a heartbeat task that ended for any reason, or no successful
+  renewal for ``renew_deadline_s``, whether the heartbeat task is renewing or hung) kills the running step's process
+  group at once and nothing more is written.
 - ``drain`` (graceful shutdown): no new step starts; ``kill``: the running step is stopped. Either way the workset is
   released to ``ready`` (no failure counted) only after the step's processes are gone.
 - A step's outcome decides: done → next step (its output tail in the ``step_finished`` event); exit 75 or a timeout →
@@ -46,8 +47,10 @@ async def drive(
     logs.bind(workset_id=holding.workset_id, lease_owner=holding.owner, epoch=holding.epoch)
     stop = asyncio.Event()
     halt = asyncio.Event()  # stops the running step: lease lost, or shutdown ran out of patience
+    heartbeat = asyncio.create_task(holding.keep_alive(stop), name=f"heartbeat {holding.workset_id}")
+    heartbeat.add_done_callback(lambda task: _heartbeat_ended(holding, task, stop))
     helpers = [
-        asyncio.create_task(holding.keep_alive(stop), name=f"heartbeat {holding.workset_id}"),
+        heartbeat,
         asyncio.create_task(holding.fence_on_time(stop), name=f"fencing {holding.workset_id}"),
         asyncio.create_task(_first_of(halt, holding.lost, kill)),
     ]
@@ -111,6 +114,15 @@ async def _steps(
         return Ending.RETRYING if state is State.RETRYING else Ending.ERROR
     await holding.complete()
     return Ending.COMPLETE
+
+
+def _heartbeat_ended(holding: Holding, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """The heartbeat is guarded: if it ends while the workset is being driven, for any reason (a bug that returns
+    or raises, a cancellation), the holding is given up at once, which halts the running step."""
+    if stop.is_set() or holding.lost.is_set():
+        return
+    why = "cancelled" if task.cancelled() else f"raised {task.exception()!r}" if task.exception() else "returned"
+    holding.give_up(f"heartbeat task ended ({why})")
 
 
 async def _first_of(target: asyncio.Event, *sources: asyncio.Event) -> None:

@@ -58,6 +58,7 @@ from monitor import errors, logs, states
 from monitor.clock import Clock
 from monitor.config import LeaseConfig, RunConfig
 from monitor.live import reader
+from monitor.loops import repeat
 from monitor.model import Due, Event, Fleet, Lease, State, Workset, WorksetId
 from monitor.ports import Store
 from monitor.states import Action, Backoff, Context, Decision
@@ -479,27 +480,38 @@ class Holding:
     async def keep_alive(self, stop: asyncio.Event) -> None:
         """Heartbeat every ``heartbeat_s`` (sooner after a failure) until ``stop`` is set or the lease is lost.
         A heartbeat that raises (access denied, expired credentials, a bug) loses the lease: we can no longer renew."""
-        while not self.lost.is_set():
+
+        async def beat() -> float | None:
+            if stop.is_set() or self.lost.is_set():
+                return None
             try:
                 ok = await self.heartbeat_once()
             except Exception as exc:
                 self._lose(f"heartbeat failed: {exc}", ours=True)
-                return
+                return None
             if self.lost.is_set():
-                return
+                return None
             wait = self._policy.heartbeat_s if ok else self._policy.heartbeat_retry_s
             # Never sleep past the renew deadline: wake in time to self-fence.
             wait = min(wait, max(self.renewed_at + self._policy.renew_deadline_s - self._clock.monotonic(), 0))
-            if await self._clock.sleep(wait * self._rng.uniform(0.9, 1.0), until=stop):
-                return
+            return wait * self._rng.uniform(0.9, 1.0)
+
+        await repeat(self._clock, beat, until=stop)
 
     async def fence_on_time(self, stop: asyncio.Event) -> None:
         """Lose the lease at the renew deadline, on our own timer, whatever the heartbeat task is doing (renewing,
         hung, or dead); returns once the lease is lost or ``stop`` is set."""
-        while not self.fenced():
-            left_s = self.renewed_at + self._policy.renew_deadline_s - self._clock.monotonic()
-            if await self._clock.sleep(left_s, until=stop):
-                return
+
+        async def check() -> float | None:
+            if stop.is_set() or self.fenced():
+                return None
+            return self.renewed_at + self._policy.renew_deadline_s - self._clock.monotonic()
+
+        await repeat(self._clock, check, until=stop)
+
+    def give_up(self, reason: str) -> None:
+        """Stop acting on this lease now (we can no longer keep it); the driver halts the step."""
+        self._lose(reason, ours=True)
 
     def _lose(self, reason: str, *, ours: bool = False) -> None:
         """``ours``: lost because our renewal or write failed (not because someone else took the workset)."""

@@ -7,8 +7,9 @@ not repair it, and listings leave it out); anything else propagates, so the task
 
 Each completed tick is recorded. A loop started with ``stale_after_s`` counts in the health verdict (``/healthz``
 and the systemd watchdog ping): unhealthy once it has not completed a tick for that long. No loop can forget to
-record its tick, and none can be watched without ticking. ``tests/test_architecture.py`` checks that no other
-``while`` loop in ``monitor/`` sleeps.
+record its tick, and none can be watched without ticking. Under it is ``repeat``, the one loop that sleeps between
+runs; ``tests/test_architecture.py`` checks that every other ``while`` loop in ``monitor/`` that sleeps is a bounded
+retry or wait, named there with its bound.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from monitor.clock import Clock
 log = logs.get("monitor.loops")
 
 Seconds = Callable[[], float]  # read at every use, so a reloaded setting applies at the next tick
+
+
+async def repeat(clock: Clock, step: Callable[[], Awaitable[float | None]], *, until: asyncio.Event) -> None:
+    """Run ``step`` until it returns None; the number it returns is the pause before the next run, which ``until``
+    cuts short. The one loop that sleeps: engines use it through ``Loops.poll``, a holding for its heartbeat and its
+    fencing timer."""
+    while (pause_s := await step()) is not None:
+        await clock.sleep(pause_s, until=until)
 
 
 class Loops:
@@ -47,15 +56,19 @@ class Loops:
         """Run ``tick`` every ``every_s()`` seconds until ``stop``; ``wake`` runs it early."""
         if stale_after_s is not None:
             self._stale_after_s[name] = stale_after_s
-        if first_delay_s > 0:
-            await self.clock.sleep(first_delay_s, until=self.stop)
-        while not self.stop.is_set():
+
+        async def step() -> float | None:
+            if self.stop.is_set():
+                return None
             if wake is not None:
                 wake.clear()
             started = self.clock.monotonic()
             await self._tick(name, tick)
-            elapsed = self.clock.monotonic() - started
-            await self.clock.sleep(max(every_s() - elapsed, 0), until=wake or self.stop)
+            return max(every_s() - (self.clock.monotonic() - started), 0)
+
+        if first_delay_s > 0 and await self.clock.sleep(first_delay_s, until=self.stop):
+            return
+        await repeat(self.clock, step, until=wake or self.stop)
 
     async def _tick(self, name: str, tick: Callable[[], Awaitable[object]]) -> None:
         try:

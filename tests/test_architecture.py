@@ -81,3 +81,48 @@ def test_every_module_has_a_layer_and_imports_only_downwards() -> None:
             if target.split(".")[0] in ADAPTER_ONLY and not name.startswith("monitor.aws"):
                 problems.append(f"{name} imports {target}: AWS libraries belong in monitor.aws")
     assert not problems, "\n".join(problems)
+
+
+# Every `while` loop in monitor/ that sleeps, besides the one in loops.repeat, with the bound that makes it a wait or
+# a retry rather than recurring work (which goes through Loops.poll or loops.repeat). A new one fails the test: give
+# it a bound and a line here, or use the helper.
+BOUNDED_WAITS = {
+    ("monitor/loops.py", "repeat"): "the one loop: recurring work, cut short by its event",
+    ("monitor/leases.py", "_write"): "retries of one fenced write, given up at the renew deadline",
+    ("monitor/leases.py", "_landed"): "reads of whether one write landed, given up at the renew deadline",
+    ("monitor/steps.py", "_run"): "re-runs of a poll step, until its timeout_s",
+    ("monitor/steps.py", "_exited"): "a child process's exit, which kill_grace_s and SIGKILL bound",
+    ("monitor/aws/dynamo.py", "_batch_get"): "the keys DynamoDB left unprocessed, each answer making progress",
+    ("monitor/aws/schema.py", "_wait_active"): "`init` waiting for the table to be ACTIVE, until timeout_s",
+    ("monitor/demo.py", "_watch"): "`demo` watching its worksets, until timeout_s",
+    ("monitor/demo.py", "_metrics_url"): "`demo` reading its daemon's log, until timeout_s",
+}
+
+
+def sleeping_loops(root: Path = ROOT) -> set[tuple[str, str]]:
+    found = set()
+    for path in sorted((root / "monitor").rglob("*.py")):
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for loop in (n for n in ast.walk(function) if isinstance(n, ast.While)):
+                called = {
+                    n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+                    for n in ast.walk(loop)
+                    if isinstance(n, ast.Call)
+                }
+                if any("sleep" in name or "pause" in name for name in called):
+                    found.add((str(path.relative_to(root)), function.name))
+    return found
+
+
+def test_recurring_work_goes_through_the_one_loop_helper() -> None:
+    assert sleeping_loops() == set(BOUNDED_WAITS)
+
+
+def test_the_loop_check_sees_a_hand_rolled_loop(tmp_path: Path) -> None:
+    (tmp_path / "monitor").mkdir()
+    (tmp_path / "monitor" / "engine.py").write_text(
+        "async def forever(clock):\n    while True:\n        await clock.sleep(1)\n"
+    )
+    assert sleeping_loops(tmp_path) == {("monitor/engine.py", "forever")}

@@ -244,3 +244,30 @@ def test_a_hung_heartbeat_task_cannot_keep_the_step_running_past_the_renew_deadl
         assert holding.heartbeats["lost"] == 1 and "no successful renewal" in holding.lost_reason
 
     run(scenario())
+
+
+def test_a_heartbeat_task_that_ends_early_for_any_reason_halts_the_step_at_once(tmp_path: Path) -> None:
+    """The heartbeat is a guarded sub-task of the driver: should it return (a bug) or be cancelled while the step
+    runs, the holding is given up at once and the step stopped, not left running until the renew deadline."""
+
+    async def returns(stop: asyncio.Event) -> None:
+        return None
+
+    async def cancelled(stop: asyncio.Event) -> None:
+        raise asyncio.CancelledError
+
+    async def scenario(name: str, ending: object) -> None:
+        rig = Rig()
+        rig.clock = clock = VirtualClock()  # type: ignore[assignment]
+        started = tmp_path / f"started-{name}"
+        await rig.register(name)
+        holding = await rig.claim()
+        holding.keep_alive = ending  # type: ignore[method-assign]
+        task = asyncio.create_task(rig.drive(holding, [_long_step(started)]))
+        while not started.exists() and not task.done():  # the step may be stopped before it got going
+            await asyncio.sleep(0.05)
+        assert await _ending_by(rig, task, clock, 0.01) is Ending.LOST, "the step ran on without a heartbeat"
+        assert "heartbeat task ended" in holding.lost_reason, holding.lost_reason
+
+    run(scenario("returns", returns))
+    run(scenario("cancelled", cancelled))
