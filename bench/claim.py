@@ -29,6 +29,7 @@ from monitor.clock import SystemClock
 from monitor.config import TableConfig
 from monitor.leases import Claimer, Policy
 from monitor.model import Priority, WorksetId
+from monitor.recorder import Tally
 from monitor.states import Context
 
 TABLE = "bench-claim"
@@ -107,7 +108,8 @@ async def measure(endpoint: str, count: int) -> dict[str, Any]:
         )
         floor.append(time.perf_counter() - started)
 
-    claimer = Claimer(TimedCommits(store), clock, owner="bench:1:0", policy=Policy())  # type: ignore[arg-type]
+    tally = Tally()
+    claimer = Claimer(TimedCommits(store), clock, owner="bench:1:0", policy=Policy(), recorder=tally)  # type: ignore[arg-type]
     sends.by_operation.clear()
     rounds, held = [], []
     while len(held) < count:
@@ -150,7 +152,7 @@ async def measure(endpoint: str, count: int) -> dict[str, Any]:
         "claim_vs_floor_p50": statistics.median(rounds) / floor_p50,
         "claim_vs_floor_p99": percentile(rounds, 0.99) / percentile(floor, 0.99),
         "heartbeat_vs_floor_p50": statistics.median(beats) / floor_p50,
-        "counts": dict(claimer.counts),
+        "counts": dict(tally.claims),
     }
 
 

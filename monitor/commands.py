@@ -141,6 +141,7 @@ async def cmd_run(app: App) -> int:
         doorbell=doorbell,
         channels=app.channels(settings.notify, store),
         hold_s=settings.notify.claim_s,
+        recorder=metrics,
     )
     services = Services(
         store=store,

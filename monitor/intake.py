@@ -25,6 +25,7 @@ from monitor.live import Live
 from monitor.loops import Loops
 from monitor.model import Fleet, State
 from monitor.ports import Store
+from monitor.recorder import Recorder
 from monitor.states import Decision
 from monitor.steps import Runner
 
@@ -41,8 +42,9 @@ class Intake:
         live: Live,
         policy: Callable[[], Policy],
         runner: Runner,
+        record: Recorder,
     ) -> None:
-        self.claimer = Claimer(store, clock, owner=owner, policy=policy)
+        self.claimer = Claimer(store, clock, owner=owner, policy=policy, recorder=record)
         self.drivers: dict[str, asyncio.Task[Ending]] = {}
         self.endings: Counter[str] = Counter()
         self.wake = asyncio.Event()  # run a round now

@@ -44,7 +44,6 @@ Not guaranteed: that an external side effect of a step is fenced; steps get ``WO
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import os
 import random
@@ -61,6 +60,7 @@ from monitor.live import reader
 from monitor.loops import repeat
 from monitor.model import Due, Event, Fleet, Lease, State, Workset, WorksetId
 from monitor.ports import Store
+from monitor.recorder import Claim, Heartbeat, Recorder, Tally
 from monitor.states import Action, Backoff, Context, Decision
 
 log = logs.get("monitor.leases")
@@ -168,14 +168,14 @@ class Claimer:
         owner: str,
         policy: Policy | Callable[[], Policy],
         rng: random.Random | None = None,
+        recorder: Recorder | None = None,
     ):
         self._store = store
         self._clock = clock
         self._policy_now = reader(policy)
         self._rng = rng or random.Random()
         self.owner = owner
-        self.counts: collections.Counter[str] = collections.Counter()  # claims by result: won, lost, fleet_full...
-        self.heartbeats: collections.Counter[str] = collections.Counter()  # of all its holdings: ok, lost...
+        self._record = recorder or Tally()  # claims, and its holdings' heartbeats
         self.renewals = Renewals(clock, self._policy_now)
         self._seq_first_seen: tuple[int, float] | None = None  # a retry_seq of the counter; when we first saw it
         self._seq_known: int | None = None  # the retry_seq as of which a settled read saw every retrying workset
@@ -212,7 +212,7 @@ class Claimer:
             try:
                 holding = await self._claim_one(candidate)
             except errors.FleetFull:
-                self.counts["fleet_full"] += 1
+                self._record.claim(Claim.FLEET_FULL)
                 break
             if holding is not None:
                 held.append(holding)
@@ -281,7 +281,7 @@ class Claimer:
         try:
             decision = states.decide(candidate, Action.CLAIM, ctx, lease=lease)
         except errors.IllegalTransition:  # the index was stale: not claimable (any more)
-            self.counts["lost"] += 1
+            self._record.claim(Claim.LOST)
             return None
         renewed_at = self._clock.monotonic()
         try:
@@ -289,7 +289,7 @@ class Claimer:
         except errors.FleetFull:
             raise
         except errors.Conflict:
-            self.counts["lost"] += 1
+            self._record.claim(Claim.LOST)
             return None
         except errors.MonitorError as exc:
             if not exc.temporary:
@@ -298,7 +298,7 @@ class Claimer:
             if landed is None:
                 return None
             after = landed
-        self.counts["won"] += 1
+        self._record.claim(Claim.WON)
         log.info("claimed", workset_id=after.workset_id, epoch=after.epoch, attempt=after.attempts)
         return Holding(
             self._store,
@@ -307,7 +307,7 @@ class Claimer:
             policy=self._policy,
             renewed_at=renewed_at,
             rng=self._rng,
-            heartbeats=self.heartbeats,
+            recorder=self._record,
             renewals=self.renewals,
         )
 
@@ -324,7 +324,7 @@ class Claimer:
             current = claim.before  # unknown: as if not landed yet
         if current is not None and _holds(current, token):
             return current
-        self.counts["error"] += 1
+        self._record.claim(Claim.ERROR)
         unknown = current is not None and current.version == version
         if unknown:
             self._unknown[ws_id] = (version, token)
@@ -380,7 +380,7 @@ class Holding:
         policy: Policy,
         renewed_at: float,
         rng: random.Random | None = None,
-        heartbeats: collections.Counter[str] | None = None,
+        recorder: Recorder | None = None,
         renewals: Renewals | None = None,
     ) -> None:
         assert ws.lease is not None, "a holding needs a leased workset"
@@ -395,8 +395,7 @@ class Holding:
         self.renewed_at = renewed_at  # monotonic start of the last successful renewal (or of the claim)
         self.lost = asyncio.Event()
         self.lost_reason = ""
-        # by result: ok, spurious_refusal, error, lost (shared by a claimer's holdings, for the metrics)
-        self.heartbeats = heartbeats if heartbeats is not None else collections.Counter[str]()
+        self._record = recorder or Tally()  # its heartbeats (a claimer's holdings share the claimer's)
         self._renewals = renewals
 
     @property
@@ -431,13 +430,13 @@ class Holding:
         except errors.MonitorError as exc:
             if not exc.temporary:
                 raise
-            self.heartbeats["error"] += 1
+            self._record.heartbeat(Heartbeat.ERROR)
             log.warning("heartbeat failed; will retry", workset_id=self.workset_id, error=str(exc))
             return False
         if count is None:
             return await self._confirm_refusal(started)
         self.renewed_at = started
-        self.heartbeats["ok"] += 1
+        self._record.heartbeat(Heartbeat.OK)
         if self._renewals is not None:
             self._renewals.renewed()
         return True
@@ -450,7 +449,7 @@ class Holding:
         try:
             return await asyncio.wait_for(call, timeout=left_s)
         except TimeoutError:
-            self.heartbeats["error"] += 1
+            self._record.heartbeat(Heartbeat.ERROR)
             log.warning("no answer from the table before the renew deadline", workset_id=self.workset_id)
             self.fenced()
             raise
@@ -463,7 +462,7 @@ class Holding:
         except errors.MonitorError as exc:
             if not exc.temporary:
                 raise
-            self.heartbeats["error"] += 1
+            self._record.heartbeat(Heartbeat.ERROR)
             return False
         if (
             current is not None
@@ -472,7 +471,7 @@ class Holding:
             and (current.lease.token == self.token)
         ):
             self.renewed_at = started  # refused, yet still ours: the item was renewed concurrently
-            self.heartbeats["spurious_refusal"] += 1
+            self._record.heartbeat(Heartbeat.SPURIOUS_REFUSAL)
             return True
         self._lose(_why_gone(current))
         return False
@@ -519,7 +518,7 @@ class Holding:
             self._renewals.failed(self.workset_id)
         if not self.lost.is_set():
             self.lost_reason = reason
-            self.heartbeats["lost"] += 1
+            self._record.heartbeat(Heartbeat.LOST)
             self.lost.set()
             log.warning("lease lost", workset_id=self.workset_id, epoch=self.epoch, reason=reason)
 

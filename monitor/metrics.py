@@ -1,12 +1,13 @@
 """Prometheus metrics (DESIGN §10: the names are a contract), on an injected registry.
 
-Two kinds of sources, chosen so nothing in the daemon's core knows about Prometheus:
+Everything is counted where it happens, so nothing in the daemon's core knows about Prometheus:
 
-- *observations* (histograms, AWS calls, queue gauges) are pushed here by hooks: botocore's event system for every
-  AWS call (service, operation, outcome, retries; so the cost of every loop is visible), the supervisor for scans,
-  steps and the queue refresh, the outbox for deliveries;
-- *counts* the loops keep anyway (claims, heartbeats, lost leases, takeovers, notifications, loop ticks, the last
-  reload) are read at scrape time by ``DaemonCollector``; a scrape never calls AWS.
+- ``Metrics`` is the daemon's ``recorder.Recorder``: the claimer, its holdings, the sweeper and the outbox call it at
+  each claim, heartbeat, takeover and delivery;
+- observations are pushed by hooks: botocore's event system for every AWS call (service, operation, outcome,
+  retries; so the cost of every loop is visible), the engines for scans, steps and the queue refresh;
+- only state is read at scrape time (``DaemonCollector``: each loop's last tick, the last reload); a scrape never
+  calls AWS.
 
 Label values are bounded: states, priorities, channels, loops, step names from the config, AWS operation names.
 No workset id is ever a label.
@@ -19,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -28,6 +29,7 @@ from prometheus_client.registry import Collector
 from monitor import __version__
 from monitor.model import Priority, State, Stats, Workset
 from monitor.ports import Store
+from monitor.recorder import Claim, Delivery, Heartbeat
 from monitor.states import Decision
 
 P = "workset_monitor_"
@@ -97,6 +99,22 @@ class Metrics:
             buckets=_DELIVERY_BUCKETS,
             registry=r,
         )
+        self.claims = Counter(P + "claims", "Claim attempts by result.", ["result"], registry=r)
+        self.heartbeats = Counter(P + "heartbeats", "Heartbeats by result.", ["result"], registry=r)
+        for claim in Claim:
+            self.claims.labels(result=claim.value)
+        for heartbeat in Heartbeat:
+            self.heartbeats.labels(result=heartbeat.value)
+        self.leases_lost = Counter(P + "leases_lost", "Leases this process lost while holding them.", registry=r)
+        self.takeovers = Counter(
+            P + "stale_leases_reclaimed", "Leases of dead holders this process's sweeper took over.", registry=r
+        )
+        self.notifications = Counter(
+            P + "notifications",
+            "Notification outcomes per channel (sent, skipped, failed, retry_later).",
+            ["channel", "outcome"],
+            registry=r,
+        )
         self._sources: DaemonCollector | None = None
 
     # --- hooks ---------------------------------------------------------------------------------------------------
@@ -149,9 +167,32 @@ class Metrics:
     def step(self, step: str, outcome: str, seconds: float) -> None:
         self.step_duration.labels(step=step, outcome=outcome).observe(seconds)
 
-    def notification(self, channel: str, outcome: str, latency_s: float | None) -> None:
+    # --- recorder.Recorder -----------------------------------------------------------------------------------------
+
+    def claim(self, result: Claim) -> None:
+        self.claims.labels(result=result.value).inc()
+
+    def heartbeat(self, result: Heartbeat) -> None:
+        self.heartbeats.labels(result=result.value).inc()
+        if result is Heartbeat.LOST:
+            self.leases_lost.inc()
+
+    def takeover(self) -> None:
+        self.takeovers.inc()
+
+    def notification(self, channel: str, outcome: Delivery, latency_s: float | None) -> None:
+        self.notifications.labels(channel=channel, outcome=outcome.value).inc()
         if latency_s is not None:
             self.delivery.observe(latency_s)
+
+    def totals(self) -> dict[str, dict[tuple[str, ...], float]]:
+        """What CloudWatch publishes as counts: name -> label values -> total so far."""
+        return {
+            "leases_lost": _totals(self.leases_lost),
+            "stale_leases_reclaimed": _totals(self.takeovers),
+            "notifications": _totals(self.notifications),
+            "error_transitions": {(): self.errors_written()},
+        }
 
     def queue(self, stats: Stats, *, oldest_age_s: Mapping[State, float | None], now_s: float) -> None:
         for state in State:
@@ -162,7 +203,7 @@ class Metrics:
         self.queue_refresh.set(now_s)
 
     def attach(self, sources: Sources) -> None:
-        """Read the daemon's own counters at every scrape."""
+        """Read the daemon's loop ticks and reload state at every scrape."""
         self._sources = DaemonCollector(sources)
         self.registry.register(self._sources)
 
@@ -197,11 +238,7 @@ class Publisher(Protocol):
 
 
 class Sources(Protocol):
-    """What the daemon exposes for scraping (the supervisor implements it)."""
-
-    def counters(self) -> Mapping[str, Mapping[tuple[str, ...], float]]:
-        """Name (see COUNTERS) -> label values -> count."""
-        ...
+    """The daemon's state read at scrape time (the supervisor provides it)."""
 
     def loop_ticks(self) -> Mapping[str, float]:
         """Loop name -> wall-clock time of its last good tick."""
@@ -212,32 +249,11 @@ class Sources(Protocol):
         ...
 
 
-# name -> (help, label names, label values always exported, at 0 until they happen)
-COUNTERS: dict[str, tuple[str, tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
-    "claims": ("Claim attempts by result.", ("result",), (("won",), ("lost",), ("fleet_full",), ("error",))),
-    "heartbeats": ("Heartbeats by result.", ("result",), (("ok",), ("spurious_refusal",), ("error",), ("lost",))),
-    "leases_lost": ("Leases this process lost while holding them.", (), ((),)),
-    "stale_leases_reclaimed": ("Leases of dead holders this process's sweeper took over.", (), ((),)),
-    "notifications": (
-        "Notification outcomes per channel (sent, skipped, failed, retry_later).",
-        ("channel", "outcome"),
-        (),
-    ),
-}
-
-
 class DaemonCollector(Collector):
     def __init__(self, sources: Sources) -> None:
         self._sources = sources
 
     def collect(self) -> Iterator[Any]:
-        counts = self._sources.counters()
-        for name, (help_text, labels, always) in COUNTERS.items():
-            family = CounterMetricFamily(P + name, help_text, labels=list(labels))
-            values = {**dict.fromkeys(always, 0.0), **counts.get(name, {})}
-            for label_values, value in values.items():
-                family.add_metric(list(label_values), value)
-            yield family
         ticks = GaugeMetricFamily(
             P + "loop_last_success_timestamp_seconds",
             "When each loop last completed a tick (Unix time).",
@@ -267,3 +283,12 @@ def _outcome(status: int, code: str) -> str:
     ):
         return "throttled"
     return "server_error" if status >= 500 else "client_error"
+
+
+def _totals(counter: Counter) -> dict[tuple[str, ...], float]:
+    return {
+        tuple(sample.labels.values()): sample.value
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }

@@ -39,6 +39,7 @@ from monitor.loops import Loops
 from monitor.metrics import Metrics, Publisher
 from monitor.notify.outbox import Channel, Outbox, deliver_forever
 from monitor.ports import Queue, Source, Store
+from monitor.recorder import Tally
 from monitor.reloader import Reloader
 from monitor.scanner import Scanner, scan_forever, scan_tick
 from monitor.sideport import SidePort
@@ -84,8 +85,9 @@ class Supervisor:
             actor=f"scanner:{s.owner}",
             max_manifest_bytes=live.derive(lambda new: new.scan.max_manifest_bytes),
         )
-        self.intake = Intake(s.store, s.clock, owner=s.owner, live=live, policy=policy, runner=s.runner)
-        self.sweeper = Sweeper(s.store, s.clock, actor=f"sweeper:{s.owner}", policy=policy)
+        record = s.metrics or Tally()
+        self.intake = Intake(s.store, s.clock, owner=s.owner, live=live, policy=policy, runner=s.runner, record=record)
+        self.sweeper = Sweeper(s.store, s.clock, actor=f"sweeper:{s.owner}", policy=policy, recorder=record)
         self.reloader = Reloader(live, read=s.reload, notifier=s.notifier, applied=self._applied)
         self.gauges = (
             Gauges(s.store, s.clock, metrics=s.metrics, live=live, sweeper=self.sweeper) if s.metrics else None
@@ -95,8 +97,6 @@ class Supervisor:
         self.side_port: SidePort | None = None
         if s.metrics is not None:
             s.metrics.attach(self)
-            if s.outbox is not None:
-                s.outbox.observe = s.metrics.notification
 
     @property
     def settings(self) -> Settings:
@@ -130,8 +130,6 @@ class Supervisor:
             failed_task=self.failed,
             endings=dict(self.intake.endings),
             scanner=dict(self.scanner.totals),
-            claims=dict(self.intake.claimer.counts),
-            takeovers=self.sweeper.taken_over,
         )
         return 1 if self.failed else 0
 
@@ -155,7 +153,7 @@ class Supervisor:
             self._start("gauges", self.gauges.run(self.loops))
             if s.cloudwatch is not None and (cw := self.settings.metrics.cloudwatch) is not None:
                 publish = self.gauges.publish_forever(
-                    self.loops, s.cloudwatch, interval_s=cw.interval_s, counters=self.counters
+                    self.loops, s.cloudwatch, interval_s=cw.interval_s, counters=s.metrics.totals
                 )
                 self._start("cloudwatch", publish)
         observe = s.metrics.scan_duration.observe if s.metrics is not None else None
@@ -249,18 +247,6 @@ class Supervisor:
 
     def ready(self) -> tuple[bool, str]:
         return self.gauges.ready() if self.gauges is not None else (False, "no queue gauges without metrics")
-
-    def counters(self) -> dict[str, dict[tuple[str, ...], float]]:
-        claimer, outbox, metrics = self.intake.claimer, self.services.outbox, self.services.metrics
-        hb = claimer.heartbeats
-        return {
-            "claims": {(k,): v for k, v in claimer.counts.items()},
-            "heartbeats": {(k,): v for k, v in hb.items()},
-            "leases_lost": {(): hb.get("lost", 0)},
-            "stale_leases_reclaimed": {(): self.sweeper.taken_over},
-            "notifications": {k: float(v) for k, v in outbox.counts.items()} if outbox else {},
-            "error_transitions": {(): metrics.errors_written()} if metrics is not None else {},
-        }
 
     def loop_ticks(self) -> dict[str, float]:
         return self.loops.wall_times()

@@ -36,6 +36,7 @@ from monitor.live import reader
 from monitor.loops import Loops, Seconds
 from monitor.model import Fleet, WorksetId
 from monitor.ports import Store
+from monitor.recorder import Recorder, Tally
 from monitor.states import Action, Context, Decision
 
 log = logs.get("monitor.sweeper")
@@ -88,6 +89,7 @@ class Sweeper:
         policy: Policy | Callable[[], Policy],
         max_tracked: int = 100_000,
         rng: random.Random | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -96,7 +98,7 @@ class Sweeper:
         self._max_tracked = max_tracked
         self._rng = rng or random.Random()
         self._seen: dict[WorksetId, _Seen] = {}
-        self.taken_over = 0
+        self._record = recorder or Tally()
         self.fleet: Fleet | None = None  # the latest read of the fleet counter
         self._started = 0.0  # monotonic start of the latest sweep
         self._distrust = False  # the counter said 0 while worksets were in progress: query regardless
@@ -150,7 +152,7 @@ class Sweeper:
                 await self._store.commit(decision, fence_token=token, expect_heartbeats=previous.hb_count)
             except errors.Conflict:
                 continue  # a last-moment heartbeat, an operator, or another sweeper got there first
-            self.taken_over += 1
+            self._record.takeover()
             taken.append(decision)
             log.warning(
                 "lease expired; taken over",

@@ -14,6 +14,7 @@ from monitor.driver import Ending, drive
 from monitor.leases import Claimer, Holding, Policy
 from monitor.memory import MemoryStore
 from monitor.model import EventType, Priority, State, WorksetId
+from monitor.recorder import Tally
 from monitor.states import Action, Context
 from monitor.steps import Runner
 from tests.conftest import run
@@ -32,6 +33,7 @@ class Rig:
         self.clock = SystemClock()
         self.runner = Runner(self.clock, base_env={"PATH": "/usr/bin:/bin"}, kill_grace_s=1)
         self.drain, self.kill = asyncio.Event(), asyncio.Event()
+        self.tally = Tally()  # what its claimers and holdings counted
 
     async def register(self, name: str = "ws-1") -> None:
         await actions.register(
@@ -44,7 +46,8 @@ class Rig:
         )
 
     async def claim(self, owner: str = "host-a:1:0") -> Holding:
-        [holding] = await Claimer(self.store, self.clock, owner=owner, policy=POLICY).claim(slots=1)
+        claimer = Claimer(self.store, self.clock, owner=owner, policy=POLICY, recorder=self.tally)
+        [holding] = await claimer.claim(slots=1)
         return holding
 
     async def drive(self, holding: Holding, steps: list[StepConfig]) -> Ending:
@@ -216,7 +219,7 @@ def test_a_heartbeat_refused_for_good_stops_the_step_by_the_renew_deadline(tmp_p
         store.armed = True
         left_s = holding.renewed_at + POLICY.renew_deadline_s - clock.monotonic()
         assert await _ending_by(rig, task, clock, left_s) is Ending.LOST
-        assert holding.heartbeats["lost"] == 1 and "access denied" in holding.lost_reason, holding.lost_reason
+        assert rig.tally.heartbeats["lost"] == 1 and "access denied" in holding.lost_reason, holding.lost_reason
 
     run(scenario())
 
@@ -241,7 +244,7 @@ def test_a_hung_heartbeat_task_cannot_keep_the_step_running_past_the_renew_deadl
         await clock.run_for(left_s - 0.05)
         assert not task.done(), "stopped before the renew deadline"
         assert await _ending_by(rig, task, clock, 0.05) is Ending.LOST
-        assert holding.heartbeats["lost"] == 1 and "no successful renewal" in holding.lost_reason
+        assert rig.tally.heartbeats["lost"] == 1 and "no successful renewal" in holding.lost_reason
 
     run(scenario())
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -16,6 +16,7 @@ from monitor.clock import FakeClock
 from monitor.leases import INDEX_SETTLE_S, Claimer, Holding, Policy
 from monitor.model import EventType, Fleet, Priority, State, WorksetId
 from monitor.ports import Store
+from monitor.recorder import Tally
 from monitor.states import Action, Backoff, Context
 from monitor.sweeper import Sweeper
 from tests.conftest import run
@@ -30,6 +31,8 @@ class World:
     store: StoreSpy
     clock: FakeClock
 
+    tallies: dict[str, Tally] = field(default_factory=dict)  # what each daemon counted
+
     def daemon(self, name: str, *, skew_ms: int = 0, policy: Policy = POLICY) -> Claimer:
         return Claimer(
             self.store,
@@ -37,6 +40,7 @@ class World:
             owner=f"{name}:1:aaaa",
             policy=policy,  # type: ignore[arg-type]
             rng=random.Random(name),
+            recorder=self.tallies.setdefault(name, Tally()),
         )
 
     def sweeper(self, name: str = "sweeper", *, policy: Policy = POLICY) -> Sweeper:
@@ -221,7 +225,7 @@ def test_keep_alive_heartbeats_until_stopped(world: World) -> None:
 
         world.store.before["heartbeat"] = stop_after_five
         await asyncio.wait_for(held.keep_alive(stop), timeout=5)
-        assert not held.lost.is_set() and held.heartbeats["ok"] == 5
+        assert not held.lost.is_set() and world.tallies["host-a"].heartbeats["ok"] == 5
         ws = await world.store.get(WorksetId("ws-1"))
         assert ws is not None and ws.hb_count == 5
         elapsed = world.clock.monotonic() - start  # about one heartbeat interval between renewals (with jitter)
@@ -306,9 +310,10 @@ def test_claims_follow_priority_and_a_lost_race_is_counted(world: World) -> None
         held = await world.daemon("host-a").claim(slots=2)  # ...then A claims
         assert [h.workset_id for h in held] == ["urgent", "normal"]
 
-        b = Claimer(StaleIndex(world.store, stale), world.clock, owner="host-b:1:bbbb", policy=POLICY)  # type: ignore[arg-type]
+        tally = Tally()
+        b = Claimer(StaleIndex(world.store, stale), world.clock, owner="host-b:1:bbbb", policy=POLICY, recorder=tally)  # type: ignore[arg-type]
         [won] = await b.claim(slots=3)
-        assert won.workset_id == "low" and (b.counts["lost"], b.counts["won"]) == (2, 1)
+        assert won.workset_id == "low" and (tally.claims["lost"], tally.claims["won"]) == (2, 1)
 
     run(scenario())
 
@@ -406,7 +411,7 @@ def test_the_fleet_cap_is_exact(world: World, cap: int) -> None:
         daemons = [world.daemon(f"host-{i}", policy=policy) for i in range(3)]
         held = [h for d in daemons for h in await d.claim(slots=2)]
         assert len(held) == cap == (await world.store.fleet()).running
-        assert sum(d.counts["fleet_full"] for d in daemons) >= 1
+        assert sum(t.claims["fleet_full"] for t in world.tallies.values()) >= 1
         await held[0].complete()
         assert (await world.store.fleet()).running == cap - 1
         more = await daemons[2].claim(slots=2)

@@ -26,6 +26,7 @@ from monitor.notify import linear, message, webhook
 from monitor.notify.linear import LinearChannel
 from monitor.notify.outbox import Channel, Doorbell, Outbox, linear_issue_lookup
 from monitor.notify.webhook import WebhookChannel
+from monitor.recorder import Tally
 from monitor.states import Action, Context
 from tests.conftest import REGION, run
 from tests.fake_http import FakeServer, Reply, serve
@@ -300,14 +301,14 @@ def test_filters_per_channel_and_priority(server: FakeServer) -> None:
         await rig.register("normal", priority=Priority.NORMAL, invalid="bad")  # linear: urgent only; webhook: complete
         await rig.register("fine", priority=Priority.URGENT)  # a registration: nobody wants it
         await rig.register("urgent", priority=Priority.URGENT, invalid="bad")  # linear wants it, the webhook not
-        outbox = rig.outbox()
+        outbox = rig.outbox(recorder=(tally := Tally()))
         assert await outbox.deliver_pending() == 1
         for name in ("low", "normal", "fine"):
             [event] = await rig.events(name)
             assert not event.pending and event.notified == {}, name  # never entered the outbox
         [urgent] = await rig.events("urgent")
         assert urgent.notified == {"linear": "sent", "webhook": "skipped"}
-        assert outbox.counts == {("linear", "sent"): 1, ("webhook", "skipped"): 1}
+        assert tally.notifications == {("linear", "sent"): 1, ("webhook", "skipped"): 1}
 
     run(scenario())
     assert len(server.requests) == 1 and "issueCreate" in server.requests[0].json()["query"]

@@ -143,7 +143,12 @@ def daemon(mocked_aws: None, tmp_path: Path, hook: FakeServer) -> Any:
     doorbell = Doorbell(settings.notify)
     store = ObservedStore(DynamoStore(dynamodb, "obs", outbox=doorbell.wants, on_pending=doorbell.ring), metrics)
     outbox = Outbox(
-        store, SystemClock(), owner="h:1:0", doorbell=doorbell, channels=[WebhookChannel(settings.notify.webhook)]
+        store,
+        SystemClock(),
+        owner="h:1:0",
+        doorbell=doorbell,
+        channels=[WebhookChannel(settings.notify.webhook)],
+        recorder=metrics,  # as `run` builds it
     )  # type: ignore[arg-type]
     runner = Runner(clock, base_env=dict(os.environ), observe=lambda s, r: metrics.step(s, r.outcome.value, r.seconds))
     services = Services(

@@ -20,6 +20,7 @@ from monitor.leases import Claimer, Policy
 from monitor.memory import Faults, MemoryStore
 from monitor.model import EventType, Lease, Priority, State, Workset, WorksetId
 from monitor.ports import Store
+from monitor.recorder import Tally
 from monitor.states import Action, Backoff, Context
 from monitor.sweeper import Sweeper
 from tests.conftest import TEST_TABLE, run
@@ -592,14 +593,15 @@ def test_lost_responses_at_a_rate_lose_nothing_but_the_responses(make_store: Cal
 
 def test_a_claimer_whose_claim_response_is_lost_still_holds_the_workset(make_store: Callable[..., Store]) -> None:
     store = make_store(faults=Faults(lost_responses={"commit": {1}}))
-    claimer = Claimer(store, FakeClock(), owner="host-a:1:aaaa", policy=Policy(), rng=random.Random(1))
+    tally = Tally()
+    claimer = Claimer(store, FakeClock(), owner="host-a:1:aaaa", policy=Policy(), rng=random.Random(1), recorder=tally)
 
     async def scenario() -> None:
         await add(store, "ws-1")
         [held] = await claimer.claim(slots=1)
         ws = await store.get(WorksetId("ws-1"))
         assert ws is not None and ws.lease is not None and ws.lease.token == held.token
-        assert store.lost == [("commit", 1)] and claimer.counts["won"] == 1  # type: ignore[attr-defined]
+        assert store.lost == [("commit", 1)] and tally.claims["won"] == 1  # type: ignore[attr-defined]
 
     run(scenario())
 

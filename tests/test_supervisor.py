@@ -12,6 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
+from prometheus_client import CollectorRegistry
 
 from monitor import config, errors
 from monitor.aws import schema
@@ -22,6 +23,7 @@ from monitor.config import TableConfig
 from monitor.gauges import Gauges
 from monitor.leases import Policy
 from monitor.live import Live
+from monitor.metrics import Metrics
 from monitor.model import State, WorksetId
 from monitor.reloader import keep_restart_only
 from monitor.scanner import Scanner
@@ -510,11 +512,13 @@ def test_run_once_stops_a_step_whose_heartbeats_are_denied_and_reports_the_lease
     path = write_config(
         world["tmp"] / "c.toml", steps=f'command = ["{sys.executable}", "-c", "import time; time.sleep(8)"]'
     )
-    sup = supervisor(world, path)
+    metrics = Metrics(CollectorRegistry(), process=False)
+    sup = supervisor(world, path, metrics=metrics)
     started = time.monotonic()
     assert run(sup.run(once=True)) == 0
     assert time.monotonic() - started < 4 * 2 / 3 + 1  # the renew deadline, plus time to kill the step
-    assert sup.intake.endings == {"lost": 1} and sup.intake.claimer.heartbeats["lost"] == 1
+    assert sup.intake.endings == {"lost": 1}
+    assert metrics.registry.get_sample_value("workset_monitor_heartbeats_total", {"result": "lost"}) == 1
 
 
 def test_a_corrupt_item_is_logged_once_and_the_daemon_carries_on(world: dict[str, Any], caplog: Any) -> None:

@@ -57,6 +57,7 @@ from monitor.loops import Loops, Seconds
 from monitor.model import PROBLEM_EVENTS, Event, Workset
 from monitor.notify import filters
 from monitor.ports import Store
+from monitor.recorder import Delivery, Recorder, Tally
 
 log = logs.get("monitor.notify")
 
@@ -131,6 +132,7 @@ class Outbox:
         max_wait_s: float = 30.0,
         batch: int = 25,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        recorder: Recorder | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -153,9 +155,7 @@ class Outbox:
         self._max_wait_s = max_wait_s
         self._batch = batch
         self._sleep = sleep
-        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (channel, outcome)
-        self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)  # commit -> delivered
-        self.observe: Callable[[str, str, float | None], None] | None = None  # metrics hook: channel, outcome, s
+        self._recorder = recorder or Tally()
 
     @property
     def notify(self) -> NotifyConfig:
@@ -434,7 +434,7 @@ class Outbox:
                 event_id=event.event_id,
                 seconds=self._send_s,
             )
-            self._count(channel.name, "retry_later", None)
+            self._recorder.notification(channel.name, Delivery.RETRY_LATER, None)
             outcome = None
         finally:
             self._probing.discard(channel.name)
@@ -501,13 +501,13 @@ class Outbox:
                     event_id=event.event_id,
                     error=str(exc),
                 )
-                self._count(channel.name, "retry_later", None)
+                self._recorder.notification(channel.name, Delivery.RETRY_LATER, None)
                 return None
             log.error("notification refused", channel=channel.name, event_id=event.event_id, error=str(exc))
             return f"failed: {exc}"[:500]
         except Exception:
             log.exception("notification channel failed unexpectedly; will retry", channel=channel.name)
-            self._count(channel.name, "retry_later", None)
+            self._recorder.notification(channel.name, Delivery.RETRY_LATER, None)
             return None
         return None  # unreachable: AsyncRetrying either returns or raises
 
@@ -528,21 +528,14 @@ class Outbox:
         for channel, outcome in outcomes.items():
             event.notified[channel] = outcome
             latency = max(self._clock.now_ms() - event.at_ms, 0) / 1000 if outcome == "sent" else None
-            if latency is not None:
-                self.latencies_s.append(latency)
-            kind = outcome if outcome in ("sent", "skipped") else "failed"
-            self._count(channel, kind, latency)
+            kind = Delivery(outcome) if outcome in (Delivery.SENT, Delivery.SKIPPED) else Delivery.FAILED
+            self._recorder.notification(channel, kind, latency)
             if outcome == "sent":  # latency: since the commit; waited: of it, before this daemon claimed the event
                 claimed_ms = self._claimed_at_ms.get(event.event_id)
                 waited = None if claimed_ms is None else max(claimed_ms - event.at_ms, 0) / 1000
                 log.info(
                     "notification sent", channel=channel, event_id=event.event_id, latency_s=latency, waited_s=waited
                 )
-
-    def _count(self, channel: str, outcome: str, latency: float | None) -> None:
-        self.counts[(channel, outcome)] += 1
-        if self.observe is not None:
-            self.observe(channel, outcome, latency)
 
 
 @dataclasses.dataclass
