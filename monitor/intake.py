@@ -22,7 +22,7 @@ from monitor.clock import Clock
 from monitor.driver import Ending, drive
 from monitor.leases import Claimer, Holding, Policy
 from monitor.live import Live
-from monitor.loops import Loops
+from monitor.loops import Loops, phase
 from monitor.model import Fleet, State
 from monitor.ports import Store
 from monitor.recorder import Recorder
@@ -114,6 +114,18 @@ class Intake:
             return
         self.endings[task.result().value] += 1
         log.info("workset finished here", workset_id=holding.workset_id, ending=task.result().value)
+
+    async def stop(self, *, grace_s: float, fast: asyncio.Event) -> None:
+        """Shutdown: let the running steps finish for up to ``grace_s`` (or until ``fast``), then stop what still
+        runs; each driver releases its workset to ``ready`` once its step's processes are gone."""
+        if self.drivers:
+            with phase("shutdown: drain", running=len(self.drivers), grace_s=grace_s):
+                self.drain.set()
+                await self.wait_drivers(grace_s, until=fast)
+        if self.drivers:
+            with phase("shutdown: stop steps and release", running=len(self.drivers)):
+                self.kill.set()
+                await self.wait_drivers(None)
 
     async def wait_drivers(self, timeout_s: float | None, *, until: asyncio.Event | None = None) -> None:
         """Wait for every driver to end, at most ``timeout_s``, or until ``until`` is set."""

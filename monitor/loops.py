@@ -15,8 +15,10 @@ retry or wait, named there with its bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from monitor import errors, logs
 from monitor.clock import Clock
@@ -103,3 +105,12 @@ class Loops:
         """Loop name -> wall-clock time of its last good tick (for the metrics)."""
         now_mono, now_wall = self.clock.monotonic(), time.time()
         return {name: now_wall - (now_mono - at) for name, at in self.last_success.items()}
+
+
+@contextlib.contextmanager
+def phase(name: str, **kw: Any) -> Iterator[None]:
+    """A logged, timed phase of the daemon's life (the shutdown's)."""
+    started = time.monotonic()
+    log.info(name, **kw)
+    yield
+    log.info(f"{name}: done", seconds=round(time.monotonic() - started, 3))

@@ -16,7 +16,7 @@ No workset id is ever a label.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -115,7 +115,6 @@ class Metrics:
             ["channel", "outcome"],
             registry=r,
         )
-        self._sources: DaemonCollector | None = None
 
     # --- hooks ---------------------------------------------------------------------------------------------------
 
@@ -202,10 +201,10 @@ class Metrics:
             self.oldest_age.labels(state=state.value).set(oldest_age_s.get(state) or 0)
         self.queue_refresh.set(now_s)
 
-    def attach(self, sources: Sources) -> None:
-        """Read the daemon's loop ticks and reload state at every scrape."""
-        self._sources = DaemonCollector(sources)
-        self.registry.register(self._sources)
+    def attach(self, *, ticks: Callable[[], Mapping[str, float]], reload: Callable[[], tuple[bool, float]]) -> None:
+        """Read the daemon's state at every scrape: each loop's last good tick (loop -> wall-clock time) and its
+        last configuration load (successful?, wall time of the last success)."""
+        self.registry.register(DaemonCollector(ticks, reload))
 
 
 class ObservedStore:
@@ -237,21 +236,9 @@ class Publisher(Protocol):
     async def publish(self, stats: Stats | None, counters: Mapping[str, Mapping[tuple[str, ...], float]]) -> None: ...
 
 
-class Sources(Protocol):
-    """The daemon's state read at scrape time (the supervisor provides it)."""
-
-    def loop_ticks(self) -> Mapping[str, float]:
-        """Loop name -> wall-clock time of its last good tick."""
-        ...
-
-    def reload_state(self) -> tuple[bool, float]:
-        """(last reload successful, wall time of the last successful load)."""
-        ...
-
-
 class DaemonCollector(Collector):
-    def __init__(self, sources: Sources) -> None:
-        self._sources = sources
+    def __init__(self, ticks: Callable[[], Mapping[str, float]], reload: Callable[[], tuple[bool, float]]) -> None:
+        self._ticks, self._reload = ticks, reload
 
     def collect(self) -> Iterator[Any]:
         ticks = GaugeMetricFamily(
@@ -259,10 +246,10 @@ class DaemonCollector(Collector):
             "When each loop last completed a tick (Unix time).",
             labels=["loop"],
         )
-        for loop, at in sorted(self._sources.loop_ticks().items()):
+        for loop, at in sorted(self._ticks().items()):
             ticks.add_metric([loop], at)
         yield ticks
-        ok, at = self._sources.reload_state()
+        ok, at = self._reload()
         yield GaugeMetricFamily(
             P + "config_last_reload_successful",
             "1 if the last configuration load (start or SIGHUP) succeeded.",

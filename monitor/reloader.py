@@ -54,6 +54,10 @@ class Reloader:
         self.successful = True
         self.loaded_at = time.time()  # wall time of the last successful load
 
+    def state(self) -> tuple[bool, float]:
+        """(the last load succeeded, wall time of the last successful load), for the metrics."""
+        return self.successful, self.loaded_at
+
     def request(self) -> None:
         self._requested = True
         self.wake.set()

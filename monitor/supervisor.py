@@ -20,52 +20,30 @@ second SIGTERM/SIGINT skips the drain. SIGHUP reloads the config file (``reloade
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-import time
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
 from typing import Any
 
 from monitor import __version__, logs
-from monitor.clock import Clock
-from monitor.config import Loaded, NotifyConfig, Settings
+from monitor.config import Settings
 from monitor.events import ReadyListener, listen_forever
 from monitor.gauges import Gauges
 from monitor.intake import Intake
 from monitor.leases import Policy
 from monitor.live import Live
-from monitor.loops import Loops
-from monitor.metrics import Metrics, Publisher
-from monitor.notify.outbox import Channel, Outbox, deliver_forever
-from monitor.ports import Queue, Source, Store
+from monitor.loops import Loops, phase
+from monitor.notify.outbox import deliver_forever
 from monitor.recorder import Tally
 from monitor.reloader import Reloader
 from monitor.scanner import Scanner, scan_forever, scan_tick
+from monitor.services import Services
 from monitor.sideport import SidePort
-from monitor.steps import Runner
 from monitor.sweeper import Sweeper, sweep_forever
-from monitor.systemd import Notifier, watchdog_forever
+from monitor.systemd import watchdog_forever
 
 log = logs.get("monitor.supervisor")
 
-
-@dataclass
-class Services:
-    """What the daemon works with; built by the CLI (or a test) from the configuration."""
-
-    store: Store
-    source: Source
-    clock: Clock
-    runner: Runner
-    owner: str
-    notifier: Notifier = field(default_factory=lambda: Notifier(None))
-    queue: Queue | None = None
-    reload: Callable[[], Loaded] | None = None  # reads and validates the config file again
-    outbox: Outbox | None = None  # notification delivery
-    channels: Callable[[NotifyConfig], list[Channel]] | None = None  # rebuilds the channels on reload
-    metrics: Metrics | None = None  # Prometheus; served on the side port
-    cloudwatch: Publisher | None = None  # optional, for sites without Prometheus
+__all__ = ["Services", "Supervisor"]  # Services lives in monitor.services; tests and the CLI import it here too
 
 
 class Supervisor:
@@ -96,7 +74,7 @@ class Supervisor:
         self._roots: dict[str, asyncio.Task[None]] = {}
         self.side_port: SidePort | None = None
         if s.metrics is not None:
-            s.metrics.attach(self)
+            s.metrics.attach(ticks=self.loops.wall_times, reload=self.reloader.state)
 
     @property
     def settings(self) -> Settings:
@@ -184,21 +162,14 @@ class Supervisor:
     async def _shutdown(self) -> None:
         s, intake = self.services, self.intake
         s.notifier.stopping("stopping: draining running steps")
-        with _phase("stop intake", running=len(intake.drivers)):
+        with phase("shutdown: stop intake", running=len(intake.drivers)):
             for task in self._roots.values():
                 task.cancel()
             await asyncio.gather(*self._roots.values(), return_exceptions=True)
-        if intake.drivers:
-            grace = 0.0 if self._fast.is_set() else self.settings.run.shutdown_grace_s
-            with _phase("drain", running=len(intake.drivers), grace_s=grace):
-                intake.drain.set()
-                await intake.wait_drivers(grace, until=self._fast)
-        if intake.drivers:
-            with _phase("stop steps and release", running=len(intake.drivers)):
-                intake.kill.set()
-                await intake.wait_drivers(None)
+        grace_s = 0.0 if self._fast.is_set() else self.settings.run.shutdown_grace_s
+        await intake.stop(grace_s=grace_s, fast=self._fast)
         if s.outbox is not None:
-            with _phase("flush notifications"):
+            with phase("shutdown: flush notifications"):
                 await s.outbox.flush(timeout_s=10.0)
         if self.side_port is not None:
             self.side_port.stop()
@@ -240,24 +211,10 @@ class Supervisor:
             s.outbox.reconfigure(new.notify, s.channels(new.notify))
         self.intake.wake.set()
 
-    # --- what health, readiness and the metrics read (metrics.Sources) -------------------------------------------
+    # --- the verdicts the side port serves ------------------------------------------------------------------------
 
     def healthy(self) -> tuple[bool, str]:
         return self.loops.healthy()
 
     def ready(self) -> tuple[bool, str]:
         return self.gauges.ready() if self.gauges is not None else (False, "no queue gauges without metrics")
-
-    def loop_ticks(self) -> dict[str, float]:
-        return self.loops.wall_times()
-
-    def reload_state(self) -> tuple[bool, float]:
-        return self.reloader.successful, self.reloader.loaded_at
-
-
-@contextlib.contextmanager
-def _phase(name: str, **kw: Any) -> Iterator[None]:
-    started = time.monotonic()
-    log.info(f"shutdown: {name}", **kw)
-    yield
-    log.info(f"shutdown: {name} done", seconds=round(time.monotonic() - started, 3))

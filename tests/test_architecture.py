@@ -42,6 +42,7 @@ LAYERS: list[set[str]] = [
     },
     {"monitor.sweeper", "monitor.scanner", "monitor.migration", "monitor.driver"},
     {"monitor.events", "monitor.render", "monitor.intake", "monitor.gauges", "monitor.reloader"},
+    {"monitor.services"},
     {"monitor.supervisor"},
     {"monitor.preflight", "monitor.iam", "monitor.app"},
     {"monitor.demo", "monitor.commands"},
