@@ -35,6 +35,8 @@ LAYERS: list[set[str]] = [
         "monitor.notify.outbox",
         "monitor.actions",
         "monitor.leases",
+        "monitor.holding",
+        "monitor.policy",
         "monitor.validation",
         "monitor.sentinels",
         "monitor.steps",
@@ -89,8 +91,8 @@ def test_every_module_has_a_layer_and_imports_only_downwards() -> None:
 # it a bound and a line here, or use the helper.
 BOUNDED_WAITS = {
     ("monitor/loops.py", "repeat"): "the one loop: recurring work, cut short by its event",
-    ("monitor/leases.py", "_write"): "retries of one fenced write, given up at the renew deadline",
-    ("monitor/leases.py", "_landed"): "reads of whether one write landed, given up at the renew deadline",
+    ("monitor/holding.py", "_write"): "retries of one fenced write, given up at the renew deadline",
+    ("monitor/holding.py", "_landed"): "reads of whether one write landed, given up at the renew deadline",
     ("monitor/steps.py", "_run"): "re-runs of a poll step, until its timeout_s",
     ("monitor/steps.py", "_exited"): "a child process's exit, which kill_grace_s and SIGKILL bound",
     ("monitor/aws/dynamo.py", "_batch_get"): "the keys DynamoDB left unprocessed, each answer making progress",
