@@ -9,11 +9,11 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from monitor import actions, config, errors, iam, leases, preflight, render, steps, terminal, validation
+from monitor import actions, config, errors, iam, leases, preflight, registration, render, steps, terminal, validation
 from monitor.app import PROG, App, operator_identity
 from monitor.aws import backup, codec, schema
 from monitor.aws.cloudwatch import CloudWatchPublisher
@@ -27,11 +27,10 @@ from monitor.model import (
     EventType,
     Priority,
     State,
-    Workset,
     WorksetId,
 )
 from monitor.notify.outbox import Doorbell, Outbox
-from monitor.states import VALIDATION, Action
+from monitor.states import Action
 from monitor.supervisor import Services, Supervisor
 from monitor.systemd import Notifier
 
@@ -63,7 +62,7 @@ async def cmd_register(app: App) -> int:
     bucket = args.bucket or app.settings.scan.bucket
     if not bucket:
         raise errors.InvalidInput("register needs --bucket (no [scan] bucket is configured)")
-    prefix = _hand_prefix(args.prefix, workset_id, app.settings.scan.prefixes)
+    prefix = registration.hand_prefix(args.prefix, workset_id, app.settings.scan.prefixes)
     priority = args.priority
     known = await app.store.get(workset_id)
     if known is None and not args.no_validate:
@@ -72,7 +71,7 @@ async def cmd_register(app: App) -> int:
             folder=prefix,
             max_manifest_bytes=app.settings.scan.max_manifest_bytes,
         )
-        _refuse_unless_new(verdict, f"s3://{bucket}/{prefix}")
+        registration.refuse_unless_new(verdict, f"s3://{bucket}/{prefix}")
         priority = priority or verdict.priority
     created, ws = await actions.register(
         app.store,
@@ -341,9 +340,10 @@ def transition(action: Action | Callable[[argparse.Namespace], Action], default_
                 app.emit({"workset_id": ws.workset_id, "priority": ws.priority.value, "changed": False}, text)
                 return errors.EX_OK  # no audit event for no change
             if chosen is not Action.SET_PRIORITY and ws is not None:
-                _refuse_stand_in(ws)
+                registration.refuse_stand_in(ws)
             if chosen is Action.RETRY and ws is not None:
-                await _revalidate(app, ws)
+                source = S3Source(app.clients.get("s3"), ws.bucket)
+                await registration.revalidate(source, ws, max_manifest_bytes=app.settings.scan.max_manifest_bytes)
         decision = await actions.act(
             app.store,
             app.args.id,
@@ -368,65 +368,3 @@ def transition(action: Action | Callable[[argparse.Namespace], Action], default_
         return errors.EX_OK
 
     return command
-
-
-def _refuse_stand_in(ws: Workset) -> None:
-    """A folder whose name is not a valid workset id is registered under a stand-in id, as invalid, and is never
-    run (not even with ``--force``): its name would reach the steps' arguments (``{s3_uri}``) and the logs."""
-    folder_name = ws.prefix.rstrip("/").rsplit("/", 1)[-1]
-    if folder_name != ws.workset_id:
-        raise errors.InvalidInput(
-            f"{ws.workset_id} stands in for the folder {folder_name[:80]!a}, whose name is not a valid workset "
-            "id (1-128 characters from A-Z a-z 0-9 . _ -): rename the folder, and the scanner registers it under "
-            "its new name"
-        )
-
-
-async def _revalidate(app: App, ws: Workset) -> None:
-    """A workset that failed validation is re-opened only once its folder passes validation: otherwise the pipeline
-    would run on the input that was refused. ``retry --force`` skips this (and the S3 reads)."""
-    workset_id = ws.workset_id
-    if ws.state is not State.ERROR or ws.error_category != VALIDATION:
-        return
-    source = S3Source(app.clients.get("s3"), ws.bucket)
-    listing = await source.top_level(ws.prefix)
-    verdict = await validation.validate(
-        source, folder=ws.prefix, listing=listing, max_manifest_bytes=app.settings.scan.max_manifest_bytes
-    )
-    if verdict.kind == "invalid":
-        raise errors.InvalidInput(
-            f"{workset_id} is still invalid: {verdict.reason} (s3://{ws.bucket}/{ws.prefix}); "
-            "fix the folder and retry, or `retry --force` to run it as it is"
-        )
-
-
-def _hand_prefix(given: str | None, workset_id: str, prefixes: Sequence[str]) -> str:
-    """The folder of a workset registered by hand: one the scanner would look at, a configured ``[scan]`` prefix
-    followed by the workset id (which names no other folder: no ``..``, no absolute path, nothing outside the
-    prefixes, nothing a terminal or a log line would misread)."""
-    folders = [f"{prefix}{workset_id}/" for prefix in prefixes]
-    if given is None:
-        if len(folders) != 1:
-            raise errors.InvalidInput(f"register needs --prefix, one of: {', '.join(folders)}")
-        return folders[0]
-    folder = given if given.endswith("/") else given + "/"
-    if folder not in folders:
-        shown = ascii(given[:80]) + ("..." if len(given) > 80 else "")
-        raise errors.InvalidInput(
-            f"--prefix {shown} is not a folder the scanner looks at for {workset_id}: use "
-            f"{' or '.join(folders)} (a [scan] prefix, then the workset id)"
-        )
-    return folder
-
-
-def _refuse_unless_new(verdict: validation.Verdict, where: str) -> None:
-    """A folder registered by hand must be one the scanner would register as a new workset."""
-    if verdict.kind == "new":
-        return
-    if verdict.kind == "legacy":
-        why = f"{where} has {verdict.reason}: bring it over with `workset-monitor migrate`"
-    elif verdict.kind == "pending":
-        why = f"{where}: {verdict.reason} (the scanner registers it once it is written)"
-    else:  # invalid, ignored
-        why = f"{where} is not a workset to run: {verdict.reason}"
-    raise errors.InvalidInput(f"{why}; --no-validate registers it as it is")

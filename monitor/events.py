@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from monitor import errors, legacy, logs
 from monitor.loops import Loops, Seconds
 from monitor.ports import Message, Queue
-from monitor.scanner import Scanner
+from monitor.scanner import Found, Scanner
 
 log = logs.get("monitor.events")
 
@@ -79,7 +79,7 @@ class ReadyListener:
             except errors.MonitorError as exc:
                 log.warning("notification not handled; SQS will deliver it again", key=ready.key, error=str(exc))
                 return False
-            if outcome == "error":
+            if outcome is Found.ERROR:
                 return False
             log.info("notification handled", workset_id=name, outcome=outcome)
         return True

@@ -7,6 +7,7 @@ change, so a trail is contiguous by construction (seq 1, 2, 3 ... with no gaps).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -195,6 +196,39 @@ def check_workset_id(value: str) -> WorksetId:
             f"invalid workset id {value!r}: use 1-128 characters from A-Z a-z 0-9 . _ - (and not '.' or '..')"
         )
     return WorksetId(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Folder:
+    """A workset's folder in S3: a bucket, one of the scanned prefixes, and the folder's own name."""
+
+    bucket: str
+    prefix: str  # the scanned prefix ("worksets/")
+    name: str  # the folder's name under it
+
+    @property
+    def key(self) -> str:
+        """The folder's key prefix, as stored on the workset (``Workset.prefix``)."""
+        return f"{self.prefix}{self.name}/"
+
+    @property
+    def location(self) -> str:
+        """``bucket/key``: how the table's registered folders are compared (``Store.locations``)."""
+        return f"{self.bucket}/{self.key}"
+
+    @property
+    def workset_id(self) -> WorksetId:
+        """The folder's name, or for a name that is not a valid workset id a stable stand-in derived from where it
+        is (so it is registered once, as invalid, and reported, never run)."""
+        try:
+            return check_workset_id(self.name)
+        except ValueError:
+            digest = hashlib.sha256(self.location.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+            return WorksetId(f"invalid-name-{digest}")
+
+    @property
+    def stand_in(self) -> bool:
+        return self.workset_id != self.name
 
 
 def check_bucket(value: str) -> str:

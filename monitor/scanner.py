@@ -22,30 +22,45 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from monitor import actions, errors, logs, validation
 from monitor.clock import Clock
 from monitor.live import reader
 from monitor.loops import Loops, Seconds
-from monitor.model import EventType, Priority, State, WorksetId, check_workset_id
+from monitor.model import EventType, Folder, Priority, State, WorksetId
 from monitor.ports import Source, Store
 from monitor.states import Action, Context
 
 log = logs.get("monitor.scanner")
 
 _LOOKUP_BATCH = 100
+_ID_CHARS = "A-Z a-z 0-9 . _ -"
+
+
+class Found(StrEnum):
+    """What a scan made of one folder."""
+
+    REGISTERED = "registered"
+    ALREADY_REGISTERED = "already_registered"  # by another daemon, or an operator, meanwhile
+    INVALID = "invalid"  # registered as error (validation)
+    IGNORED = "ignored"  # registered as ignored (daylily.ignore)
+    PENDING = "pending"  # no daylily.ready yet
+    LEGACY = "legacy"  # left to `workset-monitor migrate`
+    DUPLICATE = "duplicate"  # another folder carries a registered workset's name: reported
+    DUPLICATE_KNOWN = "duplicate_known"  # ... and was reported already
+    ERROR = "error"  # could not look at it now; next cycle
 
 
 @dataclass
 class ScanReport:
     folders: int = 0
-    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    outcomes: collections.Counter[Found] = field(default_factory=collections.Counter)
 
-    def __getitem__(self, outcome: str) -> int:
+    def __getitem__(self, outcome: Found) -> int:
         return self.outcomes[outcome]
 
 
@@ -67,7 +82,7 @@ class Scanner:
         self.prefixes = reader(prefixes)
         self._actor = actor
         self._max_manifest_bytes = reader(max_manifest_bytes)
-        self._known: dict[WorksetId, str] | None = None  # id -> "bucket/folder/"
+        self._known: dict[WorksetId, str] | None = None  # id -> Folder.location
         self._legacy: set[str] = set()  # locations left to `migrate`, not looked at again until restart
         self._reported: set[str] = set()  # duplicate locations already reported
         self.totals: collections.Counter[str] = collections.Counter()
@@ -83,39 +98,39 @@ class Scanner:
         for prefix in self.prefixes():
             names = await self._source.folders(prefix)
             report.folders += len(names)
-            unknown: list[tuple[WorksetId, str]] = []
+            unknown: list[Folder] = []
             for name in names:
-                workset_id, location = self.identify(prefix, name)
-                seen = known.get(workset_id)
-                if seen == location or location in self._legacy:
+                folder = self.folder(prefix, name)
+                seen = known.get(folder.workset_id)
+                if seen == folder.location or folder.location in self._legacy:
                     continue
                 if seen is not None:
-                    report.outcomes[await self._duplicate(workset_id, seen, location)] += 1
+                    report.outcomes[await self._duplicate(folder, seen)] += 1
                     continue
-                unknown.append((workset_id, name))
+                unknown.append(folder)
             for batch in _batched(unknown, _LOOKUP_BATCH):
-                known |= await self._store.locations([workset_id for workset_id, _ in batch])
-                for workset_id, name in batch:
-                    _, location = self.identify(prefix, name)
-                    if workset_id in known:
-                        if known[workset_id] != location:
-                            report.outcomes[await self._duplicate(workset_id, known[workset_id], location)] += 1
-                        continue
-                    report.outcomes[await self.consider(prefix, name)] += 1
+                known |= await self._store.locations([folder.workset_id for folder in batch])
+                for folder in batch:
+                    if known.get(folder.workset_id) != folder.location:  # registered there meanwhile: nothing to do
+                        report.outcomes[await self._unless_known(folder, known)] += 1
         self.totals.update(report.outcomes)
         return report
 
-    async def register_if_new(self, prefix: str, name: str) -> str:
+    async def register_if_new(self, prefix: str, name: str) -> Found:
         """Register one folder unless it is known (event mode); the same rules and outcomes as a scan."""
         known = await self._known_ids()
-        workset_id, location = self.identify(prefix, name)
-        if workset_id not in known:
-            known |= await self._store.locations([workset_id])
-        if workset_id in known:
-            if known[workset_id] == location:
-                return "already_registered"
-            return await self._duplicate(workset_id, known[workset_id], location)
-        return await self.consider(prefix, name)
+        folder = self.folder(prefix, name)
+        if folder.workset_id not in known:
+            known |= await self._store.locations([folder.workset_id])
+        return await self._unless_known(folder, known)
+
+    async def _unless_known(self, folder: Folder, known: dict[WorksetId, str]) -> Found:
+        location = known.get(folder.workset_id)
+        if location is None:
+            return await self.consider(folder)
+        if location == folder.location:
+            return Found.ALREADY_REGISTERED
+        return await self._duplicate(folder, location)
 
     async def _known_ids(self) -> dict[WorksetId, str]:
         if self._known is None:
@@ -123,66 +138,55 @@ class Scanner:
             log.info("known worksets loaded", count=len(self._known))
         return self._known
 
-    def identify(self, prefix: str, name: str) -> tuple[WorksetId, str]:
-        """The workset id of a folder (its name, or a stable stand-in for an unusable name) and its location."""
-        location = f"{self._source.bucket}/{prefix}{name}/"
-        try:
-            return check_workset_id(name), location
-        except ValueError:
-            digest = hashlib.sha256(location.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-            return WorksetId(f"invalid-name-{digest}"), location
+    def folder(self, prefix: str, name: str) -> Folder:
+        return Folder(self._source.bucket, prefix, name)
 
-    async def consider(self, prefix: str, name: str) -> str:
+    async def consider(self, folder: Folder) -> Found:
         """Look at one folder not registered yet and register it if it is a workset; returns the outcome."""
-        workset_id, location = self.identify(prefix, name)
-        folder = f"{prefix}{name}/"
+        workset_id = folder.workset_id
         try:
-            if workset_id != name:
-                reason = f"folder name {name!a} is not a valid workset id: use 1-128 characters from A-Z a-z 0-9 . _ -"
-                return await self._register(workset_id, folder, location, Priority.NORMAL, invalid=reason)
-            verdict = await validation.inspect(
-                self._source, folder=folder, max_manifest_bytes=self._max_manifest_bytes()
-            )
+            if folder.stand_in:
+                reason = f"folder name {folder.name!a} is not a valid workset id: use 1-128 characters from {_ID_CHARS}"
+                return await self._register(folder, Priority.NORMAL, invalid=reason)
+            limit = self._max_manifest_bytes()
+            verdict = await validation.inspect(self._source, folder=folder.key, max_manifest_bytes=limit)
             if verdict.kind == "pending":
-                return "pending"
+                return Found.PENDING
             if verdict.kind == "legacy":
-                self._legacy.add(location)
+                self._legacy.add(folder.location)
                 log.warning(
                     "legacy workset left for `workset-monitor migrate`",
                     workset_id=workset_id,
                     sentinel=verdict.sentinel,
                 )
-                return "legacy"
+                return Found.LEGACY
             if verdict.kind == "ignored":
-                return await self._register(
-                    workset_id, folder, location, verdict.priority, imported=State.IGNORED, reason=verdict.reason
-                )
+                return await self._register(folder, verdict.priority, imported=State.IGNORED, reason=verdict.reason)
             invalid = verdict.reason if verdict.kind == "invalid" else None
-            return await self._register(workset_id, folder, location, verdict.priority, invalid=invalid)
+            return await self._register(folder, verdict.priority, invalid=invalid)
         except errors.MonitorError as exc:
             log.warning("could not look at folder; will retry next cycle", workset_id=workset_id, error=str(exc))
-            return "error"
+            return Found.ERROR
         except Exception:  # a bug must not stop discovery of every other folder
             log.exception("unexpected failure looking at folder; will retry next cycle", workset_id=workset_id)
-            return "error"
+            return Found.ERROR
 
     async def _register(
         self,
-        workset_id: WorksetId,
-        folder: str,
-        location: str,
+        folder: Folder,
         priority: Priority,
         *,
         invalid: str | None = None,
         imported: State = State.READY,
         reason: str = "found in S3",
-    ) -> str:
+    ) -> Found:
+        workset_id = folder.workset_id
         ctx = Context(now_ms=self._clock.now_ms(), actor=self._actor, reason=reason)
         created, ws = await actions.register(
             self._store,
             workset_id=workset_id,
-            bucket=self._source.bucket,
-            prefix=folder,
+            bucket=folder.bucket,
+            prefix=folder.key,
             priority=priority,
             ctx=ctx,
             invalid_reason=invalid,
@@ -191,8 +195,8 @@ class Scanner:
         assert self._known is not None
         self._known[workset_id] = f"{ws.bucket}/{ws.prefix}"
         if not created:
-            return "already_registered"
-        outcome = "invalid" if invalid else ("ignored" if imported is State.IGNORED else "registered")
+            return Found.ALREADY_REGISTERED
+        outcome = Found.INVALID if invalid else (Found.IGNORED if imported is State.IGNORED else Found.REGISTERED)
         log.info(
             "workset registered",
             workset_id=workset_id,
@@ -202,25 +206,26 @@ class Scanner:
         )
         return outcome
 
-    async def _duplicate(self, workset_id: WorksetId, first: str, second: str) -> str:
+    async def _duplicate(self, folder: Folder, first: str) -> Found:
         """Report, once, that a second folder carries a registered workset's name; the first one is kept."""
+        workset_id, second = folder.workset_id, folder.location
         if second in self._reported:
-            return "duplicate_known"
+            return Found.DUPLICATE_KNOWN
         self._reported.add(second)
         reason = f"a folder with the same name at s3://{second} was ignored (this workset is s3://{first})"
         log.warning("duplicate workset name", workset_id=workset_id, kept=f"s3://{first}", ignored=f"s3://{second}")
         history = await self._store.history(workset_id)
         if any(e.type is EventType.DUPLICATE and e.reason == reason for e in history):
-            return "duplicate"
+            return Found.DUPLICATE
         ctx = Context(now_ms=self._clock.now_ms(), actor=self._actor, reason=reason)
         try:
             await actions.act(self._store, workset_id, Action.REPORT_DUPLICATE, ctx)
         except errors.MonitorError as exc:
             log.warning("could not record the duplicate", workset_id=workset_id, error=str(exc))
-        return "duplicate"
+        return Found.DUPLICATE
 
 
-def _batched(items: list[tuple[WorksetId, str]], size: int) -> list[list[tuple[WorksetId, str]]]:
+def _batched(items: list[Folder], size: int) -> list[list[Folder]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
@@ -231,7 +236,7 @@ async def scan_tick(scanner: Scanner, *, observe: Callable[[float], None] | None
     if observe is not None:
         observe(time.perf_counter() - started)
     if report.outcomes:
-        log.info("scan", folders=report.folders, **report.outcomes)
+        log.info("scan", folders=report.folders, **{found.value: n for found, n in report.outcomes.items()})
     return report
 
 
@@ -248,7 +253,7 @@ async def scan_forever(
 
     async def tick() -> None:
         report = await scan_tick(scanner, observe=observe)
-        if report["registered"] or report["already_registered"]:
+        if report[Found.REGISTERED] or report[Found.ALREADY_REGISTERED]:
             found.set()
 
     await loops.poll("scanner", tick, every_s=interval_s, stale_after_s=lambda: 3 * interval_s() + 60)

@@ -42,7 +42,7 @@ LAYERS: list[set[str]] = [
         "monitor.steps",
         "monitor.systemd",
     },
-    {"monitor.sweeper", "monitor.scanner", "monitor.migration", "monitor.driver"},
+    {"monitor.sweeper", "monitor.scanner", "monitor.migration", "monitor.driver", "monitor.registration"},
     {"monitor.events", "monitor.render", "monitor.intake", "monitor.gauges", "monitor.reloader"},
     {"monitor.services"},
     {"monitor.supervisor"},

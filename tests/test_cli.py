@@ -444,7 +444,7 @@ def test_a_folder_registered_under_a_stand_in_id_is_never_run(
     store = DynamoStore(boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint), "daylily-worksets")
     s3 = S3Source(boto3.client("s3", region_name=REGION, endpoint_url=aws_endpoint), BUCKET)
     scanner = Scanner(store, s3, SystemClock(), prefixes=["worksets/"], actor="scanner:test")
-    stand_in, _ = scanner.identify("worksets/", name)  # what a scan registers it under, as invalid
+    stand_in = scanner.folder("worksets/", name).workset_id  # what a scan registers it under, as invalid
     run(
         actions.register(
             store,
