@@ -21,8 +21,8 @@ from monitor.clock import Clock
 from monitor.metrics import Metrics, ObservedStore
 from monitor.model import Event, Workset
 from monitor.notify import filters
-from monitor.notify.linear import LinearChannel
-from monitor.notify.outbox import EVENTS_AT_ONCE, Channel, linear_issue_lookup
+from monitor.notify.linear import LinearChannel, linear_issue_lookup
+from monitor.notify.outbox import EVENTS_AT_ONCE, Channel
 from monitor.notify.webhook import WebhookChannel
 from monitor.ports import Store
 from monitor.sentinels import SentinelMirror

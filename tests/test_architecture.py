@@ -26,11 +26,13 @@ LAYERS: list[set[str]] = [
         "monitor.notify",
         "monitor.notify.filters",
         "monitor.notify.message",
+        "monitor.notify.doorbell",
         "monitor.notify.http",
         "monitor.metrics",
         "monitor.sideport",
     },
     {"monitor.notify.linear", "monitor.notify.webhook", "monitor.aws.sns", "monitor.aws.cloudwatch"},
+    {"monitor.notify.passes", "monitor.notify.sending", "monitor.notify.rests"},
     {
         "monitor.notify.outbox",
         "monitor.actions",

@@ -23,8 +23,8 @@ from monitor.leases import Claimer, Policy
 from monitor.memory import MemoryStore
 from monitor.model import Event, EventType, Priority, State, WorksetId
 from monitor.notify import linear, message, webhook
-from monitor.notify.linear import LinearChannel
-from monitor.notify.outbox import Channel, Doorbell, Outbox, linear_issue_lookup
+from monitor.notify.linear import LinearChannel, linear_issue_lookup
+from monitor.notify.outbox import Channel, Doorbell, Outbox
 from monitor.notify.webhook import WebhookChannel
 from monitor.recorder import Tally
 from monitor.states import Action, Context

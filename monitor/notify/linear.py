@@ -18,6 +18,7 @@ from monitor import errors
 from monitor.config import LinearConfig
 from monitor.model import PROBLEM_EVENTS, Event, EventType, Priority, Workset
 from monitor.notify import http, message
+from monitor.ports import Store
 
 NAMESPACE = uuid.UUID("5f0c1d2e-8a7b-4c3d-9e1f-2a3b4c5d6e7f")  # fixed forever: ids must be stable across versions
 PRIORITY = {Priority.URGENT: 1, Priority.NORMAL: 3, Priority.LOW: 4}  # Linear: 1 urgent, 3 medium, 4 low
@@ -120,3 +121,15 @@ def _check(response: http.Response) -> None:
     if kind in ("authentication error", "forbidden"):
         raise errors.DeliveryError(f"Linear refused the API key: {text}; check notify.linear.api_key", temporary=False)
     raise errors.DeliveryError(f"Linear: {text} ({kind or 'error'})", temporary=False)
+
+
+def linear_issue_lookup(store: Store) -> Callable[[Event], Awaitable[bool]]:
+    """Whether an earlier problem of ``event``'s workset already reached Linear (and so made its issue)."""
+
+    async def has_issue(event: Event) -> bool:
+        history = await store.history(event.workset_id)
+        return any(
+            e.seq < event.seq and e.type in PROBLEM_EVENTS and e.notified.get("linear") == "sent" for e in history
+        )
+
+    return has_issue

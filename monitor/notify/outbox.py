@@ -43,77 +43,30 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
-
-import tenacity
 
 from monitor import errors, logs
 from monitor.clock import Clock
 from monitor.config import NotifyConfig
 from monitor.loops import Loops, Seconds
-from monitor.model import PROBLEM_EVENTS, Event, Workset
+from monitor.model import Event, Workset
 from monitor.notify import filters
+from monitor.notify.doorbell import FRESH_KEPT, Channel, Doorbell
+from monitor.notify.passes import Pass, Reads
+from monitor.notify.rests import Rests
+from monitor.notify.sending import Sender
 from monitor.ports import Store
 from monitor.recorder import Delivery, Recorder, Tally
 
 log = logs.get("monitor.notify")
 
+__all__ = ["Channel", "Doorbell", "Outbox", "deliver_forever"]  # Channel, Doorbell: re-exported from notify.doorbell
+
 EVENTS_AT_ONCE = 4  # delivered side by side in a pass (each a claim, a read, its channels' sends and records)
 PATIENCE_S = 1.0  # a channel's send still busy after this goes on beside the pass; its event waits for it
-FRESH_KEPT = 1000  # events committed here and kept for the outbox's fast path (the rest it reads from the table)
 UNPARK_MARGIN_S = 1.0  # a parked event is taken up early only if our claim on it lasts this much longer
 PARKED_KEPT = FRESH_KEPT  # events parked here that are taken up at once when a channel comes back
-REST_MAX_S = 900.0  # the longest a failing channel rests between probes (a rest doubles from hold_s up to this)
-
-
-@dataclasses.dataclass
-class _Rest:
-    """A channel that failed for now: not tried before ``until`` (monotonic), then probed by one event."""
-
-    until: float
-    seconds: float
-
-
-class Channel(Protocol):
-    name: str
-
-    async def send(self, event: Event, ws: Workset | None) -> str:
-        """Deliver; returns "sent" (or "skipped" when the channel decides the event is not for it). ``ws`` is the
-        workset as of the event's commit or later: show only where it is (``s3_uri``), which never changes."""
-        ...
-
-
-class Doorbell:
-    """What the store needs from the outbox, made before either: which new events enter it, and a bell to ring
-    after committing one, with the event and its workset: the outbox loop wakes at once instead of at its next poll,
-    and delivers the events committed here first, reading back neither them nor their workset (other daemons see
-    them only once they are due again)."""
-
-    def __init__(self, notify: NotifyConfig) -> None:
-        self.notify = notify
-        self.rung = asyncio.Event()
-        self.fresh: collections.deque[Event] = collections.deque(maxlen=FRESH_KEPT)  # committed here, not yet taken
-        # the latest worksets met, for what channels show of them: where they are, which never changes
-        self.worksets: collections.OrderedDict[str, Workset] = collections.OrderedDict()
-
-    def wants(self, event: Event) -> bool:
-        return filters.anyone_wants(self.notify, event)
-
-    def ring(self, event: Event | None = None, ws: Workset | None = None) -> None:
-        if event is not None:
-            self.fresh.append(event)
-        if ws is not None:
-            self.remember(ws)
-        self.rung.set()
-
-    def remember(self, ws: Workset) -> None:
-        self.worksets[ws.workset_id] = ws
-        self.worksets.move_to_end(ws.workset_id)
-        if len(self.worksets) > FRESH_KEPT:
-            self.worksets.popitem(last=False)
 
 
 class Outbox:
@@ -141,21 +94,17 @@ class Outbox:
         self._channels = list(channels)
         self._hold_ms = round(hold_s * 1000)
         self._send_s = hold_s * 3 / 4  # each channel's sending, retries included; the rest is for the writes
-        self._rests: dict[str, _Rest] = {}  # the channels that failed for now
-        self._probing: set[str] = set()  # resting channels one event is trying again right now
+        self._rests = Rests(clock, hold_s=hold_s)  # the channels that failed for now
         self._background: set[asyncio.Future[None]] = set()  # sends (and their bookkeeping) going on beside the passes
         self._started: collections.OrderedDict[str, None] = collections.OrderedDict()  # by the latest passes
         # parked here and untouched since: (event, claim end on our monotonic clock, the channels it waits for)
         self._parked: dict[str, tuple[Event, float, frozenset[str]]] = {}
         self._claimed_at_ms: dict[str, int] = {}  # event id -> when a pass claimed it (the log: how long it waited)
-        self._reads = _Reads()  # when the outbox was last read, by any pass
+        self._reads = Reads()  # when the outbox was last read, by any pass
         self._max_rounds = max_rounds
-        self._tries = tries
-        self._backoff_s = backoff_s
-        self._max_wait_s = max_wait_s
         self._batch = batch
-        self._sleep = sleep
         self._recorder = recorder or Tally()
+        self._send = Sender(self._recorder, tries=tries, backoff_s=backoff_s, max_wait_s=max_wait_s, sleep=sleep)
 
     @property
     def notify(self) -> NotifyConfig:
@@ -196,7 +145,7 @@ class Outbox:
         our own commits reads the outbox afresh once per ``budget_s`` (see ``_Pass``)."""
         finished = 0
         ends_at = None if budget_s is None else self._clock.monotonic() + budget_s
-        work = _Pass(
+        work = Pass(
             self._store,
             self._clock,
             self._doorbell,
@@ -272,7 +221,7 @@ class Outbox:
             config = wanted.get(channel.name)
             if config is None or not filters.wants(self.notify, config, event):
                 outcomes[channel.name] = "skipped"
-            elif (turn := self._turn(channel.name)) == "wait":
+            elif (turn := self._rests.turn(channel.name)) == "wait":
                 waiting = True
             elif turn == "probe":  # in the background: the event waits for its outcome
                 self._start_probe(channel, event, ws)
@@ -336,19 +285,8 @@ class Outbox:
             self._doorbell.remember(ws)
         return ws
 
-    def _turn(self, channel: str) -> str:
-        """What this event does with ``channel``: "send" (healthy); "wait" (it is resting, or another event is
-        trying it right now); or "probe" (it rested long enough: this event tries it)."""
-        if self._resting(channel):
-            return "wait"
-        if channel not in self._rests:
-            return "send"
-        self._probing.add(channel)
-        return "probe"
-
-    def _resting(self, channel: str) -> bool:
-        rest = self._rests.get(channel)
-        return channel in self._probing or (rest is not None and self._clock.monotonic() < rest.until)
+    def _parked_for_ms(self, event: Event) -> int | None:
+        return self._rests.parked_for_ms(event, self._owed(event))
 
     def _owed(self, event: Event) -> list[str]:
         """The channels ``event`` still waits for."""
@@ -358,25 +296,6 @@ class Outbox:
             for name in (channel.name for channel in self._channels)
             if name not in event.notified and name in wanted and filters.wants(self.notify, wanted[name], event)
         ]
-
-    def _parked_for_ms(self, event: Event) -> int | None:
-        """None while ``event`` has a channel to send to now. When every channel it still waits for is resting: how
-        long to park it, until the earliest of those rests ends plus half to all of the event's age (at least the
-        rest's length, at most REST_MAX_S), the fraction fixed by the event's id. So an event waiting for a channel
-        that stays down is looked at again after 1.5 to 2 times its age: a handful of claims an hour, whichever
-        daemon holds which rest, and a backlog comes due spread out rather than in a wave in front of newer events.
-        Never less than ``hold_s`` (a probe under way ends within that). Only an event with nothing to send is
-        parked: a daemon that dies holding a long claim must not delay a send it had not made. Wall time (the
-        event's ``at_ms``) only schedules here; it decides nothing about safety."""
-        owed = self._owed(event)
-        if not owed or not all(self._resting(name) for name in owed):
-            return None
-        now = self._clock.monotonic()
-        default = _Rest(now, self._hold_ms / 1000)  # a channel being probed right now, its rest ended
-        rest = min((self._rests.get(name) or default for name in owed), key=lambda r: r.until)
-        age_s = max(self._clock.now_ms() - event.at_ms, 0) / 1000
-        spread_s = min(max(rest.seconds, age_s), REST_MAX_S) * (0.5 + zlib.crc32(event.event_id.encode()) % 500 / 1000)
-        return max(round((rest.until - now + spread_s) * 1000), self._hold_ms)
 
     def _start_probe(self, channel: Channel, event: Event, ws: Workset | None) -> None:
         """Try a resting channel again with ``event``, beside the pass: a channel that takes seconds to fail must not
@@ -437,11 +356,11 @@ class Outbox:
             self._recorder.notification(channel.name, Delivery.RETRY_LATER, None)
             outcome = None
         finally:
-            self._probing.discard(channel.name)
+            self._rests.probed(channel.name)
         if outcome is None:
-            self._rest(channel.name)
+            self._rests.rest(channel.name)
             return None
-        if self._rests.pop(channel.name, None) is not None:
+        if self._rests.back(channel.name):
             log.info("notification channel back", channel=channel.name, parked_here=len(self._parked))
             self._unpark(channel.name)
         if record:
@@ -470,54 +389,6 @@ class Outbox:
         self._doorbell.fresh.extend(handed)
         self._doorbell.ring()
 
-    def _rest(self, channel: str) -> None:
-        """``channel`` failed for now: it rests for ``hold_s``, or twice its last rest when that had ended (a probe,
-        or a send begun before the rest, failed again), up to REST_MAX_S."""
-        now, rest = self._clock.monotonic(), self._rests.get(channel)
-        if rest is not None and now < rest.until:
-            return  # another send that was under way when it began resting
-        seconds = self._hold_ms / 1000 if rest is None else min(rest.seconds * 2, max(REST_MAX_S, self._hold_ms / 1000))
-        self._rests[channel] = _Rest(until=now + seconds, seconds=seconds)
-        log.warning("notification channel resting", channel=channel, seconds=seconds)
-
-    async def _send(self, channel: Channel, event: Event, ws: Workset | None) -> str | None:
-        """The channel's outcome, "failed: ..." for a permanent refusal, None when it is worth another round (a
-        temporary failure, or a failure nobody foresaw: a bug in a channel must not stop the notifier)."""
-        try:
-            async for attempt in tenacity.AsyncRetrying(
-                stop=tenacity.stop_after_attempt(self._tries),
-                wait=self._wait,
-                retry=tenacity.retry_if_exception(lambda e: isinstance(e, errors.DeliveryError) and e.temporary),
-                reraise=True,
-                sleep=self._sleep,
-            ):
-                with attempt:
-                    return await channel.send(event, ws)
-        except errors.DeliveryError as exc:
-            if exc.temporary:
-                log.warning(
-                    "notification failed for now; will retry",
-                    channel=channel.name,
-                    event_id=event.event_id,
-                    error=str(exc),
-                )
-                self._recorder.notification(channel.name, Delivery.RETRY_LATER, None)
-                return None
-            log.error("notification refused", channel=channel.name, event_id=event.event_id, error=str(exc))
-            return f"failed: {exc}"[:500]
-        except Exception:
-            log.exception("notification channel failed unexpectedly; will retry", channel=channel.name)
-            self._recorder.notification(channel.name, Delivery.RETRY_LATER, None)
-            return None
-        return None  # unreachable: AsyncRetrying either returns or raises
-
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        exponential = min(self._backoff_s * 2 ** (state.attempt_number - 1), self._max_wait_s)
-        base = exponential / 2 + tenacity.wait_random(0, exponential / 2)(state)
-        exc = state.outcome.exception() if state.outcome else None
-        asked = getattr(exc, "retry_after_s", None)
-        return float(max(base, min(asked, self._max_wait_s)) if asked else base)
-
     async def _record(self, event: Event, channel: str, outcome: str) -> None:
         await self._store.record_delivery(event, channel, outcome)
         self._noted(event, {channel: outcome})
@@ -536,146 +407,6 @@ class Outbox:
                 log.info(
                     "notification sent", channel=channel, event_id=event.event_id, latency_s=latency, waited_s=waited
                 )
-
-
-@dataclasses.dataclass
-class _Reads:
-    at: float = float("-inf")  # when the outbox was last read (monotonic)
-
-
-class _Pass:
-    """The events of one delivery pass, from two sources: those committed here (the doorbell's), and the due ones read
-    from the outbox ``batch`` at a time, each daemon starting at a different place in a batch (daemons reading one
-    batch start apart). The doorbell's go first (the committer has them in hand; others would only race it for
-    their claims), except when the batch holds an event still unclaimed twice ``read_every_s`` after its commit,
-    before the doorbell's next: its committer died right after the commit, or the commit's answer was lost and no
-    doorbell rang. That one is due in the outbox only, and must not wait behind a stream of newer events committed
-    here (seen: 8-19 s behind three busy daemons); it goes first, unless all it waits for is resting here (a parked
-    event come due, which would only be parked again). The commit times come from different hosts' clocks: a
-    skewed one only shifts that order.
-
-    The outbox is read when the batch is used up and the doorbell has nothing (a pass that began with no event of
-    ours: the poll; or rung without an event), and, while the doorbell keeps this daemon busy, afresh once
-    ``read_every_s`` has passed since the last read (None: never; a pass without a budget drains the doorbell
-    first): a busy daemon too sees the outbox every interval. Each event is
-    started at most once per pass; a batch every event of which another daemon had claimed ends the reading (that
-    daemon is on them)."""
-
-    def __init__(
-        self,
-        store: Store,
-        clock: Clock,
-        doorbell: Doorbell,
-        *,
-        batch: int,
-        start: int,
-        recent: collections.OrderedDict[str, None],
-        reads: _Reads,
-        read_every_s: float | None,
-        sendable: Callable[[Event], bool],
-    ) -> None:
-        self._store, self._clock, self._doorbell = store, clock, doorbell
-        self._recent = recent  # the events the latest passes started (the doorbell's copy of one may be stale)
-        self._batch, self._start = batch, start
-        self._reads, self._read_every_s = reads, read_every_s
-        self._sendable = sendable  # whether an event has a channel to go to now (else it would only be parked)
-        self._queue: collections.deque[Event] = collections.deque()
-        self._tried: set[str] = set()
-        self._unanswered: set[str] = set()  # the latest batch's events, until one of them was not another's
-        self._more = True  # the outbox may hold due events this pass has not read
-
-    async def next(self) -> Event | None:
-        """The next event to start, or None when there is none for now."""
-        bell = self._doorbell
-        if bell.rung.is_set():
-            bell.rung.clear()
-            if not bell.fresh:  # rung without its event: read again, in due order
-                self._queue.clear()
-                self._more = True
-        if self._fresh() is None:
-            if not self._queue and self._more:
-                await self._read()
-        elif self._reads_due():  # busy with our own: a fresh look, for events left unclaimed
-            self._queue.clear()
-            await self._read()
-        fresh, queued = self._fresh(), self._queued()
-        if fresh is None:
-            return None if queued is None else self._take(self._queue.popleft())
-        if (overdue := self._overdue(fresh)) is not None:
-            self._queue.remove(overdue)
-            return self._take(overdue)
-        return self._take(bell.fresh.popleft())
-
-    def _fresh(self) -> Event | None:
-        """The next event committed here, dropping those a pass has started already (one read from the outbox
-        meanwhile, or the doorbell's stale copy of one started before)."""
-        fresh = self._doorbell.fresh
-        while fresh and (fresh[0].event_id in self._tried or fresh[0].event_id in self._recent):
-            fresh.popleft()
-        return fresh[0] if fresh else None
-
-    def _queued(self) -> Event | None:
-        """The next event read from the outbox, dropping those taken from the doorbell meanwhile."""
-        while self._queue and self._queue[0].event_id in self._tried:
-            self._queue.popleft()
-        return self._queue[0] if self._queue else None
-
-    def _overdue(self, fresh: Event) -> Event | None:
-        """The batch's first event committed before ``fresh``, left unclaimed for two read intervals, with a channel
-        to go to now (one owed only to resting channels, e.g. a parked one come due, would only be parked again: it
-        waits for the doorbell's)."""
-        left_ms = self._clock.now_ms() - round(2 * (self._read_every_s or 0) * 1000)
-        return next(
-            (
-                e
-                for e in self._queue
-                if e.event_id not in self._tried and e.at_ms < min(fresh.at_ms, left_ms) and self._sendable(e)
-            ),
-            None,
-        )
-
-    def _reads_due(self) -> bool:
-        """Whether a pass kept busy by the doorbell should look at the outbox afresh (never without a budget: such a
-        pass runs until the doorbell is empty, then reads)."""
-        every = self._read_every_s
-        return every is not None and self._clock.monotonic() - self._reads.at >= every
-
-    def ended(self, event_id: str, outcome: str) -> None:
-        if outcome != "busy":
-            self._unanswered.clear()
-            return
-        self._unanswered.discard(event_id)
-        if not self._unanswered and not self._queue:
-            self._more = False
-
-    async def _read(self) -> None:
-        self._reads.at = self._clock.monotonic()
-        batch = await self._store.pending_events(limit=self._batch, due_by_ms=self._clock.now_ms())
-        ours = {event.event_id for event in self._doorbell.fresh}  # they come from the doorbell
-        new = [event for event in batch if event.event_id not in self._tried and event.event_id not in ours]
-        first = self._start % len(new) if new else 0
-        self._queue.extend(new[first:] + new[:first])
-        self._unanswered = {event.event_id for event in new}
-        self._more = len(batch) >= self._batch and bool(new)
-
-    def _take(self, event: Event) -> Event:
-        self._tried.add(event.event_id)
-        self._recent[event.event_id] = None
-        if len(self._recent) > FRESH_KEPT:
-            self._recent.popitem(last=False)
-        return event
-
-
-def linear_issue_lookup(store: Store) -> Callable[[Event], Awaitable[bool]]:
-    """Whether an earlier problem of ``event``'s workset already reached Linear (and so made its issue)."""
-
-    async def has_issue(event: Event) -> bool:
-        history = await store.history(event.workset_id)
-        return any(
-            e.seq < event.seq and e.type in PROBLEM_EVENTS and e.notified.get("linear") == "sent" for e in history
-        )
-
-    return has_issue
 
 
 async def deliver_forever(outbox: Outbox, loops: Loops, *, interval_s: Seconds, claim_s: Seconds) -> None:
