@@ -11,18 +11,24 @@ All reads that return many items follow ``LastEvaluatedKey`` to the end.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import heapq
-from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
-from concurrent.futures import Executor
-from typing import Any, TypeVar
+from collections.abc import Collection, Sequence
+from typing import Any
 
 import botocore.exceptions
 
 from monitor import errors, logs
 from monitor.aws import clients, codec
+from monitor.aws.outbox_rows import OutboxRows
+from monitor.aws.table_io import (
+    _CANCELLED,
+    _cancelled_by_condition,
+    _conflict,
+    _reasons,
+    _update_expression,
+)
 from monitor.model import Due, Event, Fleet, Priority, State, Stats, Workset, WorksetId
 from monitor.states import Decision, gsi_sort_key
 
@@ -35,30 +41,11 @@ LIST_ORDER = (
     State.COMPLETE,
     State.IGNORED,
 )
-_BATCH_GET_MAX = 100
-_CANCELLED = ("TransactionCanceledException",)
-T = TypeVar("T")
 log = logs.get("monitor.store")
 
 
-class DynamoStore:
-    def __init__(
-        self,
-        client: Any,
-        table: str,
-        *,
-        page_size: int | None = None,
-        outbox: Callable[[Event], bool] | None = None,
-        on_pending: Callable[[Event, Workset], None] | None = None,
-        executor: Executor | None = None,
-    ) -> None:
-        self._client = client
-        self._executor = executor  # the table's own worker threads (clients.Clients.table_executor); None: asyncio's
-        self._table = table
-        self._page_size = page_size  # None: DynamoDB's own 1 MB pages; tests set it small to force paging
-        self._outbox = outbox  # which new events some notification channel wants: they go to the outbox
-        self._on_pending = on_pending  # called with the event and its workset after a write put it in the outbox
-        self._corrupt: set[str] = set()  # keys of the corrupt items reported
+class DynamoStore(OutboxRows):
+    """The store; its plumbing is ``TableIO``'s, its outbox rows ``OutboxRows``'."""
 
     # --- writes ----------------------------------------------------------------------------------------------
 
@@ -290,105 +277,6 @@ class DynamoStore:
         )
         return codec.fleet_from_item(response.get("Item", {}), table=self._table)
 
-    # --- the notification outbox --------------------------------------------------------------------------------
-
-    async def pending_events(self, *, limit: int, due_by_ms: int | None = None) -> list[Event]:
-        condition, values = "outbox = :pending", {":pending": {"S": codec.OUTBOX_PENDING}}
-        if due_by_ms is not None:
-            condition += " AND outbox_sk < :due"
-            values[":due"] = {"S": codec.outbox_due_bound(due_by_ms)}
-        pages = self._pages(
-            "query",
-            what="reading the notification outbox",
-            limit=limit,
-            TableName=self._table,
-            IndexName=codec.OUTBOX_GSI,
-            KeyConditionExpression=condition,
-            ExpressionAttributeValues=values,
-        )
-        found: list[Event] = []
-        async with contextlib.aclosing(pages):
-            async for item in pages:  # a second page only when a corrupt event was left out of the first
-                if (event := self._readable(codec.event_from_item, item)) is not None:
-                    found.append(event)
-                if len(found) >= limit:
-                    break
-        return found
-
-    async def claim_event(
-        self, event: Event, *, owner: str, now_ms: int, hold_ms: int, outcomes: Mapping[str, str] | None = None
-    ) -> bool:
-        until_ms = now_ms + hold_ms
-        names, values, recorded = _outcome_updates(outcomes)
-        extra: dict[str, Any] = {"ExpressionAttributeNames": names} if names else {}
-        try:
-            await self._call(
-                "update_item",
-                what=f"claiming the delivery of {event.event_id}",
-                inspect=("ConditionalCheckFailedException",),
-                TableName=self._table,
-                Key=codec.event_key(event.workset_id, event.seq),
-                UpdateExpression="SET claimed_by = :me, claim_until_ms = :until, outbox_sk = :due" + recorded,
-                ConditionExpression="outbox = :pending AND (attribute_not_exists(claim_until_ms) "
-                "OR claim_until_ms <= :now OR claimed_by = :me)",
-                ExpressionAttributeValues={
-                    ":me": {"S": owner},
-                    ":until": {"N": str(until_ms)},
-                    ":due": {"S": codec.outbox_sort_key(event, due_ms=until_ms)},
-                    ":now": {"N": str(now_ms)},
-                    ":pending": {"S": codec.OUTBOX_PENDING},
-                    **values,
-                },
-                **extra,
-            )
-        except botocore.exceptions.ClientError:
-            return False
-        return True
-
-    async def record_delivery(self, event: Event, channel: str, outcome: str) -> None:
-        await self._call(
-            "update_item",
-            what=f"recording the delivery of {event.event_id}",
-            TableName=self._table,
-            Key=codec.event_key(event.workset_id, event.seq),
-            UpdateExpression="SET #outcome = :outcome",
-            ExpressionAttributeNames={"#outcome": f"notify_{channel}"},
-            ExpressionAttributeValues={":outcome": {"S": outcome}},
-        )
-
-    async def finish_event(
-        self, event: Event, *, retry_at_ms: int | None = None, outcomes: Mapping[str, str] | None = None
-    ) -> None:
-        """Leave the outbox, or (``retry_at_ms``) count a failed round and wait until then for the next; with
-        ``outcomes``, recorded in the same write."""
-        names, values, recorded = _outcome_updates(outcomes)
-        if retry_at_ms is None:
-            update = (f"SET {recorded.removeprefix(', ')} " if recorded else "") + (
-                "REMOVE claimed_by, claim_until_ms, outbox, outbox_sk"
-            )
-        else:
-            update = (
-                f"SET claim_until_ms = :retry, outbox_sk = :due{recorded} REMOVE claimed_by ADD notify_attempts :one"
-            )
-            values |= {
-                ":retry": {"N": str(retry_at_ms)},
-                ":due": {"S": codec.outbox_sort_key(event, due_ms=retry_at_ms)},
-                ":one": {"N": "1"},
-            }
-        extra: dict[str, Any] = {}
-        if names:
-            extra["ExpressionAttributeNames"] = names
-        if values:
-            extra["ExpressionAttributeValues"] = values
-        await self._call(
-            "update_item",
-            what=f"finishing the delivery of {event.event_id}",
-            TableName=self._table,
-            Key=codec.event_key(event.workset_id, event.seq),
-            UpdateExpression=update,
-            **extra,
-        )
-
     async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:
         """``bucket/prefix`` per workset: from the index for all of them (keys and two attributes, every page), or
         one consistent BatchGetItem per 100 given ids."""
@@ -457,145 +345,3 @@ class DynamoStore:
         age = None if oldest_ready_ms is None else max(now_ms - oldest_ready_ms, 0) / 1000
         ages = {state: max(now_ms - at, 0) / 1000 for state, at in stalest.items()}
         return Stats(counts=counts, oldest_ready_age_s=age, oldest_change_age_s=ages)
-
-    def _index(
-        self,
-        state: State,
-        priority: Priority | None,
-        *,
-        projection: str | None = None,
-        names: dict[str, str] | None = None,
-    ) -> AsyncGenerator[codec.Item, None]:
-        condition = "#state = :state"
-        values: dict[str, Any] = {":state": {"S": state.value}}
-        if priority is not None:
-            condition += " AND begins_with(gsi_sk, :rank)"
-            values[":rank"] = {"S": f"{priority.rank}#"}
-        extra: dict[str, Any] = {"ProjectionExpression": projection} if projection else {}
-        return self._pages(
-            "query",
-            what=f"listing {state.value} worksets",
-            TableName=self._table,
-            IndexName=codec.GSI_NAME,
-            KeyConditionExpression=condition,
-            ExpressionAttributeNames={"#state": "state", **(names or {})},
-            ExpressionAttributeValues=values,
-            **extra,
-        )
-
-    async def _batch_get(self, ids: Sequence[WorksetId]) -> dict[WorksetId, Workset]:
-        found: dict[WorksetId, Workset] = {}
-        for start in range(0, len(ids), _BATCH_GET_MAX):
-            keys = [codec.control_key(i) for i in dict.fromkeys(ids[start : start + _BATCH_GET_MAX])]
-            request = {self._table: {"Keys": keys, "ConsistentRead": True}}
-            delay_s = 0.05
-            while request:
-                response = await self._call("batch_get_item", what="reading worksets", RequestItems=request)
-                for item in response.get("Responses", {}).get(self._table, []):
-                    if (ws := self._readable(codec.workset_from_item, item)) is not None:
-                        found[ws.workset_id] = ws
-                request = response.get("UnprocessedKeys") or {}
-                if request:  # throttled: DynamoDB asks us to come back for the rest
-                    await asyncio.sleep(delay_s)
-                    delay_s = min(delay_s * 2, 2.0)
-        return found
-
-    def _readable(self, decode: Callable[..., T], item: codec.Item) -> T | None:
-        """``decode(item)``, or None when the item is corrupt: a listing leaves it out (logged once per item)."""
-        try:
-            return decode(item, table=self._table)
-        except errors.CorruptItem as exc:
-            if exc.key not in self._corrupt:
-                self._corrupt.add(exc.key)
-                log.error("corrupt item left out; repair or delete it", error=str(exc))
-            return None
-
-    async def _pages(
-        self, operation: str, *, what: str, limit: int | None = None, **kwargs: Any
-    ) -> AsyncGenerator[codec.Item, None]:
-        page = self._page_size if limit is None else min(limit, self._page_size or limit)
-        if page is not None:
-            kwargs["Limit"] = page
-        while True:
-            response = await self._call(operation, what=what, **kwargs)
-            for item in response.get("Items", []):
-                yield item
-            last = response.get("LastEvaluatedKey")
-            if not last:
-                return
-            kwargs["ExclusiveStartKey"] = last
-
-    async def _call(self, operation: str, *, what: str, inspect: tuple[str, ...] = (), **kwargs: Any) -> Any:
-        """One AWS call off the event loop. Errors become ours, except ClientErrors whose code is in ``inspect``:
-        those propagate for the caller to look into (condition failures)."""
-        try:
-            return await clients.call(getattr(self._client, operation), executor=self._executor, **kwargs)
-        except botocore.exceptions.ClientError as exc:
-            code = clients.error_code(exc)
-            if code in inspect:
-                raise
-            if code == "ResourceNotFoundException":
-                raise errors.NotFound(f"table {self._table} does not exist (run `workset-monitor init`)") from exc
-            raise clients.translate(exc, what=what) from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise clients.translate(exc, what=what) from exc
-
-
-def _update_expression(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """SET what changed or appeared, REMOVE what disappeared; names and values are always placeholders."""
-    sets, removes = [], []
-    names: dict[str, str] = {}
-    values: dict[str, Any] = {}
-    for index, (name, value) in enumerate(new.items()):
-        if value == old.get(name):
-            continue
-        names[f"#a{index}"] = name
-        if value is None:
-            removes.append(f"#a{index}")
-        else:
-            sets.append(f"#a{index} = :v{index}")
-            values[f":v{index}"] = codec.encode(value)
-    parts = []
-    if sets:
-        parts.append("SET " + ", ".join(sets))
-    if removes:
-        parts.append("REMOVE " + ", ".join(removes))
-    return {
-        "UpdateExpression": " ".join(parts),
-        "ExpressionAttributeNames": names,
-        "ExpressionAttributeValues": values,
-    }
-
-
-def _outcome_updates(outcomes: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, Any], str]:
-    """Channel outcomes as parts of an update (``record_delivery``'s attributes): names, values, and the ``SET``
-    clauses, each after a comma."""
-    names = {f"#o{i}": f"notify_{channel}" for i, channel in enumerate(outcomes or {})}
-    values = {f":o{i}": {"S": outcome} for i, outcome in enumerate((outcomes or {}).values())}
-    return names, values, "".join(f", #o{i} = :o{i}" for i in range(len(names)))
-
-
-def _reasons(exc: botocore.exceptions.ClientError) -> list[dict[str, Any]]:
-    return list(exc.response.get("CancellationReasons", []))
-
-
-def _cancelled_by_condition(exc: botocore.exceptions.ClientError) -> bool:
-    if clients.error_code(exc) != "TransactionCanceledException":
-        return False
-    return any(r.get("Code") == "ConditionalCheckFailed" for r in _reasons(exc))
-
-
-def _conflict(
-    exc: botocore.exceptions.ClientError, decision: Decision, fence_token: str | None, *, table: str
-) -> errors.Conflict:
-    ws_id = decision.before.workset_id
-    old = (_reasons(exc) or [{}])[0].get("Item")
-    if old is None:
-        return errors.Conflict(f"{ws_id} does not exist or changed concurrently")
-    current = codec.workset_from_item(old, table=table)
-    if fence_token is not None and (current.lease is None or current.lease.token != fence_token):
-        return errors.LeaseLost(f"{ws_id}: our lease is gone (now {current.state.value}, epoch {current.epoch})")
-    return errors.Conflict(
-        f"{ws_id} changed concurrently: expected {decision.before.state.value} v{decision.before.version}, "
-        f"found {current.state.value} v{current.version}"
-    )
