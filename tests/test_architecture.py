@@ -11,6 +11,7 @@ from tests.conftest import ROOT
 LAYERS: list[set[str]] = [
     {"monitor", "monitor.errors", "monitor.clock", "monitor.model", "monitor.terminal", "monitor.recorder"},
     {"monitor.states", "monitor.manifest", "monitor.legacy"},
+    {"monitor.sections"},
     {"monitor.config", "monitor.logs"},
     {"monitor.ports", "monitor.loops", "monitor.live"},
     {"monitor.aws", "monitor.aws.codec", "monitor.aws.clients", "monitor.aws.emulator", "monitor.aws.demo_steps"},

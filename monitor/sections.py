@@ -1,0 +1,281 @@
+"""The settings tree's sections (DESIGN §9: the keys are a contract). Loading, precedence and error messages are
+``monitor.config``'s; every name here is also importable from there."""
+
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from monitor.model import NOTIFIABLE_EVENTS, EventType, Priority, check_bucket
+
+ENV_PREFIX = "WORKSET_MONITOR_"
+ENV_CONFIG_PATH = "WORKSET_MONITOR_CONFIG"
+DEFAULT_CONFIG_PATH = Path("/etc/workset-monitor/config.toml")
+DOCKER_SECRETS_DIR = Path("/run/secrets")
+DEFAULT_METRICS_PORT = 10090  # Prometheus' default-port list is full below 10000
+
+STEP_PLACEHOLDERS = frozenset({"workset_id", "bucket", "prefix", "s3_uri", "attempt", "epoch"})
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class AwsConfig(Section):
+    region: str | None = None  # else the usual AWS chain (AWS_REGION, profile, instance metadata)
+    profile: str | None = None
+    endpoint_url: str | None = None  # LocalStack, moto or a VPC endpoint
+    max_attempts: int = Field(4, ge=1, le=10)  # total tries per AWS call, botocore "standard" retry mode
+    connect_timeout_s: Seconds = 5.0
+    read_timeout_s: Seconds = 10.0
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class TableConfig(Section):
+    name: str = Field("daylily-worksets", pattern=r"^[A-Za-z0-9_.-]{3,255}$")
+    billing_mode: Literal["PAY_PER_REQUEST", "PROVISIONED"] = "PAY_PER_REQUEST"
+    read_capacity: int | None = Field(None, ge=1)
+    write_capacity: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _capacity(self) -> TableConfig:
+        if self.billing_mode == "PROVISIONED" and (self.read_capacity is None or self.write_capacity is None):
+            raise ValueError("billing_mode PROVISIONED needs read_capacity and write_capacity")
+        return self
+
+
+class ScanConfig(Section):
+    bucket: str | None = None  # required by the daemon, not by the read-only CLI commands
+    prefixes: list[str] = Field(default_factory=lambda: [""])  # "" is the bucket's top level
+    interval_s: Seconds = 60.0
+    write_sentinels: bool = False  # also write legacy daylily.* sentinels on every transition (rollback aid)
+    max_manifest_bytes: int = Field(10 << 20, ge=1024)  # a larger stage_samples.tsv makes the workset invalid
+    sqs_queue_url: str | None = None  # optional: S3 notifications of daylily.ready for registration in seconds
+
+    @field_validator("sqs_queue_url")
+    @classmethod
+    def _queue(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"https?://[^/\s]+/\S+", value):
+            raise ValueError("must be an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>)")
+        return value
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str | None) -> str | None:
+        return None if value is None else check_bucket(value)
+
+    @field_validator("prefixes")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError('needs at least one prefix (use "" for the bucket\'s top level)')
+        normalized = [p if p == "" or p.endswith("/") else p + "/" for p in value]
+        for prefix in normalized:
+            if prefix.startswith("/"):
+                raise ValueError(f"prefix {prefix!r} must not start with '/'")
+        if len(set(normalized)) != len(normalized):
+            raise ValueError("lists the same prefix twice")
+        return normalized
+
+
+class LeaseConfig(Section):
+    duration_s: Seconds = 60.0
+    heartbeat_s: Seconds = 15.0
+    sweep_interval_s: Seconds = 60.0  # how often each daemon looks for dead holders
+    grace_s: float = Field(0.0, ge=0)  # extra time, beyond duration_s, a lease must look dead before a takeover
+
+    @model_validator(mode="after")
+    def _ratio(self) -> LeaseConfig:
+        if self.heartbeat_s * 2 > self.duration_s:
+            raise ValueError(
+                f"heartbeat_s ({self.heartbeat_s:g}) must be at most half of duration_s ({self.duration_s:g}); "
+                "a quarter is recommended"
+            )
+        return self
+
+
+DEFAULT_PASSTHROUGH = ("PATH", "HOME", "LANG", "TZ")  # [run] step_env_passthrough's default
+NEVER_PASSED = "WORKSET_MONITOR_"  # the daemon's own settings, secrets among them: never in a step's environment
+
+
+class RunConfig(Section):
+    max_concurrent: int = Field(2, ge=1)  # worksets driven at once by one daemon
+    max_attempts: int = Field(3, ge=1)  # failed attempts before a workset is dead-lettered (state error)
+    shutdown_grace_s: float = Field(25.0, ge=0)  # how long SIGTERM waits for running steps
+    retry_backoff_base_s: Seconds = 60.0
+    retry_backoff_max_s: Seconds = 3600.0
+    max_fleet_concurrent: int | None = Field(None, ge=1)  # worksets in progress across all daemons
+    # the daemon's environment variables its steps get besides their own WORKSET_* (NAME* for a prefix)
+    step_env_passthrough: list[str] = Field(default_factory=lambda: list(DEFAULT_PASSTHROUGH))
+
+    @field_validator("step_env_passthrough")
+    @classmethod
+    def _passthrough(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*\*?", name):
+                raise ValueError(f"{name!r} is not an environment variable name (NAME, or NAME* for a prefix)")
+            if name.upper().startswith(NEVER_PASSED):
+                raise ValueError(
+                    f"{name!r}: the daemon's own WORKSET_MONITOR_* settings (secrets among them) never reach a step"
+                )
+        return value
+
+
+class StepConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    command: list[str] = Field(min_length=1)  # an argv list, never a shell string
+    kind: Literal["exec", "poll"] = "exec"
+    timeout_s: Seconds = 3600.0  # exec: one run; poll: the whole wait for exit 0
+    interval_s: Seconds = 60.0  # poll only: time between runs
+
+    @field_validator("command")
+    @classmethod
+    def _placeholders(cls, value: list[str]) -> list[str]:
+        for arg in value:
+            try:
+                names = {name for _, name, _, _ in string.Formatter().parse(arg) if name is not None}
+            except ValueError as exc:
+                raise ValueError(f"bad placeholder in {arg!r}: {exc}") from None
+            unknown = names - STEP_PLACEHOLDERS
+            if unknown:
+                known = ", ".join("{" + n + "}" for n in sorted(STEP_PLACEHOLDERS))
+                raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}} in {arg!r}; known: {known}")
+        return value
+
+
+class PipelineConfig(Section):
+    steps: list[StepConfig] = Field(default_factory=list)
+
+    @field_validator("steps")
+    @classmethod
+    def _unique(cls, value: list[StepConfig]) -> list[StepConfig]:
+        names = [s.name for s in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"step names must be unique; repeated: {', '.join(dupes)}")
+        return value
+
+
+class ChannelFilter(Section):
+    """Per-channel overrides of ``[notify] events`` and ``min_priority``; unset means inherit."""
+
+    events: list[EventType] | None = None
+    min_priority: Priority | None = None
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[EventType] | None) -> list[EventType] | None:
+        return None if value is None else _notifiable(value)
+
+
+class SnsConfig(ChannelFilter):
+    topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]+$")
+
+
+class LinearConfig(ChannelFilter):
+    api_key: SecretStr  # from a secret file or the environment, not the TOML file, in production
+    team_id: str = Field(min_length=1)
+    api_url: str = "https://api.linear.app/graphql"
+    timeout_s: Seconds = 10.0
+
+
+class WebhookConfig(ChannelFilter):
+    url: SecretStr  # Slack-style webhook URLs embed a token: treated as a secret
+    secret: SecretStr | None = None  # HMAC-SHA256 signing key
+    timeout_s: Seconds = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: SecretStr) -> SecretStr:
+        if not re.match(r"https?://[^/\s]+", value.get_secret_value()):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class NotifyConfig(Section):
+    events: list[EventType] = Field(
+        default_factory=lambda: [
+            EventType.ERROR,
+            EventType.COMPLETE,
+            EventType.LEASE_EXPIRED,
+            EventType.INVALID,
+        ]
+    )
+    min_priority: Priority = Priority.LOW
+    claim_s: Seconds = 60.0  # a daemon delivering an event holds it this long; a dead one's events wait this long
+    sns: SnsConfig | None = None
+    linear: LinearConfig | None = None
+    webhook: WebhookConfig | None = None
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[EventType]) -> list[EventType]:
+        return _notifiable(value)
+
+
+class CloudWatchConfig(Section):
+    namespace: str = Field(min_length=1, max_length=255)
+    interval_s: Seconds = 60.0
+
+
+class MetricsConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535)  # 0 picks a free port (tests)
+    queue_refresh_s: Seconds = 30.0  # how often the queue gauges are read from the table
+    # complete/ignored/cancelled only grow; counting them reads every one of them, so less often
+    finished_refresh_s: Seconds = 900.0
+    cloudwatch: CloudWatchConfig | None = None
+
+
+class LogConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, JSON otherwise
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+        case_sensitive=False,
+    )
+
+    aws: AwsConfig = Field(default_factory=AwsConfig)
+    table: TableConfig = Field(default_factory=TableConfig)
+    scan: ScanConfig = Field(default_factory=ScanConfig)
+    lease: LeaseConfig = Field(default_factory=LeaseConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data, secrets masked."""
+        return self.model_dump(mode="json")
+
+
+def _notifiable(value: list[EventType]) -> list[EventType]:
+    bad = [e.value for e in value if e not in NOTIFIABLE_EVENTS]
+    if bad:
+        allowed = ", ".join(sorted(e.value for e in NOTIFIABLE_EVENTS))
+        raise ValueError(f"cannot notify on {', '.join(bad)}; choose from {allowed}")
+    return value
+
+
+# --- turning a ValidationError into one line -------------------------------------------------------------------
