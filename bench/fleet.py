@@ -32,10 +32,8 @@ import json
 import math
 import os
 import platform
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,6 +56,7 @@ from monitor import actions, states
 from monitor.aws import codec, schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.aws.emulator import Emulator
+from monitor.child import Child
 from monitor.config import TableConfig
 from monitor.model import FINISHED_STATES, Priority, State, WorksetId
 from monitor.states import Action, Context
@@ -165,15 +164,8 @@ class Daemon:
             f'[metrics]\nhost = "127.0.0.1"\nport = {self.port}\n{metrics}'
             '[log]\nlevel = "warning"\nformat = "json"\n' + config
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSET_MONITOR_")} | CREDENTIALS
-        self.log = (site.workdir / f"{name}.log").open("w")
-        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "monitor", "run", "--config", str(path)],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a SIGKILL of its group takes its steps with it, as systemd would
-        )
+        self.child = Child(path, site.workdir / f"{name}.log", env=CREDENTIALS)
+        self.process = self.child.process
 
     def metrics(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as response:
@@ -187,9 +179,8 @@ class Daemon:
     def wait_serving(self, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.log.flush()
-                tail = Path(self.log.name).read_text()[-2000:]
+            if not self.child.running():
+                tail = self.child.log()[-2000:]
                 raise RuntimeError(f"daemon {self.name} exited with {self.process.returncode}; its log ends:\n{tail}")
             with contextlib.suppress(OSError):
                 if any("loop_last_success" in key and '"scanner"' in key for key in self.metrics()):
@@ -207,19 +198,10 @@ class Daemon:
         return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
-        return self.process.returncode
+        return self.child.stop()
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        self.child.kill()
 
 
 def aws_calls(samples: dict[str, Any], *, outcomes: bool = False) -> Counter[str]:
@@ -405,7 +387,7 @@ def takeover(site: Site, *, lease_s: float, sweep_s: float, trials: int) -> dict
             deadline = time.monotonic() + 60
             while not any(e["type"] == "started" for e in site.history(name)):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} was never started; see {victim.log.name}")
+                    raise RuntimeError(f"{name} was never started; see {victim.child.log_path}")
                 time.sleep(0.1)
             time.sleep(lease_s / 4 * 1.5)  # a heartbeat or two
         except BaseException:
@@ -424,7 +406,7 @@ def takeover(site: Site, *, lease_s: float, sweep_s: float, trials: int) -> dict
                     break
                 time.sleep(0.05)
             else:
-                raise RuntimeError(f"{name} was not taken over; see {survivor.log.name}")
+                raise RuntimeError(f"{name} was not taken over; see {survivor.child.log_path}")
         finally:
             survivor.kill()  # it may have claimed the workset again, to run the hour-long step itself
             site.cancel(name)  # leave nothing behind for the next part

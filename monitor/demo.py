@@ -11,11 +11,7 @@ workset is terminal and prints a summary. Nothing outside a temporary folder and
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +22,7 @@ from monitor import render
 from monitor.aws import schema
 from monitor.aws.clients import Clients
 from monitor.aws.dynamo import DynamoStore
+from monitor.child import Child
 from monitor.config import AwsConfig, TableConfig
 from monitor.model import Workset
 
@@ -51,29 +48,23 @@ def run(*, until_idle: bool, out: TextIO = sys.stdout, timeout_s: float = TIMEOU
     workdir = Path(tempfile.mkdtemp(prefix="workset-monitor-demo-"))
     with Emulator() as emulator:
         endpoint = emulator.endpoint
-        env = {**os.environ, **_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
-        for name in [k for k in env if k.startswith("WORKSET_MONITOR_")]:
-            del env[name]  # the demo's own config, nothing from the caller's environment
+        env = {**_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
         clients = _clients(endpoint)
         _setup(clients, out)
         config = _write_config(workdir, endpoint)
         print(f"emulator:  {endpoint} (moto, loopback only)", file=out)
         print(f"config:    {config}", file=out)
         print(f"daemon log: {workdir / 'daemon.log'}", file=out)
-        with (workdir / "daemon.log").open("w") as log_file:
-            daemon = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
-                [sys.executable, "-m", "monitor", "run", "--config", str(config)],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-            print(f"metrics:   {_metrics_url(workdir / 'daemon.log', daemon)}  (also /healthz, /readyz)\n", file=out)
-            try:
-                finals = asyncio.run(_watch(clients, daemon, out, until_idle=until_idle, timeout_s=timeout_s))
-            except KeyboardInterrupt:
-                finals = None
-            finally:
-                code = _stop(daemon)
+        daemon = Child(config, workdir / "daemon.log", env=env)  # the demo's own config, nothing of the caller's
+        try:
+            side_port = daemon.side_port(timeout_s=20)
+            metrics = f"{side_port}/metrics" if side_port else "(not known: see the daemon log)"
+            print(f"metrics:   {metrics}  (also /healthz, /readyz)\n", file=out)
+            finals = asyncio.run(_watch(clients, daemon, out, until_idle=until_idle, timeout_s=timeout_s))
+        except KeyboardInterrupt:
+            finals = None
+        finally:
+            code = daemon.stop(timeout_s=30)
         if finals is None:
             print(f"\nstopped; daemon exit code {code}", file=out)
             if as_json:
@@ -170,7 +161,7 @@ format = "json"
 
 
 async def _watch(
-    clients: Clients, daemon: subprocess.Popen[bytes], out: TextIO, *, until_idle: bool, timeout_s: float
+    clients: Clients, daemon: Child, out: TextIO, *, until_idle: bool, timeout_s: float
 ) -> dict[str, Workset]:
     store = DynamoStore(clients.get("dynamodb"), TABLE)
     seen: dict[str, tuple[str, str | None]] = {}
@@ -188,8 +179,8 @@ async def _watch(
         terminal = len(latest) == len(EXPECTED) and all(ws.state.terminal for ws in latest.values())
         if until_idle and terminal:
             return latest
-        if daemon.poll() is not None:
-            print(f"the daemon exited early with code {daemon.returncode}; see its log", file=out)
+        if not daemon.running():
+            print(f"the daemon exited early with code {daemon.wait()}; see its log", file=out)
             return latest
         if time.monotonic() - started > timeout_s:
             print(f"timed out after {timeout_s:.0f} s", file=out)
@@ -197,31 +188,8 @@ async def _watch(
         await asyncio.sleep(0.5)
 
 
-def _metrics_url(log: Path, daemon: subprocess.Popen[bytes], timeout_s: float = 20.0) -> str:
-    """Where the daemon serves its metrics, from its "serving metrics" log line."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and daemon.poll() is None:
-        for line in log.read_text().splitlines():
-            if '"serving metrics"' in line:
-                return str(json.loads(line)["url"])
-        time.sleep(0.1)
-    return "(not known: see the daemon log)"
-
-
 def _clock(started: float) -> str:
     return f"[{time.monotonic() - started:5.1f}s]"
-
-
-def _stop(daemon: subprocess.Popen[bytes]) -> int:
-    if daemon.poll() is None:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            return daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        return daemon.wait(timeout=10)
-    return -1
 
 
 def _summary(finals: dict[str, Workset], daemon_code: int, out: TextIO, *, as_json: bool = False) -> int:

@@ -1,14 +1,13 @@
 """A fleet of real ``workset-monitor run`` processes, for the suites that run one for minutes (chaos, soak).
 
-What it provides: each daemon is ``python -m monitor run`` in a session of its own, logging to a file of its own,
-with the emulator's credentials and nothing inherited that could change its behaviour (``WORKSET_MONITOR_*``, a
-``NOTIFY_SOCKET`` or ``WATCHDOG_USEC`` of the harness's own); a webhook receiver that refuses a fraction of
+What it provides: daemons with the emulator's credentials (``Daemon``); a webhook receiver that refuses a fraction of
 deliveries; the systemd side of the notify protocol; the daemon's configuration, its step script, its metrics
 (scraped over HTTP) and its resource use (read from /proc).
 
-Guaranteed: ``Daemon.stop`` returns the exit code of a SIGTERM, or kills the whole process group (the daemon and its
-steps, as systemd would) after the timeout and returns -9; ``Webhook.close`` and ``SystemdSocket.close`` join their
-threads. Not guaranteed: anything about a daemon the caller never stops — use them in ``try/finally``.
+Each ``Daemon`` is a ``monitor.child.Child`` (the harness the demo and the benchmarks use too): ``stop`` returns the
+exit code of a SIGTERM, or kills the daemon and its steps after the timeout and returns -9. ``Webhook.close`` and
+``SystemdSocket.close`` join their threads. Not guaranteed: anything about a daemon the caller never stops — use them
+in ``try/finally``.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -33,10 +31,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor.child import Child
 from monitor.model import NOTIFIABLE_EVENTS
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos", "AWS_DEFAULT_REGION": "us-east-1"}
-_NOT_INHERITED = ("WORKSET_MONITOR_", "NOTIFY_SOCKET", "WATCHDOG_")
 
 
 # --- what the daemons talk to -------------------------------------------------------------------------------------
@@ -179,45 +177,27 @@ class Usage:
     cpu_s: float  # user + system, since it started
 
 
-class Daemon:
+class Daemon(Child):
+    """A named daemon of the fleet, with the emulator's credentials; what it counts, what it uses, pausing it."""
+
     def __init__(self, name: str, config: Path, workdir: Path, *, env: dict[str, str] | None = None) -> None:
+        super().__init__(config, workdir / f"{name}.log", env=CREDENTIALS | (env or {}))
         self.name = name
-        self.log_path = workdir / f"{name}.log"
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
-        with self.log_path.open("a") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "monitor", "run", "--config", str(config)],
-                env=inherited | CREDENTIALS | (env or {}),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
         self.owner: str | None = None
         self.metrics_url: str | None = None
-        self.killed_at: float | None = None  # time.monotonic() once its whole tree is dead
         self.paused: list[tuple[float, float]] = []  # (SIGSTOP, SIGCONT), time.monotonic()
-
-    def _log_field(self, event: str, key: str) -> str | None:
-        with contextlib.suppress(OSError):
-            for line in self.log_path.read_text().splitlines():
-                if f'"{event}"' in line:
-                    with contextlib.suppress(ValueError):
-                        record = json.loads(line)
-                        if record.get("event") == event and (key != "owner" or str(self.process.pid) in line):
-                            return str(record.get(key))
-        return None
 
     def find_owner(self) -> str | None:
         """Its lease owner id, from its start line."""
-        if self.owner is None:
-            self.owner = self._log_field("starting", "owner")
+        owner = self.log_field("starting", "owner")
+        if self.owner is None and owner is not None and f":{self.pid}:" in owner:  # not an earlier daemon's
+            self.owner = owner
         return self.owner
 
     def find_metrics_url(self) -> str | None:
-        """``http://host:port`` of its side port (``/metrics``, ``/healthz``), from its ``serving metrics`` line."""
+        """``http://host:port`` of its side port, from its ``serving metrics`` line."""
         if self.metrics_url is None:
-            url = self._log_field("serving metrics", "url")
-            self.metrics_url = url.removesuffix("/metrics") if url else None
+            self.metrics_url = self.side_port()
         return self.metrics_url
 
     def get(self, path: str, timeout_s: float = 10) -> tuple[int, str]:
@@ -260,20 +240,6 @@ class Daemon:
             cpu_s=(int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"),
         )
 
-    def kill(self) -> None:
-        """SIGKILL the daemon and every process it started, as systemd does to a crashed unit's control group.
-
-        The daemon is frozen first: a step it started between our listing of its tree and its death would escape
-        the kill, run on as an orphan and look like a run its daemon should have fenced."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGSTOP)
-        tree = descendants(self.process.pid)
-        for pid in [self.process.pid, *tree]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.process.wait()
-        self.killed_at = time.monotonic()
-
     def pause(self, seconds: float) -> None:
         started = time.monotonic()
         os.kill(self.process.pid, signal.SIGSTOP)  # the daemon only: its running steps carry on, unaware
@@ -282,29 +248,6 @@ class Daemon:
         finally:
             os.kill(self.process.pid, signal.SIGCONT)
             self.paused.append((started, time.monotonic()))
-
-    def stop(self, timeout_s: float = 60) -> int:
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return -9
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children[int(fields[1])].append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def aws_calls(metrics_text: str) -> collections.Counter[str]:

@@ -22,6 +22,7 @@ import pytest
 
 from monitor.aws import schema
 from monitor.aws.dynamo import DynamoStore
+from monitor.child import Child
 from monitor.config import TableConfig
 from monitor.model import EventType, State, Workset, WorksetId
 from tests.conftest import REGION, ROOT, run
@@ -31,46 +32,16 @@ from tests.lab import BUCKET, Lab
 TABLE = "daemon-test"
 
 
-class Daemon:
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
-        self.log_path = log
-        self._log = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "run", "--config", str(config)],
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-
-    def signal(self, sig: signal.Signals) -> None:
-        self.process.send_signal(sig)
-
-    def wait(self, timeout_s: float = 30) -> int:
-        code = self.process.wait(timeout=timeout_s)
-        self._log.close()
-        return code
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-
-
 @pytest.fixture
 def env(aws_endpoint: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
     s3 = boto3.client("s3", region_name=REGION, endpoint_url=aws_endpoint)
     s3.create_bucket(Bucket=BUCKET)
     dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint)
     schema.ensure_table(dynamodb, TableConfig(name=TABLE))
-    daemons: list[Daemon] = []
+    daemons: list[Child] = []
 
-    def start(config: Path, name: str = "daemon", **kw: Any) -> Daemon:
-        daemon = Daemon(config, tmp_path / f"{name}.log", **kw)
+    def start(config: Path, name: str = "daemon", **kw: Any) -> Child:
+        daemon = Child(config, tmp_path / f"{name}.log", cwd=ROOT, **kw)
         daemons.append(daemon)
         return daemon
 
@@ -82,7 +53,8 @@ def env(aws_endpoint: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         "start": start,
     }
     for daemon in daemons:
-        daemon.stop()
+        if daemon.running():
+            daemon.kill()
 
 
 def write_config(
