@@ -106,14 +106,8 @@ class Holding:
             step=self.ws.current_step,
         )
         try:
-            count = await self._by_deadline(call)
-        except TimeoutError:
-            return False
-        except errors.MonitorError as exc:
-            if not exc.temporary:
-                raise
-            self._record.heartbeat(Heartbeat.ERROR)
-            log.warning("heartbeat failed; will retry", workset_id=self.workset_id, error=str(exc))
+            count = await self._ask(call, "heartbeat")
+        except _NoAnswer:
             return False
         if count is None:
             return await self._confirm_refusal(started)
@@ -122,6 +116,20 @@ class Holding:
         if self._renewals is not None:
             self._renewals.renewed()
         return True
+
+    async def _ask(self, call: Awaitable[T], what: str) -> T:
+        """``call``'s answer by the renew deadline; ``_NoAnswer`` when there was none in time or it failed for now
+        (a heartbeat error: the next one comes sooner)."""
+        try:
+            return await self._by_deadline(call)
+        except TimeoutError:
+            raise _NoAnswer from None
+        except errors.MonitorError as exc:
+            if not exc.temporary:
+                raise
+            self._record.heartbeat(Heartbeat.ERROR)
+            log.warning(f"{what} failed; will retry", workset_id=self.workset_id, error=str(exc))
+            raise _NoAnswer from exc
 
     async def _by_deadline(self, call: Awaitable[T]) -> T:
         """``call``'s result, unless the renew deadline comes first: then the holding is lost and TimeoutError raised.
@@ -138,13 +146,8 @@ class Holding:
 
     async def _confirm_refusal(self, started: float) -> bool:
         try:
-            current = await self._by_deadline(self._store.get(self.ws.workset_id))
-        except TimeoutError:
-            return False
-        except errors.MonitorError as exc:
-            if not exc.temporary:
-                raise
-            self._record.heartbeat(Heartbeat.ERROR)
+            current = await self._ask(self._store.get(self.ws.workset_id), "re-reading a refused heartbeat")
+        except _NoAnswer:
             return False
         if (
             current is not None
@@ -327,6 +330,10 @@ class Holding:
             self._lose(_why_gone(current))
             raise errors.LeaseLost(f"{self.workset_id}: {self.lost_reason}") from cause
         self.ws = current
+
+
+class _NoAnswer(Exception):
+    """A renewal's call got no answer in time, or failed for now."""
 
 
 @dataclass(slots=True)
