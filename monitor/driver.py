@@ -28,11 +28,14 @@ log = logs.get("monitor.driver")
 
 
 class Ending(StrEnum):
+    """How driving a workset ended here."""
+
     COMPLETE = "complete"
-    RETRYING = "retrying"
-    ERROR = "error"
-    RELEASED = "released"
-    LOST = "lost"
+    RETRYING = "retrying"  # a step failed for now: the workset waits out its backoff
+    ERROR = "error"  # a step failed for good, or the attempts are used up
+    RELEASED = "released"  # shutdown: given back to ready, no attempt counted
+    LOST = "lost"  # the lease was lost: nothing more written
+    CRASHED = "crashed"  # the driver raised (a bug, a permanent AWS error): the sweeper recovers the workset
 
 
 async def drive(

@@ -46,7 +46,7 @@ class Intake:
     ) -> None:
         self.claimer = Claimer(store, clock, owner=owner, policy=policy, recorder=record)
         self.drivers: dict[str, asyncio.Task[Ending]] = {}
-        self.endings: Counter[str] = Counter()
+        self.endings: Counter[Ending] = Counter()
         self.wake = asyncio.Event()  # run a round now
         self.drain = asyncio.Event()  # shutdown: start no new step
         self.kill = asyncio.Event()  # shutdown ran out of patience: stop the running steps
@@ -107,12 +107,12 @@ class Intake:
             return
         exc = task.exception()
         if exc is not None:  # a bug or a permanent AWS error in one workset's driver: that workset is swept later
-            self.endings["crashed"] += 1
+            self.endings[Ending.CRASHED] += 1
             log.error(
                 "driver failed; the sweeper will recover the workset", workset_id=holding.workset_id, exc_info=exc
             )
             return
-        self.endings[task.result().value] += 1
+        self.endings[task.result()] += 1
         log.info("workset finished here", workset_id=holding.workset_id, ending=task.result().value)
 
     async def stop(self, *, grace_s: float, fast: asyncio.Event) -> None:

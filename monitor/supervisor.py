@@ -106,7 +106,7 @@ class Supervisor:
             "stopped",
             exit_code=1 if self.failed else 0,
             failed_task=self.failed,
-            endings=dict(self.intake.endings),
+            endings={ending.value: n for ending, n in self.intake.endings.items()},
             scanner=dict(self.scanner.totals),
         )
         return 1 if self.failed else 0

@@ -53,7 +53,7 @@ from monitor.loops import Loops, Seconds
 from monitor.model import Event, Workset
 from monitor.notify import filters
 from monitor.notify.doorbell import FRESH_KEPT, Channel, Doorbell
-from monitor.notify.passes import Pass, Reads
+from monitor.notify.passes import Handled, Pass, Reads
 from monitor.notify.rests import Rests
 from monitor.notify.sending import Sender
 from monitor.ports import Store
@@ -156,7 +156,7 @@ class Outbox:
             read_every_s=budget_s,
             sendable=lambda event: self._parked_for_ms(event) is None,
         )
-        running: dict[asyncio.Task[str], str] = {}  # delivery -> event id
+        running: dict[asyncio.Task[Handled], str] = {}  # delivery -> event id
         while True:
             past_budget = ends_at is not None and self._clock.monotonic() >= ends_at
             while not past_budget and len(running) < EVENTS_AT_ONCE and (event := await work.next()) is not None:
@@ -166,10 +166,10 @@ class Outbox:
             await self._first_done(running, bell=len(running) < EVENTS_AT_ONCE and not past_budget)
             for task in [task for task in running if task.done()]:
                 outcome = task.result()
-                finished += outcome == "done"
+                finished += outcome is Handled.DONE
                 work.ended(running.pop(task), outcome)
 
-    async def _first_done(self, running: Mapping[asyncio.Task[str], str], *, bell: bool) -> None:
+    async def _first_done(self, running: Mapping[asyncio.Task[Handled], str], *, bell: bool) -> None:
         """Until a delivery ends or, with ``bell`` (a slot is free), an event is committed here."""
         rung = asyncio.ensure_future(self._doorbell.rung.wait()) if bell else None
         try:
@@ -180,7 +180,7 @@ class Outbox:
                 with contextlib.suppress(asyncio.CancelledError):
                     await rung
 
-    async def _deliver_within_claim(self, event: Event) -> str:
+    async def _deliver_within_claim(self, event: Event) -> Handled:
         """``deliver``, abandoned when the claim on the event runs out: past it another daemon may claim the event and
         send it too, and a hung channel must not hold the loop. What was recorded stays; the rest is retried. A
         table error on one event (a claim, a record) leaves that event for a later pass, not the others."""
@@ -188,26 +188,26 @@ class Outbox:
             return await asyncio.wait_for(self.deliver(event), timeout=self._hold_ms / 1000)
         except TimeoutError:
             log.warning("delivery outlasted its claim; will retry", event_id=event.event_id)
-            return "later"
+            return Handled.LATER
         except errors.MonitorError as exc:
             if not exc.temporary:
                 raise
             log.warning("delivery failed for now; will retry", event_id=event.event_id, error=str(exc))
-            return "later"
+            return Handled.LATER
         finally:
             self._claimed_at_ms.pop(event.event_id, None)
 
-    async def deliver(self, event: Event) -> str:
-        """Deliver one event to every channel that should have it: "done", "later" or "busy" (another daemon).
+    async def deliver(self, event: Event) -> Handled:
+        """Deliver one event to every channel that should have it; how it was handled.
         A resting channel (one that failed for now less than ``hold_s`` ago) is not tried: the event waits for it."""
         self._parked.pop(event.event_id, None)  # taken up: no longer ours to hand back when a channel returns
         park_ms = self._parked_for_ms(event)
         hold_ms = self._hold_ms if park_ms is None else park_ms
         if not await self._store.claim_event(event, owner=self._owner, now_ms=self._clock.now_ms(), hold_ms=hold_ms):
-            return "busy"
+            return Handled.BUSY
         if park_ms is not None:  # owed only to resting channels: no read, no send; back after the rest
             self._park(event, park_ms)
-            return "later"
+            return Handled.LATER
         self._claimed_at_ms[event.event_id] = self._clock.now_ms()
         ws = await self._workset(event)
         wanted = filters.channels(self.notify)
@@ -247,7 +247,7 @@ class Outbox:
             outcomes |= {sends[task]: outcome for task in done if (outcome := task.result()) is not None}
         if failed and event.delivery_attempts + 1 < self._max_rounds:  # a round
             await self._finish(event, retry_at_ms=self._clock.now_ms() + self._hold_ms, outcomes=outcomes)
-            return "later"
+            return Handled.LATER
         for name in failed:  # its last round: a channel is given up only after it was tried and failed
             log.error("notification given up", channel=name, event_id=event.event_id)
             outcomes[name] = f"failed: gave up after {self._max_rounds} rounds"
@@ -260,12 +260,12 @@ class Outbox:
                 ):
                     self._park(event, park_ms)
                     self._noted(event, outcomes)
-                    return "later"
+                    return Handled.LATER
             for name, outcome in outcomes.items():  # not parked: the outcomes on their own
                 await self._record(event, name, outcome)
-            return "later"
+            return Handled.LATER
         await self._finish(event, outcomes=outcomes)
-        return "done"
+        return Handled.DONE
 
     async def _finish(self, event: Event, *, retry_at_ms: int | None = None, outcomes: dict[str, str]) -> None:
         await self._store.finish_event(event, retry_at_ms=retry_at_ms, outcomes=outcomes)

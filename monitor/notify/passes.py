@@ -6,11 +6,20 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Callable
+from enum import StrEnum
 
 from monitor.clock import Clock
 from monitor.model import Event
 from monitor.notify.doorbell import FRESH_KEPT, Doorbell
 from monitor.ports import Store
+
+
+class Handled(StrEnum):
+    """What one delivery did with its event."""
+
+    DONE = "done"  # every channel has an outcome: out of the outbox
+    LATER = "later"  # due again later (a channel failed for now or rests, the claim ran out, a table error)
+    BUSY = "busy"  # another daemon holds its claim
 
 
 @dataclasses.dataclass
@@ -115,8 +124,8 @@ class Pass:
         every = self._read_every_s
         return every is not None and self._clock.monotonic() - self._reads.at >= every
 
-    def ended(self, event_id: str, outcome: str) -> None:
-        if outcome != "busy":
+    def ended(self, event_id: str, outcome: Handled) -> None:
+        if outcome is not Handled.BUSY:
             self._unanswered.clear()
             return
         self._unanswered.discard(event_id)
