@@ -21,7 +21,7 @@ from tests.conftest import REGION, run
 from tests.lab import BUCKET, Lab
 
 
-def setup() -> tuple[Any, Any, DynamoStore, ReadyListener, Lab]:
+def setup(store_class: type[DynamoStore] = DynamoStore) -> tuple[Any, Any, DynamoStore, ReadyListener, Lab]:
     s3 = boto3.client("s3", region_name=REGION)
     sqs = boto3.client("sqs", region_name=REGION)
     s3.create_bucket(Bucket=BUCKET)
@@ -41,7 +41,7 @@ def setup() -> tuple[Any, Any, DynamoStore, ReadyListener, Lab]:
     )
     dynamodb = boto3.client("dynamodb", region_name=REGION)
     schema.ensure_table(dynamodb, TableConfig(name="events"))
-    store = DynamoStore(dynamodb, "events")
+    store = store_class(dynamodb, "events")
     scanner = Scanner(store, S3Source(s3, BUCKET), FakeClock(), prefixes=["incoming/", "urgent runs/"], actor="s")
     listener = ReadyListener(SqsQueue(sqs, url), scanner, bucket=BUCKET)
     return s3, sqs, store, listener, Lab(s3)
@@ -58,16 +58,21 @@ def test_a_ready_notification_registers_the_workset_and_is_deleted(mocked_aws: N
 
 
 def test_a_notification_stays_queued_when_registration_fails(mocked_aws: None) -> None:
-    _, _, store, listener, lab = setup()
+    class Throttled(DynamoStore):
+        down = False
+
+        async def locations(self, workset_ids: Any = None) -> dict[WorksetId, str]:
+            if self.down:
+                raise errors.AwsTemporaryError("DynamoDB throttled")
+            return await super().locations(workset_ids)
+
+    _, _, store, listener, lab = setup(store_class=Throttled)
     run(listener.poll_once(wait_s=0))
     lab.workset("ws-later", prefix="incoming/")
-
-    async def down(prefix: str, name: str) -> str:
-        raise errors.AwsTemporaryError("DynamoDB throttled")
-
-    listener._scanner.register_if_new = down  # type: ignore[method-assign]
+    store.down = True  # type: ignore[attr-defined]
     assert run(listener.poll_once(wait_s=0)) == 0
-    assert run(store.get(WorksetId("ws-later"))) is None
+    store.down = False  # type: ignore[attr-defined]
+    assert run(store.get(WorksetId("ws-later"))) is None  # not registered, and the message was not deleted
 
 
 def test_notifications_for_other_places_are_consumed_without_registering(mocked_aws: None) -> None:
