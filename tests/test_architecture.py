@@ -135,3 +135,54 @@ def test_the_loop_check_sees_a_hand_rolled_loop(tmp_path: Path) -> None:
         "async def forever(clock):\n    while True:\n        await clock.sleep(1)\n"
     )
     assert sleeping_loops(tmp_path) == {("monitor/engine.py", "forever")}
+
+
+def private_writes(root: Path = ROOT) -> list[str]:
+    """Assignments in tests/ that reach into another object's private attributes (``thing._field = ...``,
+    ``thing._part.field = ...``): a test drives the product through what it offers, or builds it with the parts it
+    needs."""
+    found = []
+    for path in sorted((root / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assign):
+                targets = [t for target in node.targets for t in _unpacked(target)]
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+                targets = [node.target]
+            else:
+                continue
+            for target in targets:
+                private = _private_path(target)
+                if private:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} sets {private}")
+    return found
+
+
+def _unpacked(target: ast.expr) -> list[ast.expr]:
+    return [t for e in target.elts for t in _unpacked(e)] if isinstance(target, ast.Tuple | ast.List) else [target]
+
+
+def _private_path(target: ast.expr) -> str:
+    """``._a.b`` when the attribute chain ``target`` assigns through has a private part, and does not start at
+    ``self``/``cls`` (a test double's own fields)."""
+    chain: list[str] = []
+    while isinstance(target, ast.Attribute):
+        chain.insert(0, target.attr)
+        target = target.value
+    if not chain or (isinstance(target, ast.Name) and target.id in ("self", "cls")):
+        return ""
+    if any(part.startswith("_") and not part.startswith("__") for part in chain):
+        return "." + ".".join(chain)
+    return ""
+
+
+def test_no_test_sets_a_private_attribute() -> None:
+    # conftest's recorder wraps botocore's one private entry point for the IAM audit (it is botocore's, not ours)
+    assert [f for f in private_writes() if "_make_api_call" not in f] == []
+
+
+def test_the_private_write_check_sees_one(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text(
+        "def test():\n    sup._clock = None\n    self._ok = 1\n    sup._s.clock, ok.x = 1, 2\n    sup.fine = 3\n"
+    )
+    assert private_writes(tmp_path) == ["tests/test_x.py:2 sets ._clock", "tests/test_x.py:4 sets ._s.clock"]
