@@ -42,9 +42,9 @@ class Intake:
         live: Live,
         policy: Callable[[], Policy],
         runner: Runner,
-        record: Recorder,
+        recorder: Recorder,
     ) -> None:
-        self.claimer = Claimer(store, clock, owner=owner, policy=policy, recorder=record)
+        self.claimer = Claimer(store, clock, owner=owner, policy=policy, recorder=recorder)
         self.drivers: dict[str, asyncio.Task[Ending]] = {}
         self.endings: Counter[Ending] = Counter()
         self.wake = asyncio.Event()  # run a round now

@@ -63,9 +63,9 @@ class Supervisor:
             actor=f"scanner:{s.owner}",
             max_manifest_bytes=live.derive(lambda new: new.scan.max_manifest_bytes),
         )
-        record = s.metrics or Tally()
-        self.intake = Intake(s.store, s.clock, owner=s.owner, live=live, policy=policy, runner=s.runner, record=record)
-        self.sweeper = Sweeper(s.store, s.clock, actor=f"sweeper:{s.owner}", policy=policy, recorder=record)
+        rec = s.metrics or Tally()
+        self.intake = Intake(s.store, s.clock, owner=s.owner, live=live, policy=policy, runner=s.runner, recorder=rec)
+        self.sweeper = Sweeper(s.store, s.clock, actor=f"sweeper:{s.owner}", policy=policy, recorder=rec)
         self.reloader = Reloader(live, read=s.reload, notifier=s.notifier, applied=self._applied)
         self.gauges = (
             Gauges(s.store, s.clock, metrics=s.metrics, live=live, sweeper=self.sweeper) if s.metrics else None
