@@ -59,14 +59,7 @@ class Child:
     def log_field(self, event: str, key: str) -> str | None:
         """``key`` of the latest log line whose event is ``event`` (None until there is one); a log file appended to
         may hold an earlier daemon's lines before this one's."""
-        found = None
-        for line in self.log().splitlines():
-            if f'"{event}"' in line:
-                with contextlib.suppress(ValueError):
-                    record = json.loads(line)
-                    if record.get("event") == event and key in record:
-                        found = str(record[key])
-        return found
+        return last_field(self.log(), event, key)
 
     def side_port(self, timeout_s: float = 0.0) -> str | None:
         """``http://host:port`` of its side port (``/metrics``, ``/healthz``, ``/readyz``), from its ``serving
@@ -109,6 +102,20 @@ class Child:
                 os.kill(pid, signal.SIGKILL)
         self.process.wait()
         self.killed_at = time.monotonic()
+
+
+def last_field(log: str, event: str, key: str) -> str | None:
+    """``key`` of the last JSON line of ``log`` whose event is ``event``; searched from the end (logs grow long, and
+    callers poll)."""
+    marker, end = f'"{event}"', len(log)
+    while (at := log.rfind(marker, 0, end)) >= 0:
+        start, stop = log.rfind("\n", 0, at) + 1, log.find("\n", at)
+        with contextlib.suppress(ValueError):
+            record = json.loads(log[start : stop if stop >= 0 else len(log)])
+            if isinstance(record, dict) and record.get("event") == event and key in record:
+                return str(record[key])
+        end = start
+    return None
 
 
 def descendants(pid: int) -> list[int]:

@@ -189,9 +189,10 @@ class Daemon(Child):
 
     def find_owner(self) -> str | None:
         """Its lease owner id, from its start line."""
-        owner = self.log_field("starting", "owner")
-        if self.owner is None and owner is not None and f":{self.pid}:" in owner:  # not an earlier daemon's
-            self.owner = owner
+        if self.owner is None:
+            owner = self.log_field("starting", "owner")
+            if owner is not None and f":{self.pid}:" in owner:  # not an earlier daemon's
+                self.owner = owner
         return self.owner
 
     def find_metrics_url(self) -> str | None:
