@@ -64,8 +64,17 @@ class Supervisor:
             max_manifest_bytes=live.derive(lambda new: new.scan.max_manifest_bytes),
         )
         rec = s.metrics or Tally()
-        self.intake = Intake(s.store, s.clock, owner=s.owner, live=live, policy=policy, runner=s.runner, recorder=rec)
         self.sweeper = Sweeper(s.store, s.clock, actor=f"sweeper:{s.owner}", policy=policy, recorder=rec)
+        self.intake = Intake(
+            s.store,
+            s.clock,
+            owner=s.owner,
+            live=live,
+            policy=policy,
+            runner=s.runner,
+            recorder=rec,
+            fleet=lambda: self.sweeper.fleet,  # read at every round: the counter as soon as a sweep has read it
+        )
         self.reloader = Reloader(live, read=s.reload, notifier=s.notifier, applied=self._applied)
         self.gauges = (
             Gauges(s.store, s.clock, metrics=s.metrics, live=live, sweeper=self.sweeper) if s.metrics else None

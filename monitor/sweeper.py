@@ -49,14 +49,14 @@ class SweepNews(Protocol):
         """Work due before each sweep; True if it freed something to claim."""
         ...
 
-    def swept(self, fleet: Fleet | None, taken: list[Decision], given_back: bool) -> None: ...
+    def swept(self, taken: list[Decision], given_back: bool) -> None: ...
 
 
 async def sweep_tick(sweeper: Sweeper, news: SweepNews) -> None:
     """One sweep as the daemon makes it, and its news told."""
     given_back = await news.before_sweep()
     taken = await sweeper.sweep_once()
-    news.swept(sweeper.fleet, taken, given_back)
+    news.swept(taken, given_back)
 
 
 async def sweep_forever(sweeper: Sweeper, loops: Loops, *, interval_s: Seconds, news: SweepNews) -> None:
