@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from monitor.leases import RETRYING_REREAD_S
+
 
 @dataclass(frozen=True)
 class Bounds:
@@ -236,6 +238,9 @@ def _idle(result: Result, bounds: Bounds, violations: list[str]) -> dict[str, An
     gauges = active * (math.floor(window_s / result.queue_refresh_s) + 1) + finished * (
         math.floor(window_s / result.finished_refresh_s) + 1
     )
+    # and the claimer's read of `retrying` every RETRYING_REREAD_S whatever the counter says (docs/performance.md:
+    # "at most one more read per 5 minutes"); a 300 s window can hold two
+    gauges += math.floor(window_s / RETRYING_REREAD_S) + 1
     worksets = b.dropped
     s3_budget = math.ceil(worksets / 1000) + 1
     out: dict[str, Any] = {
@@ -255,7 +260,7 @@ def _idle(result: Result, bounds: Bounds, violations: list[str]) -> dict[str, An
         if dynamodb > bounds.idle_dynamodb * edge + gauges:
             violations.append(
                 f"d{d}: {dynamodb} DynamoDB calls in {intervals:.0f} idle intervals ({dynamodb / intervals:.2f} each; "
-                f"budget {bounds.idle_dynamodb:g} each + {gauges} for the queue gauges)"
+                f"budget {bounds.idle_dynamodb:g} each + {gauges} for the queue gauges and the retrying re-reads)"
             )
         if s3 > s3_budget * edge:
             violations.append(
