@@ -120,11 +120,11 @@ class Intake:
         """Shutdown: let the running steps finish for up to ``grace_s`` (or until ``fast``), then stop what still
         runs; each driver releases its workset to ``ready`` once its step's processes are gone."""
         if self.drivers:
-            with phase("shutdown: drain", running=len(self.drivers), grace_s=grace_s):
+            with phase(log, "shutdown: drain", running=len(self.drivers), grace_s=grace_s):
                 self.drain.set()
                 await self.wait_drivers(grace_s, until=fast)
         if self.drivers:
-            with phase("shutdown: stop steps and release", running=len(self.drivers)):
+            with phase(log, "shutdown: stop steps and release", running=len(self.drivers)):
                 self.kill.set()
                 await self.wait_drivers(None)
 

@@ -108,9 +108,9 @@ class Loops:
 
 
 @contextlib.contextmanager
-def phase(name: str, **kw: Any) -> Iterator[None]:
-    """A logged, timed phase of the daemon's life (the shutdown's)."""
+def phase(logger: Any, name: str, **kw: Any) -> Iterator[None]:
+    """A phase of the daemon's life (the shutdown's), logged with its duration by the module doing it."""
     started = time.monotonic()
-    log.info(name, **kw)
+    logger.info(name, **kw)
     yield
-    log.info(f"{name}: done", seconds=round(time.monotonic() - started, 3))
+    logger.info(f"{name}: done", seconds=round(time.monotonic() - started, 3))

@@ -171,14 +171,14 @@ class Supervisor:
     async def _shutdown(self) -> None:
         s, intake = self.services, self.intake
         s.notifier.stopping("stopping: draining running steps")
-        with phase("shutdown: stop intake", running=len(intake.drivers)):
+        with phase(log, "shutdown: stop intake", running=len(intake.drivers)):
             for task in self._roots.values():
                 task.cancel()
             await asyncio.gather(*self._roots.values(), return_exceptions=True)
         grace_s = 0.0 if self._fast.is_set() else self.settings.run.shutdown_grace_s
         await intake.stop(grace_s=grace_s, fast=self._fast)
         if s.outbox is not None:
-            with phase("shutdown: flush notifications"):
+            with phase(log, "shutdown: flush notifications"):
                 await s.outbox.flush(timeout_s=10.0)
         if self.side_port is not None:
             self.side_port.stop()
