@@ -367,6 +367,16 @@ def test_the_deployment_guide_works_as_written(site: dict[str, Any]) -> None:
     assert "cancelled" in result.stdout and "SUCCESS" in result.stdout
 
 
+def test_no_guide_command_cuts_its_writer_off() -> None:
+    """The guide's commands run under ``set -o pipefail`` (as in our test hosts and many operators' shells): a reader
+    that stops early (``| head``) fails the writer (curl: exit 23, "Failed writing body") whenever the body outlives
+    the pipe buffer or the race. The guide shows whole reads (``grep``) instead."""
+    from tests.deploy import guide
+
+    early = [c.text for c in guide.commands() if re.search(r"\|\s*(head|sed\s+-n\s+\S+q)\b", c.text)]
+    assert early == []
+
+
 def test_the_configuration_reference_lists_every_key() -> None:
     documented = set(re.findall(r"^\| `([a-z_.\[\]]+)` \|", (ROOT / "docs/configuration.md").read_text(), re.M))
     from tests.test_config import _field_paths
