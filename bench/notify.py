@@ -31,6 +31,7 @@ from monitor.aws.emulator import Emulator
 from monitor.clock import SystemClock
 from monitor.config import NotifyConfig, TableConfig
 from monitor.model import Priority, WorksetId
+from monitor.notify import filters
 from monitor.notify.outbox import Doorbell, Outbox
 from monitor.notify.webhook import WebhookChannel
 from monitor.states import Context
@@ -54,10 +55,12 @@ async def measure(endpoint: str, server: FakeServer, count: int, gap_s: float) -
     )
     schema.ensure_table(client, TableConfig(name="bench-notify"), poll_s=0.1)
     notify = NotifyConfig.model_validate({"events": ["invalid"], "webhook": {"url": server.url}})
-    doorbell = Doorbell(notify)
-    store = DynamoStore(client, "bench-notify", outbox=doorbell.wants, on_pending=doorbell.ring)
+    doorbell = Doorbell()
+    store = DynamoStore(client, "bench-notify", on_pending=doorbell.ring)
     clock = SystemClock()
-    outbox = Outbox(store, clock, owner="bench:1:0", doorbell=doorbell, channels=[WebhookChannel(notify.webhook)])  # type: ignore[arg-type]
+    assert notify.webhook is not None
+    channels = [WebhookChannel(notify.webhook)]
+    outbox = Outbox(store, clock, owner="bench:1:0", doorbell=doorbell, notify=notify, channels=channels)
     stop = asyncio.Event()
 
     async def notifier() -> None:  # what the daemon's notifier loop does: a pass whenever the doorbell rings
@@ -70,7 +73,7 @@ async def measure(endpoint: str, server: FakeServer, count: int, gap_s: float) -
     committed: dict[str, int] = {}
     for i in range(count):
         name = f"ws-{i:04d}"
-        ctx = Context(now_ms=clock.now_ms(), actor="bench")
+        ctx = Context(now_ms=clock.now_ms(), actor="bench", notify=filters.wanted(notify))
         await actions.register(
             store,
             workset_id=WorksetId(name),

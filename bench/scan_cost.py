@@ -40,6 +40,7 @@ from monitor.aws.s3 import S3Source
 from monitor.clock import SystemClock
 from monitor.config import TableConfig
 from monitor.scanner import Scanner
+from monitor.states import nobody
 
 BUCKET, PREFIX, TABLE = "bench-lab", "worksets/", "bench-scan"
 DATA_OBJECTS = 50
@@ -97,10 +98,10 @@ def measure(count: int) -> dict[str, Any]:
         store, source = DynamoStore(dynamodb, TABLE), S3Source(s3, BUCKET)
 
         async def run() -> dict[str, Any]:
-            scanner = Scanner(store, source, SystemClock(), prefixes=[PREFIX], actor="bench")
+            scanner = Scanner(store, source, SystemClock(), prefixes=[PREFIX], actor="bench", notify=nobody)
             first = await cycle(scanner, sends)
             idle = await cycle(scanner, sends)
-            restarted = Scanner(store, source, SystemClock(), prefixes=[PREFIX], actor="bench")
+            restarted = Scanner(store, source, SystemClock(), prefixes=[PREFIX], actor="bench", notify=nobody)
             after_restart = await cycle(restarted, sends)
             idle_after_restart = await cycle(restarted, sends)
             return {"first": first, "idle": idle, "restart": after_restart, "idle_after_restart": idle_after_restart}

@@ -51,16 +51,14 @@ class App:
 
     @cached_property
     def store(self) -> Store:
-        """The store for operator commands: events they cause go to the outbox for the daemon to deliver."""
-        return self.make_store(outbox=lambda event: filters.anyone_wants(self.settings.notify, event))
+        """The store for operator commands: the events they cause that some channel wants (``context``) go to the
+        outbox for a daemon to deliver."""
+        return self.make_store()
 
-    def make_store(
-        self, *, outbox: Callable[[Event], bool], on_pending: Callable[[Event, Workset], None] | None = None
-    ) -> Store:
+    def make_store(self, *, on_pending: Callable[[Event, Workset], None] | None = None) -> Store:
         store: Store = DynamoStore(
             self.clients.get("dynamodb"),
             self.settings.table.name,
-            outbox=outbox,
             on_pending=on_pending,
             executor=self.clients.table_executor,
         )
@@ -112,6 +110,7 @@ class App:
             reason=getattr(self.args, "reason", None) or default_reason,
             max_attempts=run.max_attempts,
             backoff=Backoff(base_s=run.retry_backoff_base_s, cap_s=run.retry_backoff_max_s),
+            notify=filters.wanted(self.settings.notify),
         )
 
     def emit(self, data: Any, text: str) -> None:

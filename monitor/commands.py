@@ -29,6 +29,7 @@ from monitor.model import (
     State,
     WorksetId,
 )
+from monitor.notify import filters
 from monitor.notify.outbox import Doorbell, Outbox
 from monitor.states import Action
 from monitor.supervisor import Services, Supervisor
@@ -131,13 +132,14 @@ async def cmd_run(app: App) -> int:
     environ = dict(os.environ)
     watchdog = environ.get("WATCHDOG_USEC")
     owner = leases.new_owner_id()
-    doorbell = Doorbell(settings.notify)
-    store = app.make_store(outbox=doorbell.wants, on_pending=doorbell.ring)
+    doorbell = Doorbell()
+    store = app.make_store(on_pending=doorbell.ring)
     outbox = Outbox(
         store,
         app.clock,
         owner=owner,
         doorbell=doorbell,
+        notify=settings.notify,
         channels=app.channels(settings.notify, store),
         hold_s=settings.notify.claim_s,
         recorder=metrics,
@@ -317,6 +319,7 @@ async def cmd_migrate(app: App) -> int:
         app.clock,
         prefixes=scan.prefixes,
         actor=operator_identity(),
+        notify=filters.wanted(app.settings.notify),
         in_flight=args.in_flight,
         max_manifest_bytes=scan.max_manifest_bytes,
     )

@@ -42,7 +42,7 @@ from monitor.model import Event, State, Workset
 from monitor.policy import Policy, Renewals
 from monitor.ports import Store
 from monitor.recorder import Heartbeat, Recorder, Tally
-from monitor.states import Action, Context, Decision
+from monitor.states import Action, Decision
 
 log = logs.get("monitor.leases")
 
@@ -238,13 +238,8 @@ class Holding:
         pending: list[Decision] = []  # attempts that failed transiently: any of them may have landed
         while True:
             self._check(patience)
-            ctx = Context(
-                now_ms=self._clock.now_ms(),
-                actor=self.owner,
-                reason=reason,
-                max_attempts=self._policy.max_attempts,
-                backoff=self._policy.backoff,
-                rand=self._rng.random(),
+            ctx = self._policy.context(
+                now_ms=self._clock.now_ms(), actor=self.owner, reason=reason, rand=self._rng.random()
             )
             decision = states.decide(self.ws, action, ctx, **kw)  # type: ignore[arg-type]
             try:

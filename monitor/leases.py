@@ -37,7 +37,7 @@ from monitor.model import Due, Fleet, Lease, State, Workset, WorksetId
 from monitor.policy import COOL_OFF_MAX_S, Policy, Renewals
 from monitor.ports import Store
 from monitor.recorder import Claim, Recorder, Tally
-from monitor.states import Action, Context, Decision
+from monitor.states import Action, Decision
 
 log = logs.get("monitor.leases")
 
@@ -178,7 +178,7 @@ class Claimer:
             heartbeat_at_ms=now_ms,
             expires_at_ms=now_ms + round(self._policy.duration_s * 1000),
         )
-        ctx = Context(now_ms=now_ms, actor=self.owner, reason="claimed", max_attempts=self._policy.max_attempts)
+        ctx = self._policy.context(now_ms=now_ms, actor=self.owner, reason="claimed")
         try:
             decision = states.decide(candidate, Action.CLAIM, ctx, lease=lease)
         except errors.IllegalTransition:  # the index was stale: not claimable (any more)
@@ -249,11 +249,10 @@ class Claimer:
             try:
                 current = await self._store.get(ws_id)
                 if current is not None and _holds(current, token):
-                    ctx = Context(
+                    ctx = self._policy.context(
                         now_ms=self._clock.now_ms(),
                         actor=self.owner,
                         reason="given back unrun: the claim's response was lost, so no step was started",
-                        max_attempts=self._policy.max_attempts,
                     )
                     decision = states.decide(current, Action.RELEASE, ctx)
                     await self._store.commit(decision, fence_token=token)

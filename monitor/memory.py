@@ -63,13 +63,11 @@ class MemoryStore:
     def __init__(
         self,
         *,
-        outbox: Callable[[Event], bool] | None = None,
         on_pending: Callable[[Event, Workset], None] | None = None,
         faults: Faults | None = None,
     ) -> None:
         self._worksets: dict[WorksetId, Workset] = {}
         self._events: dict[WorksetId, list[Event]] = {}
-        self._outbox = outbox
         self._on_pending = on_pending
         self._claims: dict[str, tuple[str, int]] = {}  # event id -> (owner, until ms): not due before then
         self._running = 0  # the fleet counter item's: in progress fleet-wide
@@ -142,10 +140,7 @@ class MemoryStore:
         return after
 
     def _outboxed(self, event: Event, ws: Workset) -> Event:
-        if not (self._outbox and self._outbox(event)):
-            return event
-        event = dataclasses.replace(event, pending=True)
-        if self._on_pending is not None:
+        if event.pending and self._on_pending is not None:
             self._on_pending(event, ws)
         return event
 

@@ -23,7 +23,7 @@ from typing import Literal
 
 from monitor import actions, legacy, validation
 from monitor.clock import Clock
-from monitor.model import Priority, State, Workset, WorksetId, check_workset_id
+from monitor.model import Event, Priority, State, Workset, WorksetId, check_workset_id
 from monitor.ports import Source, Store
 from monitor.states import Context
 
@@ -77,10 +77,12 @@ class Migration:
         *,
         prefixes: list[str],
         actor: str,
+        notify: Callable[[Event], bool],
         in_flight: InFlight = "skip",
         max_manifest_bytes: int = 10 << 20,
     ) -> None:
         self._store, self._source, self._clock = store, source, clock
+        self._notify = notify  # which events some channel wants (states.Context.notify)
         self._prefixes = prefixes
         self._actor = actor
         self._in_flight = in_flight
@@ -107,7 +109,7 @@ class Migration:
                 bucket=self._source.bucket,
                 prefix=plan.folder,
                 priority=plan.priority,
-                ctx=Context(now_ms=self._clock.now_ms(), actor=self._actor, reason=plan.reason),
+                ctx=Context(now_ms=self._clock.now_ms(), actor=self._actor, reason=plan.reason, notify=self._notify),
                 invalid_reason=plan.reason if plan.invalid else None,
                 imported=plan.target if plan.target and not plan.invalid else State.READY,
                 imported_error=plan.reason if plan.target is State.ERROR else None,

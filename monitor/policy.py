@@ -1,4 +1,5 @@
-"""Lease and retry timings (``Policy``), and a daemon's standing as a renewer (``Renewals``)."""
+"""The rules of a daemon's decisions (``Policy``: lease and retry timings, which events are notified), and its standing
+as a renewer (``Renewals``)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ from dataclasses import dataclass, field
 
 from monitor import logs
 from monitor.clock import Clock
-from monitor.config import LeaseConfig, RunConfig
+from monitor.config import Settings
 from monitor.live import reader
-from monitor.states import Backoff
+from monitor.model import Event
+from monitor.notify import filters
+from monitor.states import Backoff, Context, nobody
 
 log = logs.get("monitor.leases")
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Lease and retry timings, all derived from the configuration."""
+    """Lease and retry timings and which events some channel wants, all derived from the configuration."""
 
     duration_s: float = 60.0
     heartbeat_s: float = 15.0
@@ -24,9 +27,11 @@ class Policy:
     max_attempts: int = 3
     backoff: Backoff = field(default_factory=Backoff)
     fleet_cap: int | None = None
+    notify: Callable[[Event], bool] = nobody
 
     @classmethod
-    def from_config(cls, lease: LeaseConfig, run: RunConfig) -> Policy:
+    def from_settings(cls, settings: Settings) -> Policy:
+        lease, run = settings.lease, settings.run
         return cls(
             duration_s=lease.duration_s,
             heartbeat_s=lease.heartbeat_s,
@@ -34,6 +39,19 @@ class Policy:
             max_attempts=run.max_attempts,
             backoff=Backoff(base_s=run.retry_backoff_base_s, cap_s=run.retry_backoff_max_s),
             fleet_cap=run.max_fleet_concurrent,
+            notify=filters.wanted(settings.notify),
+        )
+
+    def context(self, *, now_ms: int, actor: str, reason: str, rand: float = 0.5) -> Context:
+        """What ``states.decide`` needs to decide under these rules."""
+        return Context(
+            now_ms=now_ms,
+            actor=actor,
+            reason=reason,
+            max_attempts=self.max_attempts,
+            backoff=self.backoff,
+            rand=rand,
+            notify=self.notify,
         )
 
     @property

@@ -31,7 +31,7 @@ from monitor import actions, errors, logs, validation
 from monitor.clock import Clock
 from monitor.live import reader
 from monitor.loops import Loops, Seconds
-from monitor.model import EventType, Folder, Priority, State, WorksetId
+from monitor.model import Event, EventType, Folder, Priority, State, WorksetId
 from monitor.ports import Source, Store
 from monitor.states import Action, Context
 
@@ -74,14 +74,17 @@ class Scanner:
         prefixes: Sequence[str] | Callable[[], Sequence[str]],
         actor: str,
         max_manifest_bytes: int | Callable[[], int] = 10 << 20,
+        notify: Callable[[Event], bool],
     ) -> None:
-        """``prefixes`` and ``max_manifest_bytes`` may be getters, read at every scan (a reload applies live)."""
+        """``prefixes`` and ``max_manifest_bytes`` may be getters, read at every scan (a reload applies live);
+        ``notify`` says which events some channel wants (``states.Context.notify``)."""
         self._store = store
         self._source = source
         self._clock = clock
         self.prefixes = reader(prefixes)
         self._actor = actor
         self._max_manifest_bytes = reader(max_manifest_bytes)
+        self._notify = notify
         self._known: dict[WorksetId, str] | None = None  # id -> Folder.location
         self._legacy: set[str] = set()  # locations left to `migrate`, not looked at again until restart
         self._reported: set[str] = set()  # duplicate locations already reported
@@ -181,7 +184,7 @@ class Scanner:
         reason: str = "found in S3",
     ) -> Found:
         workset_id = folder.workset_id
-        ctx = Context(now_ms=self._clock.now_ms(), actor=self._actor, reason=reason)
+        ctx = Context(now_ms=self._clock.now_ms(), actor=self._actor, reason=reason, notify=self._notify)
         created, ws = await actions.register(
             self._store,
             workset_id=workset_id,
@@ -217,7 +220,7 @@ class Scanner:
         history = await self._store.history(workset_id)
         if any(e.type is EventType.DUPLICATE and e.reason == reason for e in history):
             return Found.DUPLICATE
-        ctx = Context(now_ms=self._clock.now_ms(), actor=self._actor, reason=reason)
+        ctx = Context(now_ms=self._clock.now_ms(), actor=self._actor, reason=reason, notify=self._notify)
         try:
             await actions.act(self._store, workset_id, Action.REPORT_DUPLICATE, ctx)
         except errors.MonitorError as exc:

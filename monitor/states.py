@@ -12,6 +12,7 @@ dead letter).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -140,9 +141,16 @@ class Backoff:
         return ceiling / 2 + rand * ceiling / 2
 
 
+def nobody(event: Event) -> bool:
+    """The notification policy of a context that has none: no channel wants any event."""
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
-    """Everything ``decide`` needs besides the workset: who acts, when, and the retry policy."""
+    """Everything ``decide`` needs besides the workset: who acts, when, the retry policy, and which events some
+    notification channel wants (those enter the outbox: the event is written ``pending``). Every writer in the
+    daemon and the CLI passes its configuration's ``notify`` (``tests/test_architecture.py`` checks)."""
 
     now_ms: int
     actor: str
@@ -150,6 +158,7 @@ class Context:
     max_attempts: int = 3
     backoff: Backoff = field(default_factory=Backoff)
     rand: float = 0.5
+    notify: Callable[[Event], bool] = nobody
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +217,7 @@ def new_workset(
         detail=_bounded(error or ""),
     )
     # A placeholder "before": registration has no prior record; stores treat version 0 as "must not exist".
-    return Decision(before=dataclasses.replace(ws, version=0), after=ws, event=event)
+    return Decision(before=dataclasses.replace(ws, version=0), after=ws, event=_announced(event, ctx))
 
 
 def decide(
@@ -309,7 +318,12 @@ def decide(
         detail=_bounded(error or detail),
         priority=after.priority,
     )
-    return Decision(before=ws, after=after, event=event)
+    return Decision(before=ws, after=after, event=_announced(event, ctx))
+
+
+def _announced(event: Event, ctx: Context) -> Event:
+    """The event, pending in the notification outbox if some channel wants it."""
+    return dataclasses.replace(event, pending=True) if ctx.notify(event) else event
 
 
 def table_text(text: str, limit: int, *, keep: str = "start") -> str:

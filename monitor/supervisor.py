@@ -32,6 +32,7 @@ from monitor.intake import Intake
 from monitor.leases import Policy
 from monitor.live import Live
 from monitor.loops import Loops, phase
+from monitor.notify import filters
 from monitor.notify.outbox import deliver_forever
 from monitor.recorder import Tally
 from monitor.reloader import Reloader
@@ -54,7 +55,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._fast = asyncio.Event()
         self.loops = Loops(s.clock, self._stop)
-        policy = live.derive(lambda new: Policy.from_config(new.lease, new.run))
+        policy = live.derive(Policy.from_settings)
         self.scanner = Scanner(
             s.store,
             s.source,
@@ -62,6 +63,7 @@ class Supervisor:
             prefixes=live.derive(lambda new: list(new.scan.prefixes)),
             actor=f"scanner:{s.owner}",
             max_manifest_bytes=live.derive(lambda new: new.scan.max_manifest_bytes),
+            notify=lambda event: filters.anyone_wants(live.settings.notify, event),
         )
         rec = s.metrics or Tally()
         self.sweeper = Sweeper(s.store, s.clock, actor=f"sweeper:{s.owner}", policy=policy, recorder=rec)

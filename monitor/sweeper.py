@@ -37,7 +37,7 @@ from monitor.loops import Loops, Seconds
 from monitor.model import Fleet, WorksetId
 from monitor.ports import Store
 from monitor.recorder import Recorder, Tally
-from monitor.states import Action, Context, Decision
+from monitor.states import Action, Decision
 
 log = logs.get("monitor.sweeper")
 
@@ -139,12 +139,10 @@ class Sweeper:
                 seen[ws.workset_id] = previous
                 continue
             owner = ws.lease.owner if ws.lease else "nobody"
-            ctx = Context(
+            ctx = self._policy.context(
                 now_ms=self._clock.now_ms(),
                 actor=self._actor,
                 reason=f"no heartbeat from {owner} for {silent_s:.0f} s",
-                max_attempts=self._policy.max_attempts,
-                backoff=self._policy.backoff,
                 rand=self._rng.random(),
             )
             decision = states.decide(ws, Action.EXPIRE, ctx, error=ctx.reason, error_category="lease")

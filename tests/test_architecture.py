@@ -186,3 +186,31 @@ def test_the_private_write_check_sees_one(tmp_path: Path) -> None:
         "def test():\n    sup._clock = None\n    self._ok = 1\n    sup._s.clock, ok.x = 1, 2\n    sup.fine = 3\n"
     )
     assert private_writes(tmp_path) == ["tests/test_x.py:2 sets ._clock", "tests/test_x.py:4 sets ._s.clock"]
+
+
+def contexts_without_notify(root: Path = ROOT) -> list[str]:
+    """``states.Context(...)`` built in monitor/ without ``notify=``: its events would never be notified."""
+    found = []
+    for path in sorted((root / "monitor").rglob("*.py")):
+        for call in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(call, ast.Call)
+                and getattr(call.func, "id", getattr(call.func, "attr", "")) == "Context"
+                and "notify" not in {k.arg for k in call.keywords}
+            ):
+                found.append(f"{path.relative_to(root)}:{call.lineno}")
+    return found
+
+
+def test_every_decision_context_says_which_events_are_notified() -> None:
+    assert contexts_without_notify() == []
+
+
+def test_the_context_check_sees_a_context_without_notify(tmp_path: Path) -> None:
+    (tmp_path / "monitor").mkdir()
+    (tmp_path / "monitor" / "writer.py").write_text(
+        "from monitor import states\n"
+        "ctx = states.Context(now_ms=1, actor='a')\n"
+        "ok = states.Context(now_ms=1, actor='a', notify=f)\n"
+    )
+    assert contexts_without_notify(tmp_path) == ["monitor/writer.py:2"]

@@ -23,7 +23,7 @@ from monitor.clock import SystemClock
 from monitor.config import TableConfig
 from monitor.model import Lease, Priority, State, WorksetId
 from monitor.scanner import Scanner
-from monitor.states import Action, Context
+from monitor.states import Action, Context, nobody
 from tests.conftest import REGION, register, run
 from tests.lab import BUCKET, Lab
 
@@ -443,7 +443,7 @@ def test_a_folder_registered_under_a_stand_in_id_is_never_run(
     lab.workset(name)
     store = DynamoStore(boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint), "daylily-worksets")
     s3 = S3Source(boto3.client("s3", region_name=REGION, endpoint_url=aws_endpoint), BUCKET)
-    scanner = Scanner(store, s3, SystemClock(), prefixes=["worksets/"], actor="scanner:test")
+    scanner = Scanner(store, s3, SystemClock(), prefixes=["worksets/"], actor="scanner:test", notify=nobody)
     stand_in = scanner.folder("worksets/", name).workset_id  # what a scan registers it under, as invalid
     run(
         actions.register(
@@ -575,6 +575,23 @@ def test_history_shows_what_each_channel_made_of_an_event(ready_table: Path, aws
     assert event["delivery_rounds"] == 3 and event["notification_pending"] is False
     _, out, _ = main(capsys, *cfg, "history", "ws-n")
     assert "sns: failed: NotFound: Endpoint does not exist" in out and "webhook: sent" in out
+
+
+def test_an_operator_s_changes_enter_the_outbox_when_a_channel_wants_them(ready_table: Path, capsys: Any) -> None:
+    """The CLI writes the events its actions cause as the daemon does: pending in the outbox exactly when some
+    configured channel wants them (a daemon delivers them), by the same [notify] filters."""
+    with ready_table.open("a") as config:
+        config.write(
+            '\n[notify]\nevents = ["registered", "cancelled"]\nmin_priority = "low"\n'
+            '[notify.webhook]\nurl = "http://127.0.0.1:9/hook"\n'
+        )
+    cfg = ("--config", str(ready_table))
+    for action in (("register", "ws-n", "--no-validate"), ("set-priority", "ws-n", "urgent"), ("cancel", "ws-n")):
+        assert main(capsys, *cfg, *action)[0] == 0, action
+    assert main(capsys, *cfg, "retry", "ws-n")[0] == 0
+    _, out, _ = main(capsys, *cfg, "history", "ws-n", "--json")
+    pending = {event["type"]: event["notification_pending"] for event in json.loads(out)}
+    assert pending == {"registered": True, "priority_changed": False, "cancelled": True, "reopened": False}
 
 
 def test_setting_the_priority_a_workset_has_writes_nothing(ready_table: Path, capsys: Any) -> None:

@@ -17,6 +17,7 @@ from monitor.config import TableConfig
 from monitor.events import ReadyListener, ready_objects
 from monitor.model import State, WorksetId
 from monitor.scanner import Scanner
+from monitor.states import nobody
 from tests.conftest import REGION, run
 from tests.lab import BUCKET, Lab
 
@@ -42,7 +43,9 @@ def setup(store_class: type[DynamoStore] = DynamoStore) -> tuple[Any, Any, Dynam
     dynamodb = boto3.client("dynamodb", region_name=REGION)
     schema.ensure_table(dynamodb, TableConfig(name="events"))
     store = store_class(dynamodb, "events")
-    scanner = Scanner(store, S3Source(s3, BUCKET), FakeClock(), prefixes=["incoming/", "urgent runs/"], actor="s")
+    scanner = Scanner(
+        store, S3Source(s3, BUCKET), FakeClock(), prefixes=["incoming/", "urgent runs/"], actor="s", notify=nobody
+    )
     listener = ReadyListener(SqsQueue(sqs, url), scanner, bucket=BUCKET)
     return s3, sqs, store, listener, Lab(s3)
 

@@ -19,6 +19,7 @@ from monitor.clock import FakeClock
 from monitor.config import TableConfig
 from monitor.migration import Migration
 from monitor.model import State
+from monitor.states import nobody
 from tests.conftest import REGION, run
 from tests.lab import BUCKET, Lab
 
@@ -77,6 +78,7 @@ def migration(lab: Lab, store: DynamoStore, in_flight: str = "skip") -> Migratio
         FakeClock(),
         prefixes=["daylily_monitoring/active_worksets/"],
         actor="operator:test@host",
+        notify=nobody,
         in_flight=in_flight,
     )  # type: ignore[arg-type]
 
@@ -184,10 +186,17 @@ def test_the_summary_groups_stay_few_and_a_second_run_says_what_it_skipped(mocke
         lab.workset(f"dup-{i}", prefix="daylily_monitoring/active_worksets/", samples=1)
         lab.workset(f"dup-{i}", prefix="elsewhere/", samples=1)
     run(
-        Migration(store, S3Source(s3, BUCKET), FakeClock(), prefixes=["elsewhere/"], actor="operator:t@h").apply(
+        Migration(
+            store, S3Source(s3, BUCKET), FakeClock(), prefixes=["elsewhere/"], actor="operator:t@h", notify=nobody
+        ).apply(
             run(
                 Migration(
-                    store, S3Source(s3, BUCKET), FakeClock(), prefixes=["elsewhere/"], actor="operator:t@h"
+                    store,
+                    S3Source(s3, BUCKET),
+                    FakeClock(),
+                    prefixes=["elsewhere/"],
+                    actor="operator:t@h",
+                    notify=nobody,
                 ).plan()
             )
         )

@@ -22,7 +22,7 @@ from monitor.config import NotifyConfig, TableConfig
 from monitor.leases import Claimer, Policy
 from monitor.memory import MemoryStore
 from monitor.model import Event, EventType, Priority, State, WorksetId
-from monitor.notify import linear, message, webhook
+from monitor.notify import filters, linear, message, webhook
 from monitor.notify.linear import LinearChannel, linear_issue_lookup
 from monitor.notify.outbox import Channel, Doorbell, Outbox
 from monitor.notify.webhook import WebhookChannel
@@ -44,8 +44,9 @@ class Rig:
 
     def __init__(self, notify: dict[str, Any], store: Any = None) -> None:
         self.clock = FakeClock()
-        self.doorbell = Doorbell(NotifyConfig.model_validate(notify))
-        self.store = store or MemoryStore(outbox=self.doorbell.wants, on_pending=self.doorbell.ring)
+        self.notify = NotifyConfig.model_validate(notify)
+        self.doorbell = Doorbell()
+        self.store = store or MemoryStore(on_pending=self.doorbell.ring)
         self.waits: list[float] = []
         self.channels: list[Channel] = []
 
@@ -58,6 +59,7 @@ class Rig:
             self.clock,
             owner=owner,
             doorbell=self.doorbell,
+            notify=self.notify,
             channels=self.channels,
             sleep=self.sleep,
             backoff_s=0.01,
@@ -71,18 +73,26 @@ class Rig:
             bucket="lab-bucket",
             prefix=f"w/{name}/",
             priority=priority,
-            ctx=Context(now_ms=self.clock.now_ms(), actor="scanner"),
+            ctx=self.context("scanner"),
             invalid_reason=invalid,
         )
 
     async def run_once(self, name: str, *, fail: str | None = None) -> None:
         """Claim the workset and complete it (or fail it permanently)."""
-        [held] = await Claimer(self.store, self.clock, owner="host-a:1:0", policy=Policy()).claim(slots=1)
+        [held] = await Claimer(self.store, self.clock, owner="host-a:1:0", policy=self.policy).claim(slots=1)
         assert held.workset_id == name
         if fail:
             await held.fail(fail, temporary=False)
         else:
             await held.complete()
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(notify=filters.wanted(self.notify))
+
+    def context(self, actor: str) -> Context:
+        """A decision's context under this rig's notification policy, as the daemon and the CLI make it."""
+        return Context(now_ms=self.clock.now_ms(), actor=actor, notify=filters.wanted(self.notify))
 
     async def events(self, name: str) -> list[Event]:
         return await self.store.history(WorksetId(name))
@@ -106,7 +116,7 @@ def test_sns_publishes_a_filterable_message_read_back_through_sqs(mocked_aws: No
     dynamodb = boto3.client("dynamodb", region_name=REGION)
     schema.ensure_table(dynamodb, TableConfig(name="notify"))
     rig = Rig({"sns": {"topic_arn": topic}})
-    rig.store = DynamoStore(dynamodb, "notify", outbox=rig.doorbell.wants, on_pending=rig.doorbell.ring)
+    rig.store = DynamoStore(dynamodb, "notify", on_pending=rig.doorbell.ring)
     rig.channels = [SnsChannel(sns, topic)]
     long_name = "ws-" + "x" * 120
 
@@ -159,7 +169,7 @@ def test_a_subject_never_exceeds_100_characters_or_one_line() -> None:
 
 def test_linear_makes_one_issue_per_workset_and_comments_after(server: FakeServer) -> None:
     rig = Rig({"events": ["invalid", "error", "complete", "retrying"], **linear_cfg(server)})
-    rig.channels = [LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
+    rig.channels = [LinearChannel(rig.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
 
     async def scenario() -> None:
         await rig.register("ws-1")
@@ -167,7 +177,7 @@ def test_linear_makes_one_issue_per_workset_and_comments_after(server: FakeServe
         await rig.register("ws-2", priority=Priority.LOW)
         await rig.run_once("ws-2")  # complete, never in trouble: no issue, no comment
         await rig.outbox().deliver_pending()
-        await actions.act(rig.store, WorksetId("ws-1"), Action.RETRY, Context(now_ms=rig.clock.now_ms(), actor="op"))
+        await actions.act(rig.store, WorksetId("ws-1"), Action.RETRY, rig.context("op"))
         await rig.run_once("ws-1")  # complete after the fix: a comment on the same issue
         await rig.outbox().deliver_pending()
         assert [e.notified.get("linear") for e in await rig.events("ws-2") if e.type is EventType.COMPLETE] == [
@@ -192,7 +202,7 @@ def test_linear_retries_429_and_500_honouring_the_reset_and_never_sends_twice(se
         Reply(200, {"data": {"issueCreate": {"success": True}}}),
     ]
     rig = Rig(linear_cfg(server))
-    rig.channels = [LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
+    rig.channels = [LinearChannel(rig.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
 
     async def scenario() -> None:
         await rig.register("ws-1", invalid="manifest missing")
@@ -210,7 +220,7 @@ def test_linear_retries_429_and_500_honouring_the_reset_and_never_sends_twice(se
 def test_linear_timeouts_are_retried_and_a_duplicate_after_a_lost_response_counts_as_sent(server: FakeServer) -> None:
     server.script = [Reply(delay_s=1.0), Reply(200, {"errors": [{"message": "Entity already exists"}]})]
     rig = Rig(linear_cfg(server))
-    rig.channels = [LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
+    rig.channels = [LinearChannel(rig.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
 
     async def scenario() -> None:
         await rig.register("ws-1", invalid="manifest missing")
@@ -224,7 +234,7 @@ def test_linear_timeouts_are_retried_and_a_duplicate_after_a_lost_response_count
 def test_a_rejected_linear_key_is_permanent_loud_and_not_retried(server: FakeServer, caplog: Any) -> None:
     server.default = Reply(401, {"errors": [{"message": "Authentication required"}]})
     rig = Rig(linear_cfg(server))
-    rig.channels = [LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
+    rig.channels = [LinearChannel(rig.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
 
     async def scenario() -> None:
         await rig.register("ws-1", invalid="manifest missing")
@@ -241,7 +251,7 @@ def test_a_rejected_linear_key_is_permanent_loud_and_not_retried(server: FakeSer
 def test_a_channel_down_for_good_is_given_up_after_the_rounds(server: FakeServer) -> None:
     server.default = Reply(503)
     rig = Rig(linear_cfg(server))
-    rig.channels = [LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
+    rig.channels = [LinearChannel(rig.notify.linear, has_issue=linear_issue_lookup(rig.store))]  # type: ignore[arg-type]
 
     async def scenario() -> None:
         await rig.register("ws-1", invalid="manifest missing")
@@ -263,7 +273,7 @@ def test_a_channel_down_for_good_is_given_up_after_the_rounds(server: FakeServer
 def test_the_webhook_posts_slack_text_and_fields_and_signs_them(server: FakeServer) -> None:
     server.script = [Reply(500)]
     rig = Rig({"webhook": {"url": server.url, "secret": "s3cr3t"}})
-    rig.channels = [WebhookChannel(rig.doorbell.notify.webhook)]  # type: ignore[arg-type]
+    rig.channels = [WebhookChannel(rig.notify.webhook)]  # type: ignore[arg-type]
 
     async def scenario() -> None:
         await rig.register("ws-1", invalid="manifest missing")
@@ -292,8 +302,8 @@ def test_filters_per_channel_and_priority(server: FakeServer) -> None:
     }
     rig = Rig(config)
     rig.channels = [
-        LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store)),  # type: ignore[arg-type]
-        WebhookChannel(rig.doorbell.notify.webhook),
+        LinearChannel(rig.notify.linear, has_issue=linear_issue_lookup(rig.store)),  # type: ignore[arg-type]
+        WebhookChannel(rig.notify.webhook),
     ]  # type: ignore[arg-type]
 
     async def scenario() -> None:
@@ -316,7 +326,7 @@ def test_filters_per_channel_and_priority(server: FakeServer) -> None:
 
 def test_two_daemons_never_both_send_an_event(server: FakeServer) -> None:
     rig = Rig({"webhook": {"url": server.url}})
-    rig.channels = [WebhookChannel(rig.doorbell.notify.webhook)]  # type: ignore[arg-type]
+    rig.channels = [WebhookChannel(rig.notify.webhook)]  # type: ignore[arg-type]
 
     async def scenario() -> None:
         for i in range(10):
@@ -338,7 +348,7 @@ def test_an_outbox_forgets_the_events_another_daemon_delivered(server: FakeServe
     by this daemon for the rest of its life, since only its own delivery ever forgot it; one entry per event. Outboxes
     now remember nothing per event: an event under someone's claim is not due until the claim runs out."""
     rig = Rig({"webhook": {"url": server.url}})
-    rig.channels = [WebhookChannel(rig.doorbell.notify.webhook)]  # type: ignore[arg-type]
+    rig.channels = [WebhookChannel(rig.notify.webhook)]  # type: ignore[arg-type]
 
     async def scenario() -> None:
         a, b = rig.outbox("host-a:1:0", hold_s=10), rig.outbox("host-b:2:0", hold_s=10)
@@ -359,8 +369,8 @@ def test_an_outbox_forgets_the_events_another_daemon_delivered(server: FakeServe
 def test_a_crash_mid_delivery_resends_only_what_was_not_recorded(server: FakeServer) -> None:
     rig = Rig({"webhook": {"url": server.url}, **linear_cfg(server)})
     rig.channels = [
-        LinearChannel(rig.doorbell.notify.linear, has_issue=linear_issue_lookup(rig.store)),  # type: ignore[arg-type]
-        WebhookChannel(rig.doorbell.notify.webhook),
+        LinearChannel(rig.notify.linear, has_issue=linear_issue_lookup(rig.store)),  # type: ignore[arg-type]
+        WebhookChannel(rig.notify.webhook),
     ]  # type: ignore[arg-type]
 
     class Crash(Exception):
@@ -450,7 +460,7 @@ def outbox_rig(request: pytest.FixtureRequest) -> Rig:
     if request.param == "dynamodb":
         client = request.getfixturevalue("dynamodb")
         schema.ensure_table(client, TableConfig(name="notify"))
-        rig.store = DynamoStore(client, "notify", outbox=rig.doorbell.wants, on_pending=rig.doorbell.ring)
+        rig.store = DynamoStore(client, "notify", on_pending=rig.doorbell.ring)
     return rig
 
 
@@ -466,7 +476,13 @@ def test_one_channel_down_never_holds_back_the_others(outbox_rig: Rig) -> None:
         await rig.clock.sleep(seconds)  # the channel retries' backoff takes (fake) time
 
     outbox = Outbox(
-        rig.store, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, channels=[webhook_, sns], sleep=sleep
+        rig.store,
+        rig.clock,
+        owner="host-a:1:0",
+        doorbell=rig.doorbell,
+        notify=rig.notify,
+        channels=[webhook_, sns],
+        sleep=sleep,
     )
 
     async def scenario() -> None:
@@ -516,7 +532,7 @@ def test_a_corrupt_event_or_workset_never_stops_the_outbox(dynamodb: Any) -> Non
     out of the delivery pass, every pass: the notifier died and took the daemon with it."""
     schema.ensure_table(dynamodb, TableConfig(name="notify"))
     rig = Rig({"sns": {"topic_arn": ARN}})
-    rig.store = DynamoStore(dynamodb, "notify", outbox=rig.doorbell.wants, on_pending=rig.doorbell.ring)
+    rig.store = DynamoStore(dynamodb, "notify", on_pending=rig.doorbell.ring)
     sns = FakeChannel("sns", rig.clock)
     rig.channels = [sns]
 
@@ -665,7 +681,9 @@ def test_a_table_error_on_one_event_leaves_the_others_to_their_pass() -> None:
             await rig.register(name, invalid="bad")
         spy = StoreSpy(rig.store)
         spy.fail_before["finish_event"] = 1
-        outbox = Outbox(spy, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, channels=rig.channels)
+        outbox = Outbox(
+            spy, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, notify=rig.notify, channels=rig.channels
+        )
         assert await outbox.deliver_pending() == 2
         assert len(webhook_.sent) == 3  # the failed record is retried later (at least once: the event id says so)
 
@@ -707,6 +725,7 @@ def test_a_backlog_owed_to_a_down_channel_costs_less_and_less_and_never_delays_a
         rig.clock,
         owner="host-a:1:0",
         doorbell=rig.doorbell,
+        notify=rig.notify,
         channels=[sns, webhook_],
         hold_s=hold_s,
         tries=1,  # SNS fails at once: what costs time here is the table
@@ -820,7 +839,7 @@ def test_a_pass_without_a_budget_reads_the_outbox_once_not_once_per_event() -> N
     rig = Rig({"webhook": {"url": "http://127.0.0.1:9/hook"}})
     webhook_ = FakeChannel("webhook", rig.clock)
     table = BusyTable(rig.store, rig.clock, seconds=0)
-    outbox = Outbox(table, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, channels=[webhook_])
+    outbox = Outbox(table, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, notify=rig.notify, channels=[webhook_])
 
     async def scenario() -> None:
         for i in range(12):
@@ -840,7 +859,14 @@ def test_a_parked_event_come_due_never_goes_before_a_new_one() -> None:
     sns, webhook_ = FakeChannel("sns", rig.clock, down=True), FakeChannel("webhook", rig.clock)
     table = BusyTable(rig.store, rig.clock, seconds=0)
     outbox = Outbox(
-        table, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, channels=[sns, webhook_], hold_s=10, tries=1
+        table,
+        rig.clock,
+        owner="host-a:1:0",
+        doorbell=rig.doorbell,
+        notify=rig.notify,
+        channels=[sns, webhook_],
+        hold_s=10,
+        tries=1,
     )
 
     async def scenario() -> None:
@@ -878,7 +904,12 @@ def test_an_event_committed_here_is_delivered_without_reading_its_workset_back(o
 
     table = BusyTable(rig.store, rig.clock, seconds=0)
     outbox = Outbox(
-        table, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, channels=[Webhook("webhook", rig.clock)]
+        table,
+        rig.clock,
+        owner="host-a:1:0",
+        doorbell=rig.doorbell,
+        notify=rig.notify,
+        channels=[Webhook("webhook", rig.clock)],
     )
 
     async def scenario() -> None:
@@ -903,7 +934,9 @@ def test_a_single_send_is_recorded_with_the_events_next_write(outbox_rig: Rig) -
     rig = outbox_rig
     sns, webhook_ = FakeChannel("sns", rig.clock), FakeChannel("webhook", rig.clock)
     table = BusyTable(rig.store, rig.clock, seconds=0)
-    outbox = Outbox(table, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, channels=[webhook_], hold_s=10)
+    outbox = Outbox(
+        table, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, notify=rig.notify, channels=[webhook_], hold_s=10
+    )
 
     async def scenario() -> None:
         await rig.register("one", invalid="bad")
@@ -916,7 +949,14 @@ def test_a_single_send_is_recorded_with_the_events_next_write(outbox_rig: Rig) -
         # SNS down and resting: the webhook's outcome goes with the event's park
         sns.down = True
         outbox2 = Outbox(
-            table, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, channels=[sns, webhook_], hold_s=10, tries=1
+            table,
+            rig.clock,
+            owner="host-a:1:0",
+            doorbell=rig.doorbell,
+            notify=rig.notify,
+            channels=[sns, webhook_],
+            hold_s=10,
+            tries=1,
         )
         await rig.register("two", invalid="bad")
         await outbox2.deliver_pending()  # both sent side by side: SNS fails and rests, the webhook is recorded
@@ -965,7 +1005,7 @@ def test_an_event_that_probed_a_channel_back_is_not_handed_back_again(dynamodb: 
     (On DynamoDB: each read is a copy of its own, as in a daemon.)"""
     rig = Rig({"webhook": {"url": "http://127.0.0.1:9/hook"}})
     schema.ensure_table(dynamodb, TableConfig(name="notify"))
-    rig.store = DynamoStore(dynamodb, "notify", outbox=rig.doorbell.wants, on_pending=rig.doorbell.ring)
+    rig.store = DynamoStore(dynamodb, "notify", on_pending=rig.doorbell.ring)
     webhook_ = FakeChannel("webhook", rig.clock, down=True)
     rig.channels = [webhook_]
     sends: list[str] = []
@@ -999,7 +1039,7 @@ def test_an_event_committed_here_is_started_once_though_the_outbox_read_shows_it
     the second through."""
     rig = Rig({"webhook": {"url": "http://127.0.0.1:9/hook"}})
     schema.ensure_table(dynamodb, TableConfig(name="notify"))
-    rig.store = DynamoStore(dynamodb, "notify", outbox=rig.doorbell.wants, on_pending=rig.doorbell.ring)
+    rig.store = DynamoStore(dynamodb, "notify", on_pending=rig.doorbell.ring)
     webhook_ = FakeChannel("webhook", rig.clock)
     rig.channels = [webhook_]
 
@@ -1016,7 +1056,9 @@ def test_an_event_committed_here_is_started_once_though_the_outbox_read_shows_it
         rig.doorbell.fresh.clear()  # committed by another daemon
         # a daemon that starts a two-event batch at its second event ("older"; "new#1" sorts first), as half do
         owner = next(f"host-{i}:1:0" for i in range(100) if zlib.crc32(f"host-{i}:1:0".encode()) % 2 == 1)
-        outbox = Outbox(SlowReads(), rig.clock, owner=owner, doorbell=rig.doorbell, channels=rig.channels)  # type: ignore[arg-type]
+        outbox = Outbox(
+            SlowReads(), rig.clock, owner=owner, doorbell=rig.doorbell, notify=rig.notify, channels=rig.channels
+        )  # type: ignore[arg-type]
         delivering = asyncio.create_task(outbox.deliver_pending())
         await asyncio.sleep(0.05)
         await rig.register("new", invalid="bad")  # during the read: in the read's answer and at the doorbell

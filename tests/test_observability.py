@@ -34,7 +34,7 @@ from monitor.notify.webhook import WebhookChannel
 from monitor.sideport import SidePort
 from monitor.steps import Runner
 from monitor.supervisor import Services, Supervisor
-from tests.conftest import REGION, ROOT, run, supervising
+from tests.conftest import REGION, ROOT, register, run, supervising
 from tests.fake_http import FakeServer, serve
 from tests.lab import BUCKET, Lab
 
@@ -140,13 +140,14 @@ def daemon(mocked_aws: None, tmp_path: Path, hook: FakeServer) -> Any:
     )
     settings = config.load(path, {}).settings
     clock = Ahead()
-    doorbell = Doorbell(settings.notify)
-    store = ObservedStore(DynamoStore(dynamodb, "obs", outbox=doorbell.wants, on_pending=doorbell.ring), metrics)
+    doorbell = Doorbell()
+    store = ObservedStore(DynamoStore(dynamodb, "obs", on_pending=doorbell.ring), metrics)
     outbox = Outbox(
         store,
         SystemClock(),
         owner="h:1:0",
         doorbell=doorbell,
+        notify=settings.notify,
         channels=[WebhookChannel(settings.notify.webhook)],
         recorder=metrics,  # as `run` builds it
     )  # type: ignore[arg-type]
@@ -160,6 +161,7 @@ def daemon(mocked_aws: None, tmp_path: Path, hook: FakeServer) -> Any:
         metrics=metrics,
         reload=lambda: config.load(path, {}),
         outbox=outbox,
+        channels=lambda notify: [WebhookChannel(notify.webhook)],  # as `run` builds them again on a reload
     )
     return Supervisor(settings, services), Lab(s3), metrics, store
 
@@ -212,6 +214,43 @@ def test_the_exposition_has_every_contract_metric_and_passes_promtool(daemon: An
         [tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_writer_in_the_daemon_sends_what_a_channel_wants(daemon: Any, hook: FakeServer) -> None:
+    """Each of the daemon's writers decides its event's notification by the live [notify] filters: registration and
+    validation (scanner), the claim (claimer), completion (the holding), a dead holder's expiry (sweeper). Here the
+    filters are widened by a reload before the daemon starts; the webhook must hear of every wanted event once."""
+    from monitor.leases import Claimer, Policy
+    from monitor.model import EventType
+
+    sup, lab, _, store = daemon
+    wanted = [EventType.REGISTERED, EventType.INVALID, EventType.STARTED, EventType.COMPLETE, EventType.LEASE_EXPIRED]
+    sup.reloader.apply(
+        sup.settings.model_copy(update={"notify": sup.settings.notify.model_copy(update={"events": wanted})})
+    )
+    lab.workset("ws-ok", prefix="w/")
+    lab.workset("ws-bad", prefix="w/", files={"stage_samples.tsv": b""})
+    register(store, "ws-dead", prefix="w/elsewhere/")  # held by a daemon that died at once (not by the scanner)
+    run(Claimer(store, SystemClock(), owner="gone:1:0", policy=Policy()).claim(slots=1))
+
+    def heard() -> set[tuple[str, str]]:
+        return {(r.json()["event"]["workset"], r.json()["event"]["event"]) for r in hook.requests}
+
+    expected = {
+        ("ws-ok", "registered"),
+        ("ws-ok", "started"),
+        ("ws-ok", "complete"),
+        ("ws-bad", "invalid"),
+        ("ws-dead", "lease_expired"),  # then retrying, a minute later (retry_backoff_base_s)
+    }
+
+    async def scenario() -> None:
+        async with supervising(sup):
+            await until(lambda: heard() >= expected, timeout_s=30)
+
+    run(scenario())
+    assert heard() == expected
+    assert len(hook.requests) == len(expected)  # each once
 
 
 def test_heartbeat_and_lost_lease_counters_move_when_heartbeats_and_losses_happen(daemon: Any) -> None:

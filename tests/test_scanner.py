@@ -18,6 +18,7 @@ from monitor.clock import FakeClock
 from monitor.config import TableConfig
 from monitor.model import EventType, Priority, State, Workset, WorksetId
 from monitor.scanner import Scanner
+from monitor.states import nobody
 from tests.conftest import REGION, run
 from tests.lab import BUCKET, Lab, manifest
 
@@ -33,6 +34,7 @@ class Env:
     sends: collections.Counter[str]
 
     def scanner(self, prefixes: tuple[str, ...] = ("worksets/",), **kw: Any) -> Scanner:
+        kw.setdefault("notify", nobody)  # no channel configured
         return Scanner(self.store, self.source, self.clock, prefixes=list(prefixes), actor="scanner:1:0", **kw)
 
     def get(self, name: str) -> Workset:

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from monitor import errors, states
-from monitor.model import EventType, Lease, Priority, State, Workset, WorksetId, check_workset_id
+from monitor.model import Event, EventType, Lease, Priority, State, Workset, WorksetId, check_workset_id
 from monitor.states import Action, Backoff, Context
 
 S, A = State, Action
@@ -214,6 +214,35 @@ def test_long_errors_are_bounded_on_the_control_item_and_in_the_event() -> None:
     assert decision.after.last_error is not None
     assert len(decision.after.last_error) <= states.MAX_ERROR_CHARS
     assert len(decision.event.detail) <= states.MAX_DETAIL_CHARS
+
+
+@pytest.mark.parametrize(("state", "action"), sorted(LEGAL, key=str))
+def test_decide_puts_the_event_in_the_outbox_exactly_when_the_policy_wants_it(state: State, action: Action) -> None:
+    kw: dict[str, object] = {"lease": lease("new")} if action is A.CLAIM else {}
+    kw |= {"step": "stage"} if action is A.STEP_FINISHED else {}
+    kw |= {"priority": Priority.URGENT} if action is A.SET_PRIORITY else {}
+    silent = states.decide(workset(state), action, ctx(), **kw)  # type: ignore[arg-type]
+    asked: list[Event] = []
+
+    def only_this_type(event: Event) -> bool:
+        asked.append(event)
+        return event.type is silent.event.type
+
+    wanted = states.decide(workset(state), action, ctx(notify=only_this_type), **kw)  # type: ignore[arg-type]
+    unwanted = states.decide(workset(state), action, ctx(notify=lambda e: False), **kw)  # type: ignore[arg-type]
+    assert (wanted.event.pending, unwanted.event.pending) == (True, False)
+    assert asked == [silent.event]  # asked once, about the event as written
+    assert not silent.event.pending  # a context without a policy notifies nothing
+
+
+def test_a_new_workset_s_event_is_pending_when_the_policy_wants_it() -> None:
+    def invalid_only(event: Event) -> bool:
+        return event.type is EventType.INVALID
+
+    new = {"workset_id": WorksetId("w"), "bucket": "bkt", "prefix": "w/", "priority": Priority.LOW}
+    ok = states.new_workset(**new, ctx=ctx(notify=invalid_only))  # type: ignore[arg-type]
+    bad = states.new_workset(**new, ctx=ctx(notify=invalid_only), invalid_reason="empty")  # type: ignore[arg-type]
+    assert (ok.event.pending, bad.event.pending) == (False, True)
 
 
 def test_new_workset_is_ready_or_an_audited_validation_error() -> None:

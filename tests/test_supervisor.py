@@ -27,6 +27,7 @@ from monitor.metrics import Metrics
 from monitor.model import State, WorksetId
 from monitor.reloader import keep_restart_only
 from monitor.scanner import Scanner
+from monitor.states import nobody
 from monitor.steps import Runner
 from monitor.supervisor import Services, Supervisor
 from monitor.sweeper import Sweeper
@@ -202,7 +203,9 @@ def test_an_idle_daemon_makes_at_most_three_dynamodb_calls_per_scan_interval(wor
     text = write_config(world["tmp"] / "c.toml").read_text()
     path = world["tmp"] / "idle.toml"
     path.write_text(text.replace("interval_s = 0.5", f"interval_s = {interval}").replace("0.5\n", f"{interval}\n"))
-    outbox = Outbox(world["store"], SystemClock(), owner="host-t:1:0", doorbell=Doorbell(NotifyConfig()), channels=[])
+    outbox = Outbox(
+        world["store"], SystemClock(), owner="host-t:1:0", doorbell=Doorbell(), notify=NotifyConfig(), channels=[]
+    )
     sup = supervisor(world, path, outbox=outbox)
     assert sup.settings.lease.sweep_interval_s == sup.settings.scan.interval_s == interval
     calls: list[str] = []
@@ -308,7 +311,7 @@ def test_the_gauge_refresh_makes_the_sweeper_look_when_the_index_disagrees_with_
 
     world["lab"].workset("a", prefix="w/")
     store, clock = WrongCounter(world["store"]._client, TABLE), SystemClock()
-    run(Scanner(store, world["source"], clock, prefixes=["w/"], actor="s").scan_once())
+    run(Scanner(store, world["source"], clock, prefixes=["w/"], actor="s", notify=nobody).scan_once())
     run(Claimer(store, clock, owner="other:1:0", policy=Policy()).claim(slots=1))
     sweeper = Sweeper(store, clock, actor="sweeper:t", policy=Policy())
     settings = config.load(write_config(world["tmp"] / "c.toml"), {}).settings
@@ -380,8 +383,8 @@ def idle_daemon(
             **(extra or {}),
         }
     )
-    doorbell = Doorbell(settings.notify)
-    store = MemoryStore(outbox=doorbell.wants, on_pending=doorbell.ring)
+    doorbell = Doorbell()
+    store = MemoryStore(on_pending=doorbell.ring)
     watchdog = Watchdog(clock, period_s=60)  # the shipped unit's WatchdogSec
     services = Services(
         store=store,
@@ -390,7 +393,15 @@ def idle_daemon(
         runner=Runner(clock, base_env={}),
         owner="host-v:1:0",
         notifier=watchdog,
-        outbox=Outbox(store, clock, owner="host-v:1:0", doorbell=doorbell, channels=channels, sleep=clock.sleep),
+        outbox=Outbox(
+            store,
+            clock,
+            owner="host-v:1:0",
+            doorbell=doorbell,
+            notify=settings.notify,
+            channels=channels,
+            sleep=clock.sleep,
+        ),
         metrics=Metrics(CollectorRegistry(), process=False),
     )
     return Supervisor(settings, services), watchdog
@@ -434,6 +445,7 @@ def test_a_hung_notification_channel_delays_delivery_but_never_stalls_the_notifi
     watchdog would kill the daemon, and the running pipelines with it, because a chat channel is down."""
     from monitor import actions
     from monitor.model import Priority
+    from monitor.notify import filters
     from monitor.states import Context
 
     clock = VirtualClock()
@@ -451,7 +463,7 @@ def test_a_hung_notification_channel_delays_delivery_but_never_stalls_the_notifi
         verdicts = []
         async with supervising(sup, clock=clock):
             for i in range(40):  # forty bad folders' events, all for the dead webhook
-                ctx = Context(now_ms=clock.now_ms(), actor="test")
+                ctx = Context(now_ms=clock.now_ms(), actor="test", notify=filters.wanted(sup.settings.notify))
                 await actions.register(
                     sup.services.store,
                     workset_id=WorksetId(f"bad-{i}"),

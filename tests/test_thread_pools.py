@@ -42,7 +42,7 @@ def test_a_heartbeat_completes_while_the_default_thread_pool_is_saturated(mocked
     path.write_text(f'[aws]\nregion = "{REGION}"\n[table]\nname = "pools"\n')
     app = App(loaded=config.load(path, {}), args=argparse.Namespace(), clock=SystemClock())
     schema.ensure_table(app.clients.get("dynamodb"), TableConfig(name="pools"))
-    store = app.make_store(outbox=lambda event: False)
+    store = app.make_store()
 
     async def scenario() -> None:
         clock = SystemClock()

@@ -12,7 +12,6 @@ All reads that return many items follow ``LastEvaluatedKey`` to the end.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import heapq
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -119,8 +118,8 @@ class DynamoStore(OutboxRows):
         return after
 
     def _rang(self, event: Event, ws: Workset) -> None:
-        if self._on_pending is not None and self._outbox is not None and self._outbox(event):
-            self._on_pending(dataclasses.replace(event, pending=True), ws)
+        if event.pending and self._on_pending is not None:
+            self._on_pending(event, ws)
 
     def _fleet_update(self, before: Workset, after: Workset, cap: int | None) -> dict[str, Any] | None:
         """Keep the fleet counter exact: ``running`` +1 entering in_progress (capped), -1 leaving it; ``retry_seq``
@@ -183,8 +182,6 @@ class DynamoStore(OutboxRows):
         return int(response["Attributes"]["hb_count"]["N"])
 
     def _event_put(self, event: Event) -> dict[str, Any]:
-        if self._outbox is not None and self._outbox(event):
-            event = dataclasses.replace(event, pending=True)
         return {
             "Put": {
                 "TableName": self._table,

@@ -28,7 +28,6 @@ class TableIO:
         table: str,
         *,
         page_size: int | None = None,
-        outbox: Callable[[Event], bool] | None = None,
         on_pending: Callable[[Event, Workset], None] | None = None,
         executor: Executor | None = None,
     ) -> None:
@@ -36,8 +35,7 @@ class TableIO:
         self._executor = executor  # the table's own worker threads (clients.Clients.table_executor); None: asyncio's
         self._table = table
         self._page_size = page_size  # None: DynamoDB's own 1 MB pages; tests set it small to force paging
-        self._outbox = outbox  # which new events some notification channel wants: they go to the outbox
-        self._on_pending = on_pending  # called with the event and its workset after a write put it in the outbox
+        self._on_pending = on_pending  # called with the event and its workset after writing a pending event
         self._corrupt: set[str] = set()  # keys of the corrupt items reported
 
     def _index(

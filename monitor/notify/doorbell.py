@@ -6,9 +6,7 @@ import asyncio
 import collections
 from typing import Protocol
 
-from monitor.config import NotifyConfig
 from monitor.model import Event, Workset
-from monitor.notify import filters
 
 FRESH_KEPT = 1000  # events committed here and kept for the outbox's fast path (the rest it reads from the table)
 
@@ -23,20 +21,16 @@ class Channel(Protocol):
 
 
 class Doorbell:
-    """What the store needs from the outbox, made before either: which new events enter it, and a bell to ring
-    after committing one, with the event and its workset: the outbox loop wakes at once instead of at its next poll,
-    and delivers the events committed here first, reading back neither them nor their workset (other daemons see
-    them only once they are due again)."""
+    """What the store needs from the outbox, made before either: a bell the store rings after committing a pending
+    event (``states.decide`` chose it), with the event and its workset: the outbox loop wakes at once instead of at
+    its next poll, and delivers the events committed here first, reading back neither them nor their workset (other
+    daemons see them only once they are due again)."""
 
-    def __init__(self, notify: NotifyConfig) -> None:
-        self.notify = notify
+    def __init__(self) -> None:
         self.rung = asyncio.Event()
         self.fresh: collections.deque[Event] = collections.deque(maxlen=FRESH_KEPT)  # committed here, not yet taken
         # the latest worksets met, for what channels show of them: where they are, which never changes
         self.worksets: collections.OrderedDict[str, Workset] = collections.OrderedDict()
-
-    def wants(self, event: Event) -> bool:
-        return filters.anyone_wants(self.notify, event)
 
     def ring(self, event: Event | None = None, ws: Workset | None = None) -> None:
         if event is not None:

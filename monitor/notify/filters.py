@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from monitor.config import ChannelFilter, NotifyConfig
 from monitor.model import Event, EventType
 
@@ -23,3 +26,8 @@ def wants(cfg: NotifyConfig, channel: ChannelFilter, event: Event) -> bool:
 def anyone_wants(cfg: NotifyConfig, event: Event) -> bool:
     """Whether the event goes into the outbox at all."""
     return any(wants(cfg, channel, event) for channel in channels(cfg).values())
+
+
+def wanted(cfg: NotifyConfig) -> Callable[[Event], bool]:
+    """A decision context's notification policy (``states.Context.notify``): whether some channel wants the event."""
+    return functools.partial(anyone_wants, cfg)

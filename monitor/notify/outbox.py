@@ -1,8 +1,8 @@
 """At-least-once delivery of notifications from the outbox.
 
-An event some channel wants is written *with* its transition, marked pending (``outbox-index``), so a notification
-can only be lost together with the change it reports. This loop delivers the pending events that are due, oldest
-first:
+An event some channel wants is written *with* its transition, marked pending (``states.decide`` decides, by the
+context's ``notify``; the ``outbox-index`` holds them), so a notification can only be lost together with the change
+it reports. This loop delivers the pending events that are due, oldest first:
 
 1. **Claim** the event (a conditional write; the claim lasts ``hold_s`` and makes the event due only once it has run
    out), so two daemons never both send it.
@@ -77,6 +77,7 @@ class Outbox:
         *,
         owner: str,
         doorbell: Doorbell,
+        notify: NotifyConfig,
         channels: Sequence[Channel],
         hold_s: float = 60.0,
         max_rounds: int = 8,
@@ -91,6 +92,7 @@ class Outbox:
         self._clock = clock
         self._owner = owner
         self._doorbell = doorbell
+        self._notify = notify  # which channel wants which event (states.decide chose what enters the outbox)
         self._channels = list(channels)
         self._hold_ms = round(hold_s * 1000)
         self._send_s = hold_s * 3 / 4  # each channel's sending, retries included; the rest is for the writes
@@ -108,14 +110,14 @@ class Outbox:
 
     @property
     def notify(self) -> NotifyConfig:
-        return self._doorbell.notify
+        return self._notify
 
     @property
     def doorbell(self) -> Doorbell:
         return self._doorbell
 
     def reconfigure(self, notify: NotifyConfig, channels: Sequence[Channel]) -> None:
-        self._doorbell.notify, self._channels = notify, list(channels)
+        self._notify, self._channels = notify, list(channels)
 
     async def flush(self, *, timeout_s: float) -> None:
         """Deliver what is pending now, within ``timeout_s`` (at shutdown)."""
