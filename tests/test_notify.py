@@ -4,6 +4,7 @@ on demand, filters, and the outbox's at-least-once, never-twice bookkeeping."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import zlib
@@ -590,6 +591,42 @@ class SlowChannel(FakeChannel):
         finally:
             self.ended += 1
         raise errors.DeliveryError("HTTP 503", temporary=True)
+
+
+def test_a_delivery_under_way_when_the_daemon_stops_is_finished_by_the_flush_not_abandoned() -> None:
+    """Shutdown cancels the notifier loop in the middle of a pass, then flushes the outbox. The deliveries the pass
+    had started were left running on their own (leaked tasks): the flush found their events claimed by us and
+    returned, and the process exited under them, a webhook already told but its outcome never recorded, so the event
+    was sent again after the restart. A pass that is cancelled hands its deliveries to the flush."""
+    rig = Rig({"webhook": {"url": "http://127.0.0.1:9/hook", "events": ["invalid"]}})
+    gate = asyncio.Event()
+
+    class Webhook(FakeChannel):
+        answering = 0
+
+        async def send(self, event: Event, ws: Any) -> str:
+            self.answering += 1
+            await gate.wait()  # the server takes its time to answer
+            return await super().send(event, ws)
+
+    webhook_ = Webhook("webhook", rig.clock)
+    rig.channels = [webhook_]
+
+    async def scenario() -> tuple[list[Event], int]:
+        await rig.register("ws-1", invalid="bad")
+        outbox = rig.outbox()
+        loop = asyncio.create_task(outbox.deliver_pending())  # the notifier loop's pass
+        while not webhook_.answering:
+            await asyncio.sleep(0.01)
+        loop.cancel()  # shutdown: the root tasks are cancelled...
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+        asyncio.get_running_loop().call_later(0.2, gate.set)
+        await outbox.flush(timeout_s=5)  # ...then the outbox is flushed
+        return await rig.store.pending_events(limit=10), webhook_.answering
+
+    pending, sends = run(scenario())  # run() also fails on a task left running
+    assert (pending, sends) == ([], 1)
 
 
 def test_a_channel_slow_to_fail_never_starves_the_channels_after_it() -> None:

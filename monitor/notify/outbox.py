@@ -97,7 +97,9 @@ class Outbox:
         self._hold_ms = round(hold_s * 1000)
         self._send_s = hold_s * 3 / 4  # each channel's sending, retries included; the rest is for the writes
         self._rests = Rests(clock, hold_s=hold_s)  # the channels that failed for now
-        self._background: set[asyncio.Future[None]] = set()  # sends (and their bookkeeping) going on beside the passes
+        self._background: set[asyncio.Future[object]] = (
+            set()
+        )  # sends (and their bookkeeping) going on beside the passes
         self._started: collections.OrderedDict[str, None] = collections.OrderedDict()  # by the latest passes
         # parked here and untouched since: (event, claim end on our monotonic clock, the channels it waits for)
         self._parked: dict[str, tuple[Event, float, frozenset[str]]] = {}
@@ -159,17 +161,22 @@ class Outbox:
             sendable=lambda event: self._parked_for_ms(event) is None,
         )
         running: dict[asyncio.Task[Handled], str] = {}  # delivery -> event id
-        while True:
-            past_budget = ends_at is not None and self._clock.monotonic() >= ends_at
-            while not past_budget and len(running) < EVENTS_AT_ONCE and (event := await work.next()) is not None:
-                running[asyncio.create_task(self._deliver_within_claim(event))] = event.event_id
-            if not running:
-                return finished
-            await self._first_done(running, bell=len(running) < EVENTS_AT_ONCE and not past_budget)
-            for task in [task for task in running if task.done()]:
-                outcome = task.result()
-                finished += outcome is Handled.DONE
-                work.ended(running.pop(task), outcome)
+        try:
+            while True:
+                past_budget = ends_at is not None and self._clock.monotonic() >= ends_at
+                while not past_budget and len(running) < EVENTS_AT_ONCE and (event := await work.next()) is not None:
+                    running[asyncio.create_task(self._deliver_within_claim(event))] = event.event_id
+                if not running:
+                    return finished
+                await self._first_done(running, bell=len(running) < EVENTS_AT_ONCE and not past_budget)
+                for task in [task for task in running if task.done()]:
+                    outcome = task.result()
+                    finished += outcome is Handled.DONE
+                    work.ended(running.pop(task), outcome)
+        finally:  # cancelled (shutdown) or failed: the deliveries under way go on beside, for the flush to wait for
+            for task in running:
+                if not task.done():
+                    self._in_background(task)
 
     async def _first_done(self, running: Mapping[asyncio.Task[Handled], str], *, bell: bool) -> None:
         """Until a delivery ends or, with ``bell`` (a slot is free), an event is committed here."""
@@ -305,7 +312,7 @@ class Outbox:
         now, longer than the probe may take, so nobody sends it meanwhile; the outcome is on it by then."""
         self._in_background(self._settle_later(self._send_and_record(channel, event, ws), channel.name, event))
 
-    def _in_background(self, work: Awaitable[None]) -> None:
+    def _in_background(self, work: Awaitable[object]) -> None:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
