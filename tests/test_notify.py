@@ -67,6 +67,12 @@ class Rig:
             **kw,
         )
 
+    def outbox_over(self, store: Any, channels: list[Any], *, owner: str = "host-a:1:0", **kw: Any) -> Outbox:
+        """An outbox of this rig's doorbell and filters over ``store`` (a table wrapped to watch or slow it)."""
+        return Outbox(
+            store, self.clock, owner=owner, doorbell=self.doorbell, notify=self.notify, channels=channels, **kw
+        )
+
     async def register(self, name: str, *, priority: Priority = Priority.URGENT, invalid: str | None = None) -> None:
         await actions.register(
             self.store,
@@ -718,9 +724,7 @@ def test_a_table_error_on_one_event_leaves_the_others_to_their_pass() -> None:
             await rig.register(name, invalid="bad")
         spy = StoreSpy(rig.store)
         spy.fail_before["finish_event"] = 1
-        outbox = Outbox(
-            spy, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, notify=rig.notify, channels=rig.channels
-        )
+        outbox = rig.outbox_over(spy, rig.channels)
         assert await outbox.deliver_pending() == 2
         assert len(webhook_.sent) == 3  # the failed record is retried later (at least once: the event id says so)
 
@@ -757,16 +761,7 @@ def test_a_backlog_owed_to_a_down_channel_costs_less_and_less_and_never_delays_a
     sns, webhook_ = FakeChannel("sns", rig.clock, down=True), FakeChannel("webhook", rig.clock)
     interval_s, hold_s = 1.0, 10.0
     table = BusyTable(rig.store, rig.clock)
-    outbox = Outbox(
-        table,
-        rig.clock,
-        owner="host-a:1:0",
-        doorbell=rig.doorbell,
-        notify=rig.notify,
-        channels=[sns, webhook_],
-        hold_s=hold_s,
-        tries=1,  # SNS fails at once: what costs time here is the table
-    )
+    outbox = rig.outbox_over(table, [sns, webhook_], hold_s=hold_s, tries=1)  # SNS fails at once: the table costs time
     committed: dict[str, int] = {}  # event id -> commit time (ms)
 
     async def commit(name: str) -> None:
@@ -876,7 +871,7 @@ def test_a_pass_without_a_budget_reads_the_outbox_once_not_once_per_event() -> N
     rig = Rig({"webhook": {"url": "http://127.0.0.1:9/hook"}})
     webhook_ = FakeChannel("webhook", rig.clock)
     table = BusyTable(rig.store, rig.clock, seconds=0)
-    outbox = Outbox(table, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, notify=rig.notify, channels=[webhook_])
+    outbox = rig.outbox_over(table, [webhook_])
 
     async def scenario() -> None:
         for i in range(12):
@@ -895,16 +890,7 @@ def test_a_parked_event_come_due_never_goes_before_a_new_one() -> None:
     rig = Rig({"sns": {"topic_arn": ARN}, "webhook": {"url": "http://127.0.0.1:9/hook"}})
     sns, webhook_ = FakeChannel("sns", rig.clock, down=True), FakeChannel("webhook", rig.clock)
     table = BusyTable(rig.store, rig.clock, seconds=0)
-    outbox = Outbox(
-        table,
-        rig.clock,
-        owner="host-a:1:0",
-        doorbell=rig.doorbell,
-        notify=rig.notify,
-        channels=[sns, webhook_],
-        hold_s=10,
-        tries=1,
-    )
+    outbox = rig.outbox_over(table, [sns, webhook_], hold_s=10, tries=1)
 
     async def scenario() -> None:
         await rig.register("first", invalid="bad")
@@ -940,14 +926,7 @@ def test_an_event_committed_here_is_delivered_without_reading_its_workset_back(o
             return await super().send(event, ws)
 
     table = BusyTable(rig.store, rig.clock, seconds=0)
-    outbox = Outbox(
-        table,
-        rig.clock,
-        owner="host-a:1:0",
-        doorbell=rig.doorbell,
-        notify=rig.notify,
-        channels=[Webhook("webhook", rig.clock)],
-    )
+    outbox = rig.outbox_over(table, [Webhook("webhook", rig.clock)])
 
     async def scenario() -> None:
         await rig.register("here", invalid="bad")
@@ -971,9 +950,7 @@ def test_a_single_send_is_recorded_with_the_events_next_write(outbox_rig: Rig) -
     rig = outbox_rig
     sns, webhook_ = FakeChannel("sns", rig.clock), FakeChannel("webhook", rig.clock)
     table = BusyTable(rig.store, rig.clock, seconds=0)
-    outbox = Outbox(
-        table, rig.clock, owner="host-a:1:0", doorbell=rig.doorbell, notify=rig.notify, channels=[webhook_], hold_s=10
-    )
+    outbox = rig.outbox_over(table, [webhook_], hold_s=10)
 
     async def scenario() -> None:
         await rig.register("one", invalid="bad")
@@ -985,16 +962,7 @@ def test_a_single_send_is_recorded_with_the_events_next_write(outbox_rig: Rig) -
 
         # SNS down and resting: the webhook's outcome goes with the event's park
         sns.down = True
-        outbox2 = Outbox(
-            table,
-            rig.clock,
-            owner="host-a:1:0",
-            doorbell=rig.doorbell,
-            notify=rig.notify,
-            channels=[sns, webhook_],
-            hold_s=10,
-            tries=1,
-        )
+        outbox2 = rig.outbox_over(table, [sns, webhook_], hold_s=10, tries=1)
         await rig.register("two", invalid="bad")
         await outbox2.deliver_pending()  # both sent side by side: SNS fails and rests, the webhook is recorded
         await rig.register("three", invalid="bad")
@@ -1093,9 +1061,7 @@ def test_an_event_committed_here_is_started_once_though_the_outbox_read_shows_it
         rig.doorbell.fresh.clear()  # committed by another daemon
         # a daemon that starts a two-event batch at its second event ("older"; "new#1" sorts first), as half do
         owner = next(f"host-{i}:1:0" for i in range(100) if zlib.crc32(f"host-{i}:1:0".encode()) % 2 == 1)
-        outbox = Outbox(
-            SlowReads(), rig.clock, owner=owner, doorbell=rig.doorbell, notify=rig.notify, channels=rig.channels
-        )  # type: ignore[arg-type]
+        outbox = rig.outbox_over(SlowReads(), rig.channels, owner=owner)
         delivering = asyncio.create_task(outbox.deliver_pending())
         await asyncio.sleep(0.05)
         await rig.register("new", invalid="bad")  # during the read: in the read's answer and at the doorbell
