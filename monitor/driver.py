@@ -106,14 +106,14 @@ async def _steps(
         )
         if holding.lost.is_set():
             raise errors.LeaseLost(holding.lost_reason)
-        summary = result.describe(step.name)
+        summary, run = result.describe(step.name), result.record(step.name)
         if result.outcome is Outcome.STOPPED:
-            await holding.release(f"daemon shutting down; {summary}")
+            await holding.release(f"daemon shutting down; {summary}", run=run)
             return Ending.RELEASED
         if result.outcome is Outcome.DONE:
-            await holding.step_finished(step.name, detail=summary)
+            await holding.step_finished(step.name, detail=summary, run=run)
             continue
-        state = await holding.fail(summary, temporary=result.outcome is Outcome.TEMPORARY)
+        state = await holding.fail(summary, temporary=result.outcome is Outcome.TEMPORARY, run=run)
         return Ending.RETRYING if state is State.RETRYING else Ending.ERROR
     await holding.complete()
     return Ending.COMPLETE

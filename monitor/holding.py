@@ -38,7 +38,7 @@ from typing import TypeVar
 from monitor import errors, logs, states
 from monitor.clock import Clock
 from monitor.loops import repeat
-from monitor.model import Event, State, Workset
+from monitor.model import Event, State, StepRun, Workset
 from monitor.policy import Policy, Renewals
 from monitor.ports import Store
 from monitor.recorder import Heartbeat, Recorder, Tally
@@ -213,23 +213,22 @@ class Holding:
         """Note the running step; the next heartbeat records it (for `show`), no extra write."""
         self.ws = dataclasses.replace(self.ws, current_step=step)
 
-    async def step_finished(self, step: str, *, detail: str = "") -> None:
-        await self._write(Action.STEP_FINISHED, reason=f"step {step} finished", step=step, detail=detail)
+    async def step_finished(self, step: str, *, detail: str = "", run: StepRun | None = None) -> None:
+        await self._write(Action.STEP_FINISHED, reason=f"step {step} finished", step=step, detail=detail, run=run)
 
     async def complete(self, reason: str = "all steps finished") -> None:
         await self._write(Action.COMPLETE, reason=reason)
 
-    async def fail(self, error: str, *, temporary: bool, category: str = "step") -> State:
+    async def fail(self, error: str, *, temporary: bool, category: str = "step", run: StepRun | None = None) -> State:
         """Record a failed attempt: retrying (temporary, attempts left) or error. Returns the new state."""
         action = Action.FAIL_TEMPORARY if temporary else Action.FAIL_PERMANENT
-        decision = await self._write(
-            action, reason=error.splitlines()[-1][:200] if error else "", error=error, error_category=category
-        )
+        reason = error.splitlines()[-1][:200] if error else ""
+        decision = await self._write(action, reason=reason, error=error, error_category=category, run=run)
         return decision.after.state
 
-    async def release(self, reason: str) -> None:
+    async def release(self, reason: str, *, run: StepRun | None = None) -> None:
         """Give the workset back without counting a failure (only once its step has stopped)."""
-        await self._write(Action.RELEASE, reason=reason)
+        await self._write(Action.RELEASE, reason=reason, run=run)
 
     async def _write(self, action: Action, *, reason: str, **kw: object) -> Decision:
         """Commit ``action`` under our token. Transient errors and stale versions are retried after growing pauses;

@@ -203,7 +203,7 @@ class MemoryStore:
     async def due(self, *, now_ms: int, limit: int, retrying: bool = True) -> Due:
         index = self._index()
         claimable = (State.READY, State.RETRYING) if retrying else (State.READY,)
-        due = [ws for ws in index.values() if ws.state in claimable and ws.available_at_ms <= now_ms]
+        due = [_projected(ws) for ws in index.values() if ws.state in claimable and ws.available_at_ms <= now_ms]
         if not retrying:
             return Due(sorted(due, key=gsi_sort_key)[:limit])
         waiting = [
@@ -284,3 +284,8 @@ class MemoryStore:
         if scheduled or (self.faults.lost_response_rate and self._rng.random() < self.faults.lost_response_rate):
             self.lost.append((method, call))
             raise errors.AwsUnavailable(f"{method} #{call}: applied, but the response was lost (injected read timeout)")
+
+
+def _projected(ws: Workset) -> Workset:
+    """A candidate as the index holds it: without the run's timings, which it does not project (``GSI_PROJECTED``)."""
+    return dataclasses.replace(ws, started_at_ms=None, finished_at_ms=None, step_ms=())

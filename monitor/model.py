@@ -107,10 +107,29 @@ class Workset:
     # The owner whose lease an operator took away (release, or cancel/ignore of a running workset): it may still be
     # running its step, so no claim until the claimer has seen this mark for a takeover time (``leases.Claimer``).
     held_off_for: str | None = None
+    # Timings of the current run (since registration or the latest retry), for ``report`` without reading events:
+    started_at_ms: int | None = None  # its first claim
+    finished_at_ms: int | None = None  # when it reached a terminal state
+    step_ms: tuple[tuple[str, int], ...] = ()  # (step, milliseconds of its successful run), by step name
+
+    def step_seconds(self, step: str) -> float | None:
+        """How long ``step``'s successful run took, if it has finished."""
+        return next((ms / 1000 for name, ms in self.step_ms if name == step), None)
 
     @property
     def s3_uri(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True, slots=True)
+class StepRun:
+    """One run of a step, as its event records it: when it started, how long it took, how it ended."""
+
+    step: str
+    started_at_ms: int
+    duration_ms: int
+    outcome: str  # steps.Outcome's value: done, temporary, failed, stopped
+    exit_code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +149,7 @@ class Event:
     pending: bool = False  # in the notification outbox: some channel still has to hear about it
     notified: dict[str, str] = field(default_factory=dict)  # channel -> "sent", "skipped" or "failed: why"
     delivery_attempts: int = 0  # delivery rounds that ended with a channel still failing temporarily
+    step_run: StepRun | None = None  # the step run this event ends (step_finished, retrying, error, released)
 
     @property
     def event_id(self) -> str:

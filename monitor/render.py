@@ -12,7 +12,7 @@ from typing import Any
 
 from monitor.clock import iso
 from monitor.migration import Report
-from monitor.model import Event, Priority, State, Stats, Workset
+from monitor.model import Event, Priority, State, Stats, StepRun, Workset
 from monitor.terminal import for_terminal
 
 
@@ -39,6 +39,9 @@ def workset_dict(ws: Workset) -> dict[str, Any]:
         "last_error": ws.last_error,
         "error_category": ws.error_category,
         "held_off_for": ws.held_off_for,
+        "started_at": iso(ws.started_at_ms),  # this run's first counted claim
+        "finished_at": iso(ws.finished_at_ms),
+        "step_seconds": {step: ms / 1000 for step, ms in ws.step_ms},  # each finished step's successful run
     }
 
 
@@ -59,6 +62,19 @@ def event_dict(event: Event) -> dict[str, Any]:
         "notified": dict(sorted(event.notified.items())),  # channel -> sent, skipped or failed: why
         "delivery_rounds": event.delivery_attempts,  # rounds that ended with a channel failing for now
         "notification_pending": event.pending,  # some channel still has to hear about it
+        "step_run": _step_run_dict(event.step_run),
+    }
+
+
+def _step_run_dict(run: StepRun | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    return {
+        "step": run.step,
+        "started_at": iso(run.started_at_ms),
+        "seconds": run.duration_ms / 1000,
+        "outcome": run.outcome,
+        "exit_code": run.exit_code,
     }
 
 
@@ -85,6 +101,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def workset_text(ws: Workset) -> str:
     data = workset_dict(ws)
     data["steps_done"] = ", ".join(ws.steps_done) or None
+    data["step_seconds"] = ", ".join(f"{step} {ms / 1000:.1f} s" for step, ms in ws.step_ms) or None
     width = max(len(k) for k in data)
     return "\n".join(f"{k.ljust(width)}  {'-' if v is None else for_terminal(v)}" for k, v in data.items())
 
@@ -114,11 +131,21 @@ def history_table(events: Sequence[Event]) -> str:
             f"{e.from_state.value if e.from_state else '-'} -> {e.to_state.value}",
             e.actor,
             e.reason,
+            _took(e.step_run),
             _notified(e),
         )
         for e in events
     ]
-    return table(("SEQ", "AT", "EVENT", "TRANSITION", "BY", "REASON", "NOTIFIED"), rows)
+    return table(("SEQ", "AT", "EVENT", "TRANSITION", "BY", "REASON", "STEP RUN", "NOTIFIED"), rows)
+
+
+def _took(run: StepRun | None) -> str:
+    """``stage 12.3 s, exit 0`` for an event that ends a step run."""
+    if run is None:
+        return ""
+    return f"{run.step} {run.duration_ms / 1000:.1f} s" + (
+        f", exit {run.exit_code}" if run.exit_code is not None else ""
+    )
 
 
 def _notified(event: Event) -> str:

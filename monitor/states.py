@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from monitor import errors
-from monitor.model import Event, EventType, Lease, Priority, State, Workset, WorksetId
+from monitor.model import Event, EventType, Lease, Priority, State, StepRun, Workset, WorksetId
 
 MAX_ERROR_CHARS = 400  # last_error on the control item; full detail lives in the event
 MAX_DETAIL_CHARS = 8000  # an event's detail (error or output tail); events must stay far below 400 KB
@@ -232,9 +232,11 @@ def decide(
     priority: Priority | None = None,
     detail: str = "",
     from_start: bool = False,
+    run: StepRun | None = None,
 ) -> Decision:
     """Apply ``action`` to ``ws``: the new record and its event, or IllegalTransition. A retry resumes at the first
-    unfinished step, unless ``from_start`` (or the workset is complete: it has no unfinished step)."""
+    unfinished step, unless ``from_start`` (or the workset is complete: it has no unfinished step). ``run``: the step
+    run this change ends (its timings go on the event; a finished step's duration on the record too)."""
     new_state = target(ws.state, action, attempts=ws.attempts, max_attempts=ctx.max_attempts)
     changes: dict[str, object] = {
         "state": new_state,
@@ -258,11 +260,15 @@ def decide(
             "epoch": ws.epoch + 1,
             "current_step": None,
             "held_off_for": None,
+            # the run's first counted attempt starts it (a claim from the index does not see the stored value)
+            "started_at_ms": ctx.now_ms if ws.attempts == 0 else ws.started_at_ms,
         }
     elif action is Action.STEP_FINISHED:
         if not step:
             raise ValueError("step_finished needs the step name")
         changes |= {"steps_done": (*ws.steps_done, step), "current_step": None}
+        if run is not None:
+            changes |= {"step_ms": tuple(sorted({**dict(ws.step_ms), step: run.duration_ms}.items()))}
     elif action in (Action.RELEASE, Action.FORCE_RELEASE):
         changes |= {"attempts": max(ws.attempts - 1, 0)}  # a released claim gives its attempt back
     elif action is Action.SET_PRIORITY:
@@ -276,6 +282,8 @@ def decide(
             # Its holder may still be running the step: the mark holds off the next claim until it has surely
             # stopped, judged by each claimer's monotonic clock (never by comparing wall clocks).
             changes |= {"held_off_for": ws.lease.owner}
+    if new_state.terminal and not ws.state.terminal:
+        changes |= {"finished_at_ms": ctx.now_ms}
     if new_state is State.RETRYING:
         delay_s = ctx.backoff.delay_s(ws.attempts, rand=ctx.rand)
         changes |= {"available_at_ms": ctx.now_ms + round(delay_s * 1000)}
@@ -294,9 +302,15 @@ def decide(
     if new_state is State.READY and action in (Action.RETRY, Action.RETRY_FORCE):
         # A re-opened workset starts with fresh attempts and no error (the trail keeps the old ones), at the first
         # step it has not finished: a finished step is not run again unless asked.
-        changes |= {"attempts": 0, "last_error": None, "error_category": None}
+        changes |= {
+            "attempts": 0,
+            "last_error": None,
+            "error_category": None,
+            "started_at_ms": None,
+            "finished_at_ms": None,
+        }
         if from_start or ws.state is State.COMPLETE or not ws.steps_done:
-            changes |= {"steps_done": ()}
+            changes |= {"steps_done": (), "step_ms": ()}
             detail = "from the first step"
         else:
             detail = "resumes after the finished steps: " + ", ".join(ws.steps_done)
@@ -317,6 +331,7 @@ def decide(
         epoch=after.epoch,
         detail=_bounded(error or detail),
         priority=after.priority,
+        step_run=run,
     )
     return Decision(before=ws, after=after, event=_announced(event, ctx))
 

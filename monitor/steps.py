@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -30,6 +31,7 @@ from enum import StrEnum
 from monitor import logs
 from monitor.clock import Clock
 from monitor.config import DEFAULT_PASSTHROUGH, NEVER_PASSED, StepConfig
+from monitor.model import StepRun
 
 log = logs.get("monitor.steps")
 
@@ -51,6 +53,17 @@ class Result:
     tail: str
     seconds: float
     runs: int = 1  # how many times a poll step's command ran
+    started_at_ms: int = 0  # wall clock, when ``Runner.run`` began it
+
+    def record(self, step: str) -> StepRun:
+        """This run as the audit trail keeps it."""
+        return StepRun(
+            step=step,
+            started_at_ms=self.started_at_ms,
+            duration_ms=round(self.seconds * 1000),
+            outcome=self.outcome.value,
+            exit_code=self.exit_code,
+        )
 
     def describe(self, step: str) -> str:
         """One line for the audit trail: what happened, then the end of the output."""
@@ -110,7 +123,8 @@ class Runner:
 
     async def run(self, step: StepConfig, values: Mapping[str, object], *, stop: asyncio.Event) -> Result:
         """Run ``step`` to its outcome, or until ``stop`` is set (then the process group is killed)."""
-        result = await self._run(step, values, stop=stop)
+        started_at_ms = self._clock.now_ms()
+        result = dataclasses.replace(await self._run(step, values, stop=stop), started_at_ms=started_at_ms)
         if self._observe is not None:
             self._observe(step.name, result)
         return result

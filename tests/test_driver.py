@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sys
 from pathlib import Path
 
@@ -71,6 +72,52 @@ def test_steps_run_in_order_and_the_workset_completes(tmp_path: Path) -> None:
 
     run(scenario())
     assert log.read_text() == "stage run export "
+
+
+def test_each_step_run_is_recorded_with_its_timings_and_a_resumed_run_keeps_the_earlier_ones(tmp_path: Path) -> None:
+    """The audit trail and the record keep each step run's start, duration, outcome and exit code, agreeing with the
+    step's own clock; a retry resumes at the failed step and the finished one's duration stays on the record."""
+    times, gate = tmp_path / "times", tmp_path / "fixed"
+    measure = "import time, pathlib; t = time.monotonic(); time.sleep({s}); "
+    stage = py("stage", measure.format(s=0.3) + f"open({str(times)!r}, 'a').write(str(time.monotonic() - t) + ' ')")
+    analyse = py(
+        "analyse",
+        measure.format(s=0.2)
+        + f"open({str(times)!r}, 'a').write(str(time.monotonic() - t) + ' '); "
+        + f"raise SystemExit(0 if pathlib.Path({str(gate)!r}).exists() else 2)",
+    )
+    rig = Rig()
+
+    async def scenario() -> None:
+        await rig.register()
+        before = rig.clock.now_ms()
+        assert await rig.drive(await rig.claim(), [stage, analyse]) is Ending.ERROR
+        failed = await rig.store.get(WorksetId("ws-1"))
+        assert failed is not None and failed.finished_at_ms is not None and failed.step_ms[0][0] == "stage"
+        first_start = failed.started_at_ms
+        assert first_start is not None and before <= first_start <= failed.finished_at_ms
+        gate.touch()
+        await actions.act(rig.store, WorksetId("ws-1"), Action.RETRY, Context(now_ms=rig.clock.now_ms(), actor="op"))
+        assert await rig.drive(await rig.claim(), [stage, analyse]) is Ending.COMPLETE
+        done = await rig.store.get(WorksetId("ws-1"))
+        history = await rig.store.history(WorksetId("ws-1"))
+        own = [float(t) for t in times.read_text().split()]  # stage, analyse (failed), analyse
+        runs = [e.step_run for e in history if e.step_run is not None]
+        assert [(r.step, r.outcome, r.exit_code) for r in runs] == [
+            ("stage", "done", 0),
+            ("analyse", "failed", 2),
+            ("analyse", "done", 0),
+        ]
+        ended = [EventType.STEP_FINISHED, EventType.ERROR, EventType.STEP_FINISHED]
+        assert [e.type for e in history if e.step_run] == ended
+        for r, seconds in zip(runs, own, strict=True):  # the process's own sleep, plus its start-up
+            assert seconds <= r.duration_ms / 1000 < seconds + 1.0, (r, seconds)
+        assert all(a.started_at_ms + a.duration_ms <= b.started_at_ms for a, b in itertools.pairwise(runs))
+        assert done is not None and dict(done.step_ms) == {"stage": runs[0].duration_ms, "analyse": runs[2].duration_ms}
+        assert done.started_at_ms is not None and done.started_at_ms > first_start  # the retry is a new run
+        assert done.finished_at_ms is not None and done.finished_at_ms >= runs[2].started_at_ms + runs[2].duration_ms
+
+    run(scenario())
 
 
 def test_a_temporary_failure_retries_and_a_permanent_one_is_an_error() -> None:

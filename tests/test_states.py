@@ -9,7 +9,7 @@ import random
 import pytest
 
 from monitor import errors, states
-from monitor.model import Event, EventType, Lease, Priority, State, Workset, WorksetId, check_workset_id
+from monitor.model import Event, EventType, Lease, Priority, State, StepRun, Workset, WorksetId, check_workset_id
 from monitor.states import Action, Backoff, Context
 
 S, A = State, Action
@@ -243,6 +243,27 @@ def test_a_new_workset_s_event_is_pending_when_the_policy_wants_it() -> None:
     ok = states.new_workset(**new, ctx=ctx(notify=invalid_only))  # type: ignore[arg-type]
     bad = states.new_workset(**new, ctx=ctx(notify=invalid_only), invalid_reason="empty")  # type: ignore[arg-type]
     assert (ok.event.pending, bad.event.pending) == (False, True)
+
+
+def test_a_run_s_timings_start_at_its_first_counted_claim_and_end_in_a_terminal_state() -> None:
+    stage = StepRun(step="stage", started_at_ms=T0 + 5, duration_ms=2_000, outcome="done", exit_code=0)
+    ws = states.decide(workset(S.READY), A.CLAIM, ctx(T0), lease=lease("a")).after
+    assert (ws.started_at_ms, ws.finished_at_ms) == (T0, None)
+    finished = states.decide(ws, A.STEP_FINISHED, ctx(T0 + 9), step="stage", run=stage)
+    assert finished.after.step_ms == (("stage", 2_000),) and finished.event.step_run == stage
+    ws = states.decide(finished.after, A.FAIL_TEMPORARY, ctx(T0 + 10), error="exit 75").after
+    as_indexed = dataclasses.replace(ws, started_at_ms=None)
+    again = states.decide(as_indexed, A.CLAIM, ctx(ws.available_at_ms), lease=lease("b")).after
+    assert again.started_at_ms is None  # a later attempt leaves the run's start alone (the index's copy has none)
+    end = ws.available_at_ms + 200
+    failed = states.decide(again, A.FAIL_PERMANENT, ctx(end), error="exit 2").after
+    assert failed.finished_at_ms == end and failed.step_ms == (("stage", 2_000),)
+    urgent = states.decide(failed, A.SET_PRIORITY, ctx(end + 100), priority=Priority.URGENT).after
+    assert urgent.finished_at_ms == end
+    resumed = states.decide(failed, A.RETRY, ctx(end + 200)).after
+    assert (resumed.started_at_ms, resumed.finished_at_ms, resumed.step_ms) == (None, None, (("stage", 2_000),))
+    anew = states.decide(failed, A.RETRY, ctx(end + 200), from_start=True).after
+    assert anew.step_ms == () and anew.steps_done == ()
 
 
 def test_new_workset_is_ready_or_an_audited_validation_error() -> None:

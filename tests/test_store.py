@@ -18,7 +18,7 @@ from monitor.clock import FakeClock
 from monitor.config import TableConfig
 from monitor.leases import Claimer, Policy
 from monitor.memory import Faults, MemoryStore
-from monitor.model import EventType, Lease, Priority, State, Workset, WorksetId
+from monitor.model import EventType, Lease, Priority, State, StepRun, Workset, WorksetId
 from monitor.ports import Store
 from monitor.recorder import Tally
 from monitor.states import Action, Backoff, Context
@@ -477,7 +477,8 @@ def test_a_workset_entering_retrying_is_due_only_once_the_index_shows_it(make_st
             due = await store.due(now_ms=now_ms, limit=10)
             assert due.candidates == [] and due.next_retry_ms is None
         due = await store.due(now_ms=now_ms, limit=10)
-        assert [c.workset_id for c in due.candidates] == ["ws-1"] and due.candidates[0] == ws
+        assert [c.workset_id for c in due.candidates] == ["ws-1"]
+        assert due.candidates[0] == dataclasses.replace(ws, started_at_ms=None)  # the index has no timings
 
     run(scenario())
 
@@ -734,5 +735,44 @@ def test_a_corrupt_item_is_named_when_read_and_left_out_of_listings(
             await store.get(WorksetId("bad"))
         expected = f"corrupt item in table {TABLE} (pk='bad', sk='ws'): attribute {attribute} {problem}"
         assert str(caught.value) == expected
+
+    run(scenario())
+
+
+def test_a_run_s_timings_survive_claims_from_the_index_and_old_items_read_without_them(
+    make_store: Callable[..., Store],
+) -> None:
+    """A holder works on the workset as the index gave it, which has no timings: its writes must change only its own
+    step's duration, keep the run's start, and set the finish. (One map of durations, written whole from the
+    holder's copy, lost the earlier steps' on DynamoDB.) Events carry their step run; the others read None."""
+    store = make_store()
+
+    def run_of(step: str, at_ms: int, outcome: str = "done") -> StepRun:
+        return StepRun(step=step, started_at_ms=at_ms, duration_ms=1_500, outcome=outcome, exit_code=0)
+
+    async def claimed(now_ms: int) -> Workset:
+        [candidate] = (await store.due(now_ms=now_ms, limit=1)).candidates
+        return await _claim(store, candidate, token=f"tok-{now_ms}", now_ms=now_ms)
+
+    async def scenario() -> None:
+        await add(store, "ws-1")
+        ws = await claimed(T0 + 1_000)
+        decision = states.decide(ws, Action.STEP_FINISHED, ctx(T0 + 3_000), step="stage", run=run_of("stage", T0 + 1))
+        ws = await store.commit(decision, fence_token=ws.lease.token)  # type: ignore[union-attr]
+        fail = states.decide(ws, Action.FAIL_TEMPORARY, ctx(T0 + 4_000), error="exit 75")
+        ws = await store.commit(fail, fence_token=ws.lease.token)  # type: ignore[union-attr]
+        ws = await claimed(ws.available_at_ms)  # a second attempt, from the index again
+        decision = states.decide(ws, Action.STEP_FINISHED, ctx(ws.updated_at_ms + 2), step="run", run=run_of("run", 7))
+        ws = await store.commit(decision, fence_token=ws.lease.token)  # type: ignore[union-attr]
+        complete = states.decide(ws, Action.COMPLETE, ctx(ws.updated_at_ms + 1))
+        ws = await store.commit(complete, fence_token=ws.lease.token)  # type: ignore[union-attr]
+        stored = await store.get(WorksetId("ws-1"))
+        assert stored is not None
+        assert (stored.started_at_ms, stored.finished_at_ms) == (T0 + 1_000, ws.updated_at_ms)
+        assert stored.step_ms == (("run", 1_500), ("stage", 1_500))
+        history = await store.history(WorksetId("ws-1"))
+        steps = [e.step_run.step if e.step_run else None for e in history]
+        assert steps == [None, None, "stage", None, None, "run", None]
+        assert history[2].step_run == run_of("stage", T0 + 1)
 
     run(scenario())

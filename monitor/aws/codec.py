@@ -19,7 +19,7 @@ import enum
 from typing import Any, TypeVar
 
 from monitor import errors
-from monitor.model import Event, EventType, Fleet, Lease, Priority, State, Workset, WorksetId
+from monitor.model import Event, EventType, Fleet, Lease, Priority, State, StepRun, Workset, WorksetId
 from monitor.states import gsi_sort_key
 
 CONTROL_SK = "ws"
@@ -32,6 +32,9 @@ CHANNELS = ("sns", "linear", "webhook")
 # Everything but the attributes a heartbeat rewrites, so a claim needs no read first and heartbeats never write the
 # index. Every other attribute changes only together with `version`, which is projected anyway.
 HEARTBEAT_ATTRIBUTES = ("hb_count", "heartbeat_at_ms", "lease_expires_at_ms", "current_step")
+STEP_MS = "step_ms#"  # + a step's name: the milliseconds of its successful run in the current run of the workset
+# The run's timings (``report``): not projected, so tables made before them keep their index; a claim needs none.
+TIMING_ATTRIBUTES = ("started_at_ms", "finished_at_ms")
 GSI_PROJECTED = (
     "priority",
     "bucket",
@@ -85,7 +88,12 @@ def workset_fields(ws: Workset) -> dict[str, Any]:
         "steps_done": list(ws.steps_done) or None,
         "last_error": ws.last_error,
         "error_category": ws.error_category,
+        "started_at_ms": ws.started_at_ms,
+        "finished_at_ms": ws.finished_at_ms,
         "gsi_sk": gsi_sort_key(ws),
+        # One attribute per step, not one map: a holder's copy of a workset claimed from the index (which does not
+        # project them) changes only its own step's attribute, never the others'.
+        **{STEP_MS + step: ms for step, ms in ws.step_ms},
     }
 
 
@@ -122,6 +130,9 @@ def workset_from_item(item: Item, *, table: str) -> Workset:
         last_error=a.optional("last_error", str),
         error_category=a.optional("error_category", str),
         held_off_for=None if lease else a.optional("lease_owner", str),
+        started_at_ms=a.optional("started_at_ms", int),
+        finished_at_ms=a.optional("finished_at_ms", int),
+        step_ms=a.step_ms(),
     )
 
 
@@ -143,8 +154,21 @@ def event_item(event: Event) -> Item:
         "outbox_sk": outbox_sort_key(event) if event.pending else None,
         **{f"notify_{channel}": outcome for channel, outcome in event.notified.items()},
         "notify_attempts": event.delivery_attempts or None,
+        **_step_run_fields(event.step_run),
     }
     return encode_fields(fields)
+
+
+def _step_run_fields(run: StepRun | None) -> dict[str, Any]:
+    if run is None:
+        return {}
+    return {
+        "run_step": run.step,
+        "run_started_ms": run.started_at_ms,
+        "run_ms": run.duration_ms,
+        "run_outcome": run.outcome,
+        "run_exit": run.exit_code,
+    }
 
 
 def outbox_sort_key(event: Event, *, due_ms: int | None = None) -> str:
@@ -184,6 +208,20 @@ def event_from_item(item: Item, *, table: str) -> Event:
         pending=a.optional("outbox", str) == OUTBOX_PENDING,
         notified={c: outcome for c in CHANNELS if (outcome := a.optional(f"notify_{c}", str)) is not None},
         delivery_attempts=a.optional("notify_attempts", int) or 0,
+        step_run=_step_run(a),
+    )
+
+
+def _step_run(a: _Attributes) -> StepRun | None:
+    """The step run an event records, if it records one (events written before timings were kept do not)."""
+    if (step := a.optional("run_step", str)) is None:
+        return None
+    return StepRun(
+        step=step,
+        started_at_ms=a.required("run_started_ms", int),
+        duration_ms=a.required("run_ms", int),
+        outcome=a.required("run_outcome", str),
+        exit_code=a.optional("run_exit", int),
     )
 
 
@@ -243,6 +281,11 @@ class _Attributes:
             return kind(value)
         except ValueError:
             raise self.corrupt(name, f"holds {value!r}, not a known {kind.__name__}") from None
+
+    def step_ms(self) -> tuple[tuple[str, int], ...]:
+        """The ``step_ms#<step>`` attributes, by step name (as ``decide`` keeps them)."""
+        names = sorted(name for name in self._item if name.startswith(STEP_MS))
+        return tuple((name.removeprefix(STEP_MS), self.required(name, int)) for name in names)
 
     def strings(self, name: str) -> tuple[str, ...]:
         values = self.optional(name, list) or []

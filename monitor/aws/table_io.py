@@ -122,10 +122,12 @@ class TableIO:
 
 
 def _update_expression(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """SET what changed or appeared, REMOVE what disappeared; names and values are always placeholders."""
+    """SET what changed or appeared, REMOVE what disappeared (set to None, or gone from ``new``); names and values are
+    always placeholders."""
     sets, removes = [], []
     names: dict[str, str] = {}
     values: dict[str, Any] = {}
+    new = new | dict.fromkeys(old.keys() - new.keys())
     for index, (name, value) in enumerate(new.items()):
         if value == old.get(name):
             continue
