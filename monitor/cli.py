@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from monitor import __version__, config, errors, logs, terminal
+from monitor import __version__, config, errors, logs, report, terminal
 from monitor.app import PROG, App
 from monitor.clock import SystemClock
 from monitor.commands import (
@@ -32,6 +32,7 @@ from monitor.commands import (
     cmd_migrate,
     cmd_notify_test,
     cmd_register,
+    cmd_report,
     cmd_run,
     cmd_show,
     cmd_stats,
@@ -68,6 +69,12 @@ def _positive(value: str) -> int:
     if number < 1:
         raise ValueError(f"must be at least 1, got {number}")
     return number
+
+
+def _since(value: str) -> str:
+    """``--since``, checked now (a usage error), kept as written: the command resolves it against its clock."""
+    report.parse_since(value, now_ms=0)
+    return value
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -142,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_arg(_positive), help="at most this many (default: all)")
 
     add("stats", cmd_stats, "count worksets per state and priority")
+
+    p = add("report", cmd_report, "a row per workset with its run's times and each step's duration, and a summary")
+    p.add_argument("--state", type=_arg(parse_state), help=", ".join(s.value for s in State))
+    p.add_argument("--priority", type=_arg(parse_priority), help="urgent, normal or low")
+    p.add_argument("--since", type=_arg(_since), help="registered since: a duration (90s, 30m, 12h, 7d, 2w) or a time")
+    p.add_argument("--prefix", help="only worksets whose folder starts with this (e.g. worksets/2026-12/)")
+    p.add_argument("--format", choices=report.FORMATS, help="default: table on a terminal, else tsv; --json means json")
 
     _add_transitions(add, workset_id)
     _add_service_commands(add)

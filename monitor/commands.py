@@ -13,7 +13,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from monitor import actions, config, errors, iam, leases, preflight, registration, render, steps, terminal, validation
+from monitor import (
+    actions,
+    config,
+    errors,
+    iam,
+    leases,
+    preflight,
+    registration,
+    render,
+    report,
+    steps,
+    terminal,
+    validation,
+)
 from monitor.app import PROG, App, operator_identity
 from monitor.aws import backup, codec, schema
 from monitor.aws.cloudwatch import CloudWatchPublisher
@@ -111,6 +124,28 @@ async def cmd_list(app: App) -> int:
     worksets = await app.store.list(state=args.state, priority=args.priority, limit=args.limit)
     text = render.worksets_table(worksets) if worksets else "no worksets match"
     app.emit([render.workset_dict(ws) for ws in worksets], text)
+    return errors.EX_OK
+
+
+async def cmd_report(app: App) -> int:
+    args = app.args
+    since_ms = report.parse_since(args.since, now_ms=app.clock.now_ms()) if args.since else None
+    worksets = [
+        ws
+        for ws in await app.store.list(state=args.state, priority=args.priority)
+        if (since_ms is None or ws.created_at_ms >= since_ms) and ws.prefix.startswith(args.prefix or "")
+    ]
+    rows = sorted((report.row(ws) for ws in worksets), key=lambda r: (r.registered_ms, r.workset_id))
+    steps = report.step_columns([s.name for s in app.settings.pipeline.steps], rows)
+    fmt = "json" if args.json else args.format or ("table" if sys.stdout.isatty() else "tsv")
+    if fmt == "json":
+        print(report.as_json(rows, steps))
+    elif fmt in ("csv", "tsv"):
+        sys.stdout.write(report.delimited(rows, steps, dialect=fmt))
+    else:
+        headers, cells = report.table_cells(rows, steps)
+        table = render.table(headers, cells) if rows else "no worksets match"
+        print(terminal.lines_for_terminal("\n".join([table, "", *report.summary_lines(rows, steps)])))
     return errors.EX_OK
 
 

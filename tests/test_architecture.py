@@ -49,7 +49,7 @@ LAYERS: list[set[str]] = [
         "monitor.systemd",
     },
     {"monitor.sweeper", "monitor.scanner", "monitor.migration", "monitor.driver", "monitor.registration"},
-    {"monitor.events", "monitor.render", "monitor.intake", "monitor.gauges", "monitor.reloader"},
+    {"monitor.events", "monitor.render", "monitor.report", "monitor.intake", "monitor.gauges", "monitor.reloader"},
     {"monitor.services"},
     {"monitor.supervisor"},
     {"monitor.preflight", "monitor.iam", "monitor.app"},

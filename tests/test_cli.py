@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -176,6 +177,12 @@ def test_register_defaults_to_the_configured_bucket_and_prefix(ready_table: Path
         (("list", "--limit", "0"), "must be at least 1"),
         (("list", "--limit", "abc"), "argument --limit: must be a whole number, got 'abc'"),
         (("retry",), "the following arguments are required: ID"),
+        (("report", "--since", "yesterday"), "'yesterday' is neither a duration (90s, 30m, 12h, 7d, 2w) nor a time"),
+        (("report", "--since", "7x"), "is neither a duration"),
+        (("report", "--since", "2026-13-01"), "is neither a duration"),
+        (("report", "--format", "xlsx"), "argument --format: invalid choice: 'xlsx'"),
+        (("report", "--state", "done"), "invalid state 'done'"),
+        (("report", "--priority", "p1"), "invalid priority 'p1'"),
     ],
 )
 def test_malformed_arguments_are_usage_errors(
@@ -602,3 +609,43 @@ def test_setting_the_priority_a_workset_has_writes_nothing(ready_table: Path, ca
     assert code == 0 and "ws-p already has priority urgent; nothing changed" in out
     _, out, _ = main(capsys, *cfg, "history", "ws-p", "--json")
     assert [e["type"] for e in json.loads(out)] == ["registered"]
+
+
+def test_report_after_a_two_step_run_gives_each_step_s_duration_as_its_process_measured_it(
+    ready_table: Path, lab: Lab, tmp_path: Path
+) -> None:
+    """The operator's morning report: a daemon ran two steps; ``report --format csv`` parses as CSV, has a numeric
+    column per step, and each agrees with what the step process measured of itself to within 1 s."""
+    own = tmp_path / "own-times"
+    step = (
+        "import sys, time; t = time.monotonic(); time.sleep(float(sys.argv[1])); "
+        f"open({str(own)!r}, 'a').write(sys.argv[2] + ' ' + str(time.monotonic() - t) + chr(10))"
+    )
+    with ready_table.open("a") as config:
+        for name, seconds in (("stage", "0.4"), ("analyse", "1.2")):
+            config.write(f'\n[[pipeline.steps]]\nname = "{name}"\n')
+            config.write(f"command = {json.dumps([sys.executable, '-c', step, seconds, name])}\n")
+    lab.workset("ws-1")
+    lab.workset("ws-2")
+    ok(sh(ready_table, "run", "--once"))
+    table = list(csv.DictReader(io.StringIO(ok(sh(ready_table, "report", "--format", "csv")))))
+    assert [(r["workset"], r["state"]) for r in table] == [("ws-1", "complete"), ("ws-2", "complete")]
+    measured: dict[str, list[float]] = {}
+    for line in own.read_text().splitlines():
+        name, seconds = line.split()
+        measured.setdefault(name, []).append(float(seconds))
+    for r in table:
+        for name in ("stage", "analyse"):
+            recorded = float(r[f"{name}_s"])  # numeric, one column per step
+            assert any(abs(recorded - m) <= 1.0 for m in measured[name]), (name, recorded, measured)
+        assert float(r["wall_s"]) >= float(r["stage_s"]) + float(r["analyse_s"]) - 0.2  # rounding of each to 0.1 s
+        assert float(r["claim_wait_s"]) >= 0 and r["attempts"] == "1"
+    tsv = ok(sh(ready_table, "report", "--state", "complete", "--since", "1h"))  # not a terminal: TSV
+    assert tsv.splitlines()[0].split("\t")[-2:] == ["stage_s", "analyse_s"] and len(tsv.splitlines()) == 3
+    data = json.loads(ok(sh(ready_table, "report", "--json", "--prefix", "worksets/ws-2")))
+    assert [w["workset"] for w in data["worksets"]] == ["ws-2"] and set(data["worksets"][0]["steps"]) == {
+        "stage",
+        "analyse",
+    }
+    assert {s["what"] for s in data["summary"]} == {"wall time", "stage", "analyse"}
+    assert ok(sh(ready_table, "report", "--since", "2999-01-01")).splitlines()[1:] == []  # header only

@@ -1,0 +1,169 @@
+"""``workset-monitor report``: one row per workset with its run's timings, and a summary, from control items only.
+
+Everything a row shows is on the workset's control item (``started_at_ms``, ``finished_at_ms``, ``step_ms#<step>``,
+written by the transactions that end each step), so a report reads the ``list`` way: the index's ids of each state,
+then the items in ``BatchGetItem``s of 100 — never one query per workset. Times are UTC, durations seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from monitor.clock import iso
+from monitor.model import Priority, State, Workset
+
+FORMATS = ("table", "tsv", "csv", "json")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_since(value: str, *, now_ms: int) -> int:
+    """``--since``: a duration back from now (``90s``, ``30m``, ``12h``, ``7d``, ``2w``) or a time (``2026-12-01``,
+    ``2026-12-01T06:00``, ``...Z`` or with an offset; a time without one is UTC), as epoch milliseconds."""
+    text = value.strip()
+    if match := re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text):
+        return now_ms - round(float(match.group(1)) * _UNITS[match.group(2)] * 1000)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither a duration (90s, 30m, 12h, 7d, 2w) nor a time (2026-12-01, 2026-12-01T06:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return round(when.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Row:
+    workset_id: str
+    state: State
+    priority: Priority
+    registered_ms: int
+    started_ms: int | None
+    finished_ms: int | None
+    attempts: int
+    steps: dict[str, float]  # step -> seconds of its successful run
+
+    @property
+    def wall_s(self) -> float | None:
+        """From the run's first claim to its end (None until it ended)."""
+        if self.started_ms is None or self.finished_ms is None:
+            return None
+        return (self.finished_ms - self.started_ms) / 1000
+
+    @property
+    def claim_wait_s(self) -> float | None:
+        """From registration to the run's first claim."""
+        return None if self.started_ms is None else max(self.started_ms - self.registered_ms, 0) / 1000
+
+
+def row(ws: Workset) -> Row:
+    return Row(
+        workset_id=ws.workset_id,
+        state=ws.state,
+        priority=ws.priority,
+        registered_ms=ws.created_at_ms,
+        started_ms=ws.started_at_ms,
+        finished_ms=ws.finished_at_ms,
+        attempts=ws.attempts,
+        steps={step: ms / 1000 for step, ms in ws.step_ms},
+    )
+
+
+def step_columns(configured: Sequence[str], rows: Sequence[Row]) -> list[str]:
+    """The pipeline's steps in their order, then any other step a row has (a step since removed), by name."""
+    seen = {step for r in rows for step in r.steps}
+    return [*configured, *sorted(seen - set(configured))]
+
+
+@dataclass(frozen=True)
+class Summary:
+    what: str  # "wall time" or a step's name
+    count: int
+    median_s: float
+    p90_s: float
+
+
+def summary(rows: Sequence[Row], steps: Sequence[str]) -> list[Summary]:
+    """Median and 90th percentile of the wall time and of each step, over the rows that have one."""
+    found = [("wall time", [r.wall_s for r in rows if r.wall_s is not None])]
+    found += [(step, [r.steps[step] for r in rows if step in r.steps]) for step in steps]
+    return [Summary(what, len(values), statistics.median(values), _p90(values)) for what, values in found if values]
+
+
+def _p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, -(-9 * len(ordered) // 10) - 1))]  # nearest rank
+
+
+HEADERS = ("workset", "state", "priority", "registered", "started", "finished", "wall_s", "attempts", "claim_wait_s")
+
+
+def _cells(r: Row, steps: Sequence[str]) -> list[object]:
+    return [
+        r.workset_id,
+        r.state.value,
+        r.priority.value,
+        iso(r.registered_ms),
+        iso(r.started_ms),
+        iso(r.finished_ms),
+        _seconds(r.wall_s),
+        r.attempts,
+        _seconds(r.claim_wait_s),
+        *(_seconds(r.steps.get(step)) for step in steps),
+    ]
+
+
+def _seconds(value: float | None) -> str | None:
+    return None if value is None else f"{value:.1f}"
+
+
+def delimited(rows: Sequence[Row], steps: Sequence[str], *, dialect: str) -> str:
+    """CSV or TSV with a header row, one column per step (``<step>_s``); an empty cell is "not recorded"."""
+    out = io.StringIO()
+    writer = csv.writer(out, dialect="excel-tab" if dialect == "tsv" else "excel", lineterminator="\n")
+    writer.writerow([*HEADERS, *(f"{step}_s" for step in steps)])
+    writer.writerows([["" if c is None else c for c in _cells(r, steps)] for r in rows])
+    return out.getvalue()
+
+
+def as_json(rows: Sequence[Row], steps: Sequence[str]) -> str:
+    """The rows (seconds as numbers; null: not recorded) and the summary."""
+    worksets = [
+        {
+            "workset": r.workset_id,
+            "state": r.state.value,
+            "priority": r.priority.value,
+            "registered": iso(r.registered_ms),
+            "started": iso(r.started_ms),
+            "finished": iso(r.finished_ms),
+            "wall_s": r.wall_s,
+            "attempts": r.attempts,
+            "claim_wait_s": r.claim_wait_s,
+            "steps": {step: r.steps[step] for step in steps if step in r.steps},
+        }
+        for r in rows
+    ]
+    totals = [
+        {"what": s.what, "count": s.count, "median_s": s.median_s, "p90_s": s.p90_s} for s in summary(rows, steps)
+    ]
+    return json.dumps({"worksets": worksets, "summary": totals}, indent=2)
+
+
+def table_cells(rows: Sequence[Row], steps: Sequence[str]) -> tuple[list[str], list[list[object]]]:
+    """The terminal table's headers and rows (``render.table`` draws them)."""
+    headers = [h.upper() for h in HEADERS] + [f"{step.upper()}_S" for step in steps]
+    return headers, [_cells(r, steps) for r in rows]
+
+
+def summary_lines(rows: Sequence[Row], steps: Sequence[str]) -> list[str]:
+    lines = [f"{len(rows)} workset(s)"]
+    lines += [f"{s.what}: median {s.median_s:.1f} s, p90 {s.p90_s:.1f} s (of {s.count})" for s in summary(rows, steps)]
+    return lines
