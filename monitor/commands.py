@@ -136,16 +136,16 @@ async def cmd_report(app: App) -> int:
         if (since_ms is None or ws.created_at_ms >= since_ms) and ws.prefix.startswith(args.prefix or "")
     ]
     rows = sorted((report.row(ws) for ws in worksets), key=lambda r: (r.registered_ms, r.workset_id))
-    steps = report.step_columns([s.name for s in app.settings.pipeline.steps], rows)
+    columns = report.step_columns([step.name for step in app.settings.pipeline.steps], rows)
     fmt = "json" if args.json else args.format or ("table" if sys.stdout.isatty() else "tsv")
     if fmt == "json":
-        print(report.as_json(rows, steps))
+        print(report.as_json(rows, columns))
     elif fmt in ("csv", "tsv"):
-        sys.stdout.write(report.delimited(rows, steps, dialect=fmt))
+        sys.stdout.write(report.delimited(rows, columns, dialect=fmt))
     else:
-        headers, cells = report.table_cells(rows, steps)
+        headers, cells = report.table_cells(rows, columns)
         table = render.table(headers, cells) if rows else "no worksets match"
-        print(terminal.lines_for_terminal("\n".join([table, "", *report.summary_lines(rows, steps)])))
+        print(terminal.lines_for_terminal("\n".join([table, "", *report.summary_lines(rows, columns)])))
     return errors.EX_OK
 
 

@@ -649,3 +649,6 @@ def test_report_after_a_two_step_run_gives_each_step_s_duration_as_its_process_m
     }
     assert {s["what"] for s in data["summary"]} == {"wall time", "stage", "analyse"}
     assert ok(sh(ready_table, "report", "--since", "2999-01-01")).splitlines()[1:] == []  # header only
+    text = ok(sh(ready_table, "report", "--format", "table"))  # what a terminal gets by default
+    assert text.splitlines()[0].split()[-2:] == ["STAGE_S", "ANALYSE_S"] and "2 workset(s)" in text
+    assert "analyse: median" in text and "wall time: median" in text
