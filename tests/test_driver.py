@@ -155,6 +155,9 @@ def test_after_a_restart_finished_steps_are_skipped_and_a_poll_step_reattaches(t
             await asyncio.sleep(0.05)
         rig.kill.set()  # the daemon stops while the external job is still running
         assert await task is Ending.RELEASED
+        released = (await rig.store.history(WorksetId("ws-1")))[-1]
+        assert released.type is EventType.RELEASED and released.step_run is not None
+        assert (released.step_run.step, released.step_run.outcome) == ("analyse", "stopped")  # the run so far
         rig.kill.clear()
         second = await rig.claim("host-b:2:0")  # another daemon picks it up
         assert second.ws.steps_done == ("stage",)
