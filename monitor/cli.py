@@ -43,8 +43,10 @@ from monitor.model import (
     check_bucket,
     check_workset_id,
     parse_priority,
+    parse_s3_folder,
     parse_state,
 )
+from monitor.operator_commands import cmd_validate
 from monitor.states import Action
 
 # --- argument parsing --------------------------------------------------------------------------------------------
@@ -140,6 +142,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-validate", action="store_true", help="register the folder without checking it")
     p.add_argument("--reason", help="recorded in the audit trail")
 
+    _add_views(add, workset_id)
+    _add_transitions(add, workset_id)
+    _add_service_commands(add)
+    add("notify-test", cmd_notify_test, "send a test event through every configured notification channel")
+
+    p = add("migrate", cmd_migrate, "import worksets from legacy daylily.* sentinel files (see docs/migration.md)")
+    p.add_argument("--dry-run", action="store_true", help="report what would be done; write nothing")
+    p.add_argument(
+        "--in-flight",
+        choices=("skip", "ready", "error"),
+        default="skip",
+        help="folders left daylily.in_progress or daylily.lock by the legacy monitor: leave them (skip, default), "
+        "run them again (ready), or record them as failed (error)",
+    )
+
+    return parser
+
+
+def _add_views(add: Callable[..., argparse.ArgumentParser], workset_id: Callable[[str], Any]) -> None:
+    """The commands that only read: show, history, list, stats, report, validate."""
     add("show", cmd_show, "show one workset").add_argument("id", type=workset_id, metavar="ID")
     add("history", cmd_history, "show a workset's audit trail").add_argument("id", type=workset_id, metavar="ID")
 
@@ -157,21 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", help="only worksets whose folder starts with this (e.g. worksets/2026-12/)")
     p.add_argument("--format", choices=report.FORMATS, help="default: table on a terminal, else tsv; --json means json")
 
-    _add_transitions(add, workset_id)
-    _add_service_commands(add)
-    add("notify-test", cmd_notify_test, "send a test event through every configured notification channel")
-
-    p = add("migrate", cmd_migrate, "import worksets from legacy daylily.* sentinel files (see docs/migration.md)")
-    p.add_argument("--dry-run", action="store_true", help="report what would be done; write nothing")
-    p.add_argument(
-        "--in-flight",
-        choices=("skip", "ready", "error"),
-        default="skip",
-        help="folders left daylily.in_progress or daylily.lock by the legacy monitor: leave them (skip, default), "
-        "run them again (ready), or record them as failed (error)",
+    p = add(
+        "validate",
+        cmd_validate,
+        "check a workset folder before writing daylily.ready: every problem, with file, line and column; "
+        "writes nothing (exit 0 valid, 1 problems)",
     )
-
-    return parser
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "folder", nargs="?", type=_arg(parse_s3_folder), metavar="S3_URI", help="s3://BUCKET/PREFIX/NAME/"
+    )
+    where.add_argument("--prefix", help="the folder in the configured [scan] bucket, e.g. worksets/ws-001/")
 
 
 def _add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:

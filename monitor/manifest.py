@@ -1,8 +1,9 @@
 """Parsing what a workset carries, strictly and without I/O: the sample manifest, data references, the priority.
 
-Every rejection is an ``Invalid`` naming the file, the line and the column (1-based) so an operator can open the file
-and fix it. Nothing here trusts its input: sizes are bounded by the caller, text must be UTF-8 without NUL bytes,
-and a data reference may not leave the workset's ``sample_data/`` folder.
+Every problem is an ``Invalid`` naming the file, the line and the column (1-based) so an operator can open the file
+and fix it. The ``check_*`` functions collect every problem a file has (``workset-monitor validate`` lists them all);
+``parse_*`` raise the first. Nothing here trusts its input: sizes are bounded by the caller, text must be UTF-8
+without NUL bytes, and a data reference may not leave the workset's ``sample_data/`` folder.
 """
 
 from __future__ import annotations
@@ -57,53 +58,91 @@ def is_data_column(name: str) -> bool:
 
 def decode_text(data: bytes, *, file: str) -> str:
     """UTF-8 text (a leading BOM is dropped); binary content is refused with the position of the first bad byte."""
+    text, problems = check_text(data, file=file)
+    if problems:
+        raise problems[0]
+    return text
+
+
+def check_text(data: bytes, *, file: str) -> tuple[str, list[Invalid]]:
+    """The text, and a problem for every line with bytes that are not UTF-8 (decoded as U+FFFD so the rest can be
+    checked). NUL bytes mean binary data: one problem, and no text to check."""
     if b"\x00" in data:
         line = data[: data.index(b"\x00")].count(b"\n") + 1
-        raise Invalid(file, "contains NUL bytes: binary data, not text", line=line)
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise Invalid(file, f"not UTF-8 text (byte 0x{data[exc.start]:02x})", line=line, column=column) from None
+        return "", [Invalid(file, "contains NUL bytes: binary data, not text", line=line)]
+    problems: list[Invalid] = []
+    start = 0
+    while True:
+        try:
+            data[start:].decode("utf-8")
+            break
+        except UnicodeDecodeError as exc:
+            bad = start + exc.start
+            line = data[:bad].count(b"\n") + 1
+            column = bad - (data.rfind(b"\n", 0, bad) + 1) + 1
+            if not problems or problems[-1].line != line:
+                problems.append(Invalid(file, f"not UTF-8 text (byte 0x{data[bad]:02x})", line=line, column=column))
+            start = start + exc.end
+    return data.decode("utf-8", errors="replace").removeprefix("\ufeff"), problems
 
 
 def parse_manifest(data: bytes) -> Manifest:
-    """The manifest: tab-separated, a header row, the same number of columns on every line; CRLF tolerated."""
-    text = decode_text(data, file=MANIFEST)
+    """The manifest, or ``Invalid`` with its first problem."""
+    manifest, problems = check_manifest(data)
+    if problems:
+        raise problems[0]
+    return manifest
+
+
+def check_manifest(data: bytes) -> tuple[Manifest, list[Invalid]]:
+    """The manifest (tab-separated, a header row, the same number of columns on every line; CRLF tolerated) and
+    every problem it has, in file order. Only the rows that are well formed yield data references."""
+    text, problems = check_text(data, file=MANIFEST)
+    empty = Manifest(header=(), rows=(), references=())
+    if not text and problems:
+        return empty, problems
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the final newline
     lines = [line.removesuffix("\r") for line in lines]
     if not lines or not lines[0].strip():
-        raise Invalid(MANIFEST, "the header row is missing (the first line is empty)", line=1)
+        return empty, [*problems, Invalid(MANIFEST, "the header row is missing (the first line is empty)", line=1)]
     header = tuple(cell.strip() for cell in lines[0].split("\t"))
-    for index, name in enumerate(header, start=1):
-        if not name:
-            raise Invalid(MANIFEST, "header cell is empty", line=1, column=index)
     seen: dict[str, int] = {}
     for index, name in enumerate(header, start=1):
-        if name.lower() in seen:
-            raise Invalid(MANIFEST, f"column {name!r} repeats column {seen[name.lower()]}", line=1, column=index)
-        seen[name.lower()] = index
-    rows = []
+        if not name:
+            problems.append(Invalid(MANIFEST, "header cell is empty", line=1, column=index))
+        elif name.lower() in seen:
+            problems.append(
+                Invalid(MANIFEST, f"column {name!r} repeats column {seen[name.lower()]}", line=1, column=index)
+            )
+        else:
+            seen[name.lower()] = index
+    rows: list[tuple[str, ...]] = []
+    good: list[tuple[int, tuple[str, ...]]] = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
-            raise Invalid(MANIFEST, "blank line inside the manifest", line=number)
+            problems.append(Invalid(MANIFEST, "blank line inside the manifest", line=number))
+            continue
         cells = tuple(line.split("\t"))
-        if len(cells) != len(header):
-            raise Invalid(MANIFEST, f"{len(cells)} columns, but the header has {len(header)}", line=number, column=1)
         rows.append(cells)
+        if len(cells) != len(header):
+            problems.append(
+                Invalid(MANIFEST, f"{len(cells)} columns, but the header has {len(header)}", line=number, column=1)
+            )
+        else:
+            good.append((number, cells))
     if not rows:
-        raise Invalid(MANIFEST, "no sample rows after the header", line=2)
+        problems.append(Invalid(MANIFEST, "no sample rows after the header", line=2))
     data_columns = [i for i, name in enumerate(header) if is_data_column(name)]
     references = tuple(
         Reference(line=number, column=i + 1, header=header[i], value=row[i].strip())
-        for number, row in enumerate(rows, start=2)
+        for number, row in good
         for i in data_columns
         if row[i].strip()
     )
-    return Manifest(header=header, rows=tuple(rows), references=references)
+    problems.sort(key=lambda p: (p.line or 0, p.column or 0))
+    return Manifest(header=header, rows=tuple(rows), references=references), problems
 
 
 def resolve(reference: Reference, *, bucket: str, folder: str) -> tuple[str, str]:
@@ -131,20 +170,30 @@ def resolve(reference: Reference, *, bucket: str, folder: str) -> tuple[str, str
 
 
 def parse_priority(data: bytes) -> Priority:
-    """The top-level ``priority:`` of daylily_info.yaml (urgent, normal or low); normal when absent.
+    """The priority daylily_info.yaml asks for, or ``Invalid`` with its first problem."""
+    priority, problems = check_priority(data)
+    if problems:
+        raise problems[0]
+    return priority
+
+
+def check_priority(data: bytes) -> tuple[Priority, list[Invalid]]:
+    """The top-level ``priority:`` of daylily_info.yaml (urgent, normal or low; normal when absent), and the file's
+    problems: bytes that are not text, a value that is not a priority.
 
     Only this one scalar key is read, line by line; the rest of the file belongs to the pipeline."""
-    text = decode_text(data, file=INFO_FILE)
+    text, problems = check_text(data, file=INFO_FILE)
     for number, raw in enumerate(text.splitlines(), start=1):
         match = _PRIORITY_LINE.match(raw.rstrip("\r"))
         if not match:
             continue
         value = match.group("value").strip().strip("'\"").strip()
         try:
-            return Priority(value.lower())
+            return Priority(value.lower()), problems
         except ValueError:
             column = match.start("value") + 1
-            raise Invalid(
-                INFO_FILE, f"priority {value!r} is not one of urgent, normal, low", line=number, column=column
-            ) from None
-    return Priority.NORMAL
+            problems.append(
+                Invalid(INFO_FILE, f"priority {value!r} is not one of urgent, normal, low", line=number, column=column)
+            )
+            return Priority.NORMAL, problems
+    return Priority.NORMAL, problems

@@ -257,6 +257,20 @@ def check_bucket(value: str) -> str:
     return value
 
 
+def parse_s3_folder(value: str) -> tuple[str, str]:
+    """``s3://BUCKET/PATH/NAME/`` as (bucket, key prefix ending in '/'): a folder, never the bucket's root."""
+    if not value.startswith("s3://"):
+        raise ValueError(f"{value[:80]!a} is not an s3://BUCKET/PREFIX/NAME/ folder")
+    bucket, _, key = value.removeprefix("s3://").partition("/")
+    check_bucket(bucket)
+    key = key.strip("/")
+    if not key:
+        raise ValueError(f"{value[:80]!a} names a whole bucket: give the workset's folder, s3://{bucket}/PREFIX/NAME/")
+    if any(ord(ch) < 32 or ch == "\x7f" for ch in key) or len(key) > 1000:
+        raise ValueError(f"{value[:80]!a} is not a usable S3 key (control characters, or over 1000 characters)")
+    return bucket, key + "/"
+
+
 def parse_priority(value: str) -> Priority:
     try:
         return Priority(value.strip().lower())

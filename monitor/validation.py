@@ -19,8 +19,8 @@ from monitor.manifest import (
     SAMPLE_DATA,
     Invalid,
     Reference,
-    parse_manifest,
-    parse_priority,
+    check_manifest,
+    check_priority,
     resolve,
 )
 from monitor.model import Priority
@@ -38,6 +38,9 @@ class Verdict:
     priority: Priority = Priority.NORMAL
     reason: str = ""
     sentinel: str | None = None  # the legacy sentinel that decided (precedence applied)
+    problems: tuple[Invalid, ...] = ()  # every problem of an invalid workset, in file order
+    samples: int = 0  # rows of the manifest
+    references: int = 0  # distinct data objects the manifest names
 
 
 async def inspect(source: Source, *, folder: str, max_manifest_bytes: int) -> Verdict:
@@ -54,22 +57,49 @@ async def inspect(source: Source, *, folder: str, max_manifest_bytes: int) -> Ve
 
 
 async def validate(source: Source, *, folder: str, listing: Listing, max_manifest_bytes: int) -> Verdict:
-    priority = Priority.NORMAL
-    try:
-        for name in REQUIRED_FILES:
-            if name not in listing.files:
-                raise Invalid(name, "required file is missing")
-        if SAMPLE_DATA not in listing.folders or not await source.has_objects(f"{folder}{SAMPLE_DATA}/"):
-            raise Invalid(f"{SAMPLE_DATA}/", "is missing or empty: it must hold the workset's data")
-        priority = parse_priority(await _read(source, folder + INFO_FILE, INFO_FILE, INFO_MAX_BYTES))
-        manifest = parse_manifest(await _read(source, folder + MANIFEST, MANIFEST, max_manifest_bytes))
-        targets = {
-            reference: resolve(reference, bucket=source.bucket, folder=folder) for reference in manifest.references
-        }
-        await _check_exist(source, targets)
-    except Invalid as exc:
-        return Verdict(kind="invalid", priority=priority, reason=str(exc), sentinel=legacy.READY)
-    return Verdict(kind="new", priority=priority, sentinel=legacy.READY)
+    """Every problem of the folder's content (its sentinels aside): missing files, an empty ``sample_data/``, the
+    priority, the manifest's structure, unsafe and missing data references. The reason names the first."""
+    problems: list[Invalid] = [
+        Invalid(name, "required file is missing") for name in REQUIRED_FILES if name not in listing.files
+    ]
+    if SAMPLE_DATA not in listing.folders or not await source.has_objects(f"{folder}{SAMPLE_DATA}/"):
+        problems.append(Invalid(f"{SAMPLE_DATA}/", "is missing or empty: it must hold the workset's data"))
+    priority, samples, references = Priority.NORMAL, 0, 0
+    if INFO_FILE in listing.files:
+        try:
+            priority, found = check_priority(await _read(source, folder + INFO_FILE, INFO_FILE, INFO_MAX_BYTES))
+            problems += found
+        except Invalid as exc:
+            problems.append(exc)
+    if MANIFEST in listing.files:
+        try:
+            manifest, found = check_manifest(await _read(source, folder + MANIFEST, MANIFEST, max_manifest_bytes))
+        except Invalid as exc:
+            problems.append(exc)
+        else:
+            targets: dict[Reference, tuple[str, str]] = {}
+            for reference in manifest.references:
+                try:
+                    targets[reference] = resolve(reference, bucket=source.bucket, folder=folder)
+                except Invalid as exc:
+                    found.append(exc)
+            found += await _missing(source, targets)
+            found.sort(key=lambda p: (p.line or 0, p.column or 0))
+            problems += found
+            samples, references = len(manifest.rows), len(set(targets.values()))
+    if problems:
+        more = f" (and {len(problems) - 1} more: `workset-monitor validate` lists them)" if len(problems) > 1 else ""
+        reason = f"{problems[0]}{more}"
+        return Verdict(
+            kind="invalid",
+            priority=priority,
+            reason=reason,
+            sentinel=legacy.READY,
+            problems=tuple(problems),
+            samples=samples,
+            references=references,
+        )
+    return Verdict(kind="new", priority=priority, sentinel=legacy.READY, samples=samples, references=references)
 
 
 async def _read(source: Source, key: str, name: str, max_bytes: int) -> bytes:
@@ -79,7 +109,8 @@ async def _read(source: Source, key: str, name: str, max_bytes: int) -> bytes:
         raise Invalid(name, f"is larger than {max_bytes} bytes (limit: scan.max_manifest_bytes)") from None
 
 
-async def _check_exist(source: Source, targets: dict[Reference, tuple[str, str]]) -> None:
+async def _missing(source: Source, targets: dict[Reference, tuple[str, str]]) -> list[Invalid]:
+    """A problem for each reference whose object does not exist (one HEAD per distinct object, eight at a time)."""
     distinct = sorted(set(targets.values()))
     gate = asyncio.Semaphore(HEAD_CONCURRENCY)
 
@@ -88,10 +119,8 @@ async def _check_exist(source: Source, targets: dict[Reference, tuple[str, str]]
             return await source.exists(*target)
 
     found = dict(zip(distinct, await asyncio.gather(*(exists(t) for t in distinct)), strict=True))
-    missing = [(ref, target) for ref, target in targets.items() if not found[target]]
-    if missing:
-        ref, (bucket, key) = missing[0]
-        more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
-        raise Invalid(
-            MANIFEST, f"{ref.header}: s3://{bucket}/{key} does not exist{more}", line=ref.line, column=ref.column
-        )
+    return [
+        Invalid(MANIFEST, f"{ref.header}: s3://{bucket}/{key} does not exist", line=ref.line, column=ref.column)
+        for ref, (bucket, key) in targets.items()
+        if not found[(bucket, key)]
+    ]

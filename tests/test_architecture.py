@@ -53,7 +53,7 @@ LAYERS: list[set[str]] = [
     {"monitor.services"},
     {"monitor.supervisor"},
     {"monitor.preflight", "monitor.iam", "monitor.app"},
-    {"monitor.demo", "monitor.commands"},
+    {"monitor.demo", "monitor.commands", "monitor.operator_commands"},
     {"monitor.cli"},
     {"monitor.__main__"},
 ]

@@ -183,6 +183,12 @@ def test_register_defaults_to_the_configured_bucket_and_prefix(ready_table: Path
         (("report", "--format", "xlsx"), "argument --format: invalid choice: 'xlsx'"),
         (("report", "--state", "done"), "invalid state 'done'"),
         (("report", "--priority", "p1"), "invalid priority 'p1'"),
+        (("validate",), "one of the arguments S3_URI --prefix is required"),
+        (("validate", "lab-bucket/worksets/ws-1/"), "'lab-bucket/worksets/ws-1/' is not an s3://BUCKET/PREFIX/NAME/"),
+        (("validate", "s3://Bad_Bucket/w/ws-1/"), "invalid S3 bucket name 'Bad_Bucket'"),
+        (("validate", "s3://lab-bucket/"), "names a whole bucket"),
+        (("validate", "s3://lab-bucket/w/\x1b[2Jx/"), "is not a usable S3 key"),
+        (("validate", "s3://lab-bucket/w/x/", "--prefix", "w/x/"), "not allowed with argument S3_URI"),
     ],
 )
 def test_malformed_arguments_are_usage_errors(

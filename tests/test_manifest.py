@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from monitor import legacy
-from monitor.manifest import Invalid, Reference, is_data_column, parse_manifest, parse_priority, resolve
+from monitor.manifest import (
+    Invalid,
+    Reference,
+    check_manifest,
+    check_priority,
+    is_data_column,
+    parse_manifest,
+    parse_priority,
+    resolve,
+)
 from monitor.model import Priority, State
 from tests.lab import manifest
 
@@ -91,6 +100,46 @@ def test_bad_manifests_name_the_line_and_column(data: bytes, message: str) -> No
     with pytest.raises(Invalid) as caught:
         parse_manifest(data)
     assert str(caught.value) == f"stage_samples.tsv {message}" or message in str(caught.value)
+
+
+def test_every_problem_of_a_manifest_is_found_in_file_order() -> None:
+    """`validate` lists them all: the parser used to stop at the first."""
+    data = (
+        b"A\tB\ta\t\tR1_FQ\n"  # column 3 repeats column 1; column 4 is empty
+        b"1\t2\t3\t4\tok.fq\n"
+        b"1\t2\n"  # too few columns
+        b"\n"  # blank
+        b"1\t\xff\t3\t4\t../x.fq\n"  # not UTF-8 (and the row is kept: its reference is checked later)
+        b"1\t2\t3\t4\t5\t6\n"  # too many
+        b"\xfe\t2\t3\t4\ty.fq\n"
+    )
+    manifest, problems = check_manifest(data)
+    assert [(p.line, p.column, p.message) for p in problems] == [
+        (1, 3, "column 'a' repeats column 1"),
+        (1, 4, "header cell is empty"),
+        (3, 1, "2 columns, but the header has 5"),
+        (4, None, "blank line inside the manifest"),
+        (5, 3, "not UTF-8 text (byte 0xff)"),
+        (6, 1, "6 columns, but the header has 5"),
+        (7, 1, "not UTF-8 text (byte 0xfe)"),
+    ]
+    assert [(r.line, r.value) for r in manifest.references] == [(2, "ok.fq"), (5, "../x.fq"), (7, "y.fq")]
+    with pytest.raises(Invalid, match="line 1 column 3: column 'a' repeats"):
+        parse_manifest(data)  # the daemon's reason: the first
+
+
+def test_binary_content_is_one_problem_not_thousands() -> None:
+    _, problems = check_manifest(b"A\tB\n" + b"\x00\xff" * 5000)
+    assert [str(p) for p in problems] == ["stage_samples.tsv line 2: contains NUL bytes: binary data, not text"]
+
+
+def test_a_bad_priority_is_found_beside_bad_bytes() -> None:
+    priority, problems = check_priority(b"name: \xff\npriority: high\n")
+    assert priority is Priority.NORMAL
+    assert [str(p) for p in problems] == [
+        "daylily_info.yaml line 1 column 7: not UTF-8 text (byte 0xff)",
+        "daylily_info.yaml line 2 column 11: priority 'high' is not one of urgent, normal, low",
+    ]
 
 
 @pytest.mark.parametrize(

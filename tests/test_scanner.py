@@ -224,6 +224,11 @@ HOSTILE: list[tuple[str, dict[str, bytes | None], str]] = [
         "sample_data/: is missing or empty",
     ),
     ("ws-ctrl-path", {"stage_samples.tsv": b"S\tbam_path\n1\ta\x1bb\n"}, "control characters"),
+    (
+        "ws-three-problems",
+        {"daylily_work.yaml": None, "stage_samples.tsv": b"A\tA\n1\n"},
+        "daylily_work.yaml: required file is missing (and 2 more: `workset-monitor validate` lists them)",
+    ),
 ]
 
 
