@@ -46,7 +46,7 @@ from monitor.model import (
     parse_s3_folder,
     parse_state,
 )
-from monitor.operator_commands import cmd_validate
+from monitor.operator_commands import cmd_run_workset, cmd_validate
 from monitor.states import Action
 
 # --- argument parsing --------------------------------------------------------------------------------------------
@@ -92,6 +92,10 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run(until_idle=args.until_idle, as_json=args.json)
 
 
+def _run(app: App) -> Any:
+    return cmd_run_workset(app) if app.args.workset else cmd_run(app)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -128,8 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="details on errors")
     p.set_defaults(handler=None)
 
-    p = add("run", cmd_run, "the daemon, in the foreground (systemd and Docker run this)")
-    p.add_argument("--once", action="store_true", help="one scan and claim round, finish those worksets, exit")
+    p = add("run", _run, "the daemon, in the foreground (systemd and Docker run this); or one workset by hand")
+    once = p.add_mutually_exclusive_group()
+    once.add_argument("--once", action="store_true", help="one scan and claim round, finish those worksets, exit")
+    once.add_argument(
+        "--workset",
+        type=workset_id,
+        metavar="ID",
+        help="claim this ready or retrying workset through the normal lease and run its remaining steps here",
+    )
+    p.add_argument("--step", metavar="NAME", help="with --workset: run exactly this step (again, if it finished)")
     add("init", cmd_init, "create the table and index, or verify an existing table")
 
     p = add("register", cmd_register, "register a workset by hand")
@@ -257,7 +269,10 @@ def _add_transitions(add: Callable[..., argparse.ArgumentParser], workset_id: Ca
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and args.step is not None and args.workset is None:
+        parser.error("run --step needs --workset ID")
     verbose = bool(getattr(args, "verbose", False))
     as_json = bool(getattr(args, "json", False))
 

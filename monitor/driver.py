@@ -34,6 +34,7 @@ class Ending(StrEnum):
     RETRYING = "retrying"  # a step failed for now: the workset waits out its backoff
     ERROR = "error"  # a step failed for good, or the attempts are used up
     RELEASED = "released"  # shutdown: given back to ready, no attempt counted
+    STEP_DONE = "step_done"  # the one step asked for (``only``) ran; the steps left are given back to the daemons
     LOST = "lost"  # the lease was lost: nothing more written
     CRASHED = "crashed"  # the driver raised (a bug, a permanent AWS error): the sweeper recovers the workset
 
@@ -45,8 +46,10 @@ async def drive(
     runner: Runner,
     drain: asyncio.Event,
     kill: asyncio.Event,
+    only: str | None = None,
 ) -> Ending:
-    """Run the workset's remaining steps; returns how it ended. Never raises for a lost lease."""
+    """Run the workset's remaining steps, or exactly the step ``only`` (finished before or not: an operator re-running
+    it by hand); returns how it ended. Never raises for a lost lease."""
     logs.bind(workset_id=holding.workset_id, lease_owner=holding.owner, epoch=holding.epoch)
     stop = asyncio.Event()
     halt = asyncio.Event()  # stops the running step: lease lost, or shutdown ran out of patience
@@ -58,7 +61,7 @@ async def drive(
         asyncio.create_task(_first_of(halt, holding.lost, kill)),
     ]
     try:
-        return await _steps(holding, steps=steps, runner=runner, drain=drain, kill=kill, halt=halt)
+        return await _steps(holding, steps=steps, runner=runner, drain=drain, kill=kill, halt=halt, only=only)
     except errors.LeaseLost:
         log.warning("lease lost; workset abandoned", workset_id=holding.workset_id, reason=holding.lost_reason)
         return Ending.LOST
@@ -77,9 +80,10 @@ async def _steps(
     drain: asyncio.Event,
     kill: asyncio.Event,
     halt: asyncio.Event,
+    only: str | None,
 ) -> Ending:
     for step in steps:
-        if step.name in holding.ws.steps_done:
+        if step.name != only if only is not None else step.name in holding.ws.steps_done:
             continue
         if drain.is_set() or kill.is_set():
             await holding.release("daemon shutting down")
@@ -115,6 +119,10 @@ async def _steps(
             continue
         state = await holding.fail(summary, temporary=result.outcome is Outcome.TEMPORARY, run=run)
         return Ending.RETRYING if state is State.RETRYING else Ending.ERROR
+    left = [step.name for step in steps if step.name not in holding.ws.steps_done]
+    if only is not None and left:
+        await holding.release(f"step {only} was run by hand; {', '.join(left)} left to the daemons")
+        return Ending.STEP_DONE
     await holding.complete()
     return Ending.COMPLETE
 

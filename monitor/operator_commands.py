@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import random
+import signal
+import sys
 from typing import Any
 
-from monitor import errors, legacy, validation
-from monitor.app import App
+from monitor import by_hand, config, errors, legacy, render, steps, validation
+from monitor.app import PROG, App, operator_identity
 from monitor.aws.s3 import S3Source
+from monitor.driver import Ending, drive
 from monitor.manifest import Invalid
 from monitor.model import check_workset_id
+from monitor.policy import Policy
 
 
 async def cmd_validate(app: App) -> int:
@@ -91,3 +98,66 @@ def _notes(app: App, bucket: str, folder: str, sentinel: str | None, *, valid: b
     else:
         notes.append(f"{sentinel} from the legacy monitor: `workset-monitor migrate` brings it over")
     return notes
+
+
+async def cmd_run_workset(app: App) -> int:
+    """``run --workset ID [--step NAME]``: claim that workset through the normal lease, run its remaining steps (or
+    exactly the named one) as a daemon would, record everything; exit 0 once it (or that step) completed."""
+    args, settings = app.args, app.settings
+    config.require_pipeline(settings, app.loaded.path)
+    pipeline = settings.pipeline.steps
+    names = [step.name for step in pipeline]
+    if args.step is not None and args.step not in names:
+        raise errors.InvalidInput(f"--step {args.step[:80]!a} is not a step of [[pipeline.steps]]: {', '.join(names)}")
+    owner = f"{operator_identity()}:{os.getpid()}:{random.SystemRandom().getrandbits(32):08x}"
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+
+    holding = await by_hand.claim(
+        app.store, app.clock, workset_id=args.workset, owner=owner, policy=Policy.from_settings(settings), say=say
+    )
+    ws = holding.ws
+    todo = [args.step] if args.step else [name for name in names if name not in ws.steps_done]
+    say(f"claimed {ws.workset_id} (epoch {ws.epoch}, attempt {ws.attempts}); running {', '.join(todo) or 'no step'}")
+    stop = asyncio.Event()  # Ctrl-C or SIGTERM: the step is stopped and the workset given back, not left held
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        runner = steps.Runner(app.clock, base_env=dict(os.environ), passthrough=settings.run.step_env_passthrough)
+        ending = await drive(holding, steps=pipeline, runner=runner, drain=asyncio.Event(), kill=stop, only=args.step)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    after = await app.store.get(ws.workset_id) or holding.ws
+    ran = {name: ms / 1000 for name, ms in after.step_ms if name in todo}
+    done = ending in (Ending.COMPLETE, Ending.STEP_DONE)
+    text = f"{after.workset_id}: {_ENDINGS[ending]} ({after.state.value})"
+    text += "".join(f"\n  {name}: {seconds:.1f} s" for name, seconds in ran.items())
+    if not done and after.last_error:
+        text += f"\n  last error: {after.last_error}"
+    app.emit(
+        {
+            "workset_id": after.workset_id,
+            "ending": ending.value,
+            "state": after.state.value,
+            "steps_run": todo,
+            "step_seconds": ran,
+            "workset": render.workset_dict(after),
+        },
+        text,
+    )
+    return errors.EX_OK if done else errors.EX_FAILED
+
+
+_ENDINGS = {
+    Ending.COMPLETE: "every step finished",
+    Ending.STEP_DONE: "the step finished; the steps left are given back to the daemons",
+    Ending.RETRYING: "a step failed for now; the daemons retry it after its backoff",
+    Ending.ERROR: "a step failed",
+    Ending.RELEASED: "stopped; given back (no attempt counted)",
+    Ending.LOST: "the lease was lost (another holder, or the table unreachable); nothing more was written here",
+    Ending.CRASHED: "crashed",
+}

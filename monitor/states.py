@@ -266,7 +266,8 @@ def decide(
     elif action is Action.STEP_FINISHED:
         if not step:
             raise ValueError("step_finished needs the step name")
-        changes |= {"steps_done": (*ws.steps_done, step), "current_step": None}
+        # a step run again (by hand) keeps its place: the list says which steps are done, once each
+        changes |= {"steps_done": tuple(dict.fromkeys((*ws.steps_done, step))), "current_step": None}
         if run is not None:
             changes |= {"step_ms": tuple(sorted({**dict(ws.step_ms), step: run.duration_ms}.items()))}
     elif action in (Action.RELEASE, Action.FORCE_RELEASE):

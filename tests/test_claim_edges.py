@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from monitor import actions, config, errors
+from monitor import actions, by_hand, config, errors
 from monitor.app import App
 from monitor.clock import FakeClock
 from monitor.leases import Claimer
@@ -95,6 +96,62 @@ def test_each_claimer_counts_the_hold_off_from_its_own_first_sight(world: World)
         assert c.next_round_s(600) == pytest.approx(POLICY.takeover_after_s / 2 + 0.01)
         [won] = await b.claim(slots=1)
         assert won.workset_id == "ws-1"
+
+    run(scenario())
+
+
+def test_a_hand_run_of_a_released_workset_waits_out_the_hold_off_on_its_own_clock(world: World) -> None:
+    """`run --workset ID` claims like any claimer: not before the old holder has surely stopped."""
+
+    async def scenario() -> None:
+        await world.register("ws-1")
+        held = await claim_one(world.daemon("host-a"))
+        await _act(world, Action.FORCE_RELEASE, skew_ms=-60_000)
+        said: list[str] = []
+        started = world.clock.monotonic()
+        hand = await by_hand.claim(
+            world.store, world.clock.skewed(3_600_000), workset_id=WS, owner="op:1:bbbb", policy=POLICY, say=said.append
+        )
+        assert world.clock.monotonic() - started == POLICY.takeover_after_s and held.fenced()
+        assert said == [
+            f"ws-1 was taken from host-a:1:aaaa, whose step may still be running: waiting {70:g} s "
+            "([lease] duration_s + grace_s) before starting"
+        ]
+        assert (hand.epoch, hand.ws.lease and hand.ws.lease.owner, hand.ws.held_off_for) == (2, "op:1:bbbb", None)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("unknown", "workset ws-9 is not registered"),
+        ("running", "ws-1 is being run by host-a:1:aaaa: not started here"),
+        ("error", "ws-1 is error: only a ready or retrying workset can be run; `workset-monitor retry ws-1`"),
+        ("not due", "ws-1 is retrying and not due until "),
+    ],
+)
+def test_a_hand_run_is_refused_before_anything_is_written(world: World, setup: str, message: str) -> None:
+    async def scenario() -> None:
+        await world.register("ws-1")
+        if setup != "unknown":
+            held = await claim_one(world.daemon("host-a"))
+            if setup == "error":
+                await held.fail("exit 2", temporary=False)
+            elif setup == "not due":
+                await held.fail("exit 75", temporary=True)
+        before = await world.store.history(WS)
+        with pytest.raises(errors.MonitorError, match=re.escape(message)) as caught:
+            await by_hand.claim(
+                world.store,
+                world.clock,
+                workset_id=WorksetId("ws-9" if setup == "unknown" else "ws-1"),
+                owner="op:1:bbbb",
+                policy=POLICY,
+                say=print,
+            )
+        assert caught.value.exit_code == 1
+        assert await world.store.history(WS) == before
 
     run(scenario())
 

@@ -4,12 +4,17 @@ before writing ``daylily.ready``, running one workset by hand, acting on many wo
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from tests import test_cli
 from tests.lab import Lab
-from tests.test_cli import _registered, main
+from tests.test_cli import _registered, main, ok, sh
 
 config_file, ready_table, lab = test_cli.config_file, test_cli.ready_table, test_cli.lab  # the CLI tests' fixtures
 
@@ -92,3 +97,100 @@ def test_validate_of_nothing_or_a_bad_name_says_so(ready_table: Path, lab: Lab, 
     assert code == 1 and "  folder name: invalid workset id 'bad name!'" in out
     code, _, err = main(capsys, *cfg, "validate", "s3://no-such-bucket-here/worksets/x/")
     assert code == 1 and err.strip() == "workset-monitor: bucket no-such-bucket-here does not exist"
+
+
+def _two_steps(config: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """stage and analyse, each noting its run; analyse fails (exit 2) while the file ``broken`` exists, and sleeps
+    while ``slow`` exists."""
+    runs, broken, slow = tmp_path / "runs", tmp_path / "broken", tmp_path / "slow"
+    step = (
+        "import os, sys, time; name = sys.argv[1]; open(sys.argv[2], 'a').write(name + chr(10)); "
+        "[time.sleep(0.1) for _ in range(300) if os.path.exists(sys.argv[4])]; "
+        "sys.exit(2 if name == 'analyse' and os.path.exists(sys.argv[3]) else 0)"
+    )
+    with config.open("a") as f:
+        for name in ("stage", "analyse"):
+            f.write(f'\n[[pipeline.steps]]\nname = "{name}"\n')
+            f.write(f"command = {json.dumps([sys.executable, '-c', step, name, str(runs), str(broken), str(slow)])}\n")
+    return runs, broken
+
+
+def test_one_step_of_a_failed_workset_is_run_again_by_hand_after_a_fix(
+    ready_table: Path, lab: Lab, tmp_path: Path
+) -> None:
+    """The operator's fix: analyse failed; fix it, `retry`, `run --workset ID --step analyse` runs exactly that step
+    (stage is not run again), records it as the daemon would, and the workset completes."""
+    runs, broken = _two_steps(ready_table, tmp_path)
+    broken.touch()
+    lab.workset("ws-1")
+    ok(sh(ready_table, "run", "--once"))
+    assert json.loads(ok(sh(ready_table, "show", "ws-1", "--json")))["state"] == "error"
+    assert runs.read_text().split() == ["stage", "analyse"]
+    broken.unlink()  # the fix
+    refused_ = sh(ready_table, "run", "--workset", "ws-1", "--step", "analyse")
+    assert refused_.returncode == 1 and "ws-1 is error: only a ready or retrying workset can be run" in refused_.stderr
+    ok(sh(ready_table, "retry", "ws-1", "--reason", "reference genome fixed"))
+    typo = sh(ready_table, "run", "--workset", "ws-1", "--step", "analyze")
+    assert typo.returncode == 1
+    assert "--step 'analyze' is not a step of [[pipeline.steps]]: stage, analyse" in typo.stderr
+    result = sh(ready_table, "run", "--workset", "ws-1", "--step", "analyse")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "ws-1: every step finished (complete)"
+    assert result.stdout.splitlines()[1].startswith("  analyse: ")
+    assert runs.read_text().split() == ["stage", "analyse", "analyse"]  # exactly that step
+    trail = json.loads(ok(sh(ready_table, "history", "ws-1", "--json")))
+    tail = [(e["type"], e.get("step_run", {}) and e["step_run"]["step"]) for e in trail[-4:]]
+    assert tail == [("reopened", None), ("started", None), ("step_finished", "analyse"), ("complete", None)]
+    started = trail[-3]
+    assert started["actor"].startswith("operator:") and started["reason"] == "run by hand"
+    assert trail[-2]["actor"] == started["actor"] and trail[-2]["step_run"]["exit_code"] == 0
+
+
+def test_a_finished_step_run_again_by_hand_leaves_the_rest_to_the_daemons(
+    ready_table: Path, lab: Lab, tmp_path: Path
+) -> None:
+    runs, broken = _two_steps(ready_table, tmp_path)
+    broken.touch()
+    lab.workset("ws-1")
+    ok(sh(ready_table, "run", "--once"))
+    ok(sh(ready_table, "retry", "ws-1"))
+    result = sh(ready_table, "run", "--workset", "ws-1", "--step", "stage", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["ending"], data["state"], data["steps_run"]) == ("step_done", "ready", ["stage"])
+    assert data["workset"]["steps_done"] == ["stage"]  # once, though it ran twice
+    assert runs.read_text().split() == ["stage", "analyse", "stage"]
+    broken.unlink()
+    assert sh(ready_table, "run", "--workset", "ws-1").returncode == 0  # the remaining steps: analyse only
+    assert runs.read_text().split() == ["stage", "analyse", "stage", "analyse"]
+    assert json.loads(ok(sh(ready_table, "show", "ws-1", "--json")))["state"] == "complete"
+
+
+def test_a_hand_run_holds_the_lease_against_others_and_gives_it_back_on_ctrl_c(
+    ready_table: Path, lab: Lab, tmp_path: Path
+) -> None:
+    runs, _ = _two_steps(ready_table, tmp_path)
+    (tmp_path / "slow").touch()  # the step runs until the file is gone (30 s at most)
+    lab.workset("ws-1")
+    ok(sh(ready_table, "register", "ws-1"))
+    exe = Path(sys.executable).with_name("workset-monitor")
+    env = dict(os.environ, WORKSET_MONITOR_CONFIG=str(ready_table))
+    with subprocess.Popen(
+        [str(exe), "run", "--workset", "ws-1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as first:
+        for _ in range(200):  # until its step is running (20 s at most)
+            if runs.exists():
+                break
+            time.sleep(0.1)
+        second = sh(ready_table, "run", "--workset", "ws-1")
+        assert second.returncode == 1 and "ws-1 is being run by operator:" in second.stderr, second.stderr
+        shown = json.loads(ok(sh(ready_table, "show", "ws-1", "--json")))
+        assert shown["state"] == "in_progress" and shown["attempts"] == 1
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=30)
+    assert first.returncode == 1, err
+    assert out.splitlines()[0] == "ws-1: stopped; given back (no attempt counted) (ready)"
+    shown = json.loads(ok(sh(ready_table, "show", "ws-1", "--json")))
+    assert (shown["state"], shown["attempts"], shown["lease_owner"]) == ("ready", 0, None)
+    assert runs.read_text().split() == ["stage"]  # stopped, never finished
+    assert json.loads(ok(sh(ready_table, "history", "ws-1", "--json")))[-1]["type"] == "released"
