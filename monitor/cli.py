@@ -28,7 +28,6 @@ from monitor.commands import (
     cmd_iam_policy,
     cmd_import,
     cmd_init,
-    cmd_list,
     cmd_migrate,
     cmd_notify_test,
     cmd_register,
@@ -36,7 +35,6 @@ from monitor.commands import (
     cmd_run,
     cmd_show,
     cmd_stats,
-    transition,
 )
 from monitor.model import (
     State,
@@ -46,7 +44,8 @@ from monitor.model import (
     parse_s3_folder,
     parse_state,
 )
-from monitor.operator_commands import cmd_run_workset, cmd_validate
+from monitor.operator_commands import cmd_list, cmd_run_workset, cmd_validate, transition
+from monitor.selection import Position
 from monitor.states import Action
 
 # --- argument parsing --------------------------------------------------------------------------------------------
@@ -118,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, command_parser=p)  # for the checks after parsing: the command's usage
         return p
 
     workset_id = _arg(check_workset_id)
@@ -177,10 +176,18 @@ def _add_views(add: Callable[..., argparse.ArgumentParser], workset_id: Callable
     add("show", cmd_show, "show one workset").add_argument("id", type=workset_id, metavar="ID")
     add("history", cmd_history, "show a workset's audit trail").add_argument("id", type=workset_id, metavar="ID")
 
-    p = add("list", cmd_list, "list worksets by state (ready first), each state urgent first then oldest first")
-    p.add_argument("--state", type=_arg(parse_state), help=", ".join(s.value for s in State))
+    p = add(
+        "list",
+        cmd_list,
+        "list worksets by state (ready, in_progress, retrying, error, cancelled, complete, ignored), each state "
+        "urgent first, then oldest first, then by id",
+    )
+    _add_filters(p)
     p.add_argument("--priority", type=_arg(parse_priority), help="urgent, normal or low")
-    p.add_argument("--limit", type=_arg(_positive), help="at most this many (default: all)")
+    p.add_argument("--limit", type=_arg(_positive), help="at most this many (default: all); says how to get the next")
+    p.add_argument(
+        "--after", type=_arg(Position.parse), metavar="POSITION", help="start past this (printed by --limit)"
+    )
 
     add("stats", cmd_stats, "count worksets per state and priority")
 
@@ -202,6 +209,50 @@ def _add_views(add: Callable[..., argparse.ArgumentParser], workset_id: Callable
         "folder", nargs="?", type=_arg(parse_s3_folder), metavar="S3_URI", help="s3://BUCKET/PREFIX/NAME/"
     )
     where.add_argument("--prefix", help="the folder in the configured [scan] bucket, e.g. worksets/ws-001/")
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    """The filters of ``list`` and the bulk transitions."""
+    p.add_argument("--state", type=_arg(parse_state), help=", ".join(s.value for s in State))
+    p.add_argument(
+        "--since", type=_arg(_since), help="in its current state since: a duration (90s, 30m, 12h, 7d) or a time"
+    )
+    p.add_argument("--prefix", help="only worksets whose folder starts with this (e.g. worksets/2026-12/)")
+    p.add_argument(
+        "--error-category", dest="error_category", metavar="CATEGORY", help="validation, step, lease, imported, ..."
+    )
+
+
+def _add_bulk(p: argparse.ArgumentParser) -> None:
+    """Ids, ``-`` for ids on standard input, or filters; ``--yes`` and ``--dry-run``."""
+    p.add_argument("ids", nargs="*", metavar="ID", help="one or more workset ids, or - to read them from stdin")
+    _add_filters(p)
+    p.add_argument("--yes", action="store_true", help="do it to every workset the filters select")
+    p.add_argument("--dry-run", action="store_true", dest="dry_run", help="only print what would be done")
+
+
+def _check_bulk(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A bulk transition takes ids or filters, not both, not neither; ids are checked here (``-`` alone)."""
+    ids = getattr(args, "ids", None)
+    if ids is None:
+        return
+    filtered = any(getattr(args, f, None) is not None for f in ("state", "since", "prefix", "error_category"))
+    if ids and filtered:
+        parser.error(
+            f"{args.command}: give workset ids or filters (--state, --since, --prefix, --error-category), not both"
+        )
+    if not ids and not filtered:
+        parser.error(f"{args.command}: give one or more workset ids, - to read them from stdin, or filters")
+    if "-" in ids and len(ids) > 1:
+        parser.error(f"{args.command}: - (ids on standard input) stands alone")
+    for value in ids:
+        if value != "-":
+            try:
+                check_workset_id(value)
+            except ValueError as exc:
+                parser.error(f"argument ID: {exc}")
+    if not filtered and args.yes:
+        parser.error(f"{args.command}: --yes is for a filter's selection; ids are acted on as given")
 
 
 def _add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
@@ -234,24 +285,25 @@ def _add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _add_transitions(add: Callable[..., argparse.ArgumentParser], workset_id: Callable[[str], Any]) -> None:
-    """The audited operator transitions: retry, ignore, cancel, release, set-priority."""
+    """The audited operator transitions: retry, ignore, cancel and set-priority (on one workset, several, or a
+    filter's selection), and release (one workset)."""
     p = add(
         "retry",
         transition(lambda a: Action.RETRY_FORCE if a.force else Action.RETRY, "retry requested"),
-        "re-open an error, cancelled or retrying workset (--force: also complete or ignored); the new attempt starts "
+        "re-open error, cancelled or retrying worksets (--force: also complete or ignored); the new attempt starts "
         "at the first step not finished yet (a complete workset's: the first step)",
     )
-    p.add_argument("id", type=workset_id, metavar="ID")
+    _add_bulk(p)
     p.add_argument("--force", action="store_true", help="also re-open complete and ignored worksets")
     p.add_argument("--from-start", action="store_true", help="run every step again, the finished ones too")
     p.add_argument("--reason", help="recorded in the audit trail")
 
     for name, action, text in (
-        ("ignore", Action.IGNORE, "hands off: the monitor will never touch this workset again"),
-        ("cancel", Action.CANCEL, "cancel a workset; a running one is stopped at its next heartbeat"),
+        ("ignore", Action.IGNORE, "hands off: the monitor will never touch these worksets again"),
+        ("cancel", Action.CANCEL, "cancel worksets; a running one is stopped at its next heartbeat"),
     ):
         p = add(name, transition(action, f"{name} requested"), text)
-        p.add_argument("id", type=workset_id, metavar="ID")
+        _add_bulk(p)
         p.add_argument("--reason", help="recorded in the audit trail")
 
     p = add(
@@ -259,20 +311,26 @@ def _add_transitions(add: Callable[..., argparse.ArgumentParser], workset_id: Ca
         transition(Action.FORCE_RELEASE, "released by operator"),
         "take a running workset away from its holder (-> ready, no failure counted; held off until it has stopped)",
     )
-    p.add_argument("id", type=workset_id, metavar="ID")
+    p.add_argument("ids", nargs=1, type=workset_id, metavar="ID")
     p.add_argument("--reason", required=True, help="recorded in the audit trail (required)")
 
-    p = add("set-priority", transition(Action.SET_PRIORITY, "priority changed"), "change a workset's priority")
-    p.add_argument("id", type=workset_id, metavar="ID")
+    p = add(
+        "set-priority",
+        transition(Action.SET_PRIORITY, "priority changed"),
+        "change the priority of worksets: set-priority ID [ID ...] PRIORITY, or set-priority --state ready PRIORITY",
+    )
+    _add_bulk(p)
     p.add_argument("priority", type=_arg(parse_priority), metavar="PRIORITY", help="urgent, normal or low")
     p.add_argument("--reason", help="recorded in the audit trail")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    parser = getattr(args, "command_parser", None) or build_parser()
     if args.command == "run" and args.step is not None and args.workset is None:
         parser.error("run --step needs --workset ID")
+    if args.command != "release":
+        _check_bulk(parser, args)
     verbose = bool(getattr(args, "verbose", False))
     as_json = bool(getattr(args, "json", False))
 

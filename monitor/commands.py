@@ -3,15 +3,12 @@ codes (0 ok, 1 failed or refused, 2 usage, 69 AWS unreachable, 78 invalid config
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from monitor import (
     actions,
@@ -44,7 +41,6 @@ from monitor.model import (
 )
 from monitor.notify import filters
 from monitor.notify.outbox import Doorbell, Outbox
-from monitor.states import Action
 from monitor.supervisor import Services, Supervisor
 from monitor.systemd import Notifier
 
@@ -116,14 +112,6 @@ async def cmd_history(app: App) -> int:
     if not events:
         raise errors.NotFound(f"workset {app.args.id} is not registered")
     app.emit([render.event_dict(e) for e in events], render.history_table(events))
-    return errors.EX_OK
-
-
-async def cmd_list(app: App) -> int:
-    args = app.args
-    worksets = await app.store.list(state=args.state, priority=args.priority, limit=args.limit)
-    text = render.worksets_table(worksets) if worksets else "no worksets match"
-    app.emit([render.workset_dict(ws) for ws in worksets], text)
     return errors.EX_OK
 
 
@@ -366,43 +354,3 @@ async def cmd_migrate(app: App) -> int:
     where = ", ".join(f"s3://{scan.bucket}/{p}" for p in scan.prefixes)
     app.emit(render.migration_dict(report, dry_run=args.dry_run), render.migration_text(report, where, args.dry_run))
     return errors.EX_FAILED if report.mismatches else errors.EX_OK
-
-
-def transition(action: Action | Callable[[argparse.Namespace], Action], default_reason: str) -> Any:
-    async def command(app: App) -> int:
-        chosen = action(app.args) if callable(action) else action
-        if chosen in (Action.SET_PRIORITY, Action.RETRY, Action.RETRY_FORCE):  # looked at first: one read for all
-            ws = await app.store.get(app.args.id)
-            if chosen is Action.SET_PRIORITY and ws is not None and ws.priority is app.args.priority:
-                text = f"{ws.workset_id} already has priority {ws.priority.value}; nothing changed"
-                app.emit({"workset_id": ws.workset_id, "priority": ws.priority.value, "changed": False}, text)
-                return errors.EX_OK  # no audit event for no change
-            if chosen is not Action.SET_PRIORITY and ws is not None:
-                registration.refuse_stand_in(ws)
-            if chosen is Action.RETRY and ws is not None:
-                source = S3Source(app.clients.get("s3"), ws.bucket)
-                await registration.revalidate(source, ws, max_manifest_bytes=app.settings.scan.max_manifest_bytes)
-        decision = await actions.act(
-            app.store,
-            app.args.id,
-            chosen,
-            app.context(default_reason),
-            priority=getattr(app.args, "priority", None),
-            from_start=getattr(app.args, "from_start", False),
-        )
-        before, after = decision.before, decision.after
-        detail = f"priority {before.priority.value} -> {after.priority.value}" if before.state is after.state else ""
-        text = f"{after.workset_id}: {before.state.value} -> {after.state.value}"
-        text += f" ({detail})" if detail else ""
-        app.emit(
-            {
-                "workset_id": after.workset_id,
-                "from_state": before.state.value,
-                "to_state": after.state.value,
-                "event": render.event_dict(decision.event),
-            },
-            text,
-        )
-        return errors.EX_OK
-
-    return command

@@ -29,24 +29,16 @@ recounts the counter) is a DynamoDB-only path.
 
 from __future__ import annotations
 
+import builtins
 import collections
 import dataclasses
 import random
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 
 from monitor import errors
 from monitor.model import Due, Event, Fleet, Priority, State, Stats, Workset, WorksetId
+from monitor.selection import LIST_ORDER, Position
 from monitor.states import Decision, gsi_sort_key
-
-_LIST_ORDER = (
-    State.READY,
-    State.IN_PROGRESS,
-    State.RETRYING,
-    State.ERROR,
-    State.CANCELLED,
-    State.COMPLETE,
-    State.IGNORED,
-)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -241,7 +233,7 @@ class MemoryStore:
     ) -> list[Workset]:
         index = self._index()
         ids: list[WorksetId] = []
-        for wanted in (state,) if state else _LIST_ORDER:
+        for wanted in (state,) if state else LIST_ORDER:
             matching = [
                 ws for ws in index.values() if ws.state is wanted and (priority is None or ws.priority is priority)
             ]
@@ -249,6 +241,29 @@ class MemoryStore:
         # Like DynamoStore: the ids come from the index, the worksets from the table now, if they still match.
         found = [self._worksets[i] for i in (ids[:limit] if limit is not None else ids)]
         return [ws for ws in found if state in (None, ws.state) and priority in (None, ws.priority)]
+
+    async def pages(
+        self,
+        *,
+        state: State | None = None,
+        priority: Priority | None = None,
+        after: Position | None = None,
+        size: int = 100,
+    ) -> AsyncGenerator[builtins.list[tuple[Position, Workset]], None]:
+        entries = sorted(
+            (Position.at(ws.state, gsi_sort_key(ws)), ws.workset_id)
+            for ws in self._index().values()
+            if state in (None, ws.state) and priority in (None, ws.priority)
+        )
+        chosen = [(position, i) for position, i in entries if after is None or position > after]
+        for start in range(0, len(chosen), size):
+            page = chosen[start : start + size]
+            # Like DynamoStore: the index's order, the worksets as the table has them now, if they still match.
+            yield [
+                (position, self._worksets[i])
+                for position, i in page
+                if self._worksets[i].state is position.state and priority in (None, self._worksets[i].priority)
+            ]
 
     async def stats(self, *, now_ms: int, states: Collection[State] | None = None) -> Stats:
         wanted = set(State if states is None else states)

@@ -1,22 +1,29 @@
-"""The operator's everyday commands beyond a single transition: ``validate`` a folder before writing
-``daylily.ready``, and (``cli`` maps exit codes) the commands that act on several worksets at once."""
+"""The operator's everyday commands: ``validate`` a folder before writing ``daylily.ready``, ``run --workset`` one
+workset by hand, ``list`` with filters and paging, and the audited transitions (``retry``, ``cancel``, ``ignore``,
+``set-priority``, ``release``) on one workset, several, or those a filter selects."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import os
 import random
 import signal
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from monitor import by_hand, config, errors, legacy, render, steps, validation
+from monitor import actions, by_hand, config, errors, legacy, registration, render, states, steps, validation
 from monitor.app import PROG, App, operator_identity
 from monitor.aws.s3 import S3Source
 from monitor.driver import Ending, drive
 from monitor.manifest import Invalid
-from monitor.model import check_workset_id
+from monitor.model import Workset, WorksetId, check_workset_id
 from monitor.policy import Policy
+from monitor.selection import Position, Selection, parse_since
+from monitor.states import Action
 
 
 async def cmd_validate(app: App) -> int:
@@ -161,3 +168,237 @@ _ENDINGS = {
     Ending.LOST: "the lease was lost (another holder, or the table unreachable); nothing more was written here",
     Ending.CRASHED: "crashed",
 }
+
+
+# --- list ----------------------------------------------------------------------------------------------------------
+
+
+def selection(app: App) -> Selection:
+    """The filters given on the command line (``--state``, ``--priority``, ``--since``, ``--prefix``,
+    ``--error-category``; each only where the command has it)."""
+    args = app.args
+    since = getattr(args, "since", None)
+    return Selection(
+        state=getattr(args, "state", None),
+        priority=None if args.command == "set-priority" else getattr(args, "priority", None),  # there: the new one
+        changed_since_ms=parse_since(since, now_ms=app.clock.now_ms()) if since else None,
+        prefix=getattr(args, "prefix", None),
+        error_category=getattr(args, "error_category", None),
+    )
+
+
+async def select(
+    app: App, chosen: Selection, *, after: Position | None = None, limit: int | None = None
+) -> tuple[list[tuple[Position, Workset]], bool]:
+    """The worksets ``chosen`` matches, in the listing order, past ``after``, at most ``limit``; and whether more
+    match. Reads the index a page at a time (one query page and one ``BatchGetItem`` per 100 entries) and stops as
+    soon as it has one more than ``limit``."""
+    found: list[tuple[Position, Workset]] = []
+    size = 100 if limit is None else min(100, limit + 1)
+    pages = app.store.pages(state=chosen.state, priority=chosen.priority, after=after, size=size)
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            for position, ws in page:
+                if not chosen.matches(ws):
+                    continue
+                if limit is not None and len(found) == limit:
+                    return found, True
+                found.append((position, ws))
+    return found, False
+
+
+async def cmd_list(app: App) -> int:
+    args = app.args
+    after = args.after
+    found, more = await select(app, selection(app), after=after, limit=args.limit)
+    worksets = [ws for _, ws in found]
+    text = render.worksets_table(worksets, now_ms=app.clock.now_ms()) if worksets else "no worksets match"
+    app.emit([render.workset_dict(ws) for ws in worksets], text)
+    if more:  # the next page: the same command, from past the last one shown
+        token = found[-1][0].token
+        if args.json:
+            print(render.to_json({"more": True, "after": token}), file=sys.stderr)
+        else:
+            print(f"{PROG}: more worksets match: add --after {token} for the next {args.limit}", file=sys.stderr)
+    return errors.EX_OK
+
+
+# --- the audited transitions, on one workset or many ----------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    workset_id: str
+    from_state: str = ""
+    to_state: str = ""
+    detail: str = ""  # e.g. the priority change
+    result: str = "done"  # done | unchanged | would | failed
+    error: str = ""
+    event: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "workset_id": self.workset_id,
+            "from_state": self.from_state or None,
+            "to_state": self.to_state or None,
+            "result": self.result,
+        }
+        if self.error:
+            data["error"] = self.error
+        if self.event is not None:
+            data["event"] = self.event
+        return data
+
+
+def transition(action: Action | Callable[[argparse.Namespace], Action], default_reason: str) -> Any:
+    """A transition command: on the ids given (``-``: one per line on standard input) or on the worksets the
+    filters select (then it needs ``--yes``, or ``--dry-run`` to only print). Each workset is its own conditional
+    write: a failure is reported for its id and the others go on; exit 1 if any failed."""
+
+    async def command(app: App) -> int:
+        chosen = action(app.args) if callable(action) else action
+        args = app.args
+        ids: list[str] = list(getattr(args, "ids", None) or [])
+        if ids == ["-"]:
+            ids = _ids_from(sys.stdin)
+        if len(ids) == 1 and not getattr(args, "dry_run", False):
+            return await _one(
+                app, WorksetId(ids[0]), chosen, default_reason
+            )  # as it always was: one line, its own exit code
+        if ids:
+            outcomes = [await _plan_id(app, workset_id, chosen) for workset_id in ids]
+        else:
+            outcomes = await _plan_selection(app, chosen)
+            if not args.dry_run and not args.yes:
+                shown = ", ".join(o.workset_id for o in outcomes[:5]) + (", ..." if len(outcomes) > 5 else "")
+                raise errors.InvalidInput(
+                    f"nothing done: the filters select {len(outcomes)} workset(s) ({shown or 'none'}); add --yes to "
+                    f"{args.command} them, or --dry-run to list them"
+                )
+        if not args.dry_run:
+            for outcome in outcomes:
+                if outcome.result == "would":
+                    await _apply(app, outcome, chosen, default_reason)
+        _print_outcomes(app, outcomes, heading=_heading(outcomes, dry_run=args.dry_run))
+        return errors.EX_FAILED if any(o.result == "failed" for o in outcomes) else errors.EX_OK
+
+    return command
+
+
+def _ids_from(stream: Any) -> list[str]:
+    """Workset ids, one per line (blank lines and ``#`` comments skipped); a bad one is refused with its line."""
+    ids: list[str] = []
+    for number, line in enumerate(stream, start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            ids.append(check_workset_id(text))
+        except ValueError as exc:
+            raise errors.InvalidInput(f"standard input line {number}: {exc}") from None
+    if not ids:
+        raise errors.InvalidInput("no workset ids on standard input")
+    return list(dict.fromkeys(ids))
+
+
+async def _plan_id(app: App, workset_id: str, chosen: Action) -> Outcome:
+    ws = await app.store.get(WorksetId(workset_id))
+    if ws is None:
+        return Outcome(workset_id, result="failed", error=f"workset {workset_id} is not registered")
+    return _plan(app, ws, chosen)
+
+
+async def _plan_selection(app: App, chosen: Action) -> list[Outcome]:
+    """The selected worksets the action applies to (a filter never selects one it would refuse)."""
+    found, _ = await select(app, selection(app))
+    planned = [_plan(app, ws, chosen) for _, ws in found]
+    return [o for o in planned if o.result == "would"]
+
+
+def _plan(app: App, ws: Workset, chosen: Action) -> Outcome:
+    outcome = Outcome(ws.workset_id, from_state=ws.state.value)
+    if chosen is Action.SET_PRIORITY and ws.priority is app.args.priority:
+        outcome.to_state, outcome.result = ws.state.value, "unchanged"
+        outcome.detail = f"already {ws.priority.value}"
+        return outcome
+    try:
+        to = states.target(ws.state, chosen, attempts=ws.attempts, max_attempts=app.settings.run.max_attempts)
+    except errors.IllegalTransition as exc:
+        outcome.result, outcome.error = "failed", str(exc)
+        return outcome
+    outcome.to_state, outcome.result = to.value, "would"
+    if chosen is Action.SET_PRIORITY:
+        outcome.detail = f"priority {ws.priority.value} -> {app.args.priority.value}"
+    return outcome
+
+
+async def _apply(app: App, outcome: Outcome, chosen: Action, reason: str) -> None:
+    try:
+        decision = await _decide_and_commit(app, WorksetId(outcome.workset_id), chosen, reason)
+    except errors.AwsUnavailable:
+        raise  # nothing more will work: exit 69, as for one workset
+    except errors.MonitorError as exc:
+        outcome.result, outcome.error = "failed", str(exc)
+        return
+    if decision is None:
+        outcome.result = "unchanged"
+        return
+    outcome.from_state, outcome.to_state = decision.before.state.value, decision.after.state.value
+    outcome.result, outcome.event = "done", render.event_dict(decision.event)
+
+
+async def _decide_and_commit(app: App, workset_id: WorksetId, chosen: Action, reason: str) -> states.Decision | None:
+    """One workset's transition, checked as the single-id command checks it; None when there is nothing to do."""
+    if chosen in (Action.SET_PRIORITY, Action.RETRY, Action.RETRY_FORCE):  # looked at first: one read for all
+        ws = await app.store.get(workset_id)
+        if chosen is Action.SET_PRIORITY and ws is not None and ws.priority is app.args.priority:
+            return None  # no audit event for no change
+        if chosen is not Action.SET_PRIORITY and ws is not None:
+            registration.refuse_stand_in(ws)
+        if chosen is Action.RETRY and ws is not None:
+            source = S3Source(app.clients.get("s3"), ws.bucket)
+            await registration.revalidate(source, ws, max_manifest_bytes=app.settings.scan.max_manifest_bytes)
+    return await actions.act(
+        app.store,
+        workset_id,
+        chosen,
+        app.context(reason),
+        priority=getattr(app.args, "priority", None),
+        from_start=getattr(app.args, "from_start", False),
+    )
+
+
+async def _one(app: App, workset_id: WorksetId, chosen: Action, reason: str) -> int:
+    decision = await _decide_and_commit(app, workset_id, chosen, reason)
+    if decision is None:
+        priority = app.args.priority.value
+        text = f"{workset_id} already has priority {priority}; nothing changed"
+        app.emit({"workset_id": workset_id, "priority": priority, "changed": False}, text)
+        return errors.EX_OK
+    before, after = decision.before, decision.after
+    detail = f"priority {before.priority.value} -> {after.priority.value}" if before.state is after.state else ""
+    text = f"{after.workset_id}: {before.state.value} -> {after.state.value}"
+    text += f" ({detail})" if detail else ""
+    app.emit(
+        {
+            "workset_id": after.workset_id,
+            "from_state": before.state.value,
+            "to_state": after.state.value,
+            "event": render.event_dict(decision.event),
+        },
+        text,
+    )
+    return errors.EX_OK
+
+
+def _heading(outcomes: list[Outcome], *, dry_run: bool) -> str:
+    if dry_run:
+        return f"dry run: {sum(o.result == 'would' for o in outcomes)} workset(s) would change; nothing written"
+    counts = {r: sum(o.result == r for o in outcomes) for r in ("done", "unchanged", "failed")}
+    return ", ".join(f"{n} {r}" for r, n in counts.items() if n) or "no worksets match"
+
+
+def _print_outcomes(app: App, outcomes: list[Outcome], *, heading: str) -> None:
+    rows = [(o.workset_id, o.from_state or "-", o.to_state or "-", o.result, o.error or o.detail) for o in outcomes]
+    text = render.table(("WORKSET", "FROM", "TO", "RESULT", "DETAIL"), rows) if rows else ""
+    app.emit([o.as_dict() for o in outcomes], "\n".join(t for t in (text, heading) if t))

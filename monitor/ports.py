@@ -14,11 +14,12 @@ Store guarantees (both implementations, one behavioural test suite):
 from __future__ import annotations
 
 import builtins
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from monitor.model import Due, Event, Fleet, Priority, State, Stats, Workset, WorksetId
+from monitor.selection import Position
 from monitor.states import Decision
 
 
@@ -74,6 +75,19 @@ class Store(Protocol):
 
     async def history(self, workset_id: WorksetId) -> list[Event]:
         """Every event of the workset, oldest first."""
+        ...
+
+    def pages(
+        self,
+        *,
+        state: State | None = None,
+        priority: Priority | None = None,
+        after: Position | None = None,
+        size: int = 100,
+    ) -> AsyncGenerator[builtins.list[tuple[Position, Workset]], None]:
+        """The worksets in the listing order (``selection.LIST_ORDER``, then the index's order within a state), past
+        ``after``, ``size`` at a time (one index query page and one ``BatchGetItem`` each), as the table has them now
+        and only if they still match. A consumer may stop early: nothing more is read."""
         ...
 
     async def list(

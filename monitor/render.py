@@ -106,20 +106,35 @@ def workset_text(ws: Workset) -> str:
     return "\n".join(f"{k.ljust(width)}  {'-' if v is None else for_terminal(v)}" for k, v in data.items())
 
 
-def worksets_table(worksets: Sequence[Workset]) -> str:
+def worksets_table(worksets: Sequence[Workset], *, now_ms: int) -> str:
+    """``list``: each workset's state, the step it runs, its age (since registered) and how long it has been in its
+    state (since its last change), and who holds it or why it failed."""
     rows = [
         (
             ws.workset_id,
             ws.state.value,
             ws.priority.value,
+            ws.current_step or "-",
+            age(now_ms - ws.created_at_ms),
+            age(now_ms - ws.updated_at_ms),
             ws.attempts,
-            iso(ws.available_at_ms),
-            iso(ws.updated_at_ms),
             ws.lease.owner if ws.lease else (ws.last_error or ""),
         )
         for ws in worksets
     ]
-    return table(("WORKSET", "STATE", "PRIORITY", "ATTEMPTS", "AVAILABLE_AT", "UPDATED_AT", "OWNER/ERROR"), rows)
+    return table(("WORKSET", "STATE", "PRIORITY", "STEP", "AGE", "IN_STATE", "ATTEMPTS", "OWNER/ERROR"), rows)
+
+
+def age(ms: int) -> str:
+    """A duration as an operator reads it at a glance: ``45s``, ``12m``, ``3h05m``, ``2d04h``."""
+    seconds = max(ms, 0) // 1000
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86_400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86_400}d{seconds % 86_400 // 3600:02d}h"
 
 
 def history_table(events: Sequence[Event]) -> str:

@@ -10,34 +10,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from monitor.clock import iso
 from monitor.model import Priority, State, Workset
+from monitor.selection import parse_since
 
 FORMATS = ("table", "tsv", "csv", "json")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def parse_since(value: str, *, now_ms: int) -> int:
-    """``--since``: a duration back from now (``90s``, ``30m``, ``12h``, ``7d``, ``2w``) or a time (``2026-12-01``,
-    ``2026-12-01T06:00``, ``...Z`` or with an offset; a time without one is UTC), as epoch milliseconds."""
-    text = value.strip()
-    if match := re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text):
-        return now_ms - round(float(match.group(1)) * _UNITS[match.group(2)] * 1000)
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is neither a duration (90s, 30m, 12h, 7d, 2w) nor a time (2026-12-01, 2026-12-01T06:00Z)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return round(when.timestamp() * 1000)
+__all__ = ["FORMATS", "Row", "parse_since"]
 
 
 @dataclass(frozen=True)

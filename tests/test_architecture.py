@@ -12,6 +12,7 @@ LAYERS: list[set[str]] = [
     {"monitor", "monitor.errors", "monitor.clock", "monitor.model", "monitor.terminal", "monitor.recorder"},
     {"monitor.child"},
     {"monitor.states", "monitor.manifest", "monitor.legacy"},
+    {"monitor.selection"},
     {"monitor.sections"},
     {"monitor.config", "monitor.logs"},
     {"monitor.ports", "monitor.loops", "monitor.live"},

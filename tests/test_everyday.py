@@ -3,6 +3,7 @@ before writing ``daylily.ready``, running one workset by hand, acting on many wo
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -12,7 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3
+import pytest
+
+from monitor import states
+from monitor.aws.dynamo import DynamoStore
+from monitor.model import Lease, WorksetId
+from monitor.states import Action, Context
 from tests import test_cli
+from tests.conftest import REGION, register, run
 from tests.lab import Lab
 from tests.test_cli import _registered, main, ok, sh
 
@@ -194,3 +203,138 @@ def test_a_hand_run_holds_the_lease_against_others_and_gives_it_back_on_ctrl_c(
     assert (shown["state"], shown["attempts"], shown["lease_owner"]) == ("ready", 0, None)
     assert runs.read_text().split() == ["stage"]  # stopped, never finished
     assert json.loads(ok(sh(ready_table, "history", "ws-1", "--json")))[-1]["type"] == "released"
+
+
+# --- many worksets at once -----------------------------------------------------------------------------------------
+
+
+def _failed(endpoint: str, name: str, *, minutes_ago: float, category: str = "step", prefix: str = "worksets/") -> None:
+    """Register ``name`` and record a failed run of it, ``minutes_ago`` (the daemon's writes, made directly)."""
+    store = DynamoStore(boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint), "daylily-worksets")
+    at_ms = int(time.time() * 1000 - minutes_ago * 60_000)
+    ctx = Context(now_ms=at_ms - 600_000, actor="scanner:test")  # registered ten minutes before
+    register(store, name, prefix=prefix, ctx=ctx, invalid_reason="bad manifest" if category == "validation" else None)
+    if category == "validation":
+        return
+    ws = run(store.get(WorksetId(name)))
+    lease = Lease(token="t" * 32, owner="host-a:1:aaaa", heartbeat_at_ms=at_ms - 500, expires_at_ms=at_ms + 60_000)
+    claimed = run(store.commit(states.decide(ws, Action.CLAIM, Context(now_ms=at_ms - 500, actor="a"), lease=lease)))
+    failure = states.decide(
+        claimed, Action.FAIL_PERMANENT, Context(now_ms=at_ms, actor="a"), error="exit 2", error_category=category
+    )
+    run(store.commit(failure, fence_token="t" * 32))
+
+
+def test_bulk_retry_after_an_outage_reopens_exactly_what_the_filters_select(
+    ready_table: Path, lab: Lab, aws_endpoint: str, capsys: Any
+) -> None:
+    """An outage failed a batch of worksets in the last hour: list them, then re-open them, each its own write; one
+    that cannot be re-opened (its folder is still invalid) is reported and the exit code says so."""
+    cfg = ("--config", str(ready_table))
+    _failed(aws_endpoint, "ws-a", minutes_ago=20)
+    _failed(aws_endpoint, "ws-b", minutes_ago=5)
+    _failed(aws_endpoint, "ws-old", minutes_ago=120)  # before the outage
+    _failed(aws_endpoint, "ws-bad", minutes_ago=1, category="validation")  # its folder does not exist
+    assert main(capsys, *cfg, "register", "ws-ready", "--no-validate")[0] == 0
+    before = _items(aws_endpoint)
+
+    code, out, _ = main(capsys, *cfg, "retry", "--state", "error", "--since", "1h", "--dry-run", "--json")
+    planned = json.loads(out)
+    assert code == 0 and _items(aws_endpoint) == before  # only printed
+    assert [(o["workset_id"], o["from_state"], o["to_state"], o["result"]) for o in planned] == [
+        ("ws-a", "error", "ready", "would"),
+        ("ws-b", "error", "ready", "would"),
+        ("ws-bad", "error", "ready", "would"),
+    ]
+    code, out, err = main(capsys, *cfg, "retry", "--state", "error", "--since", "1h")
+    assert code == 1 and out == "" and _items(aws_endpoint) == before
+    assert err == (
+        "workset-monitor: nothing done: the filters select 3 workset(s) (ws-a, ws-b, ws-bad); add --yes to retry "
+        "them, or --dry-run to list them\n"
+    )
+
+    code, out, err = main(capsys, *cfg, "retry", "--state", "error", "--since", "1h", "--yes", "--reason", "outage")
+    assert code == 1, err
+    rows = {line.split()[0]: line.split()[3] for line in out.splitlines()[1:-1]}
+    assert rows == {"ws-a": "done", "ws-b": "done", "ws-bad": "failed"}
+    assert "ws-bad is still invalid" in out and out.splitlines()[-1] == "2 done, 1 failed"
+    states_now = {w["workset_id"]: w["state"] for w in json.loads(main(capsys, *cfg, "list", "--json")[1])}
+    assert states_now == {"ws-a": "ready", "ws-b": "ready", "ws-ready": "ready", "ws-old": "error", "ws-bad": "error"}
+    trail = json.loads(main(capsys, *cfg, "history", "ws-a", "--json")[1])
+    assert (trail[-1]["type"], trail[-1]["reason"]) == ("reopened", "outage")
+
+
+def test_bulk_actions_take_ids_and_ids_on_stdin_and_report_each(
+    ready_table: Path, aws_endpoint: str, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = ("--config", str(ready_table))
+    _failed(aws_endpoint, "ws-err", minutes_ago=1)
+    for name in ("ws-1", "ws-2", "ws-3"):
+        assert main(capsys, *cfg, "register", name, "--no-validate")[0] == 0
+    code, out, _ = main(capsys, *cfg, "cancel", "ws-1", "ws-err", "ghost", "--json")
+    results = {o["workset_id"]: (o["result"], o.get("error", "")) for o in json.loads(out)}
+    assert code == 1
+    assert results["ws-1"] == ("done", "")
+    assert results["ws-err"][0] == "failed" and "cannot cancel a workset that is error" in results["ws-err"][1]
+    assert results["ghost"] == ("failed", "workset ghost is not registered")
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("ws-2\n# from the outage list\n\nws-3  # and this one\nws-2\n"))
+    code, out, _ = main(capsys, *cfg, "set-priority", "-", "urgent")
+    assert code == 0 and out.splitlines()[-1] == "2 done", out
+    code, out, _ = main(capsys, *cfg, "set-priority", "ws-2", "ws-3", "urgent")
+    assert code == 0 and out.splitlines()[-1] == "2 unchanged"  # no audit event for no change
+    assert [e["type"] for e in json.loads(main(capsys, *cfg, "history", "ws-2", "--json")[1])] == [
+        "registered",
+        "priority_changed",
+    ]
+    code, out, _ = main(capsys, *cfg, "ignore", "--prefix", "worksets/ws-", "--state", "ready", "--yes")
+    assert code == 0 and out.splitlines()[-1] == "2 done"  # ws-2, ws-3: the cancelled ws-1 is not ready
+    monkeypatch.setattr("sys.stdin", io.StringIO("ws-1\nbad/id\n"))
+    code, _, err = main(capsys, *cfg, "retry", "-")
+    assert code == 1 and err.startswith("workset-monitor: standard input line 2: invalid workset id 'bad/id': use")
+
+
+def test_list_pages_with_limit_and_after_and_shows_step_and_age(
+    ready_table: Path, aws_endpoint: str, capsys: Any
+) -> None:
+    cfg = ("--config", str(ready_table))
+    _failed(aws_endpoint, "ws-err", minutes_ago=90)
+    _failed(aws_endpoint, "ws-invalid", minutes_ago=30, category="validation")
+    for i in range(5):
+        assert (
+            main(capsys, *cfg, "register", f"ws-{i}", "--no-validate", "--priority", "low" if i % 2 else "normal")[0]
+            == 0
+        )
+    everything = [w["workset_id"] for w in json.loads(main(capsys, *cfg, "list", "--json")[1])]
+    assert everything == ["ws-0", "ws-2", "ws-4", "ws-1", "ws-3", "ws-err", "ws-invalid"]  # the documented order
+    seen: list[str] = []
+    after: list[str] = []
+    for _ in range(5):
+        _, out, err = main(capsys, *cfg, "list", "--limit", "3", *after)
+        seen += [line.split()[0] for line in out.splitlines()[1:]]
+        if not err:
+            break
+        assert err.startswith("workset-monitor: more worksets match: add --after ") and err.endswith(
+            " for the next 3\n"
+        )
+        after = ["--after", err.split("--after ")[1].split()[0]]
+    assert seen == everything
+    header, *rows = main(capsys, *cfg, "list", "--state", "error")[1].splitlines()
+    assert header.split() == ["WORKSET", "STATE", "PRIORITY", "STEP", "AGE", "IN_STATE", "ATTEMPTS", "OWNER/ERROR"]
+    err_row = next(r.split() for r in rows if r.startswith("ws-err "))
+    assert err_row[3:6] == ["-", "1h40m", "1h30m"], err_row
+    _, out, _ = main(capsys, *cfg, "list", "--error-category", "validation", "--json")
+    assert [w["workset_id"] for w in json.loads(out)] == ["ws-invalid"]
+    _, out, _ = main(capsys, *cfg, "list", "--since", "1h", "--state", "error", "--json")
+    assert [w["workset_id"] for w in json.loads(out)] == ["ws-invalid"]
+    _, out, _ = main(capsys, *cfg, "list", "--prefix", "worksets/ws-e", "--json")
+    assert [w["workset_id"] for w in json.loads(out)] == ["ws-err"]
+    _, _, err = main(capsys, *cfg, "list", "--limit", "1", "--json")
+    assert json.loads(err) == {"more": True, "after": json.loads(err)["after"]} and json.loads(err)["after"].startswith(
+        "ready:"
+    )
+
+
+def _items(endpoint: str) -> list[dict[str, Any]]:
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
+    return sorted(client.scan(TableName="daylily-worksets")["Items"], key=json.dumps)

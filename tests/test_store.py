@@ -21,6 +21,7 @@ from monitor.memory import Faults, MemoryStore
 from monitor.model import EventType, Lease, Priority, State, StepRun, Workset, WorksetId
 from monitor.ports import Store
 from monitor.recorder import Tally
+from monitor.selection import Position
 from monitor.states import Action, Backoff, Context
 from monitor.sweeper import Sweeper
 from tests.conftest import TEST_TABLE, run
@@ -164,6 +165,34 @@ def test_listing_and_stats_follow_every_page(make_store: Callable[..., Store]) -
         assert stats.count(State.READY) == stats.total == count
         assert stats.count(State.READY, Priority.URGENT) == 20
         assert stats.oldest_ready_age_s == 60.0
+
+    run(scenario())
+
+
+def test_pages_walk_the_listing_order_and_resume_after_any_position(make_store: Callable[..., Store]) -> None:
+    """`list --limit N` pages with `--after`: each page resumes exactly past the last position shown, across
+    states and index pages, with and without a priority; a consumer that stops early reads nothing more."""
+    store = make_store(page_size=7)
+
+    async def walk(after: Position | None = None, **kw: Any) -> list[tuple[Position, str]]:
+        return [(p, ws.workset_id) async for page in store.pages(after=after, size=5, **kw) for p, ws in page]
+
+    async def scenario() -> None:
+        for i in range(30):
+            await add(store, f"ws-{i:02d}", priority=list(Priority)[i % 3], now_ms=T0 + i)
+        for i in range(0, 30, 4):
+            await actions.act(store, WorksetId(f"ws-{i:02d}"), Action.CANCEL, ctx())
+        everything = await walk()
+        assert [name for _, name in everything] == [ws.workset_id for ws in await store.list()]
+        assert [p for p, _ in everything] == sorted(p for p, _ in everything)
+        for cut in (0, 4, 5, 21, 22, 29):  # inside a state, at a state's end, at an index page's end
+            after = Position.parse(everything[cut][0].token)  # the token the CLI prints and reads back
+            assert await walk(after) == everything[cut + 1 :], cut
+            urgent = [(p, n) for p, n in everything[cut + 1 :] if n in {f"ws-{i:02d}" for i in range(0, 30, 3)}]
+            assert await walk(after, priority=Priority.URGENT) == urgent, cut
+        cancelled = await walk(state=State.CANCELLED)
+        assert [n for _, n in cancelled] == [n for p, n in everything if p.state is State.CANCELLED]
+        assert await walk(Position.parse(cancelled[-1][0].token), state=State.CANCELLED) == []
 
     run(scenario())
 

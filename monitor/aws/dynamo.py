@@ -11,9 +11,10 @@ All reads that return many items follow ``LastEvaluatedKey`` to the end.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import heapq
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
 from typing import Any
 
 import botocore.exceptions
@@ -22,6 +23,7 @@ from monitor import errors, logs
 from monitor.aws import clients, codec
 from monitor.aws.outbox_rows import OutboxRows
 from monitor.aws.table_io import (
+    _BATCH_GET_MAX,
     _CANCELLED,
     _cancelled_by_condition,
     _conflict,
@@ -29,18 +31,11 @@ from monitor.aws.table_io import (
     _update_expression,
 )
 from monitor.model import Due, Event, Fleet, Priority, State, Stats, Workset, WorksetId
+from monitor.selection import LIST_ORDER, Position
 from monitor.states import Decision, gsi_sort_key
 
-LIST_ORDER = (
-    State.READY,
-    State.IN_PROGRESS,
-    State.RETRYING,
-    State.ERROR,
-    State.CANCELLED,
-    State.COMPLETE,
-    State.IGNORED,
-)
 log = logs.get("monitor.store")
+_FROM = {state: set(LIST_ORDER[i:]) for i, state in enumerate(LIST_ORDER)}  # a state and those after it
 
 
 class DynamoStore(OutboxRows):
@@ -320,6 +315,42 @@ class DynamoStore(OutboxRows):
             ws
             for ws in (found.get(i) for i in ids)
             if ws is not None and (state is None or ws.state is state) and (priority in (None, ws.priority))
+        ]
+
+    async def pages(
+        self,
+        *,
+        state: State | None = None,
+        priority: Priority | None = None,
+        after: Position | None = None,
+        size: int = _BATCH_GET_MAX,
+    ) -> AsyncGenerator[builtins.list[tuple[Position, Workset]], None]:
+        order = [s for s in ((state,) if state else LIST_ORDER) if after is None or s in _FROM[after.state]]
+        for wanted in order:
+            start = after.sort_key if after is not None and wanted is after.state else None
+            keys: builtins.list[tuple[WorksetId, str]] = []
+            entries = self._index(wanted, priority, projection="pk, gsi_sk", after=start)
+            async with contextlib.aclosing(entries):
+                async for item in entries:
+                    sort_key = item["gsi_sk"]["S"]
+                    if start is not None and sort_key <= start:
+                        continue
+                    keys.append((WorksetId(item["pk"]["S"]), sort_key))
+                    if len(keys) == size:
+                        yield await self._page(wanted, priority, keys)
+                        keys = []
+            if keys:
+                yield await self._page(wanted, priority, keys)
+
+    async def _page(
+        self, state: State, priority: Priority | None, keys: builtins.list[tuple[WorksetId, str]]
+    ) -> builtins.list[tuple[Position, Workset]]:
+        """The worksets of one page of index entries, as the table has them now, if they still match."""
+        found = await self._batch_get([workset_id for workset_id, _ in keys])
+        return [
+            (Position.at(state, sort_key), ws)
+            for workset_id, sort_key in keys
+            if (ws := found.get(workset_id)) is not None and ws.state is state and priority in (None, ws.priority)
         ]
 
     async def stats(self, *, now_ms: int, states: Collection[State] | None = None) -> Stats:

@@ -45,12 +45,18 @@ class TableIO:
         *,
         projection: str | None = None,
         names: dict[str, str] | None = None,
+        after: str | None = None,
     ) -> AsyncGenerator[codec.Item, None]:
+        """The index entries of ``state`` (of ``priority``), in index order; past the sort key ``after`` if given
+        (with a priority too, the entries up to it are read and left to the caller to skip)."""
         condition = "#state = :state"
         values: dict[str, Any] = {":state": {"S": state.value}}
         if priority is not None:
             condition += " AND begins_with(gsi_sk, :rank)"
             values[":rank"] = {"S": f"{priority.rank}#"}
+        elif after is not None:
+            condition += " AND gsi_sk > :after"
+            values[":after"] = {"S": after}
         extra: dict[str, Any] = {"ProjectionExpression": projection} if projection else {}
         return self._pages(
             "query",
