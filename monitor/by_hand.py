@@ -93,7 +93,7 @@ async def _claimable(store: Store, workset_id: WorksetId, clock: Clock) -> Works
             state=ws.state.value,
             action=Action.CLAIM.value,
         )
-    if ws.available_at_ms > clock.now_ms():
+    if ws.state is State.RETRYING and ws.available_at_ms > clock.now_ms():
         raise errors.IllegalTransition(
             f"{workset_id} is retrying and not due until {iso(ws.available_at_ms)}: "
             f"`workset-monitor retry {workset_id}` makes it ready now",

@@ -248,7 +248,9 @@ def decide(
     if action is Action.CLAIM:
         if lease is None:
             raise ValueError("a claim needs the new lease")
-        if ws.available_at_ms > ctx.now_ms:
+        # A retrying workset waits out its backoff; a ready one's available_at only orders the queue (an operator's
+        # hand run on a host whose clock is behind must not see a just-registered workset as "not due").
+        if ws.state is State.RETRYING and ws.available_at_ms > ctx.now_ms:
             raise errors.IllegalTransition(
                 f"cannot claim {ws.workset_id}: not due until {ws.available_at_ms}",
                 state=ws.state.value,

@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
-from monitor import states
+from monitor import logs, states
 from monitor.aws.dynamo import DynamoStore
 from monitor.model import Lease, WorksetId
 from monitor.states import Action, Context
@@ -26,6 +26,13 @@ from tests.lab import Lab
 from tests.test_cli import _registered, main, ok, sh
 
 config_file, ready_table, lab = test_cli.config_file, test_cli.ready_table, test_cli.lab  # the CLI tests' fixtures
+
+
+@pytest.fixture(autouse=True)
+def _logs_to_this_test_s_stderr() -> None:
+    """The last command of an earlier test on this worker left the log handler on that test's (closed) captured
+    stderr; these tests log (boto3, asyncio) before their first command, so point it at this test's."""
+    logs.configure(level="debug", fmt="json")
 
 GOOD_INFO = b"workset_name: test\npriority: urgent\n"
 
@@ -338,3 +345,42 @@ def test_list_pages_with_limit_and_after_and_shows_step_and_age(
 def _items(endpoint: str) -> list[dict[str, Any]]:
     client = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
     return sorted(client.scan(TableName="daylily-worksets")["Items"], key=json.dumps)
+
+
+def test_a_long_hand_run_keeps_its_lease_beside_a_daemon_whatever_its_clock_says(
+    ready_table: Path, lab: Lab, tmp_path: Path
+) -> None:
+    """A hand run whose step lasts six leases, on a host whose clock is an hour slow, beside a daemon that sweeps
+    every half second: its heartbeats keep the lease (no takeover, no second run), and it completes."""
+    runs, _ = _two_steps(ready_table, tmp_path)
+    with ready_table.open("a") as f:  # appended after the steps: sections of their own
+        f.write(
+            "\n[lease]\nduration_s = 2.0\nheartbeat_s = 0.5\nsweep_interval_s = 0.5\n"
+            "[run]\nmax_fleet_concurrent = 1\n[metrics]\nport = 0\n"
+        )
+    text = ready_table.read_text().replace('prefixes = ["worksets/"]\n', 'prefixes = ["worksets/"]\ninterval_s = 0.5\n')
+    ready_table.write_text(text)
+    (tmp_path / "slow").touch()
+    lab.workset("ws-1")
+    ok(sh(ready_table, "register", "ws-1"))
+    exe = str(Path(sys.executable).with_name("workset-monitor"))
+    env = dict(os.environ, WORKSET_MONITOR_CONFIG=str(ready_table))
+    pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
+    with subprocess.Popen(["faketime", "-f", "-3600s", exe, "run", "--workset", "ws-1"], **pipe) as hand:  # type: ignore[call-overload]
+        for _ in range(200):
+            if runs.exists():
+                break
+            time.sleep(0.1)
+        with subprocess.Popen([exe, "run"], **pipe) as daemon:  # type: ignore[call-overload]
+            time.sleep(12)  # six leases of the hand run's step, the daemon sweeping all along
+            (tmp_path / "slow").unlink()
+            out, err = hand.communicate(timeout=30)
+            daemon.send_signal(signal.SIGTERM)
+            daemon.communicate(timeout=30)
+    assert hand.returncode == 0, err + sh(ready_table, "history", "ws-1").stdout
+    assert out.splitlines()[0] == "ws-1: every step finished (complete)"
+    assert daemon.returncode == 0
+    assert runs.read_text().split() == ["stage", "analyse"]  # one run of each, all here
+    trail = json.loads(ok(sh(ready_table, "history", "ws-1", "--json")))
+    assert [e["type"] for e in trail] == ["registered", "started", "step_finished", "step_finished", "complete"]
+    assert trail[2]["step_run"]["seconds"] >= 12

@@ -128,6 +128,13 @@ def test_claim_before_available_at_is_refused() -> None:
         states.decide(ws, A.CLAIM, ctx(), lease=lease())
 
 
+def test_a_ready_workset_is_claimable_by_a_claimer_whose_clock_is_behind() -> None:
+    """A ready workset's available_at only orders the queue: an operator's hand run on a host an hour behind was
+    refused a just-registered workset as "not due" (seen in the hand-run test under faketime)."""
+    ws = workset(S.READY, available_at_ms=T0 + 3_600_000)
+    assert states.decide(ws, A.CLAIM, ctx(), lease=lease()).after.state is S.IN_PROGRESS
+
+
 def test_release_gives_the_attempt_back_and_makes_it_due_now() -> None:
     ws = workset(S.IN_PROGRESS, attempts=2, epoch=5, available_at_ms=T0 - 99)
     decision = states.decide(ws, A.RELEASE, ctx())
