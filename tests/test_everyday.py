@@ -34,6 +34,7 @@ def _logs_to_this_test_s_stderr() -> None:
     stderr; these tests log (boto3, asyncio) before their first command, so point it at this test's."""
     logs.configure(level="debug", fmt="json")
 
+
 GOOD_INFO = b"workset_name: test\npriority: urgent\n"
 
 
