@@ -195,7 +195,11 @@ class MemoryStore:
     async def due(self, *, now_ms: int, limit: int, retrying: bool = True) -> Due:
         index = self._index()
         claimable = (State.READY, State.RETRYING) if retrying else (State.READY,)
-        due = [_projected(ws) for ws in index.values() if ws.state in claimable and ws.available_at_ms <= now_ms]
+        due = [  # like DynamoStore: ready is always due, retrying once its backoff has passed
+            _projected(ws)
+            for ws in index.values()
+            if ws.state in claimable and (ws.state is State.READY or ws.available_at_ms <= now_ms)
+        ]
         if not retrying:
             return Due(sorted(due, key=gsi_sort_key)[:limit])
         waiting = [

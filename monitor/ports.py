@@ -58,7 +58,8 @@ class Store(Protocol):
         ...
 
     async def due(self, *, now_ms: int, limit: int, retrying: bool = True) -> Due:
-        """Up to ``limit`` claim candidates (ready, and retrying unless ``retrying`` is False; available_at passed):
+        """Up to ``limit`` claim candidates (every ready one; retrying ones, unless ``retrying`` is False, once their
+        available_at has passed):
         urgent first, then FIFO; plus when the earliest retrying workset that is not due yet will be.
 
         Possibly stale: a candidate is only a nomination, the claim's conditional write decides."""

@@ -21,7 +21,7 @@ from monitor import actions, by_hand, config, errors
 from monitor.app import App
 from monitor.clock import FakeClock
 from monitor.leases import Claimer
-from monitor.model import Due, EventType, State, WorksetId
+from monitor.model import Due, EventType, Priority, State, WorksetId
 from monitor.ports import Store
 from monitor.states import Action
 from monitor.steps import Runner
@@ -96,6 +96,33 @@ def test_each_claimer_counts_the_hold_off_from_its_own_first_sight(world: World)
         assert c.next_round_s(600) == pytest.approx(POLICY.takeover_after_s / 2 + 0.01)
         [won] = await b.claim(slots=1)
         assert won.workset_id == "ws-1"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("operator_skew_ms", [3_600_000, -3_600_000])
+def test_a_workset_an_operator_makes_ready_is_claimed_at_once_whatever_either_clock_says(
+    world: World, operator_skew_ms: int
+) -> None:
+    """Registered (or re-opened) by an operator whose clock is an hour ahead, a ready workset carried an
+    available_at an hour in the future, and no daemon nominated it for an hour; a daemon whose clock is behind
+    likewise ignored fresh ready work. Only a retrying workset waits for its available_at."""
+
+    async def scenario() -> None:
+        app = operator(world, skew_ms=operator_skew_ms)
+        await actions.register(
+            world.store,  # type: ignore[arg-type]
+            workset_id=WS,
+            bucket="lab-bucket",
+            prefix="worksets/ws-1/",
+            priority=Priority.NORMAL,
+            ctx=app.context("registered by hand"),
+        )
+        daemon_skew_ms = -operator_skew_ms // 2  # the daemons' clocks are off the other way
+        [won] = await world.daemon("host-a", skew_ms=daemon_skew_ms).claim(slots=1)
+        assert won.workset_id == WS
+        await won.fail("exit 75", temporary=True)  # retrying: now its backoff counts (the writer's clock)
+        assert await world.daemon("host-b", skew_ms=daemon_skew_ms).claim(slots=1) == []
 
     run(scenario())
 

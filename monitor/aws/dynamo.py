@@ -221,6 +221,9 @@ class DynamoStore(OutboxRows):
     async def _due_in(self, state: State, *, now_ms: int, limit: int) -> tuple[list[Workset], int | None, bool]:
         """Due items of one state; when the earliest of the others becomes due; whether every priority was read.
 
+        A ready workset is always due: its available_at only orders the queue, and may be ahead of our clock when
+        the host that wrote it (an operator's) runs fast. A retrying one is due once its backoff has passed.
+
         Within a priority the index is sorted by available_at, so the first item that is not yet due ends that
         priority: the next query starts at the next priority instead of reading on."""
         found: list[Workset] = []
@@ -243,7 +246,7 @@ class DynamoStore(OutboxRows):
                     ws = self._readable(codec.workset_from_item, item)
                     if ws is None:
                         continue
-                    if ws.available_at_ms > now_ms:
+                    if state is State.RETRYING and ws.available_at_ms > now_ms:  # ready is always due
                         next_rank = ws.priority.rank + 1
                         next_ms = ws.available_at_ms if next_ms is None else min(next_ms, ws.available_at_ms)
                         break
