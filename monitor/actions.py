@@ -54,10 +54,14 @@ async def act(
     *,
     priority: Priority | None = None,
     from_start: bool = False,
+    known: Workset | None = None,
 ) -> Decision:
-    """Apply an operator ``action``; raises NotFound, IllegalTransition, or Conflict if it never settles."""
+    """Apply an operator ``action``; raises NotFound, IllegalTransition, or Conflict if it never settles.
+
+    ``known``: the workset as the caller just read it (consistently): the first attempt decides on it without
+    reading again; the conditional write refuses it if it changed since, and the next attempt reads."""
     for _ in range(_ATTEMPTS):
-        ws = await store.get(workset_id)
+        ws, known = known or await store.get(workset_id), None
         if ws is None:
             raise errors.NotFound(f"workset {workset_id} is not registered")
         decision = states.decide(ws, action, ctx, priority=priority, from_start=from_start)

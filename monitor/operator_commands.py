@@ -235,6 +235,7 @@ class Outcome:
     result: str = "done"  # done | unchanged | would | failed
     error: str = ""
     event: dict[str, Any] | None = None
+    ws: Workset | None = None  # as read for the plan: the write decides on it (and is refused if it changed)
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -302,7 +303,7 @@ def _ids_from(stream: Any) -> list[str]:
 
 
 async def _plan_id(app: App, workset_id: str, chosen: Action) -> Outcome:
-    ws = await app.store.get(WorksetId(workset_id))
+    ws = await app.store.get(WorksetId(workset_id))  # consistent: the write needs no other read
     if ws is None:
         return Outcome(workset_id, result="failed", error=f"workset {workset_id} is not registered")
     return _plan(app, ws, chosen)
@@ -316,7 +317,7 @@ async def _plan_selection(app: App, chosen: Action) -> list[Outcome]:
 
 
 def _plan(app: App, ws: Workset, chosen: Action) -> Outcome:
-    outcome = Outcome(ws.workset_id, from_state=ws.state.value)
+    outcome = Outcome(ws.workset_id, from_state=ws.state.value, ws=ws)
     if chosen is Action.SET_PRIORITY and ws.priority is app.args.priority:
         outcome.to_state, outcome.result = ws.state.value, "unchanged"
         outcome.detail = f"already {ws.priority.value}"
@@ -334,7 +335,7 @@ def _plan(app: App, ws: Workset, chosen: Action) -> Outcome:
 
 async def _apply(app: App, outcome: Outcome, chosen: Action, reason: str) -> None:
     try:
-        decision = await _decide_and_commit(app, WorksetId(outcome.workset_id), chosen, reason)
+        decision = await _decide_and_commit(app, WorksetId(outcome.workset_id), chosen, reason, outcome.ws)
     except errors.AwsUnavailable:
         raise  # nothing more will work: exit 69, as for one workset
     except errors.MonitorError as exc:
@@ -347,17 +348,20 @@ async def _apply(app: App, outcome: Outcome, chosen: Action, reason: str) -> Non
     outcome.result, outcome.event = "done", render.event_dict(decision.event)
 
 
-async def _decide_and_commit(app: App, workset_id: WorksetId, chosen: Action, reason: str) -> states.Decision | None:
-    """One workset's transition, checked as the single-id command checks it; None when there is nothing to do."""
-    if chosen in (Action.SET_PRIORITY, Action.RETRY, Action.RETRY_FORCE):  # looked at first: one read for all
-        ws = await app.store.get(workset_id)
-        if chosen is Action.SET_PRIORITY and ws is not None and ws.priority is app.args.priority:
-            return None  # no audit event for no change
-        if chosen is not Action.SET_PRIORITY and ws is not None:
-            registration.refuse_stand_in(ws)
-        if chosen is Action.RETRY and ws is not None:
-            source = S3Source(app.clients.get("s3"), ws.bucket)
-            await registration.revalidate(source, ws, max_manifest_bytes=app.settings.scan.max_manifest_bytes)
+async def _decide_and_commit(
+    app: App, workset_id: WorksetId, chosen: Action, reason: str, ws: Workset | None
+) -> states.Decision | None:
+    """One workset's transition, checked on ``ws`` (as just read); None when there is nothing to do. One conditional
+    write (plus a read only if the workset changed in between)."""
+    if ws is None:
+        raise errors.NotFound(f"workset {workset_id} is not registered")
+    if chosen is Action.SET_PRIORITY and ws.priority is app.args.priority:
+        return None  # no audit event for no change
+    if chosen in (Action.RETRY, Action.RETRY_FORCE):
+        registration.refuse_stand_in(ws)
+    if chosen is Action.RETRY:
+        source = S3Source(app.clients.get("s3"), ws.bucket)
+        await registration.revalidate(source, ws, max_manifest_bytes=app.settings.scan.max_manifest_bytes)
     return await actions.act(
         app.store,
         workset_id,
@@ -365,11 +369,13 @@ async def _decide_and_commit(app: App, workset_id: WorksetId, chosen: Action, re
         app.context(reason),
         priority=getattr(app.args, "priority", None),
         from_start=getattr(app.args, "from_start", False),
+        known=ws,
     )
 
 
 async def _one(app: App, workset_id: WorksetId, chosen: Action, reason: str) -> int:
-    decision = await _decide_and_commit(app, workset_id, chosen, reason)
+    ws = await app.store.get(workset_id)  # consistent: the write needs no other read
+    decision = await _decide_and_commit(app, workset_id, chosen, reason, ws)
     if decision is None:
         priority = app.args.priority.value
         text = f"{workset_id} already has priority {priority}; nothing changed"

@@ -3,6 +3,8 @@ before writing ``daylily.ready``, running one workset by hand, acting on many wo
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import io
 import json
 import os
@@ -10,10 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import boto3
+import botocore.client
 import pytest
 
 from monitor import logs, states
@@ -261,8 +266,16 @@ def test_bulk_retry_after_an_outage_reopens_exactly_what_the_filters_select(
         "them, or --dry-run to list them\n"
     )
 
-    code, out, err = main(capsys, *cfg, "retry", "--state", "error", "--since", "1h", "--yes", "--reason", "outage")
+    with _aws_calls() as calls:
+        code, out, err = main(capsys, *cfg, "retry", "--state", "error", "--since", "1h", "--yes", "--reason", "outage")
     assert code == 1, err
+    # What it costs: one index page and one BatchGetItem to select, then one conditional write per workset (no
+    # read: the selection's consistent read is what each write decides on); ws-bad's folder is listed, not written.
+    assert {op: n for op, n in calls.items() if op != "ListObjectsV2"} == {
+        "Query": 1,
+        "BatchGetItem": 1,
+        "TransactWriteItems": 2,
+    }
     rows = {line.split()[0]: line.split()[3] for line in out.splitlines()[1:-1]}
     assert rows == {"ws-a": "done", "ws-b": "done", "ws-bad": "failed"}
     assert "ws-bad is still invalid" in out and out.splitlines()[-1] == "2 done, 1 failed"
@@ -341,6 +354,20 @@ def test_list_pages_with_limit_and_after_and_shows_step_and_age(
     assert json.loads(err) == {"more": True, "after": json.loads(err)["after"]} and json.loads(err)["after"].startswith(
         "ready:"
     )
+
+
+@contextlib.contextmanager
+def _aws_calls() -> Iterator[collections.Counter[str]]:
+    """Count the AWS requests made in-process meanwhile, by operation."""
+    calls: collections.Counter[str] = collections.Counter()
+    original = botocore.client.BaseClient._make_api_call
+
+    def counted(client: Any, operation: str, params: Any) -> Any:
+        calls[operation] += 1
+        return original(client, operation, params)
+
+    with mock.patch.object(botocore.client.BaseClient, "_make_api_call", counted):
+        yield calls
 
 
 def _items(endpoint: str) -> list[dict[str, Any]]:
