@@ -34,7 +34,8 @@ OPERATIONS: dict[tuple[str, str], tuple[frozenset[str], Role]] = {
     ("dynamodb", "CreateTable"): (frozenset({"dynamodb:CreateTable"}), "admin"),
     ("dynamodb", "UpdateTable"): (frozenset({"dynamodb:UpdateTable"}), "admin"),
     ("dynamodb", "Scan"): (frozenset({"dynamodb:Scan"}), "admin"),
-    ("dynamodb", "PutItem"): (frozenset({"dynamodb:PutItem"}), "admin"),
+    ("dynamodb", "PutItem"): (frozenset({"dynamodb:PutItem"}), "daemon"),  # import; a daemon's presence item
+    ("dynamodb", "DeleteItem"): (frozenset({"dynamodb:DeleteItem"}), "daemon"),  # a presence item
     ("s3", "ListObjectsV2"): (frozenset({"s3:ListBucket"}), "daemon"),
     ("s3", "GetObject"): (frozenset({"s3:GetObject"}), "daemon"),
     ("s3", "HeadObject"): (frozenset({"s3:GetObject"}), "daemon"),
@@ -70,7 +71,7 @@ def render(
             statement["Condition"] = condition
         statements.append(statement)
 
-    dynamodb = {"GetItem", "BatchGetItem", "Query", "UpdateItem", "PutItem", "DescribeTable"}
+    dynamodb = {"GetItem", "BatchGetItem", "Query", "UpdateItem", "PutItem", "DeleteItem", "DescribeTable"}
     if role == "admin":
         dynamodb |= {"CreateTable", "UpdateTable", "Scan"}
     allow(

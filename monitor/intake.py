@@ -24,7 +24,7 @@ from monitor.driver import Ending, drive
 from monitor.leases import Claimer, Holding, Policy
 from monitor.live import Live
 from monitor.loops import Loops, phase
-from monitor.model import Fleet, State
+from monitor.model import Fleet, Held, State
 from monitor.ports import Store
 from monitor.recorder import Recorder
 from monitor.states import Decision
@@ -48,6 +48,8 @@ class Intake:
     ) -> None:
         self.claimer = Claimer(store, clock, owner=owner, policy=policy, recorder=recorder)
         self.drivers: dict[str, asyncio.Task[Ending]] = {}
+        self._holdings: dict[str, tuple[Holding, int]] = {}  # what the drivers hold, and since when (our clock)
+        self._clock = clock
         self.endings: Counter[Ending] = Counter()
         self.wake = asyncio.Event()  # run a round now
         self.drain = asyncio.Event()  # shutdown: start no new step
@@ -97,10 +99,19 @@ class Intake:
             name=f"driver {holding.workset_id}",
         )
         self.drivers[holding.workset_id] = task
+        self._holdings[holding.workset_id] = (holding, self._clock.now_ms())
         task.add_done_callback(functools.partial(self._driver_done, holding))
+
+    def held(self) -> tuple[Held, ...]:
+        """What this daemon runs now, for its presence item: each workset, its step, since when."""
+        return tuple(
+            Held(workset_id=workset_id, step=holding.ws.current_step, since_ms=since_ms)
+            for workset_id, (holding, since_ms) in sorted(self._holdings.items())
+        )
 
     def _driver_done(self, holding: Holding, task: asyncio.Task[Ending]) -> None:
         self.drivers.pop(holding.workset_id, None)
+        self._holdings.pop(holding.workset_id, None)
         if holding.ws.state is State.RETRYING:
             self.claimer.expect_retry(holding.ws.available_at_ms)
         self.wake.set()

@@ -36,7 +36,7 @@ import random
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 
 from monitor import errors
-from monitor.model import Due, Event, Fleet, Priority, State, Stats, Workset, WorksetId
+from monitor.model import Due, Event, Fleet, Presence, Priority, State, Stats, Workset, WorksetId
 from monitor.selection import LIST_ORDER, Position
 from monitor.states import Decision, gsi_sort_key
 
@@ -64,6 +64,7 @@ class MemoryStore:
         self._claims: dict[str, tuple[str, int]] = {}  # event id -> (owner, until ms): not due before then
         self._running = 0  # the fleet counter item's: in progress fleet-wide
         self._retry_seq = 0  # the fleet counter item's: entries into retrying
+        self._presence: dict[str, Presence] = {}  # the daemons' presence items, by owner
         self.faults = faults or Faults()
         if self.faults.index_lag_reads < 0:
             raise ValueError("index_lag_reads must be >= 0")
@@ -218,6 +219,15 @@ class MemoryStore:
 
     async def fleet(self) -> Fleet:
         return Fleet(running=self._running, retry_seq=self._retry_seq)
+
+    async def put_presence(self, presence: Presence) -> None:
+        self._presence[presence.owner] = presence
+
+    async def delete_presence(self, owner: str) -> None:
+        self._presence.pop(owner, None)
+
+    async def presences(self) -> builtins.list[Presence]:
+        return [self._presence[owner] for owner in sorted(self._presence)]
 
     def set_fleet_counter(self, *, running: int | None = None, retry_seq: int | None = None) -> None:
         """Overwrite the stored fleet counter, as an operator editing the table's counter item could (tests only)."""

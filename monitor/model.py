@@ -200,6 +200,35 @@ class Fleet:
 
 
 @dataclass(frozen=True, slots=True)
+class Held:
+    """A workset a daemon runs, as its presence item shows it."""
+
+    workset_id: str
+    step: str | None  # the step running now (None between steps)
+    since_ms: int  # when the daemon claimed it (the daemon's clock)
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """One daemon's presence item (``workset-monitor fleet``): who it is, what it runs, when it last wrote.
+
+    Written by the daemon itself every ``interval_s`` and deleted when it stops cleanly. Liveness is judged by the
+    reader from ``written_at_ms`` (the writer's clock): this is for people, never for a safety decision."""
+
+    owner: str
+    host: str
+    pid: int
+    version: str
+    started_at_ms: int
+    written_at_ms: int
+    interval_s: float
+    config_digest: str
+    held: tuple[Held, ...] = ()
+    ticks: tuple[tuple[str, int], ...] = ()  # engine -> its last completed tick (wall ms)
+    seq: int = 0  # writes so far: a reader that looks twice sees it move
+
+
+@dataclass(frozen=True, slots=True)
 class Due:
     """Claim candidates, and what the read learnt about the retrying worksets that are not due yet."""
 

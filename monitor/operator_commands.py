@@ -15,12 +15,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from monitor import actions, by_hand, config, errors, legacy, registration, render, states, steps, validation
+from monitor import (
+    actions,
+    by_hand,
+    config,
+    errors,
+    fleet_view,
+    legacy,
+    registration,
+    render,
+    states,
+    steps,
+    validation,
+)
 from monitor.app import PROG, App, operator_identity
 from monitor.aws.s3 import S3Source
 from monitor.driver import Ending, drive
 from monitor.manifest import Invalid
-from monitor.model import Workset, WorksetId, check_workset_id
+from monitor.model import State, Workset, WorksetId, check_workset_id
 from monitor.policy import Policy
 from monitor.selection import Position, Selection, parse_since
 from monitor.states import Action
@@ -408,3 +420,24 @@ def _print_outcomes(app: App, outcomes: list[Outcome], *, heading: str) -> None:
     rows = [(o.workset_id, o.from_state or "-", o.to_state or "-", o.result, o.error or o.detail) for o in outcomes]
     text = render.table(("WORKSET", "FROM", "TO", "RESULT", "DETAIL"), rows) if rows else ""
     app.emit([o.as_dict() for o in outcomes], "\n".join(t for t in (text, heading) if t))
+
+
+# --- the fleet -----------------------------------------------------------------------------------------------------
+
+
+async def cmd_fleet(app: App) -> int:
+    """The daemons sharing the table (alive, silent for N s, gone), what each runs and for how long. Cost: one Query
+    of the presence items and what ``list --state in_progress`` costs."""
+    now_ms = app.clock.now_ms()
+    presences = await app.store.presences()
+    running = await app.store.list(state=State.IN_PROGRESS)
+    found = fleet_view.daemons(presences, running, now_ms=now_ms)
+    alive = sum(d.status == "alive" for d in found)
+    text = (
+        render.table(fleet_view.HEADERS, fleet_view.table_rows(found, now_ms=now_ms))
+        + f"\n{alive} alive, {len(found) - alive} silent or gone; {len(running)} workset(s) in progress"
+        if found
+        else "no daemon has written its presence (none running, or all older than presence items)"
+    )
+    app.emit({"daemons": [fleet_view.as_dict(d) for d in found], "in_progress": len(running)}, text)
+    return errors.EX_OK

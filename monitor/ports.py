@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from monitor.model import Due, Event, Fleet, Priority, State, Stats, Workset, WorksetId
+from monitor.model import Due, Event, Fleet, Presence, Priority, State, Stats, Workset, WorksetId
 from monitor.selection import Position
 from monitor.states import Decision
 
@@ -72,6 +72,18 @@ class Store(Protocol):
     async def fleet(self) -> Fleet:
         """The fleet counter, read consistently: in progress fleet-wide (what the fleet cap is enforced against)
         and how many times a workset entered retrying."""
+        ...
+
+    async def put_presence(self, presence: Presence) -> None:
+        """Write this daemon's presence item whole (one PutItem)."""
+        ...
+
+    async def delete_presence(self, owner: str) -> None:
+        """Remove a daemon's presence item (one DeleteItem; nothing there is fine)."""
+        ...
+
+    async def presences(self) -> builtins.list[Presence]:
+        """Every presence item (one Query of their partition per page), by owner."""
         ...
 
     async def history(self, workset_id: WorksetId) -> list[Event]:

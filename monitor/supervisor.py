@@ -4,7 +4,8 @@ none of their work.
 Engines, one module each, every one a loop through ``Loops.poll`` (which records its ticks and applies the one policy
 for trouble in a tick): ``scanner`` (discovery), ``claimer`` (``intake``: fills free slots and runs each workset on a
 driver task), ``sweeper`` (dead holders), ``events`` (optional SQS notifications), ``notifier`` (the outbox),
-``gauges`` (queue depth; ``cloudwatch`` optionally), ``reloader`` (SIGHUP), ``watchdog`` (systemd). They read the
+``gauges`` (queue depth; ``cloudwatch`` optionally), ``reloader`` (SIGHUP), ``presence`` (this daemon's presence
+item, for ``fleet``), ``watchdog`` (systemd). They read the
 configuration through one swappable reference (``Live``) and tell each other news through events and small
 protocols, never through each other's fields.
 
@@ -34,6 +35,7 @@ from monitor.live import Live
 from monitor.loops import Loops, phase
 from monitor.notify import filters
 from monitor.notify.outbox import deliver_forever
+from monitor.presence import PresenceWriter, config_digest
 from monitor.recorder import Tally
 from monitor.reloader import Reloader
 from monitor.scanner import Scanner, scan_forever, scan_tick
@@ -76,6 +78,15 @@ class Supervisor:
             runner=s.runner,
             recorder=rec,
             fleet=lambda: self.sweeper.fleet,  # read at every round: the counter as soon as a sweep has read it
+        )
+        self.presence = PresenceWriter(
+            s.store,
+            s.clock,
+            owner=s.owner,
+            interval_s=live.derive(lambda new: new.run.presence_interval_s),
+            digest=live.derive(config_digest),
+            held=self.intake.held,
+            ticks=self.loops.wall_times,
         )
         self.reloader = Reloader(live, read=s.reload, notifier=s.notifier, applied=self._applied)
         self.gauges = (
@@ -157,6 +168,7 @@ class Supervisor:
             claim_s = live.derive(lambda new: new.notify.claim_s)
             self._start("notifier", deliver_forever(s.outbox, self.loops, interval_s=scan_s, claim_s=claim_s))
         self._start("reloader", self.reloader.run(self.loops))
+        self._start("presence", self.presence.run(self.loops))
         if s.notifier.watchdog_interval_s:
             self._start("watchdog", watchdog_forever(s.notifier, self.loops))
         s.notifier.ready(f"serving: {len(self.settings.scan.prefixes)} prefix(es), owner {s.owner}")
@@ -179,6 +191,9 @@ class Supervisor:
             await asyncio.gather(*self._roots.values(), return_exceptions=True)
         grace_s = 0.0 if self._fast.is_set() else self.settings.run.shutdown_grace_s
         await intake.stop(grace_s=grace_s, fast=self._fast)
+        if "presence" in self._roots:
+            with phase(log, "shutdown: remove presence"):
+                await self.presence.remove()
         if s.outbox is not None:
             with phase(log, "shutdown: flush notifications"):
                 await s.outbox.flush(timeout_s=10.0)

@@ -252,7 +252,13 @@ def _idle(result: Result, bounds: Bounds, violations: list[str]) -> dict[str, An
         "per_daemon": [],
     }
     for d in range(result.daemons):
-        dynamodb = _calls(b, "dynamodb", d) - _calls(a, "dynamodb", d)
+        # the presence writes are a budget of their own: one per presence interval (issue 18), not reads
+        presence = _calls(b, PRESENCE_WRITE, d) - _calls(a, PRESENCE_WRITE, d)
+        dynamodb = _calls(b, "dynamodb", d) - _calls(a, "dynamodb", d) - presence
+        if presence > window_s / PRESENCE_INTERVAL_S + 1:
+            violations.append(
+                f"d{d}: {presence} presence writes in {window_s:.0f} s (one per {PRESENCE_INTERVAL_S:g} s)"
+            )
         s3 = _calls(b, "s3", d) - _calls(a, "s3", d)
         out["per_daemon"].append(
             {"dynamodb_per_interval": _r(dynamodb / intervals), "s3_per_interval": _r(s3 / intervals)}
@@ -309,9 +315,18 @@ def _window(samples: Sequence[Sample], start_s: float, end_s: float) -> tuple[Sa
     return inside[0], inside[-1]
 
 
+PRESENCE_WRITE = "dynamodb.PutItem"  # only the presence item is written with a plain PutItem by a daemon
+PRESENCE_INTERVAL_S = 30.0  # the default [run] presence_interval_s, which the soak keeps
+
+
 def _calls(sample: Sample, service: str, daemon: int | None = None) -> int:
     chosen = sample.daemons if daemon is None else [sample.daemons[daemon]]
-    return sum(n for ds in chosen for op, n in ds.calls.items() if service == "all" or op.startswith(service + "."))
+    return sum(
+        n
+        for ds in chosen
+        for op, n in ds.calls.items()
+        if service == "all" or op == service or (op.startswith(service + ".") and "." not in service)
+    )
 
 
 def _rise(xs: Sequence[float], ys: Sequence[float]) -> float:

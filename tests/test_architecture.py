@@ -55,6 +55,8 @@ LAYERS: list[set[str]] = [
         "monitor.render",
         "monitor.report",
         "monitor.by_hand",
+        "monitor.presence",
+        "monitor.fleet_view",
         "monitor.intake",
         "monitor.gauges",
         "monitor.reloader",

@@ -14,7 +14,7 @@ from monitor.aws.dynamo import DynamoStore
 from monitor.clock import SystemClock
 from monitor.config import TableConfig
 from monitor.leases import Claimer, Policy
-from monitor.model import EventType, Priority, State, WorksetId
+from monitor.model import EventType, Presence, Priority, State, WorksetId
 from monitor.states import Action, Context
 from tests.conftest import run
 
@@ -112,3 +112,25 @@ def test_an_import_file_without_a_header_is_refused(dynamodb: Any) -> None:
     for text in ("", "\n\n"):
         with pytest.raises(errors.InvalidInput, match=r"empty.jsonl: empty: not a workset-monitor export"):
             backup.read(io.StringIO(text), source="empty.jsonl")
+
+
+def test_an_export_leaves_the_daemons_presence_items_out(dynamodb: Any) -> None:
+    """They describe running processes, rewritten every interval: restored elsewhere they would show ghosts."""
+    schema.ensure_table(dynamodb, TableConfig(name="one"))
+    store = DynamoStore(dynamodb, "one")
+    _register(store, "ws-1")
+    presence = Presence(
+        owner="host:1:aaaa",
+        host="host",
+        pid=1,
+        version="1",
+        started_at_ms=1,
+        written_at_ms=2,
+        interval_s=30.0,
+        config_digest="x",
+    )
+    run(store.put_presence(presence))
+    out = io.StringIO()
+    count = backup.export(dynamodb, "one", out, now_iso="2026-12-04T00:00:00Z")
+    assert count == 2 and codec.PRESENCE_PK not in out.getvalue()  # the workset's control item and event
+    assert run(store.presences()) == [presence]

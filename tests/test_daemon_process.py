@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 import pytest
 
+from monitor import cli
 from monitor.aws import schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.child import Child
@@ -337,3 +338,53 @@ def test_a_step_that_prints_its_environment_leaks_no_secret(env: dict[str, Any])
     for where, text in (("the log", daemon.log()), ("history --json", history), ("the table", items)):
         for value in ("XOXBTOKENSECRET", "HMACSECRETVALUE", "AWSSECRETVALUE"):
             assert value not in text, f"a secret ({value}) reached {where}"
+
+
+def test_fleet_shows_who_is_alive_what_each_runs_and_a_killed_daemon_s_work_taken_over(
+    env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three daemons, two worksets: `fleet` lists three alive, two of them with their workset and step. SIGKILL one:
+    within two presence intervals it shows as silent, and once its lease is past, its workset as taken over by the
+    daemon that had none. A clean stop removes a daemon's presence item."""
+    pids = env["tmp"] / "pids"
+    pids.mkdir()
+    code = (
+        f"import os, time; e = os.environ; open(os.path.join({str(pids)!r}, e['WORKSET_ID'] + '-' + e['WORKSET_EPOCH'])"
+        ", 'w').write(str(os.getpid())); time.sleep(60 if e['WORKSET_EPOCH'] == '1' else 8)"
+    )
+    config = write_config(env, code)
+    config.write_text(config.read_text().replace("[run]\n", "[run]\nmax_concurrent = 1\npresence_interval_s = 1\n"))
+    for name in ("ws-a", "ws-b"):
+        env["lab"].workset(name, prefix="w/")
+    daemons = {name: env["start"](config, name=name) for name in ("one", "two", "three")}
+
+    def fleet() -> dict[str, Any]:
+        assert cli.main(["--config", str(config), "fleet", "--json"]) == 0
+        return {d["pid"]: d for d in json.loads(capsys.readouterr().out)["daemons"]}
+
+    def busy(listed: dict[str, Any]) -> dict[int, str]:
+        return {pid: d["holdings"][0]["workset_id"] for pid, d in listed.items() if d["holdings"]}
+
+    listed = until(lambda: (f := fleet()) and len(busy(f)) == 2 and len(f) == 3 and f, what="three daemons, two busy")
+    assert {d["status"] for d in listed.values()} == {"alive"}
+    assert sorted(busy(listed).values()) == ["ws-a", "ws-b"]
+    until(lambda: all(d["holdings"][0]["step"] == "main" for d in fleet().values() if d["holdings"]), what="steps")
+    victim = next(child for child in daemons.values() if child.pid in busy(listed))
+    taken = busy(listed)[victim.pid]
+    victim.signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = time.monotonic()
+    os.killpg(int((pids / f"{taken}-1").read_text()), signal.SIGKILL)  # under systemd the control group goes with it
+    until(lambda: fleet()[victim.pid]["status"] == "silent", timeout_s=10, what="the killed daemon to show silent")
+    assert time.monotonic() - killed_at <= 2 * 1 + 5 + 1  # two intervals + the allowance + a fleet call
+    shown = until(
+        lambda: (h := fleet()[victim.pid]["holdings"][0])["now"].startswith("taken over by ") and h,
+        timeout_s=20,
+        what="the takeover to show",
+    )
+    idle = next(child for child in daemons.values() if child.pid not in busy(listed))
+    assert shown["workset_id"] == taken and shown["now"].split(":")[1] == str(idle.pid)
+    assert busy(fleet())[idle.pid] == taken  # the new holder shows it too
+    idle.signal(signal.SIGTERM)
+    assert idle.wait() == 0
+    assert idle.pid not in fleet()  # a clean stop removes its presence item

@@ -41,6 +41,8 @@ def export(client: Any, table: str, out: TextIO, *, now_iso: str) -> int:
     out.write(json.dumps({"format": FORMAT, "version": VERSION, "table": table, "exported_at": now_iso}) + "\n")
     count = 0
     for item in _scan(client, table):
+        if item["pk"]["S"] == codec.PRESENCE_PK:  # a running daemon's, rewritten every interval: not data
+            continue
         out.write(json.dumps({"item": item}, sort_keys=True) + "\n")
         count += 1
     return count

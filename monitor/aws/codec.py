@@ -19,12 +19,26 @@ import enum
 from typing import Any, TypeVar
 
 from monitor import errors
-from monitor.model import Event, EventType, Fleet, Lease, Priority, State, StepRun, Workset, WorksetId
+from monitor.model import (
+    Event,
+    EventType,
+    Fleet,
+    Held,
+    Lease,
+    Presence,
+    Priority,
+    State,
+    StepRun,
+    Workset,
+    WorksetId,
+)
 from monitor.states import gsi_sort_key
 
 CONTROL_SK = "ws"
 EVENT_SK_PREFIX = "evt#"
 FLEET_KEY = {"pk": {"S": "#fleet"}, "sk": {"S": "counter"}}  # '#' cannot start a workset id
+PRESENCE_PK = "#daemon"  # one partition of presence items, sort key the daemon's owner id: one Query lists them
+PRESENCE_TTL_S = 86_400  # `expires_at` (epoch seconds): DynamoDB TTL deletes a dead daemon's item after a day
 GSI_NAME = "state-priority-index"
 OUTBOX_GSI = "outbox-index"  # sparse: only events some channel still has to hear about
 OUTBOX_PENDING = "pending"
@@ -228,6 +242,65 @@ def _step_run(a: _Attributes) -> StepRun | None:
 def fleet_from_item(item: Item, *, table: str) -> Fleet:
     a = _Attributes(item, table=table)
     return Fleet(running=a.optional("running", int) or 0, retry_seq=a.optional("retry_seq", int) or 0)
+
+
+def presence_key(owner: str) -> Item:
+    return {"pk": {"S": PRESENCE_PK}, "sk": {"S": owner}}
+
+
+def presence_item(p: Presence) -> Item:
+    """The item ``put_presence`` writes whole (a few hundred bytes: one write unit)."""
+    return {
+        **presence_key(p.owner),
+        "host": {"S": p.host},
+        "pid": {"N": str(p.pid)},
+        "version": {"S": p.version},
+        "started_at_ms": {"N": str(p.started_at_ms)},
+        "written_at_ms": {"N": str(p.written_at_ms)},
+        "interval_s": {"N": repr(float(p.interval_s))},
+        "config_digest": {"S": p.config_digest},
+        "seq": {"N": str(p.seq)},
+        "held": {
+            "L": [
+                {
+                    "M": {
+                        "w": {"S": h.workset_id},
+                        "t": {"N": str(h.since_ms)},
+                        **({"s": {"S": h.step}} if h.step else {}),
+                    }
+                }
+                for h in p.held
+            ]
+        },
+        "ticks": {"M": {name: {"N": str(at)} for name, at in p.ticks}},
+        "expires_at": {"N": str(p.written_at_ms // 1000 + PRESENCE_TTL_S)},
+    }
+
+
+def presence_from_item(item: Item, *, table: str) -> Presence:
+    a = _Attributes(item, table=table)
+    try:
+        held = tuple(
+            Held(workset_id=h["M"]["w"]["S"], step=h["M"].get("s", {}).get("S"), since_ms=int(h["M"]["t"]["N"]))
+            for h in item.get("held", {}).get("L", [])
+        )
+        ticks = tuple(sorted((name, int(v["N"])) for name, v in item.get("ticks", {}).get("M", {}).items()))
+        interval_s = float(item["interval_s"]["N"])
+    except (KeyError, TypeError, ValueError):
+        raise a.corrupt("held", "is not a presence item's list of holdings") from None
+    return Presence(
+        owner=a.required("sk", str),
+        host=a.required("host", str),
+        pid=a.required("pid", int),
+        version=a.required("version", str),
+        started_at_ms=a.required("started_at_ms", int),
+        written_at_ms=a.required("written_at_ms", int),
+        interval_s=interval_s,
+        config_digest=a.optional("config_digest", str) or "",
+        held=held,
+        ticks=ticks,
+        seq=a.optional("seq", int) or 0,
+    )
 
 
 def location(item: Item, *, table: str) -> str:

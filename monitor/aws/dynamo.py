@@ -30,7 +30,7 @@ from monitor.aws.table_io import (
     _reasons,
     _update_expression,
 )
-from monitor.model import Due, Event, Fleet, Priority, State, Stats, Workset, WorksetId
+from monitor.model import Due, Event, Fleet, Presence, Priority, State, Stats, Workset, WorksetId
 from monitor.selection import LIST_ORDER, Position
 from monitor.states import Decision, gsi_sort_key
 
@@ -271,6 +271,30 @@ class DynamoStore(OutboxRows):
             ConsistentRead=True,
         )
         return codec.fleet_from_item(response.get("Item", {}), table=self._table)
+
+    async def put_presence(self, presence: Presence) -> None:
+        await self._call(
+            "put_item", what="writing this daemon's presence", TableName=self._table, Item=codec.presence_item(presence)
+        )
+
+    async def delete_presence(self, owner: str) -> None:
+        await self._call(
+            "delete_item", what="removing a presence item", TableName=self._table, Key=codec.presence_key(owner)
+        )
+
+    async def presences(self) -> builtins.list[Presence]:
+        found: builtins.list[Presence] = []
+        async for item in self._pages(
+            "query",
+            what="listing the daemons' presence",
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": codec.PRESENCE_PK}},
+            ConsistentRead=True,
+        ):
+            if (presence := self._readable(codec.presence_from_item, item)) is not None:
+                found.append(presence)
+        return found
 
     async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:
         """``bucket/prefix`` per workset: from the index for all of them (keys and two attributes, every page), or
