@@ -52,6 +52,7 @@ class PresenceWriter:
         self._seq = 0
         self._cleaned_at: float | None = None  # monotonic time of the last look for stale items
         self.removed: list[str] = []  # stale owners this daemon deleted (tests, logs)
+        self.failing = False  # the last write failed (logged once until one succeeds)
 
     def snapshot(self) -> Presence:
         self._seq += 1
@@ -70,11 +71,22 @@ class PresenceWriter:
         )
 
     async def tick(self) -> None:
-        await self._store.put_presence(self.snapshot())
-        now = self._clock.monotonic()
-        if self._cleaned_at is None or now - self._cleaned_at >= CLEAN_EVERY_S:
-            self._cleaned_at = now
-            await self._clean()
+        """Write the item (and now and then clean up). A failure is logged and tried again next interval, whatever
+        it is (a policy without the permission, say): presence is for people, it never stops the daemon's work."""
+        try:
+            await self._store.put_presence(self.snapshot())
+            now = self._clock.monotonic()
+            if self._cleaned_at is None or now - self._cleaned_at >= CLEAN_EVERY_S:
+                self._cleaned_at = now
+                await self._clean()
+        except errors.MonitorError as exc:
+            if not self.failing:
+                log.warning("could not write this daemon's presence item; `fleet` shows it as silent", error=str(exc))
+            self.failing = True
+        else:
+            if self.failing:
+                log.info("presence item written again")
+            self.failing = False
 
     async def _clean(self) -> None:
         """Delete the presence items silent for a day (judged by our clock against the writer's: a day is far more
@@ -87,9 +99,8 @@ class PresenceWriter:
                 log.info("removed a stale presence item", owner=presence.owner, host=presence.host)
 
     async def run(self, loops: Loops) -> None:
-        await loops.poll(
-            "presence", self.tick, every_s=self._interval_s, stale_after_s=lambda: 3 * self._interval_s() + 60
-        )
+        """Not a watched loop: a daemon whose presence cannot be written is still healthy at its work."""
+        await loops.poll("presence", self.tick, every_s=self._interval_s)
 
     async def remove(self) -> None:
         """At a clean stop: `fleet` no longer lists us. Best effort (an item left behind shows as silent)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monitor import fleet_view
+from monitor import errors, fleet_view
 from monitor.clock import FakeClock
 from monitor.model import Held, Lease, Presence, Priority, State, Workset, WorksetId
 from monitor.ports import Store
@@ -122,3 +122,23 @@ def test_fleet_says_alive_silent_or_gone_and_whether_a_holding_was_taken_over() 
     assert found[0].holdings[0]["seconds"] == 60.0
     rows = fleet_view.table_rows(found, now_ms=now)
     assert rows[1][3] == "silent for 1m" and rows[0][5:8] == ("ws-1", "stage", "1m")
+
+
+def test_a_presence_that_cannot_be_written_never_stops_the_daemon(store: Store) -> None:
+    """A policy without the permission (a permanent AWS error) is logged once and tried again next interval."""
+    clock = FakeClock()
+    w = writer(_Refusing(store), clock)  # type: ignore[arg-type]
+    run(w.tick())
+    run(w.tick())
+    assert w.failing and run(store.presences()) == []
+
+
+class _Refusing:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def put_presence(self, presence: Presence) -> None:
+        raise errors.AwsError("AccessDenied: not authorized to perform dynamodb:PutItem")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)

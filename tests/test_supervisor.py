@@ -414,7 +414,7 @@ def test_every_watched_loop_ticks_while_an_idle_daemon_outlives_its_staleness_li
     clock = VirtualClock()
     sup, watchdog = idle_daemon(clock)
 
-    watched = ("scanner", "claimer", "sweeper", "notifier", "gauges", "presence")
+    watched = ("scanner", "claimer", "sweeper", "notifier", "gauges")
 
     async def scenario() -> tuple[list[tuple[float, str]], dict[str, float]]:
         unhealthy, longest_silence = [], dict.fromkeys(watched, 0.0)
