@@ -62,6 +62,8 @@ async def claim(
     renewed_at = clock.monotonic()
     try:
         after = await store.commit(decision, fleet_cap=policy.fleet_cap)
+    except errors.Paused as exc:
+        raise errors.Conflict(f"{workset_id} not claimed: {exc}; `workset-monitor resume` ends the pause") from None
     except errors.FleetFull:
         raise errors.Conflict(
             f"{workset_id} not claimed: {policy.fleet_cap} worksets are in progress fleet-wide "

@@ -44,7 +44,15 @@ from monitor.model import (
     parse_s3_folder,
     parse_state,
 )
-from monitor.operator_commands import cmd_fleet, cmd_list, cmd_run_workset, cmd_validate, transition
+from monitor.operator_commands import (
+    cmd_fleet,
+    cmd_list,
+    cmd_pause,
+    cmd_resume,
+    cmd_run_workset,
+    cmd_validate,
+    transition,
+)
 from monitor.selection import Position
 from monitor.states import Action
 
@@ -191,6 +199,9 @@ def _add_views(add: Callable[..., argparse.ArgumentParser], workset_id: Callable
 
     add("stats", cmd_stats, "count worksets per state and priority")
     add("fleet", cmd_fleet, "the daemons sharing the table (alive, silent, gone) and what each runs")
+    p = add("pause", cmd_pause, "stop intake fleet-wide for maintenance: no new claims; running work continues")
+    p.add_argument("--reason", help="shown by fleet and in the logs (default: maintenance)")
+    add("resume", cmd_resume, "end a pause: the daemons claim again")
 
     p = add("report", cmd_report, "a row per workset with its run's times and each step's duration, and a summary")
     p.add_argument("--state", type=_arg(parse_state), help=", ".join(s.value for s in State))

@@ -56,6 +56,10 @@ class LeaseLost(Conflict):
     temporary = False
 
 
+class Paused(MonitorError):
+    """A claim was refused because intake is paused fleet-wide (``workset-monitor pause``)."""
+
+
 class FleetFull(MonitorError):
     """A claim was refused because ``run.max_fleet_concurrent`` worksets are already in progress fleet-wide."""
 

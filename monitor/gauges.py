@@ -60,6 +60,8 @@ class Gauges:
         self._metrics.queue(stats, oldest_age_s=stats.oldest_change_age_s, now_s=time.time())
         self.latest, self._latest_at = stats, self._clock.monotonic()
         fleet = self._sweeper.fleet
+        if fleet is not None:
+            self._metrics.intake_paused.set(1 if fleet.paused is not None else 0)
         if fleet is not None and fleet.running <= 0 and stats.count(State.IN_PROGRESS) > 0:
             self._sweeper.distrust_counter()  # the index says otherwise: let the sweeper look (it logs if so)
 

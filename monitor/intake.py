@@ -69,7 +69,10 @@ class Intake:
 
     async def round(self) -> None:
         free = self._live.settings.run.max_concurrent - len(self.drivers)
-        for holding in await self.claimer.claim(slots=free, fleet=self._fleet()):
+        fleet = self._fleet()
+        if fleet is not None and fleet.paused is not None:
+            return  # intake paused: not even the read of the queue (a claim would be refused by its own write anyway)
+        for holding in await self.claimer.claim(slots=free, fleet=fleet):
             self._spawn(holding)
 
     # --- what the sweeper tells us (sweeper.SweepNews) -----------------------------------------------------------

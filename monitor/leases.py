@@ -115,6 +115,9 @@ class Claimer:
             except errors.FleetFull:
                 self._record.claim(Claim.FLEET_FULL)
                 break
+            except errors.Paused:  # the claim's own transaction saw the pause: exact, whatever we read before
+                self._record.claim(Claim.PAUSED)
+                break
             if holding is not None:
                 held.append(holding)
         return held
@@ -187,7 +190,7 @@ class Claimer:
         renewed_at = self._clock.monotonic()
         try:
             after = await self._store.commit(decision, fleet_cap=self._policy.fleet_cap)
-        except errors.FleetFull:
+        except (errors.FleetFull, errors.Paused):
             raise
         except errors.Conflict:
             self._record.claim(Claim.LOST)

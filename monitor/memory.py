@@ -36,7 +36,7 @@ import random
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 
 from monitor import errors
-from monitor.model import Due, Event, Fleet, Presence, Priority, State, Stats, Workset, WorksetId
+from monitor.model import Due, Event, Fleet, Pause, Presence, Priority, State, Stats, Workset, WorksetId
 from monitor.selection import LIST_ORDER, Position
 from monitor.states import Decision, gsi_sort_key
 
@@ -64,7 +64,10 @@ class MemoryStore:
         self._claims: dict[str, tuple[str, int]] = {}  # event id -> (owner, until ms): not due before then
         self._running = 0  # the fleet counter item's: in progress fleet-wide
         self._retry_seq = 0  # the fleet counter item's: entries into retrying
-        self._presence: dict[str, Presence] = {}  # the daemons' presence items, by owner
+        self._presence: dict[str, Presence] = {}
+        self._pause: Pause | None = (
+            None  # the fleet counter item's pause, if intake is paused  # the daemons' presence items, by owner
+        )
         self.faults = faults or Faults()
         if self.faults.index_lag_reads < 0:
             raise ValueError("index_lag_reads must be >= 0")
@@ -102,6 +105,8 @@ class MemoryStore:
         entering = decision.after.state is State.IN_PROGRESS and before.state is not State.IN_PROGRESS
         leaving = before.state is State.IN_PROGRESS and decision.after.state is not State.IN_PROGRESS
         # DynamoDB checks every condition of the transaction and DynamoStore reports a full fleet first.
+        if entering and self._pause is not None:
+            raise errors.Paused(f"intake is paused fleet-wide: {self._pause.reason}")
         if entering and fleet_cap is not None and self._running >= fleet_cap:
             raise errors.FleetFull(f"the fleet already runs {fleet_cap} worksets (run.max_fleet_concurrent)")
         current = self._worksets.get(before.workset_id)
@@ -218,7 +223,17 @@ class MemoryStore:
         return await self.list(state=State.IN_PROGRESS)
 
     async def fleet(self) -> Fleet:
-        return Fleet(running=self._running, retry_seq=self._retry_seq)
+        return Fleet(running=self._running, retry_seq=self._retry_seq, paused=self._pause)
+
+    async def pause(self, *, reason: str, by: str, now_ms: int) -> Pause | None:
+        if self._pause is not None:
+            return self._pause
+        self._pause = Pause(reason=reason, by=by, at_ms=now_ms)
+        return None
+
+    async def resume(self) -> Pause | None:
+        ended, self._pause = self._pause, None
+        return ended
 
     async def put_presence(self, presence: Presence) -> None:
         self._presence[presence.owner] = presence

@@ -100,6 +100,11 @@ class Metrics:
             registry=r,
         )
         self.claims = Counter(P + "claims", "Claim attempts by result.", ["result"], registry=r)
+        self.intake_paused = Gauge(
+            P + "intake_paused",
+            "1 while intake is paused fleet-wide (workset-monitor pause), as last read.",
+            registry=r,
+        )
         self.heartbeats = Counter(P + "heartbeats", "Heartbeats by result.", ["result"], registry=r)
         for claim in Claim:
             self.claims.labels(result=claim.value)

@@ -190,6 +190,15 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
+class Pause:
+    """Intake paused fleet-wide for maintenance (``workset-monitor pause``): no claim until ``resume``."""
+
+    reason: str
+    by: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Fleet:
     """The fleet counter item, read in one consistent GetItem: how many worksets are in progress fleet-wide, and
     how many times any workset has entered ``retrying``. It lets an idle daemon skip the in-progress and retrying
@@ -197,6 +206,7 @@ class Fleet:
 
     running: int = 0
     retry_seq: int = 0
+    paused: Pause | None = None  # set by `pause`, on the same item: the sweeper's read carries it at no cost
 
 
 @dataclass(frozen=True, slots=True)

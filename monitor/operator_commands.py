@@ -30,9 +30,10 @@ from monitor import (
 )
 from monitor.app import PROG, App, operator_identity
 from monitor.aws.s3 import S3Source
+from monitor.clock import iso
 from monitor.driver import Ending, drive
 from monitor.manifest import Invalid
-from monitor.model import State, Workset, WorksetId, check_workset_id
+from monitor.model import Pause, State, Workset, WorksetId, check_workset_id
 from monitor.policy import Policy
 from monitor.selection import Position, Selection, parse_since
 from monitor.states import Action
@@ -431,6 +432,7 @@ async def cmd_fleet(app: App) -> int:
     now_ms = app.clock.now_ms()
     presences = await app.store.presences()
     running = await app.store.list(state=State.IN_PROGRESS)
+    paused = (await app.store.fleet()).paused
     found = fleet_view.daemons(presences, running, now_ms=now_ms)
     alive = sum(d.status == "alive" for d in found)
     text = (
@@ -439,5 +441,54 @@ async def cmd_fleet(app: App) -> int:
         if found
         else "no daemon has written its presence (none running, or all older than presence items)"
     )
-    app.emit({"daemons": [fleet_view.as_dict(d) for d in found], "in_progress": len(running)}, text)
+    if paused is not None:
+        text += f"\n{_paused_text(paused)}"
+    app.emit(
+        {
+            "daemons": [fleet_view.as_dict(d) for d in found],
+            "in_progress": len(running),
+            "paused": _pause_dict(paused),
+        },
+        text,
+    )
+    return errors.EX_OK
+
+
+# --- maintenance pause ----------------------------------------------------------------------------------------------
+
+
+def _paused_text(p: Pause) -> str:
+    return f"intake PAUSED since {iso(p.at_ms)} by {p.by}: {p.reason} (`workset-monitor resume` restarts it)"
+
+
+def _pause_dict(p: Pause | None) -> dict[str, Any] | None:
+    return None if p is None else {"reason": p.reason, "by": p.by, "since": iso(p.at_ms)}
+
+
+async def cmd_pause(app: App) -> int:
+    """Stop intake fleet-wide for maintenance: from the moment this write lands, every claim's own transaction is
+    refused (no daemon needs to read it first); running work goes on. One UpdateItem."""
+    reason = app.args.reason or "maintenance"
+    already = await app.store.pause(reason=reason, by=operator_identity(), now_ms=app.clock.now_ms())
+    if already is not None:
+        text = (
+            f"intake is already paused (since {iso(already.at_ms)} by {already.by}: {already.reason}); nothing changed"
+        )
+        app.emit({"paused": _pause_dict(already), "changed": False}, text)
+        return errors.EX_OK
+    text = (
+        f"intake paused fleet-wide ({reason}): no daemon claims new work from now on; running work continues. "
+        "`workset-monitor resume` restarts intake"
+    )
+    app.emit({"paused": _pause_dict((await app.store.fleet()).paused), "changed": True}, text)
+    return errors.EX_OK
+
+
+async def cmd_resume(app: App) -> int:
+    ended = await app.store.resume()
+    if ended is None:
+        app.emit({"paused": None, "changed": False}, "intake is not paused; nothing changed")
+        return errors.EX_OK
+    text = f"intake resumed (it was paused since {iso(ended.at_ms)} by {ended.by}: {ended.reason})"
+    app.emit({"paused": None, "changed": True, "ended": _pause_dict(ended)}, text)
     return errors.EX_OK

@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from monitor.model import Due, Event, Fleet, Presence, Priority, State, Stats, Workset, WorksetId
+from monitor.model import Due, Event, Fleet, Pause, Presence, Priority, State, Stats, Workset, WorksetId
 from monitor.selection import Position
 from monitor.states import Decision
 
@@ -72,6 +72,16 @@ class Store(Protocol):
     async def fleet(self) -> Fleet:
         """The fleet counter, read consistently: in progress fleet-wide (what the fleet cap is enforced against)
         and how many times a workset entered retrying."""
+        ...
+
+    async def pause(self, *, reason: str, by: str, now_ms: int) -> Pause | None:
+        """Pause intake fleet-wide (one conditional UpdateItem of the fleet counter item, which every claim's
+        transaction already writes: from then on each claim is refused with ``Paused``). Returns the pause already in
+        force, unchanged, if there was one; else None."""
+        ...
+
+    async def resume(self) -> Pause | None:
+        """End the pause (one UpdateItem); the pause it ended, or None if intake was not paused."""
         ...
 
     async def put_presence(self, presence: Presence) -> None:

@@ -17,6 +17,7 @@ class Claim(StrEnum):
     WON = "won"
     LOST = "lost"  # another daemon (or an operator) got there first
     FLEET_FULL = "fleet_full"
+    PAUSED = "paused"  # intake is paused fleet-wide (`workset-monitor pause`)
     ERROR = "error"  # the outcome is unknown; settled before the next sweep
 
 

@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
-from monitor import actions, by_hand, config, errors
+from monitor import actions, by_hand, config, errors, states
 from monitor.app import App
 from monitor.clock import FakeClock
 from monitor.leases import Claimer
-from monitor.model import Due, EventType, Priority, State, WorksetId
+from monitor.model import Due, EventType, Lease, Priority, State, WorksetId
 from monitor.ports import Store
+from monitor.recorder import Claim
 from monitor.states import Action
 from monitor.steps import Runner
 from monitor.supervisor import Services, Supervisor
@@ -435,5 +436,38 @@ def test_a_daemon_whose_heartbeats_are_refused_stops_claiming_until_one_renews(w
         third = await claim_one(daemon)
         assert await third.heartbeat_once()  # renewals work again
         assert len(await daemon.claim(slots=1)) == 1  # no cool-off
+
+    run(scenario())
+
+
+# --- the maintenance pause ------------------------------------------------------------------------------------------
+
+
+def test_a_pause_refuses_every_claim_exactly_even_one_decided_before_it(world: World) -> None:
+    """`pause` writes the fleet counter item, which every claim's transaction already writes: a claim decided on a
+    read from before the pause is refused by its own write, with no read added to any daemon's idle path."""
+
+    async def scenario() -> None:
+        await world.register("ws-1", "ws-2")
+        a = world.daemon("host-a")
+        ws = await world.store.get(WS)
+        assert ws is not None
+        lease = Lease(token="t" * 32, owner="host-a:1:aaaa", heartbeat_at_ms=0, expires_at_ms=1)
+        claim = states.decide(
+            ws, Action.CLAIM, POLICY.context(now_ms=world.clock.now_ms(), actor="a", reason="x"), lease=lease
+        )
+        assert await world.store.pause(reason="kernel upgrade", by="operator:me@host", now_ms=1) is None
+        with pytest.raises(errors.Paused, match="intake is paused fleet-wide: kernel upgrade"):
+            await world.store.commit(claim)
+        assert await a.claim(slots=2) == [] and world.tallies["host-a"].claims == {Claim.PAUSED: 1}
+        with pytest.raises(errors.Conflict, match="`workset-monitor resume` ends the pause"):
+            await by_hand.claim(world.store, world.clock, workset_id=WS, owner="op:1:b", policy=POLICY, say=print)
+        again = await world.store.pause(reason="other", by="operator:you@host", now_ms=2)
+        assert again is not None and (again.reason, again.by, again.at_ms) == ("kernel upgrade", "operator:me@host", 1)
+        fleet = await world.store.fleet()
+        assert fleet.paused == again and fleet.running == 0
+        ended = await world.store.resume()
+        assert ended == again and await world.store.resume() is None
+        assert len(await a.claim(slots=2)) == 2
 
     run(scenario())

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Any
 
 import boto3
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import cli
 from monitor.aws import schema
@@ -388,3 +390,53 @@ def test_fleet_shows_who_is_alive_what_each_runs_and_a_killed_daemon_s_work_take
     idle.signal(signal.SIGTERM)
     assert idle.wait() == 0
     assert idle.pid not in fleet()  # a clean stop removes its presence item
+
+
+def test_pause_stops_new_claims_while_running_work_finishes_and_resume_restarts_intake(
+    env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gate = env["tmp"] / "gate"
+    gate.touch()
+    code = (
+        f"import os, time\nwhile os.path.exists({str(gate)!r}) and os.environ['WORKSET_ID'] == 'ws-1': time.sleep(0.1)"
+    )
+    port = free_port()
+    config = write_config(env, code, metrics_port=port)
+    cfg = ["--config", str(config)]
+
+    def cli_json(*args: str) -> Any:
+        assert cli.main([*cfg, *args, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    def scrape(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def paused_gauge() -> float | None:
+        for family in text_string_to_metric_families(scrape("/metrics")[1]):
+            if family.name == "workset_monitor_intake_paused":
+                return family.samples[0].value
+        return None
+
+    env["lab"].workset("ws-1", prefix="w/")
+    daemon = env["start"](config)
+    until(lambda: (ws := get(env, "ws-1")) and ws.current_step == "main", what="ws-1's step to run")
+    assert cli_json("pause", "--reason", "kernel upgrade")["changed"] is True
+    env["lab"].workset("ws-2", prefix="w/")
+    until(lambda: get(env, "ws-2") is not None, what="ws-2 to be registered")  # the scanner goes on
+    until(lambda: paused_gauge() == 1, what="the intake_paused gauge")
+    assert cli_json("fleet")["paused"]["reason"] == "kernel upgrade"
+    assert scrape("/healthz")[0] == 200  # paused is healthy
+    gate.unlink()  # the running step finishes...
+    until(lambda: (ws := get(env, "ws-1")) and ws.state is State.COMPLETE, what="ws-1 to complete while paused")
+    time.sleep(3)  # ...six claim intervals (0.5 s): ws-2 stays ready
+    ws2 = get(env, "ws-2")
+    assert ws2 is not None and ws2.state is State.READY and ws2.attempts == 0
+    assert cli_json("resume")["ended"]["reason"] == "kernel upgrade"
+    until(lambda: (ws := get(env, "ws-2")) and ws.state is State.COMPLETE, what="ws-2 to run after resume")
+    until(lambda: paused_gauge() == 0, what="the gauge back at 0")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0

@@ -110,6 +110,8 @@ ROWS: list[tuple[str, list[str], int, str, str | None, dict[str, str]]] = [
     ("cancel: --yes with ids", ["cancel", "ws-good", "--yes"], 2, "--yes is for a filter's selection", None, {}),
     ("ignore: bad state", ["ignore", "--state", "done", "--yes"], 2, "invalid state 'done'", None, {}),
     ("set-priority: no ids", ["set-priority", "urgent"], 2, "give one or more workset ids", None, {}),
+    ("pause: a stray argument", ["pause", "now"], 2, "unrecognized arguments: now", None, {}),
+    ("resume: a stray option", ["resume", "--reason", "x"], 2, "unrecognized arguments: --reason x", None, {}),
     ("import: no file", ["import", "/nonexistent/backup.jsonl"], 1, "/nonexistent/backup.jsonl: cannot read", None, {}),
     ("import: empty file", ["import", "{tmp}/empty.jsonl"], 1, "empty: not a workset-monitor export", None, {}),
     ("import: not an export", ["import", "{tmp}/garbage.jsonl"], 1, "line 1: not JSON", None, {}),

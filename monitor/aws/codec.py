@@ -25,6 +25,7 @@ from monitor.model import (
     Fleet,
     Held,
     Lease,
+    Pause,
     Presence,
     Priority,
     State,
@@ -241,7 +242,18 @@ def _step_run(a: _Attributes) -> StepRun | None:
 
 def fleet_from_item(item: Item, *, table: str) -> Fleet:
     a = _Attributes(item, table=table)
-    return Fleet(running=a.optional("running", int) or 0, retry_seq=a.optional("retry_seq", int) or 0)
+    return Fleet(running=a.optional("running", int) or 0, retry_seq=a.optional("retry_seq", int) or 0, paused=pause(a))
+
+
+def pause_from_item(item: Item, *, table: str) -> Pause | None:
+    return pause(_Attributes(item, table=table))
+
+
+def pause(a: _Attributes) -> Pause | None:
+    at_ms = a.optional("paused_at_ms", int)
+    if at_ms is None:
+        return None
+    return Pause(reason=a.optional("paused_reason", str) or "", by=a.optional("paused_by", str) or "", at_ms=at_ms)
 
 
 def presence_key(owner: str) -> Item:

@@ -30,7 +30,7 @@ from monitor.aws.table_io import (
     _reasons,
     _update_expression,
 )
-from monitor.model import Due, Event, Fleet, Presence, Priority, State, Stats, Workset, WorksetId
+from monitor.model import Due, Event, Fleet, Pause, Presence, Priority, State, Stats, Workset, WorksetId
 from monitor.selection import LIST_ORDER, Position
 from monitor.states import Decision, gsi_sort_key
 
@@ -105,6 +105,9 @@ class DynamoStore(OutboxRows):
                 raise clients.translate(exc, what=f"updating {before.workset_id}") from exc
             reasons = _reasons(exc)
             if len(reasons) > 2 and reasons[2].get("Code") == "ConditionalCheckFailed":
+                paused = codec.pause_from_item(reasons[2].get("Item") or {}, table=self._table)
+                if paused is not None:
+                    raise errors.Paused(f"intake is paused fleet-wide: {paused.reason}") from exc
                 raise errors.FleetFull(
                     f"the fleet already runs {fleet_cap} worksets (run.max_fleet_concurrent)"
                 ) from exc
@@ -137,9 +140,13 @@ class DynamoStore(OutboxRows):
             "UpdateExpression": "ADD " + ", ".join(adds),
             "ExpressionAttributeValues": values,
         }
-        if entering and cap is not None:
-            update["ConditionExpression"] = "attribute_not_exists(running) OR running < :cap"
-            update["ExpressionAttributeValues"][":cap"] = {"N": str(cap)}
+        if entering:  # a claim: not while intake is paused, and within the fleet cap; the item says which refused
+            condition = "attribute_not_exists(paused_at_ms)"
+            if cap is not None:
+                condition += " AND (attribute_not_exists(running) OR running < :cap)"
+                update["ExpressionAttributeValues"][":cap"] = {"N": str(cap)}
+            update["ConditionExpression"] = condition
+            update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         return {"Update": update}
 
     async def heartbeat(
@@ -271,6 +278,40 @@ class DynamoStore(OutboxRows):
             ConsistentRead=True,
         )
         return codec.fleet_from_item(response.get("Item", {}), table=self._table)
+
+    async def pause(self, *, reason: str, by: str, now_ms: int) -> Pause | None:
+        """Pause intake fleet-wide; the pause already in force (unchanged) if there is one, else None."""
+        try:
+            await self._call(
+                "update_item",
+                what="pausing intake",
+                inspect=("ConditionalCheckFailedException",),
+                TableName=self._table,
+                Key=codec.FLEET_KEY,
+                UpdateExpression="SET paused_at_ms = :at, paused_by = :by, paused_reason = :reason",
+                ConditionExpression="attribute_not_exists(paused_at_ms)",
+                ExpressionAttributeValues={":at": {"N": str(now_ms)}, ":by": {"S": by}, ":reason": {"S": reason}},
+            )
+        except botocore.exceptions.ClientError:
+            return (await self.fleet()).paused
+        return None
+
+    async def resume(self) -> Pause | None:
+        """End the pause; the pause it ended, or None if intake was not paused."""
+        try:
+            response = await self._call(
+                "update_item",
+                what="resuming intake",
+                inspect=("ConditionalCheckFailedException",),
+                TableName=self._table,
+                Key=codec.FLEET_KEY,
+                UpdateExpression="REMOVE paused_at_ms, paused_by, paused_reason",
+                ConditionExpression="attribute_exists(paused_at_ms)",
+                ReturnValues="ALL_OLD",
+            )
+        except botocore.exceptions.ClientError:
+            return None
+        return codec.pause_from_item(response.get("Attributes", {}), table=self._table)
 
     async def put_presence(self, presence: Presence) -> None:
         await self._call(
