@@ -5,13 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint typecheck unit tools faketime bench chaos soak demo clean deploy-test deploy-tools
+.PHONY: test lint typecheck unit tools faketime tmux bench chaos soak demo clean deploy-test deploy-tools
 
 test: lint typecheck tools unit
 
 # promtool and prometheus (Debian's `prometheus` package) for the alert-rule tests and the scrape test; faketime for
 # the chaos suite's operator with a slow clock.
-tools: faketime
+tools: faketime tmux
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian's prometheus package (promtool, prometheus)"; \
@@ -27,6 +27,16 @@ faketime:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends faketime >/dev/null; \
 	  else \
 	    echo "faketime missing: install Debian's 'faketime' package (sudo apt-get install faketime)"; exit 1; \
+	  fi; }
+
+# tmux: the test of `workset-monitor watch` drives it in a real terminal (send-keys, capture-pane).
+tmux:
+	@command -v tmux >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's tmux package"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tmux >/dev/null; \
+	  else \
+	    echo "tmux missing: install Debian's 'tmux' package (sudo apt-get install tmux)"; exit 1; \
 	  fi; }
 
 $(BIN)/python:

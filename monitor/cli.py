@@ -51,6 +51,7 @@ from monitor.operator_commands import (
     cmd_resume,
     cmd_run_workset,
     cmd_validate,
+    cmd_watch,
     transition,
 )
 from monitor.selection import Position
@@ -202,6 +203,9 @@ def _add_views(add: Callable[..., argparse.ArgumentParser], workset_id: Callable
     p = add("pause", cmd_pause, "stop intake fleet-wide for maintenance: no new claims; running work continues")
     p.add_argument("--reason", help="shown by fleet and in the logs (default: maintenance)")
     add("resume", cmd_resume, "end a pause: the daemons claim again")
+    p = add("watch", cmd_watch, "a live view of the queue, the fleet and the running worksets (q or Ctrl-C quits)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit (also when stdout is not a terminal)")
 
     p = add("report", cmd_report, "a row per workset with its run's times and each step's duration, and a summary")
     p.add_argument("--state", type=_arg(parse_state), help=", ".join(s.value for s in State))

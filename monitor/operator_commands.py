@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from monitor import (
     states,
     steps,
     validation,
+    watch,
 )
 from monitor.app import PROG, App, operator_identity
 from monitor.aws.s3 import S3Source
@@ -492,3 +494,30 @@ async def cmd_resume(app: App) -> int:
     text = f"intake resumed (it was paused since {iso(ended.at_ms)} by {ended.by}: {ended.reason})"
     app.emit({"paused": None, "changed": True, "ended": _pause_dict(ended)}, text)
     return errors.EX_OK
+
+
+# --- watch ---------------------------------------------------------------------------------------------------------
+
+
+async def cmd_watch(app: App) -> int:
+    """Redraw the view every ``--interval`` seconds until ``q`` or Ctrl-C (``--once``: print one frame and exit)."""
+    watcher = watch.Watcher(app.store, app.clock)
+    if app.args.once or not sys.stdout.isatty():
+        print("\n".join(watch.screen(await watcher.frame(), width=_width())))
+        return errors.EX_OK
+    with watch.keys() as pressed:
+        sys.stdout.write("\x1b[?25l")  # hide the cursor while drawing
+        try:
+            while True:
+                lines = watch.screen(await watcher.frame(), width=_width())
+                sys.stdout.write("\x1b[H" + "\x1b[K\n".join(lines) + "\x1b[K\n\x1b[J")
+                sys.stdout.flush()
+                if await pressed(app.args.interval, "qQ"):
+                    return errors.EX_OK
+        finally:
+            sys.stdout.write("\x1b[?25h")
+            sys.stdout.flush()
+
+
+def _width() -> int:
+    return shutil.get_terminal_size((120, 40)).columns

@@ -57,6 +57,7 @@ LAYERS: list[set[str]] = [
         "monitor.by_hand",
         "monitor.presence",
         "monitor.fleet_view",
+        "monitor.watch",
         "monitor.intake",
         "monitor.gauges",
         "monitor.reloader",

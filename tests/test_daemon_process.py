@@ -440,3 +440,51 @@ def test_pause_stops_new_claims_while_running_work_finishes_and_resume_restarts_
     until(lambda: paused_gauge() == 0, what="the gauge back at 0")
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
+
+
+def test_watch_in_tmux_shows_the_queue_the_fleet_and_a_step_s_time_moving(env: dict[str, Any]) -> None:
+    """The live view, in a real terminal: three daemons, two running steps, the elapsed time of a step changing
+    between two captures; `q` quits."""
+    gate = env["tmp"] / "gate"
+    gate.touch()
+    config = write_config(env, f"import os, time\nwhile os.path.exists({str(gate)!r}): time.sleep(0.1)")
+    config.write_text(config.read_text().replace("[run]\n", "[run]\nmax_concurrent = 1\npresence_interval_s = 1\n"))
+    for name in ("ws-a", "ws-b", "ws-c"):
+        env["lab"].workset(name, prefix="w/")
+    for name in ("one", "two", "three"):
+        env["start"](config, name=name)
+    socket_name = f"wm-test-{os.getpid()}"
+    exe = Path(sys.executable).with_name("workset-monitor")
+    variables = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("AWS_"))
+    command = f"env {variables} {exe} --config {config} watch --interval 1"
+
+    def tmux(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["tmux", "-L", socket_name, *args], capture_output=True, text=True, timeout=10, check=False
+        )
+
+    assert tmux("new-session", "-d", "-s", "wm", "-x", "180", "-y", "60", command).returncode == 0
+    try:
+        screen = until(
+            lambda: (
+                (s := tmux("capture-pane", "-p", "-t", "wm").stdout) and "RUNNING (3)" in s and "(3 alive)" in s and s
+            ),
+            timeout_s=30,
+            what="the view with three daemons and three running worksets",
+        )
+        assert "QUEUE" in screen and "in_progress" in screen
+
+        def step_times(text: str) -> dict[str, str]:
+            rows = text.split("RUNNING (3)")[1].split("RECENT CHANGES", maxsplit=1)[0].splitlines()[2:]
+            return {r.split()[0]: r.split()[3] for r in rows if r.strip()}
+
+        first = step_times(screen)
+        time.sleep(2.5)
+        second = step_times(tmux("capture-pane", "-p", "-t", "wm").stdout)
+        assert set(first) == set(second) == {"ws-a", "ws-b", "ws-c"}
+        assert first != second, (first, second)  # the elapsed times moved
+        tmux("send-keys", "-t", "wm", "q")
+        until(lambda: tmux("has-session", "-t", "wm").returncode != 0, timeout_s=10, what="q to end watch")
+    finally:
+        tmux("kill-server")
+        gate.unlink(missing_ok=True)
