@@ -26,6 +26,7 @@ async def register(
     invalid_reason: str | None = None,
     imported: State = State.READY,
     imported_error: str | None = None,
+    not_before_ms: int | None = None,
 ) -> tuple[bool, Workset]:
     """Register a workset; returns (created, the stored record). An existing id is left exactly as it was."""
     decision = states.new_workset(
@@ -37,6 +38,7 @@ async def register(
         invalid_reason=invalid_reason,
         imported=imported,
         imported_error=imported_error,
+        not_before_ms=not_before_ms,
     )
     if await store.register(decision):
         return True, decision.after
@@ -55,6 +57,7 @@ async def act(
     priority: Priority | None = None,
     from_start: bool = False,
     known: Workset | None = None,
+    until_ms: int | None = None,
 ) -> Decision:
     """Apply an operator ``action``; raises NotFound, IllegalTransition, or Conflict if it never settles.
 
@@ -64,7 +67,7 @@ async def act(
         ws, known = known or await store.get(workset_id), None
         if ws is None:
             raise errors.NotFound(f"workset {workset_id} is not registered")
-        decision = states.decide(ws, action, ctx, priority=priority, from_start=from_start)
+        decision = states.decide(ws, action, ctx, priority=priority, from_start=from_start, until_ms=until_ms)
         try:
             await store.commit(decision)
         except errors.Conflict:

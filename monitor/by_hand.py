@@ -95,6 +95,13 @@ async def _claimable(store: Store, workset_id: WorksetId, clock: Clock) -> Works
             state=ws.state.value,
             action=Action.CLAIM.value,
         )
+    if states.scheduled(ws) and ws.available_at_ms > clock.now_ms():
+        raise errors.IllegalTransition(
+            f"{workset_id} is scheduled: not before {iso(ws.available_at_ms)}; "
+            f"`workset-monitor defer {workset_id} --until now` brings it forward",
+            state=ws.state.value,
+            action=Action.CLAIM.value,
+        )
     if ws.state is State.RETRYING and ws.available_at_ms > clock.now_ms():
         raise errors.IllegalTransition(
             f"{workset_id} is retrying and not due until {iso(ws.available_at_ms)}: "

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from monitor import __version__, config, errors, logs, report, terminal
+from monitor import __version__, config, errors, logs, report, selection, terminal
 from monitor.app import PROG, App
 from monitor.clock import SystemClock
 from monitor.commands import (
@@ -79,6 +79,12 @@ def _positive(value: str) -> int:
     if number < 1:
         raise ValueError(f"must be at least 1, got {number}")
     return number
+
+
+def _when(value: str) -> str:
+    """``--not-before``/``--until``, checked now (a usage error), kept as written: resolved against the clock later."""
+    selection.parse_when(value, now_ms=0)
+    return value
 
 
 def _since(value: str) -> str:
@@ -160,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--priority", type=_arg(parse_priority), help="urgent, normal or low (default: the folder's daylily_info.yaml)"
     )
     p.add_argument("--no-validate", action="store_true", help="register the folder without checking it")
+    p.add_argument(
+        "--not-before",
+        type=_arg(_when),
+        metavar="WHEN",
+        help="not run before then: +DURATION (+30s, +2h) or a time (default: the folder's daylily_info.yaml)",
+    )
     p.add_argument("--reason", help="recorded in the audit trail")
 
     _add_views(add, workset_id)
@@ -331,6 +343,15 @@ def _add_transitions(add: Callable[..., argparse.ArgumentParser], workset_id: Ca
     p.add_argument("--reason", required=True, help="recorded in the audit trail (required)")
 
     p = add(
+        "defer",
+        transition(Action.DEFER, "scheduled"),
+        "schedule a ready workset: not claimed before --until (a time passed brings it forward: due now)",
+    )
+    p.add_argument("ids", nargs=1, type=workset_id, metavar="ID")
+    p.add_argument("--until", type=_arg(_when), required=True, metavar="WHEN", help="+DURATION (+2h) or a time")
+    p.add_argument("--reason", help="recorded in the audit trail")
+
+    p = add(
         "set-priority",
         transition(Action.SET_PRIORITY, "priority changed"),
         "change the priority of worksets: set-priority ID [ID ...] PRIORITY, or set-priority --state ready PRIORITY",
@@ -345,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = getattr(args, "command_parser", None) or build_parser()
     if args.command == "run" and args.step is not None and args.workset is None:
         parser.error("run --step needs --workset ID")
-    if args.command != "release":
+    if args.command not in ("release", "defer"):
         _check_bulk(parser, args)
     verbose = bool(getattr(args, "verbose", False))
     as_json = bool(getattr(args, "json", False))

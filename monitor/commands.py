@@ -20,6 +20,7 @@ from monitor import (
     registration,
     render,
     report,
+    states,
     steps,
     terminal,
     validation,
@@ -41,6 +42,7 @@ from monitor.model import (
 )
 from monitor.notify import filters
 from monitor.notify.outbox import Doorbell, Outbox
+from monitor.selection import parse_when
 from monitor.supervisor import Services, Supervisor
 from monitor.systemd import Notifier
 
@@ -74,6 +76,7 @@ async def cmd_register(app: App) -> int:
         raise errors.InvalidInput("register needs --bucket (no [scan] bucket is configured)")
     prefix = registration.hand_prefix(args.prefix, workset_id, app.settings.scan.prefixes)
     priority = args.priority
+    not_before_ms = parse_when(args.not_before, now_ms=app.clock.now_ms()) if args.not_before else None
     known = await app.store.get(workset_id)
     if known is None and not args.no_validate:
         verdict = await validation.inspect(
@@ -83,6 +86,7 @@ async def cmd_register(app: App) -> int:
         )
         registration.refuse_unless_new(verdict, f"s3://{bucket}/{prefix}")
         priority = priority or verdict.priority
+        not_before_ms = not_before_ms or verdict.not_before_ms
     created, ws = await actions.register(
         app.store,
         workset_id=workset_id,
@@ -90,9 +94,11 @@ async def cmd_register(app: App) -> int:
         prefix=prefix,
         priority=priority or Priority.NORMAL,
         ctx=app.context("registered by hand" + (" (not validated)" if args.no_validate else "")),
+        not_before_ms=not_before_ms,
     )
     if created:
         text = f"registered {ws.workset_id} ({ws.priority.value}) at {ws.s3_uri}: {ws.state.value}"
+        text += f", not before {iso(ws.available_at_ms)}" if states.scheduled(ws) else ""
     else:
         text = f"{ws.workset_id} is already registered ({ws.state.value}, {ws.s3_uri}); nothing changed"
     app.emit({"registered": created, "workset": render.workset_dict(ws)}, text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 from monitor.model import Priority
@@ -22,6 +23,7 @@ REQUIRED_FILES = (MANIFEST, WORK_FILE, INFO_FILE)
 
 _FASTQ_COLUMNS = {"r1_fq", "r2_fq"}
 _PRIORITY_LINE = re.compile(r"^priority[ \t]*:[ \t]*(?P<value>[^#]*?)[ \t]*(#.*)?$")
+_NOT_BEFORE_LINE = re.compile(r"^not_before[ \t]*:[ \t]*(?P<value>[^#]*?)[ \t]*(#.*)?$")
 
 
 class Invalid(Exception):
@@ -197,3 +199,28 @@ def check_priority(data: bytes) -> tuple[Priority, list[Invalid]]:
             )
             return Priority.NORMAL, problems
     return Priority.NORMAL, problems
+
+
+def check_not_before(data: bytes) -> tuple[int | None, list[Invalid]]:
+    """The top-level ``not_before:`` of daylily_info.yaml: a UTC time (``2026-12-05T02:00:00Z``, ``2026-12-05``; an
+    offset is honoured, none means UTC) before which the workset is not run, as epoch ms; None when absent."""
+    text, problems = check_text(data, file=INFO_FILE)
+    for number, raw in enumerate(text.splitlines(), start=1):
+        match = _NOT_BEFORE_LINE.match(raw.rstrip("\r"))
+        if not match:
+            continue
+        value = match.group("value").strip().strip("'\"").strip()
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            column = match.start("value") + 1
+            problems.append(
+                Invalid(
+                    INFO_FILE, f"not_before {value!r} is not a time (2026-12-05T02:00:00Z)", line=number, column=column
+                )
+            )
+            return None, problems
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return round(when.timestamp() * 1000), problems
+    return None, problems

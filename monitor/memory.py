@@ -35,7 +35,7 @@ import dataclasses
 import random
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 
-from monitor import errors
+from monitor import errors, states
 from monitor.model import Due, Event, Fleet, Pause, Presence, Priority, State, Stats, Workset, WorksetId
 from monitor.selection import LIST_ORDER, Position
 from monitor.states import Decision, gsi_sort_key
@@ -201,10 +201,8 @@ class MemoryStore:
     async def due(self, *, now_ms: int, limit: int, retrying: bool = True) -> Due:
         index = self._index()
         claimable = (State.READY, State.RETRYING) if retrying else (State.READY,)
-        due = [  # like DynamoStore: ready is always due, retrying once its backoff has passed
-            _projected(ws)
-            for ws in index.values()
-            if ws.state in claimable and (ws.state is State.READY or ws.available_at_ms <= now_ms)
+        due = [  # like DynamoStore: ready unless scheduled for later, retrying once its backoff has passed
+            _projected(ws) for ws in index.values() if ws.state in claimable and states.due(ws, now_ms)
         ]
         if not retrying:
             return Due(sorted(due, key=gsi_sort_key)[:limit])

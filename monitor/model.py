@@ -70,6 +70,7 @@ class EventType(StrEnum):
     IGNORED = "ignored"
     REOPENED = "reopened"
     PRIORITY_CHANGED = "priority_changed"
+    DEFERRED = "deferred"  # a ready workset's run scheduled for later (`defer`), or brought forward
     DUPLICATE = "duplicate"
     IMPORTED = "imported"  # import --force replaced the table's copy with an older one from a file
     TEST = "test"

@@ -37,7 +37,7 @@ from monitor.driver import Ending, drive
 from monitor.manifest import Invalid
 from monitor.model import Pause, State, Workset, WorksetId, check_workset_id
 from monitor.policy import Policy
-from monitor.selection import Position, Selection, parse_since
+from monitor.selection import Position, Selection, parse_since, parse_when
 from monitor.states import Action
 
 
@@ -385,6 +385,7 @@ async def _decide_and_commit(
         priority=getattr(app.args, "priority", None),
         from_start=getattr(app.args, "from_start", False),
         known=ws,
+        until_ms=parse_when(app.args.until, now_ms=app.clock.now_ms()) if chosen is Action.DEFER else None,
     )
 
 
@@ -398,6 +399,8 @@ async def _one(app: App, workset_id: WorksetId, chosen: Action, reason: str) -> 
         return errors.EX_OK
     before, after = decision.before, decision.after
     detail = f"priority {before.priority.value} -> {after.priority.value}" if before.state is after.state else ""
+    if chosen is Action.DEFER:
+        detail = f"not before {iso(after.available_at_ms)}" if states.scheduled(after) else "due now"
     text = f"{after.workset_id}: {before.state.value} -> {after.state.value}"
     text += f" ({detail})" if detail else ""
     app.emit(

@@ -13,6 +13,7 @@ from typing import Any
 from monitor.clock import iso
 from monitor.migration import Report
 from monitor.model import Event, Priority, State, Stats, StepRun, Workset
+from monitor.states import scheduled
 from monitor.terminal import for_terminal
 
 
@@ -27,6 +28,7 @@ def workset_dict(ws: Workset) -> dict[str, Any]:
         "created_at": iso(ws.created_at_ms),
         "updated_at": iso(ws.updated_at_ms),
         "available_at": iso(ws.available_at_ms),
+        "not_before": iso(ws.available_at_ms) if scheduled(ws) else None,  # a ready workset's schedule
         "attempts": ws.attempts,
         "version": ws.version,
         "epoch": ws.epoch,

@@ -166,7 +166,7 @@ class Scanner:
             if verdict.kind == "ignored":
                 return await self._register(folder, verdict.priority, imported=State.IGNORED, reason=verdict.reason)
             invalid = verdict.reason if verdict.kind == "invalid" else None
-            return await self._register(folder, verdict.priority, invalid=invalid)
+            return await self._register(folder, verdict.priority, invalid=invalid, not_before_ms=verdict.not_before_ms)
         except errors.MonitorError as exc:
             log.warning("could not look at folder; will retry next cycle", workset_id=workset_id, error=str(exc))
             return Found.ERROR
@@ -182,6 +182,7 @@ class Scanner:
         invalid: str | None = None,
         imported: State = State.READY,
         reason: str = "found in S3",
+        not_before_ms: int | None = None,
     ) -> Found:
         workset_id = folder.workset_id
         ctx = Context(now_ms=self._clock.now_ms(), actor=self._actor, reason=reason, notify=self._notify)
@@ -194,6 +195,7 @@ class Scanner:
             ctx=ctx,
             invalid_reason=invalid,
             imported=imported,
+            not_before_ms=not_before_ms,
         )
         assert self._known is not None
         self._known[workset_id] = f"{ws.bucket}/{ws.prefix}"

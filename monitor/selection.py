@@ -44,6 +44,22 @@ def parse_since(value: str, *, now_ms: int) -> int:
     return round(when.timestamp() * 1000)
 
 
+def parse_when(value: str, *, now_ms: int) -> int:
+    """``--not-before``/``--until``: ``+DURATION`` from now (``+30s``, ``+2h``, ``+1d``) or a time (as ``--since``
+    reads one), as epoch milliseconds."""
+    text = value.strip()
+    if match := re.fullmatch(r"\+(\d+(?:\.\d+)?)\s*([smhdw])", text):
+        return now_ms + round(float(match.group(1)) * _UNITS[match.group(2)] * 1000)
+    if re.fullmatch(r"\d+(?:\.\d+)?\s*[smhdw]", text):
+        raise ValueError(f"{value!r}: a duration from now needs a + (+{text})")
+    try:
+        return parse_since(text, now_ms=now_ms)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither +DURATION (+30s, +2h, +1d) nor a time (2026-12-05T02:00Z, 2026-12-05)"
+        ) from None
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class Position:
     """Where a workset stands in the listing order: its state's place, and its key in the state's index."""

@@ -42,6 +42,7 @@ class Action(StrEnum):
     CANCEL = "cancel"
     SET_PRIORITY = "set_priority"
     REPORT_DUPLICATE = "report_duplicate"  # the same folder name turned up under another prefix: audited, no change
+    DEFER = "defer"  # an operator schedules a ready workset: not claimed before ``until_ms``
 
 
 _RETRY_OR_DEAD = "retrying-or-error"  # marker: decided by attempts vs max_attempts
@@ -68,6 +69,7 @@ TABLE: dict[tuple[State, Action], State | str] = {
     **{(s, Action.CANCEL): S.CANCELLED for s in (S.READY, S.RETRYING, S.IN_PROGRESS)},
     **{(s, Action.SET_PRIORITY): s for s in _ANY},
     **{(s, Action.REPORT_DUPLICATE): s for s in _ANY},
+    (S.READY, Action.DEFER): S.READY,
 }
 
 _HINTS: dict[tuple[State, Action], str] = {
@@ -92,6 +94,7 @@ _HINTS: dict[tuple[State, Action], str] = {
         for s in _ANY
         if s is not S.IN_PROGRESS
     },
+    **{(s, Action.DEFER): "only a ready workset can be scheduled" for s in _ANY if s is not S.READY},
 }
 _SAID = {Action.RETRY_FORCE: "retry --force", Action.FORCE_RELEASE: "release", Action.SET_PRIORITY: "reprioritise"}
 
@@ -110,6 +113,7 @@ _EVENT_FOR: dict[Action, EventType] = {
     Action.CANCEL: EventType.CANCELLED,
     Action.SET_PRIORITY: EventType.PRIORITY_CHANGED,
     Action.REPORT_DUPLICATE: EventType.DUPLICATE,
+    Action.DEFER: EventType.DEFERRED,
 }
 
 
@@ -168,6 +172,38 @@ class Decision:
     event: Event
 
 
+def _available_at(
+    ws: Workset, action: Action, new_state: State, ctx: Context, until_ms: int | None
+) -> dict[str, object]:
+    """When the workset may next be claimed: after a backoff (retrying), at an operator's time (defer), now (ready),
+    unchanged otherwise. A new priority keeps a schedule."""
+    if new_state is State.RETRYING:
+        delay_s = ctx.backoff.delay_s(ws.attempts, rand=ctx.rand)
+        return {"available_at_ms": ctx.now_ms + round(delay_s * 1000)}
+    if action is Action.DEFER:
+        if until_ms is None:
+            raise ValueError("defer needs the time")
+        return {"available_at_ms": max(until_ms, ctx.now_ms)}  # a time passed: due now (brought forward)
+    if new_state is State.READY and not (action is Action.SET_PRIORITY and scheduled(ws)):
+        return {"available_at_ms": ctx.now_ms}
+    return {}
+
+
+def scheduled(ws: Workset) -> bool:
+    """A ready workset whose run was scheduled for later (``register --not-before``, ``defer``, ``not_before:``):
+    its writer set ``available_at`` past the moment of its own write. Every other ready workset has ``available_at``
+    equal to the write's time, on one clock, so it is due whatever the reader's clock says."""
+    return ws.state is State.READY and ws.available_at_ms > ws.updated_at_ms
+
+
+def due(ws: Workset, now_ms: int) -> bool:
+    """Whether a claimer may claim ``ws`` now: a ready one unless scheduled for later than ``now_ms``, a retrying one
+    once its backoff has passed (the scheduling is by wall clock: a matter of time, not of safety)."""
+    if ws.state is State.READY:
+        return not scheduled(ws) or ws.available_at_ms <= now_ms
+    return ws.state is State.RETRYING and ws.available_at_ms <= now_ms
+
+
 def gsi_sort_key(ws: Workset) -> str:
     """Sort key of the state-priority index: urgent first, then FIFO by available_at, then id."""
     return f"{ws.priority.rank}#{ws.available_at_ms:015d}#{ws.workset_id}"
@@ -183,8 +219,9 @@ def new_workset(
     invalid_reason: str | None = None,
     imported: State = State.READY,
     imported_error: str | None = None,
+    not_before_ms: int | None = None,
 ) -> Decision:
-    """The first record of a workset.
+    """The first record of a workset (a ready one scheduled for ``not_before_ms`` if that is later than now).
 
     Normally ``ready``; ``error`` with category validation (and an ``invalid`` event) when ``invalid_reason`` is
     given; or the ``imported`` state a migration found in legacy sentinels (``imported_error`` for a legacy error).
@@ -200,7 +237,7 @@ def new_workset(
         prefix=prefix,
         created_at_ms=ctx.now_ms,
         updated_at_ms=ctx.now_ms,
-        available_at_ms=ctx.now_ms,
+        available_at_ms=max(ctx.now_ms, not_before_ms or 0) if state is State.READY else ctx.now_ms,
         last_error=_short(error) if error else None,
         error_category=category,
     )
@@ -233,6 +270,7 @@ def decide(
     detail: str = "",
     from_start: bool = False,
     run: StepRun | None = None,
+    until_ms: int | None = None,
 ) -> Decision:
     """Apply ``action`` to ``ws``: the new record and its event, or IllegalTransition. A retry resumes at the first
     unfinished step, unless ``from_start`` (or the workset is complete: it has no unfinished step). ``run``: the step
@@ -248,9 +286,9 @@ def decide(
     if action is Action.CLAIM:
         if lease is None:
             raise ValueError("a claim needs the new lease")
-        # A retrying workset waits out its backoff; a ready one's available_at only orders the queue (an operator's
-        # hand run on a host whose clock is behind must not see a just-registered workset as "not due").
-        if ws.state is State.RETRYING and ws.available_at_ms > ctx.now_ms:
+        # A retrying workset waits out its backoff, a scheduled one its time; any other ready one's available_at only
+        # orders the queue (a hand run on a host whose clock is behind must not see a new workset as "not due").
+        if not due(ws, ctx.now_ms):
             raise errors.IllegalTransition(
                 f"cannot claim {ws.workset_id}: not due until {ws.available_at_ms}",
                 state=ws.state.value,
@@ -287,11 +325,7 @@ def decide(
             changes |= {"held_off_for": ws.lease.owner}
     if new_state.terminal and not ws.state.terminal:
         changes |= {"finished_at_ms": ctx.now_ms}
-    if new_state is State.RETRYING:
-        delay_s = ctx.backoff.delay_s(ws.attempts, rand=ctx.rand)
-        changes |= {"available_at_ms": ctx.now_ms + round(delay_s * 1000)}
-    elif new_state is State.READY:
-        changes |= {"available_at_ms": ctx.now_ms}
+    changes |= _available_at(ws, action, new_state, ctx, until_ms)
     if action is Action.FAIL_TEMPORARY:
         # An expiry stays "lease_expired" either way: the event says why, the state says what next.
         event_type = EventType.RETRYING if new_state is State.RETRYING else EventType.ERROR

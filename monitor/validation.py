@@ -20,6 +20,7 @@ from monitor.manifest import (
     Invalid,
     Reference,
     check_manifest,
+    check_not_before,
     check_priority,
     resolve,
 )
@@ -39,6 +40,7 @@ class Verdict:
     reason: str = ""
     sentinel: str | None = None  # the legacy sentinel that decided (precedence applied)
     problems: tuple[Invalid, ...] = ()  # every problem of an invalid workset, in file order
+    not_before_ms: int | None = None  # daylily_info.yaml's not_before: not run before then
     samples: int = 0  # rows of the manifest
     references: int = 0  # distinct data objects the manifest names
 
@@ -64,11 +66,13 @@ async def validate(source: Source, *, folder: str, listing: Listing, max_manifes
     ]
     if SAMPLE_DATA not in listing.folders or not await source.has_objects(f"{folder}{SAMPLE_DATA}/"):
         problems.append(Invalid(f"{SAMPLE_DATA}/", "is missing or empty: it must hold the workset's data"))
-    priority, samples, references = Priority.NORMAL, 0, 0
+    priority, samples, references, not_before_ms = Priority.NORMAL, 0, 0, None
     if INFO_FILE in listing.files:
         try:
-            priority, found = check_priority(await _read(source, folder + INFO_FILE, INFO_FILE, INFO_MAX_BYTES))
-            problems += found
+            info = await _read(source, folder + INFO_FILE, INFO_FILE, INFO_MAX_BYTES)
+            priority, found = check_priority(info)
+            not_before_ms, when_problems = check_not_before(info)
+            problems += found + [p for p in when_problems if p.message not in {f.message for f in found}]
         except Invalid as exc:
             problems.append(exc)
     if MANIFEST in listing.files:
@@ -99,7 +103,14 @@ async def validate(source: Source, *, folder: str, listing: Listing, max_manifes
             samples=samples,
             references=references,
         )
-    return Verdict(kind="new", priority=priority, sentinel=legacy.READY, samples=samples, references=references)
+    return Verdict(
+        kind="new",
+        priority=priority,
+        sentinel=legacy.READY,
+        samples=samples,
+        references=references,
+        not_before_ms=not_before_ms,
+    )
 
 
 async def _read(source: Source, key: str, name: str, max_bytes: int) -> bytes:

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -488,3 +489,24 @@ def test_watch_in_tmux_shows_the_queue_the_fleet_and_a_step_s_time_moving(env: d
     finally:
         tmux("kill-server")
         gate.unlink(missing_ok=True)
+
+
+def test_a_workset_scheduled_for_later_is_not_claimed_before_its_time(
+    env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`register --not-before +4s` by hand, and `not_before:` in a folder's daylily_info.yaml: a daemon scanning
+    and claiming every half second runs each only from its time on."""
+    config = write_config(env, "print('ok')")
+    daemon = env["start"](config)
+    at_ms = int(time.time() * 1000) + 4000
+    info = f"workset_name: x\nnot_before: '{datetime.fromtimestamp(at_ms / 1000, tz=UTC).isoformat()}'  # tonight\n"
+    env["lab"].workset("ws-info", prefix="w/", files={"daylily_info.yaml": info.encode()})
+    assert cli.main(["--config", str(config), "register", "ws-hand", "--not-before", "+4s", "--no-validate"]) == 0
+    assert ", not before " in capsys.readouterr().out
+    for name in ("ws-hand", "ws-info"):
+        ws = until(lambda n=name: (w := get(env, n)) and w.state is State.COMPLETE and w, timeout_s=30, what=name)
+        started = next(e for e in run(env["store"].history(WorksetId(name))) if e.type is EventType.STARTED)
+        assert started.at_ms >= at_ms, (name, started.at_ms - at_ms)  # ws-hand's time is later still: +4s from then
+        assert ws.attempts == 1
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0

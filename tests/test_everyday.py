@@ -412,3 +412,27 @@ def test_a_long_hand_run_keeps_its_lease_beside_a_daemon_whatever_its_clock_says
     trail = json.loads(ok(sh(ready_table, "history", "ws-1", "--json")))
     assert [e["type"] for e in trail] == ["registered", "started", "step_finished", "step_finished", "complete"]
     assert trail[2]["step_run"]["seconds"] >= 12
+
+
+def test_defer_schedules_a_ready_workset_and_brings_it_forward(ready_table: Path, capsys: Any) -> None:
+    cfg = ("--config", str(ready_table))
+    with ready_table.open("a") as f:
+        f.write('\n[[pipeline.steps]]\nname = "x"\ncommand = ["true"]\n')
+    assert main(capsys, *cfg, "register", "ws-1", "--no-validate")[0] == 0
+    code, out, _ = main(capsys, *cfg, "defer", "ws-1", "--until", "+1h", "--reason", "sequencer maintenance")
+    assert code == 0 and out.startswith("ws-1: ready -> ready (not before ")
+    shown = json.loads(main(capsys, *cfg, "show", "ws-1", "--json")[1])
+    assert shown["not_before"] == shown["available_at"] and shown["not_before"] > shown["updated_at"]
+    code, _, err = main(capsys, *cfg, "run", "--workset", "ws-1", "--step", "x")
+    assert code == 1 and "ws-1 is scheduled: not before " in err and "--until now` brings it forward" in err
+    code, out, _ = main(capsys, *cfg, "defer", "ws-1", "--until", "2020-01-01")
+    assert code == 0 and out.strip() == "ws-1: ready -> ready (due now)"
+    assert json.loads(main(capsys, *cfg, "show", "ws-1", "--json")[1])["not_before"] is None
+    events = json.loads(main(capsys, *cfg, "history", "ws-1", "--json")[1])
+    assert [(e["type"], e["reason"]) for e in events[1:]] == [
+        ("deferred", "sequencer maintenance"),
+        ("deferred", "scheduled"),
+    ]
+    assert main(capsys, *cfg, "cancel", "ws-1")[0] == 0
+    code, _, err = main(capsys, *cfg, "defer", "ws-1", "--until", "+1h")
+    assert code == 1 and "only a ready workset can be scheduled" in err

@@ -9,6 +9,7 @@ from monitor.manifest import (
     Invalid,
     Reference,
     check_manifest,
+    check_not_before,
     check_priority,
     is_data_column,
     parse_manifest,
@@ -126,6 +127,17 @@ def test_every_problem_of_a_manifest_is_found_in_file_order() -> None:
     assert [(r.line, r.value) for r in manifest.references] == [(2, "ok.fq"), (5, "../x.fq"), (7, "y.fq")]
     with pytest.raises(Invalid, match="line 1 column 3: column 'a' repeats"):
         parse_manifest(data)  # the daemon's reason: the first
+
+
+def test_not_before_is_a_time_or_a_problem_at_its_place() -> None:
+    assert check_not_before(b"name: x\nnot_before: 2026-12-05T02:00:00Z\n") == (1_796_436_000_000, [])
+    assert check_not_before(b"not_before: '2026-12-05'  # the night shift\n") == (1_796_428_800_000, [])
+    assert check_not_before(b"name: x\n") == (None, [])
+    when, problems = check_not_before(b"name: x\nnot_before: tonight\n")
+    assert when is None
+    assert [str(p) for p in problems] == [
+        "daylily_info.yaml line 2 column 13: not_before 'tonight' is not a time (2026-12-05T02:00:00Z)"
+    ]
 
 
 def test_binary_content_is_one_problem_not_thousands() -> None:

@@ -44,6 +44,7 @@ LEGAL: dict[tuple[State, Action], State | str] = {
     (S.IN_PROGRESS, A.CANCEL): S.CANCELLED,
     **{(s, A.SET_PRIORITY): s for s in State},
     **{(s, A.REPORT_DUPLICATE): s for s in State},
+    (S.READY, A.DEFER): S.READY,
 }
 
 T0 = 1_800_000_000_000
@@ -105,6 +106,8 @@ def test_decide_writes_one_event_numbered_by_the_new_version(state: State, actio
         kw["step"] = "stage"
     if action is A.SET_PRIORITY:
         kw["priority"] = Priority.URGENT
+    if action is A.DEFER:
+        kw["until_ms"] = T0 + 60_000
     before = workset(state)
     decision = states.decide(before, action, ctx(reason="because"), **kw)  # type: ignore[arg-type]
     after, event = decision.after, decision.event
@@ -131,8 +134,33 @@ def test_claim_before_available_at_is_refused() -> None:
 def test_a_ready_workset_is_claimable_by_a_claimer_whose_clock_is_behind() -> None:
     """A ready workset's available_at only orders the queue: an operator's hand run on a host an hour behind was
     refused a just-registered workset as "not due" (seen in the hand-run test under faketime)."""
-    ws = workset(S.READY, available_at_ms=T0 + 3_600_000)
+    ahead = T0 + 3_600_000  # registered by a host an hour ahead: its available_at is its own write's time
+    ws = workset(S.READY, available_at_ms=ahead, updated_at_ms=ahead, created_at_ms=ahead)
     assert states.decide(ws, A.CLAIM, ctx(), lease=lease()).after.state is S.IN_PROGRESS
+
+
+def test_a_scheduled_workset_is_claimed_only_from_its_time_and_keeps_it_through_a_new_priority() -> None:
+    deferred = states.decide(workset(S.READY), A.DEFER, ctx(), until_ms=T0 + 30_000).after
+    assert states.scheduled(deferred) and deferred.available_at_ms == T0 + 30_000
+    assert not states.due(deferred, T0 + 29_999) and states.due(deferred, T0 + 30_000)
+    with pytest.raises(errors.IllegalTransition, match="not due"):
+        states.decide(deferred, A.CLAIM, ctx(T0 + 29_999), lease=lease())
+    assert states.decide(deferred, A.CLAIM, ctx(T0 + 30_000), lease=lease()).after.state is S.IN_PROGRESS
+    urgent = states.decide(deferred, A.SET_PRIORITY, ctx(T0 + 1000), priority=Priority.URGENT).after
+    assert urgent.available_at_ms == T0 + 30_000 and states.scheduled(urgent)
+    forward = states.decide(deferred, A.DEFER, ctx(T0 + 2000), until_ms=T0).after  # a time passed: due now
+    assert not states.scheduled(forward) and states.due(forward, T0 + 2000)
+    later = states.new_workset(
+        workset_id=WorksetId("ws-2"),
+        bucket="b",
+        prefix="w/ws-2/",
+        priority=Priority.LOW,
+        ctx=ctx(),
+        not_before_ms=T0 + 5,
+    ).after
+    assert states.scheduled(later) and later.available_at_ms == T0 + 5
+    with pytest.raises(errors.IllegalTransition, match="only a ready workset can be scheduled"):
+        states.decide(workset(S.ERROR), A.DEFER, ctx(), until_ms=T0)
 
 
 def test_release_gives_the_attempt_back_and_makes_it_due_now() -> None:
@@ -228,6 +256,7 @@ def test_decide_puts_the_event_in_the_outbox_exactly_when_the_policy_wants_it(st
     kw: dict[str, object] = {"lease": lease("new")} if action is A.CLAIM else {}
     kw |= {"step": "stage"} if action is A.STEP_FINISHED else {}
     kw |= {"priority": Priority.URGENT} if action is A.SET_PRIORITY else {}
+    kw |= {"until_ms": T0 + 60_000} if action is A.DEFER else {}
     silent = states.decide(workset(state), action, ctx(), **kw)  # type: ignore[arg-type]
     asked: list[Event] = []
 

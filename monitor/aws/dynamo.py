@@ -32,7 +32,7 @@ from monitor.aws.table_io import (
 )
 from monitor.model import Due, Event, Fleet, Pause, Presence, Priority, State, Stats, Workset, WorksetId
 from monitor.selection import LIST_ORDER, Position
-from monitor.states import Decision, gsi_sort_key
+from monitor.states import Decision, due, gsi_sort_key
 
 log = logs.get("monitor.store")
 _FROM = {state: set(LIST_ORDER[i:]) for i, state in enumerate(LIST_ORDER)}  # a state and those after it
@@ -228,8 +228,9 @@ class DynamoStore(OutboxRows):
     async def _due_in(self, state: State, *, now_ms: int, limit: int) -> tuple[list[Workset], int | None, bool]:
         """Due items of one state; when the earliest of the others becomes due; whether every priority was read.
 
-        A ready workset is always due: its available_at only orders the queue, and may be ahead of our clock when
-        the host that wrote it (an operator's) runs fast. A retrying one is due once its backoff has passed.
+        A ready workset is due unless scheduled for later (``states.due``): any other one's available_at only orders
+        the queue, and may be ahead of our clock when the host that wrote it (an operator's) runs fast; scheduled
+        ones are skipped, not a reason to stop reading. A retrying one is due once its backoff has passed.
 
         Within a priority the index is sorted by available_at, so the first item that is not yet due ends that
         priority: the next query starts at the next priority instead of reading on."""
@@ -253,7 +254,9 @@ class DynamoStore(OutboxRows):
                     ws = self._readable(codec.workset_from_item, item)
                     if ws is None:
                         continue
-                    if state is State.RETRYING and ws.available_at_ms > now_ms:  # ready is always due
+                    if state is State.READY and not due(ws, now_ms):
+                        continue  # scheduled for later: the ready ones behind it may be due (their clocks differ)
+                    if state is State.RETRYING and ws.available_at_ms > now_ms:
                         next_rank = ws.priority.rank + 1
                         next_ms = ws.available_at_ms if next_ms is None else min(next_ms, ws.available_at_ms)
                         break
