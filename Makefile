@@ -9,35 +9,28 @@ BENCH_STAMP := $(VENV)/.installed-bench
 
 test: lint typecheck tools unit
 
-# promtool and prometheus (Debian's `prometheus` package) for the alert-rule tests and the scrape test; faketime for
-# the chaos suite's operator with a slow clock.
-tools: faketime tmux
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+# $(call apt_tool,COMMAND,PACKAGE): COMMAND is there, or (as root on Debian) PACKAGE is installed, or say how.
+define apt_tool
+	@command -v $(1) >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's prometheus package (promtool, prometheus)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	    echo "installing Debian's $(2) package"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null; \
 	  else \
-	    echo "promtool/prometheus missing: install Debian's 'prometheus' package (sudo apt-get install prometheus)"; exit 1; \
+	    echo "$(1) missing: install Debian's '$(2)' package (sudo apt-get install $(2))"; exit 1; \
 	  fi; }
+endef
+
+# promtool and prometheus (Debian's `prometheus` package) for the alert-rule tests and the scrape test; faketime for
+# the chaos suite's operator with a slow clock; tmux for the test that drives `workset-monitor watch` in a terminal.
+tools: faketime tmux
+	$(call apt_tool,promtool,prometheus)
+	$(call apt_tool,prometheus,prometheus)
 
 faketime:
-	@command -v faketime >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's faketime package"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends faketime >/dev/null; \
-	  else \
-	    echo "faketime missing: install Debian's 'faketime' package (sudo apt-get install faketime)"; exit 1; \
-	  fi; }
+	$(call apt_tool,faketime,faketime)
 
-# tmux: the test of `workset-monitor watch` drives it in a real terminal (send-keys, capture-pane).
 tmux:
-	@command -v tmux >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's tmux package"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tmux >/dev/null; \
-	  else \
-	    echo "tmux missing: install Debian's 'tmux' package (sudo apt-get install tmux)"; exit 1; \
-	  fi; }
+	$(call apt_tool,tmux,tmux)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

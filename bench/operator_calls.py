@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import io
 import json
@@ -18,16 +17,12 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.* (the lab, register)
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")  # noqa: S106 - moto
 
 import boto3
-import botocore.client
 from moto import mock_aws
 
 from monitor import cli, states
@@ -35,24 +30,12 @@ from monitor.aws.dynamo import DynamoStore
 from monitor.model import Lease, WorksetId
 from monitor.states import Action, Context
 from tests.conftest import register, run
+from tests.faults import aws_calls
 from tests.lab import Lab
 
 READY, ERRORS = 200, 100
 TABLE = "daylily-worksets"
 REGION = "us-east-1"
-
-
-@contextlib.contextmanager
-def counting() -> Iterator[collections.Counter[str]]:
-    calls: collections.Counter[str] = collections.Counter()
-    original = botocore.client.BaseClient._make_api_call
-
-    def counted(client: Any, operation: str, params: Any) -> Any:
-        calls[operation] += 1
-        return original(client, operation, params)
-
-    with mock.patch.object(botocore.client.BaseClient, "_make_api_call", counted):
-        yield calls
 
 
 def seed(config: Path) -> None:
@@ -101,7 +84,7 @@ def main() -> int:
         seed(config)
         for argv, budget, why in BUDGETS:
             out, err = io.StringIO(), io.StringIO()
-            with counting() as calls, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with aws_calls() as calls, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 code = cli.main(["--config", str(config), *argv])
             total = sum(calls.values())
             ok = code == 0 and total <= budget

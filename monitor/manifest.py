@@ -179,48 +179,41 @@ def parse_priority(data: bytes) -> Priority:
     return priority
 
 
+def _top_level(text: str, pattern: re.Pattern[str]) -> tuple[int, int, str] | None:
+    """(line, column, value) of the first top-level ``key: value`` line ``pattern`` matches; quotes and a trailing
+    comment are not part of the value. Only that one key is read: the rest of the file belongs to the pipeline."""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if match := pattern.match(raw.rstrip("\r")):
+            return number, match.start("value") + 1, match.group("value").strip().strip("'\"").strip()
+    return None
+
+
 def check_priority(data: bytes) -> tuple[Priority, list[Invalid]]:
     """The top-level ``priority:`` of daylily_info.yaml (urgent, normal or low; normal when absent), and the file's
-    problems: bytes that are not text, a value that is not a priority.
-
-    Only this one scalar key is read, line by line; the rest of the file belongs to the pipeline."""
+    problems: bytes that are not text, a value that is not a priority."""
     text, problems = check_text(data, file=INFO_FILE)
-    for number, raw in enumerate(text.splitlines(), start=1):
-        match = _PRIORITY_LINE.match(raw.rstrip("\r"))
-        if not match:
-            continue
-        value = match.group("value").strip().strip("'\"").strip()
-        try:
-            return Priority(value.lower()), problems
-        except ValueError:
-            column = match.start("value") + 1
-            problems.append(
-                Invalid(INFO_FILE, f"priority {value!r} is not one of urgent, normal, low", line=number, column=column)
-            )
-            return Priority.NORMAL, problems
-    return Priority.NORMAL, problems
+    if (found := _top_level(text, _PRIORITY_LINE)) is None:
+        return Priority.NORMAL, problems
+    line, column, value = found
+    try:
+        return Priority(value.lower()), problems
+    except ValueError:
+        message = f"priority {value!r} is not one of urgent, normal, low"
+        return Priority.NORMAL, [*problems, Invalid(INFO_FILE, message, line=line, column=column)]
 
 
 def check_not_before(data: bytes) -> tuple[int | None, list[Invalid]]:
     """The top-level ``not_before:`` of daylily_info.yaml: a UTC time (``2026-12-05T02:00:00Z``, ``2026-12-05``; an
     offset is honoured, none means UTC) before which the workset is not run, as epoch ms; None when absent."""
     text, problems = check_text(data, file=INFO_FILE)
-    for number, raw in enumerate(text.splitlines(), start=1):
-        match = _NOT_BEFORE_LINE.match(raw.rstrip("\r"))
-        if not match:
-            continue
-        value = match.group("value").strip().strip("'\"").strip()
-        try:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            column = match.start("value") + 1
-            problems.append(
-                Invalid(
-                    INFO_FILE, f"not_before {value!r} is not a time (2026-12-05T02:00:00Z)", line=number, column=column
-                )
-            )
-            return None, problems
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return round(when.timestamp() * 1000), problems
-    return None, problems
+    if (found := _top_level(text, _NOT_BEFORE_LINE)) is None:
+        return None, problems
+    line, column, value = found
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        message = f"not_before {value!r} is not a time (2026-12-05T02:00:00Z)"
+        return None, [*problems, Invalid(INFO_FILE, message, line=line, column=column)]
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return round(when.timestamp() * 1000), problems

@@ -14,11 +14,13 @@ read timeouts after moto applied the write, so the shared suite can hold both st
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+import botocore.client
 import botocore.exceptions
 
 from monitor import errors
@@ -167,3 +169,20 @@ class LosingDynamoStore(DynamoStore):
             if self._timeouts.fired:
                 self.lost.append((method, call))
             self._timeouts.armed = False
+
+
+@contextlib.contextmanager
+def aws_calls() -> Iterator[collections.Counter[str]]:
+    """Count the AWS requests made in this process meanwhile, by operation (what the user is billed for)."""
+    calls: collections.Counter[str] = collections.Counter()
+    original = botocore.client.BaseClient._make_api_call
+
+    def counted(client: Any, operation: str, params: Any) -> Any:
+        calls[operation] += 1
+        return original(client, operation, params)
+
+    botocore.client.BaseClient._make_api_call = counted  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        botocore.client.BaseClient._make_api_call = original  # type: ignore[method-assign]

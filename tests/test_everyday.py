@@ -3,8 +3,6 @@ before writing ``daylily.ready``, running one workset by hand, acting on many wo
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import io
 import json
 import os
@@ -12,13 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import boto3
-import botocore.client
 import pytest
 
 from monitor import logs, states
@@ -27,6 +22,7 @@ from monitor.model import Lease, WorksetId
 from monitor.states import Action, Context
 from tests import test_cli
 from tests.conftest import REGION, register, run
+from tests.faults import aws_calls
 from tests.lab import Lab
 from tests.test_cli import _registered, main, ok, sh
 
@@ -266,7 +262,7 @@ def test_bulk_retry_after_an_outage_reopens_exactly_what_the_filters_select(
         "them, or --dry-run to list them\n"
     )
 
-    with _aws_calls() as calls:
+    with aws_calls() as calls:
         code, out, err = main(capsys, *cfg, "retry", "--state", "error", "--since", "1h", "--yes", "--reason", "outage")
     assert code == 1, err
     # What it costs: one index page and one BatchGetItem to select, then one conditional write per workset (no
@@ -354,20 +350,6 @@ def test_list_pages_with_limit_and_after_and_shows_step_and_age(
     assert json.loads(err) == {"more": True, "after": json.loads(err)["after"]} and json.loads(err)["after"].startswith(
         "ready:"
     )
-
-
-@contextlib.contextmanager
-def _aws_calls() -> Iterator[collections.Counter[str]]:
-    """Count the AWS requests made in-process meanwhile, by operation."""
-    calls: collections.Counter[str] = collections.Counter()
-    original = botocore.client.BaseClient._make_api_call
-
-    def counted(client: Any, operation: str, params: Any) -> Any:
-        calls[operation] += 1
-        return original(client, operation, params)
-
-    with mock.patch.object(botocore.client.BaseClient, "_make_api_call", counted):
-        yield calls
 
 
 def _items(endpoint: str) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ fails validation fails the unit at once and is not restarted in a loop.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -209,24 +210,46 @@ def test_the_guide_installs_a_service_that_systemd_runs_reloads_watches_and_stop
     )
 
     # --- five watchdog periods: pings arrive, /healthz says 200, worksets complete, no restart -----------------------
+    # Between 100 s and 170 s an operator pauses intake (maintenance): what is dropped meanwhile waits, /healthz
+    # stays 200; after `resume` it runs. The presence item is rewritten every 30 s all along (`fleet`).
     watchdog_s = int(host.show("WatchdogUSec")["WatchdogUSec"].removesuffix("min")) * 60
     assert watchdog_s == 60, "the unit's WatchdogSec"
     pings: set[str] = set()
     dropped: list[str] = []
+    during_pause: list[str] = []
+    paused = resumed = False
+
+    def get(name: str) -> Workset | None:
+        return run(store.get(WorksetId(name)))
+
     started = time.monotonic()
     while time.monotonic() - started < 5 * watchdog_s + 10:
-        if len(dropped) * 20 <= time.monotonic() - started:
+        elapsed = time.monotonic() - started
+        if not paused and elapsed >= 100:
+            said = host.operator("workset-monitor pause --reason 'kernel upgrade'", env=shell)
+            assert said.returncode == 0 and "intake paused fleet-wide" in said.stdout, said
+            paused = True
+        if len(dropped) * 20 <= elapsed:
             dropped.append(f"ws-{len(dropped):03d}")
             lab.workset(dropped[-1], priority=("urgent", "normal", "low")[len(dropped) % 3])
+            if paused and not resumed:
+                during_pause.append(dropped[-1])
+        if paused and not resumed and elapsed >= 170:
+            waiting = {n: (w.state.value if (w := get(n)) else None) for n in during_pause}
+            assert all(s in ("ready", None) for s in waiting.values()), waiting  # none claimed while paused
+            assert host.operator("workset-monitor resume", env=shell).returncode == 0
+            resumed = True
         assert healthz(port) == 200
         state = host.show("ActiveState", "NRestarts", "MainPID", "WatchdogTimestampMonotonic")
         assert (state["ActiveState"], state["NRestarts"], state["MainPID"]) == ("active", "0", pid), state
         pings.add(state["WatchdogTimestampMonotonic"])
         time.sleep(5)
     assert len(pings) >= 5 * 4 - 2, f"a WATCHDOG=1 every quarter of WatchdogSec: saw {len(pings)} distinct pings"
-
-    def get(name: str) -> Workset | None:
-        return run(store.get(WorksetId(name)))
+    assert len(during_pause) >= 3 and resumed, during_pause
+    fleet = json.loads(host.operator("workset-monitor fleet --json", env=shell).stdout)
+    [daemon] = fleet["daemons"]
+    assert daemon["status"] == "alive" and daemon["pid"] == int(pid) and fleet["paused"] is None, fleet
+    assert daemon["writes"] >= (5 * watchdog_s) // 30, daemon  # a presence write every 30 s, all along
 
     def all_complete() -> bool:
         return all((ws := get(n)) is not None and ws.state is State.COMPLETE for n in dropped)
