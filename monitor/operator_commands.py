@@ -224,8 +224,7 @@ async def select(
 
 async def cmd_list(app: App) -> int:
     args = app.args
-    after = args.after
-    found, more = await select(app, selection(app), after=after, limit=args.limit)
+    found, more = await select(app, selection(app), after=args.after, limit=args.limit)
     worksets = [ws for _, ws in found]
     text = render.worksets_table(worksets, now_ms=app.clock.now_ms()) if worksets else "no worksets match"
     app.emit([render.workset_dict(ws) for ws in worksets], text)
@@ -259,6 +258,8 @@ class Outcome:
             "to_state": self.to_state or None,
             "result": self.result,
         }
+        if self.detail:
+            data["detail"] = self.detail  # the priority change, or that there was none
         if self.error:
             data["error"] = self.error
         if self.event is not None:
@@ -277,10 +278,8 @@ def transition(action: Action | Callable[[argparse.Namespace], Action], default_
         ids: list[str] = list(getattr(args, "ids", None) or [])
         if ids == ["-"]:
             ids = _ids_from(sys.stdin)
-        if len(ids) == 1 and not getattr(args, "dry_run", False):
-            return await _one(
-                app, WorksetId(ids[0]), chosen, default_reason
-            )  # as it always was: one line, its own exit code
+        if len(ids) == 1 and not getattr(args, "dry_run", False):  # as it always was: one line, its own exit code
+            return await _one(app, WorksetId(ids[0]), chosen, default_reason)
         if ids:
             outcomes = [await _plan_id(app, workset_id, chosen) for workset_id in ids]
         else:

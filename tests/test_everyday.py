@@ -300,6 +300,8 @@ def test_bulk_actions_take_ids_and_ids_on_stdin_and_report_each(
     assert code == 0 and out.splitlines()[-1] == "2 done", out
     code, out, _ = main(capsys, *cfg, "set-priority", "ws-2", "ws-3", "urgent")
     assert code == 0 and out.splitlines()[-1] == "2 unchanged"  # no audit event for no change
+    code, out, _ = main(capsys, *cfg, "set-priority", "ws-2", "ws-3", "urgent", "--json")
+    assert [(o["result"], o["detail"]) for o in json.loads(out)] == [("unchanged", "already urgent")] * 2
     assert [e["type"] for e in json.loads(main(capsys, *cfg, "history", "ws-2", "--json")[1])] == [
         "registered",
         "priority_changed",
