@@ -65,6 +65,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/scan_cost.py
 	$(BIN)/python bench/notify.py
 	$(BIN)/python bench/operator_calls.py --json bench/results/operator-calls.json
+	$(BIN)/python bench/step_logs.py --json bench/results/step-logs.json
 	$(BIN)/python bench/fleet.py --json bench/results/fleet.json --plot docs/images/idle-cost.png
 
 # The full chaos suite: 3 daemons, 300 worksets, kills, pauses, AWS faults, denied heartbeats, an operator with a slow

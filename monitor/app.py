@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from monitor import config, errors, render, terminal
+from monitor import config, errors, render, step_logs, terminal
 from monitor.aws import clients
 from monitor.aws.dynamo import DynamoStore
-from monitor.aws.s3 import S3Source
+from monitor.aws.s3 import S3Logs, S3Source
 from monitor.aws.sns import SnsChannel
 from monitor.clock import Clock
 from monitor.metrics import Metrics, ObservedStore
@@ -101,6 +101,17 @@ class App:
         if not self.settings.scan.bucket:
             raise errors.ConfigError(f"this command needs [scan] bucket (or ${config.ENV_PREFIX}SCAN__BUCKET)")
         return S3Source(self.clients.get("s3"), self.settings.scan.bucket)
+
+    @cached_property
+    def log_store(self) -> S3Logs:
+        """Where full step logs are (``[run] step_logs``), in whichever bucket a workset lives."""
+        return S3Logs(self.clients.get("s3"))
+
+    def step_logs(self) -> step_logs.Opener | None:
+        """How a step run's full log is started, or None when ``[run] step_logs`` is off."""
+        if self.settings.run.step_logs == "off":
+            return None
+        return step_logs.opener(self.log_store, wrote=self.metrics.step_log_write if self.metrics else lambda ok: None)
 
     def context(self, default_reason: str) -> Context:
         run = self.settings.run

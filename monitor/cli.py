@@ -56,6 +56,7 @@ from monitor.operator_commands import (
 )
 from monitor.selection import Position
 from monitor.states import Action
+from monitor.step_log_view import cmd_logs
 
 # --- argument parsing --------------------------------------------------------------------------------------------
 
@@ -79,6 +80,17 @@ def _positive(value: str) -> int:
     if number < 1:
         raise ValueError(f"must be at least 1, got {number}")
     return number
+
+
+def _interval(value: str) -> float:
+    """A refresh interval in seconds: 0.1 to 3600."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, got {value!r}") from None
+    if not 0.1 <= seconds <= 3600:  # also refuses nan and inf
+        raise ValueError(f"must be between 0.1 and 3600 seconds, got {value!r}")
+    return seconds
 
 
 def _when(value: str) -> str:
@@ -196,6 +208,15 @@ def _add_views(add: Callable[..., argparse.ArgumentParser], workset_id: Callable
     """The commands that only read: show, history, list, stats, report, validate."""
     add("show", cmd_show, "show one workset").add_argument("id", type=workset_id, metavar="ID")
     add("history", cmd_history, "show a workset's audit trail").add_argument("id", type=workset_id, metavar="ID")
+    p = add(
+        "logs",
+        cmd_logs,
+        'print a workset\'s full step logs from S3 ([run] step_logs = "s3"); --json lists the runs instead',
+    )
+    p.add_argument("id", type=workset_id, metavar="ID")
+    p.add_argument("--step", metavar="NAME", help="only the latest run of this step, byte for byte")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing what is added until the workset ends")
+    p.add_argument("--interval", type=_arg(_interval), default=2.0, help="seconds between --follow refreshes (2)")
 
     p = add(
         "list",
@@ -216,7 +237,7 @@ def _add_views(add: Callable[..., argparse.ArgumentParser], workset_id: Callable
     p.add_argument("--reason", help="shown by fleet and in the logs (default: maintenance)")
     add("resume", cmd_resume, "end a pause: the daemons claim again")
     p = add("watch", cmd_watch, "a live view of the queue, the fleet and the running worksets (q or Ctrl-C quits)")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    p.add_argument("--interval", type=_arg(_interval), default=2.0, help="seconds between refreshes (default 2)")
     p.add_argument("--once", action="store_true", help="print one frame and exit (also when stdout is not a terminal)")
 
     p = add("report", cmd_report, "a row per workset with its run's times and each step's duration, and a summary")

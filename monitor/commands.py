@@ -182,6 +182,7 @@ async def cmd_run(app: App) -> int:
             base_env=environ,
             passthrough=settings.run.step_env_passthrough,
             observe=lambda step, r: metrics.step(step, r.outcome.value, r.seconds),
+            logs=app.step_logs(),
         ),
         owner=owner,
         notifier=Notifier(environ.get("NOTIFY_SOCKET"), watchdog_usec=int(watchdog) if watchdog else None),

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from monitor import render
+from monitor import render, step_logs
 from monitor.aws import schema
 from monitor.aws.clients import Clients
 from monitor.aws.dynamo import DynamoStore
+from monitor.aws.s3 import S3Logs
 from monitor.child import Child
 from monitor.config import AwsConfig, TableConfig
 from monitor.model import Workset
@@ -70,7 +71,8 @@ def run(*, until_idle: bool, out: TextIO = sys.stdout, timeout_s: float = TIMEOU
             if as_json:
                 print(render.to_json({"ok": code == 0, "daemon_exit_code": code, "worksets": []}), file=result)
             return 0 if code == 0 else 1
-        return _summary(finals, code, result if as_json else out, as_json=as_json)
+        logged = asyncio.run(_step_logs(clients, finals))
+        return _summary(finals, code, result if as_json else out, as_json=as_json, logged=logged)
 
 
 def _clients(endpoint: str) -> Clients:
@@ -146,6 +148,7 @@ retry_backoff_base_s = 2.0
 retry_backoff_max_s = 4.0
 # the example steps read and write S3 themselves, with the demo's (fake) credentials and the emulator's endpoint
 step_env_passthrough = ["PATH", "HOME", "LANG", "TZ", "AWS_*"]
+step_logs = "s3"  # each step run's full output in the workset's folder (the summary's LOG column)
 
 [metrics]
 host = "127.0.0.1"
@@ -192,7 +195,25 @@ def _clock(started: float) -> str:
     return f"[{time.monotonic() - started:5.1f}s]"
 
 
-def _summary(finals: dict[str, Workset], daemon_code: int, out: TextIO, *, as_json: bool = False) -> int:
+async def _step_logs(clients: Clients, finals: dict[str, Workset]) -> dict[str, int]:
+    """Bytes of full step logs in S3, per workset."""
+    store = S3Logs(clients.get("s3"))
+    found = {}
+    for name, ws in finals.items():
+        objects = await store.sizes(ws.bucket, step_logs.folder(ws.prefix))
+        found[name] = sum(log.size for log in step_logs.step_logs(objects, ws.prefix))
+    return found
+
+
+def _summary(
+    finals: dict[str, Workset],
+    daemon_code: int,
+    out: TextIO,
+    *,
+    as_json: bool = False,
+    logged: dict[str, int] | None = None,
+) -> int:
+    logged = logged or {}
     rows: list[tuple[Any, ...]] = []
     wrong = []
     for name, expected in EXPECTED.items():
@@ -201,17 +222,18 @@ def _summary(finals: dict[str, Workset], daemon_code: int, out: TextIO, *, as_js
         if state != expected:
             wrong.append(name)
         note = (ws.last_error or "") if ws else ""
-        rows.append((name, state, ws.priority.value if ws else "", ws.attempts if ws else "", note[:90]))
+        log = logged.get(name, 0)
+        rows.append((name, state, ws.priority.value if ws else "", ws.attempts if ws else "", log, note[:80]))
     if as_json:
         worksets = [
             {"workset_id": r[0], "state": r[1], "expected": EXPECTED[r[0]], "priority": r[2] or None, "attempts": r[3]}
-            | {"last_error": r[4] or None}
+            | {"step_log_bytes": r[4], "last_error": r[5] or None}
             for r in rows
         ]
         ok = not wrong and daemon_code == 0
         print(render.to_json({"ok": ok, "daemon_exit_code": daemon_code, "worksets": worksets}), file=out)
         return 0 if ok else 1
-    print("\n" + render.table(("WORKSET", "STATE", "PRIORITY", "ATTEMPTS", "LAST ERROR"), rows), file=out)
+    print("\n" + render.table(("WORKSET", "STATE", "PRIORITY", "ATTEMPTS", "LOG", "LAST ERROR"), rows), file=out)
     print(f"\ndaemon stopped with exit code {daemon_code}", file=out)
     if wrong or daemon_code != 0:
         print(f"demo FAILED: unexpected final state for {', '.join(wrong) or 'none'}", file=out)

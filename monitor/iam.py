@@ -9,7 +9,8 @@ needs (see ``tests/conftest.py``). Two roles:
 - ``admin``: additionally ``init`` (create or upgrade the table) and ``export``/``import`` (scan, put).
 
 Not covered: objects in *other* buckets that manifests reference with ``s3://`` URIs (validation HEADs them): add
-``s3:GetObject`` on those buckets yourself (``--read-bucket``).
+``s3:GetObject`` on those buckets yourself (``--read-bucket``); nor worksets registered by hand outside ``[scan]``'s
+bucket and prefixes (their step logs, sentinels and files).
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def render(
         if settings.scan.write_sentinels:
             sentinels = [f"arn:aws:s3:::{bucket}/{p}*/daylily.*" for p in prefixes]
             allow("WriteLegacySentinels", {"s3:PutObject", "s3:DeleteObject"}, sentinels)
+        if settings.run.step_logs == "s3":  # reading them back (``logs``) is ListWorksetFolders and ReadWorksets
+            step_logs = [f"arn:aws:s3:::{bucket}/{p}*/.workset-monitor/logs/*" for p in prefixes]
+            allow("WriteStepLogs", {"s3:PutObject"}, step_logs)
     if settings.notify.sns is not None:
         allow("PublishNotifications", {"sns:Publish", "sns:GetTopicAttributes"}, [settings.notify.sns.topic_arn])
     if settings.scan.sqs_queue_url:

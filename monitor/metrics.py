@@ -114,6 +114,14 @@ class Metrics:
         self.takeovers = Counter(
             P + "stale_leases_reclaimed", "Leases of dead holders this process's sweeper took over.", registry=r
         )
+        self.step_log_writes = Counter(
+            P + "step_log_writes",
+            "Writes of full step logs to S3 ([run] step_logs) by outcome (ok, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("ok", "failed"):
+            self.step_log_writes.labels(outcome=outcome)
         self.notifications = Counter(
             P + "notifications",
             "Notification outcomes per channel (sent, skipped, failed, retry_later).",
@@ -170,6 +178,9 @@ class Metrics:
 
     def step(self, step: str, outcome: str, seconds: float) -> None:
         self.step_duration.labels(step=step, outcome=outcome).observe(seconds)
+
+    def step_log_write(self, ok: bool) -> None:
+        self.step_log_writes.labels(outcome="ok" if ok else "failed").inc()
 
     # --- recorder.Recorder -----------------------------------------------------------------------------------------
 

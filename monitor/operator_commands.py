@@ -148,7 +148,12 @@ async def cmd_run_workset(app: App) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        runner = steps.Runner(app.clock, base_env=dict(os.environ), passthrough=settings.run.step_env_passthrough)
+        runner = steps.Runner(
+            app.clock,
+            base_env=dict(os.environ),
+            passthrough=settings.run.step_env_passthrough,
+            logs=app.step_logs(),
+        )
         ending = await drive(holding, steps=pipeline, runner=runner, drain=asyncio.Event(), kill=stop, only=args.step)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -190,6 +190,20 @@ class Source(Protocol):
     async def delete(self, key: str) -> None: ...
 
 
+class LogStore(Protocol):
+    """Where full step logs go (``monitor.step_logs``): objects in any bucket, by key."""
+
+    async def put(self, bucket: str, key: str, body: bytes) -> None: ...
+
+    async def sizes(self, bucket: str, prefix: str) -> dict[str, int]:
+        """Key -> size of every object under ``prefix``, every page."""
+        ...
+
+    async def read(self, bucket: str, key: str, *, start: int = 0) -> bytes:
+        """The object's bytes from ``start`` on (b"" when it has no more)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     body: str

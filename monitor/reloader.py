@@ -32,6 +32,7 @@ RESTART_ONLY: tuple[tuple[str, str | None], ...] = (
     ("metrics", "port"),
     ("metrics", "cloudwatch"),
     ("run", "step_env_passthrough"),
+    ("run", "step_logs"),
     ("log", "format"),
 )
 

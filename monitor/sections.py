@@ -119,6 +119,8 @@ class RunConfig(Section):
     retry_backoff_max_s: Seconds = 3600.0
     max_fleet_concurrent: int | None = Field(None, ge=1)  # worksets in progress across all daemons
     presence_interval_s: Seconds = 30.0  # how often the daemon writes its presence item (`workset-monitor fleet`)
+    # "s3": every step run's complete output also goes to <workset folder>.workset-monitor/logs/ (workset-monitor logs)
+    step_logs: Literal["off", "s3"] = "off"
     # the daemon's environment variables its steps get besides their own WORKSET_* (NAME* for a prefix)
     step_env_passthrough: list[str] = Field(default_factory=lambda: list(DEFAULT_PASSTHROUGH))
 

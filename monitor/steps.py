@@ -9,7 +9,7 @@
   exits 75 ("still running"), done on 0, a failure otherwise; ``timeout_s`` bounds the whole wait. This is how a
   daemon supervises a long external run without holding a process for hours, and how a new holder re-attaches.
 - Output: every line goes to the daemon's log (with workset and step bound); the last ``TAIL_BYTES`` are kept for
-  the audit event.
+  the audit event; with ``[run] step_logs = "s3"`` all of it, byte for byte, goes to S3 too (``monitor.step_logs``).
 
 Not guaranteed: a child that detaches into a new session of its own escapes the group kill (systemd's control-group
 kill still gets it); a step's external effects are fenced only if the step honours ``WORKSET_EPOCH``.
@@ -32,6 +32,7 @@ from monitor import logs
 from monitor.clock import Clock
 from monitor.config import DEFAULT_PASSTHROUGH, NEVER_PASSED, StepConfig
 from monitor.model import StepRun
+from monitor.step_logs import Opener, Sink
 
 log = logs.get("monitor.steps")
 
@@ -115,23 +116,33 @@ class Runner:
         passthrough: Sequence[str] = DEFAULT_PASSTHROUGH,
         kill_grace_s: float = 5.0,
         observe: Callable[[str, Result], None] | None = None,
+        logs: Opener | None = None,
     ) -> None:
         self._clock = clock
         self._base_env = passed_on(base_env, passthrough)
         self._kill_grace_s = kill_grace_s
         self._observe = observe  # metrics: every finished run, by step name
+        self._open_log = logs  # full step logs (``[run] step_logs``): where each run's output goes
 
     async def run(self, step: StepConfig, values: Mapping[str, object], *, stop: asyncio.Event) -> Result:
         """Run ``step`` to its outcome, or until ``stop`` is set (then the process group is killed)."""
         started_at_ms = self._clock.now_ms()
-        result = dataclasses.replace(await self._run(step, values, stop=stop), started_at_ms=started_at_ms)
+        sink = self._open_log(step.name, values) if self._open_log is not None else None
+        try:
+            result = await self._run(step, values, stop=stop, sink=sink)
+        finally:
+            if sink is not None:
+                await sink.close()
+        result = dataclasses.replace(result, started_at_ms=started_at_ms)
         if self._observe is not None:
             self._observe(step.name, result)
         return result
 
-    async def _run(self, step: StepConfig, values: Mapping[str, object], *, stop: asyncio.Event) -> Result:
+    async def _run(
+        self, step: StepConfig, values: Mapping[str, object], *, stop: asyncio.Event, sink: Sink | None
+    ) -> Result:
         if step.kind == "exec":
-            return await self._once(step, values, stop=stop, timeout_s=step.timeout_s)
+            return await self._once(step, values, stop=stop, timeout_s=step.timeout_s, sink=sink)
         started = time.monotonic()
         runs = 0
         while True:
@@ -139,7 +150,7 @@ class Runner:
             if remaining <= 0:
                 tail = f"still running after {step.timeout_s:g} s"
                 return Result(Outcome.TEMPORARY, None, tail, _since(started), runs)
-            result = await self._once(step, values, stop=stop, timeout_s=remaining)
+            result = await self._once(step, values, stop=stop, timeout_s=remaining, sink=sink)
             runs += 1
             if result.outcome is not Outcome.TEMPORARY or result.exit_code != EXIT_TEMPORARY:
                 return Result(result.outcome, result.exit_code, result.tail, _since(started), runs)
@@ -147,7 +158,13 @@ class Runner:
                 return Result(Outcome.STOPPED, None, result.tail, _since(started), runs)
 
     async def _once(
-        self, step: StepConfig, values: Mapping[str, object], *, stop: asyncio.Event, timeout_s: float
+        self,
+        step: StepConfig,
+        values: Mapping[str, object],
+        *,
+        stop: asyncio.Event,
+        timeout_s: float,
+        sink: Sink | None,
     ) -> Result:
         argv = render(step, values)
         started = time.monotonic()
@@ -161,9 +178,12 @@ class Runner:
                 start_new_session=True,  # its own process group: we can kill the whole tree
             )
         except OSError as exc:
-            return Result(Outcome.FAILED, None, f"could not start {argv[0]!r}: {exc.strerror or exc}", 0.0)
+            why = f"could not start {argv[0]!r}: {exc.strerror or exc}"
+            if sink is not None:
+                await sink.write(f"[workset-monitor: {why}]\n".encode())
+            return Result(Outcome.FAILED, None, why, 0.0)
         tail: collections.deque[bytes] = collections.deque()
-        reader = asyncio.create_task(_pump(process, tail, step=step.name))
+        reader = asyncio.create_task(_pump(process, tail, step=step.name, sink=sink))
         # Not process.wait(): asyncio reports the exit only once every pipe is closed, which a grandchild that
         # inherited our stdout can delay for ever.
         exited = asyncio.create_task(_exited(process))
@@ -222,13 +242,18 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-async def _pump(process: asyncio.subprocess.Process, tail: collections.deque[bytes], *, step: str) -> None:
-    """Stream the child's output to our log line by line, keeping the last TAIL_BYTES (lines of any length)."""
+async def _pump(
+    process: asyncio.subprocess.Process, tail: collections.deque[bytes], *, step: str, sink: Sink | None
+) -> None:
+    """Stream the child's output to our log line by line, keeping the last TAIL_BYTES (lines of any length), and
+    to the step log as it is."""
     assert process.stdout is not None
     size = 0
     buffer = b""
     while True:
         chunk = await process.stdout.read(65536)
+        if sink is not None and chunk:
+            await sink.write(chunk)
         *complete, buffer = (buffer + chunk).split(b"\n")
         if not chunk or len(buffer) > 65536:  # the end, or a line too long to wait for: take it as it is
             complete.append(buffer)

@@ -16,6 +16,7 @@ LAYERS: list[set[str]] = [
     {"monitor.sections"},
     {"monitor.config", "monitor.logs"},
     {"monitor.ports", "monitor.loops", "monitor.live"},
+    {"monitor.step_logs"},
     {"monitor.aws", "monitor.aws.codec", "monitor.aws.clients", "monitor.aws.emulator", "monitor.aws.demo_steps"},
     {
         "monitor.aws.schema",
@@ -65,7 +66,7 @@ LAYERS: list[set[str]] = [
     {"monitor.services"},
     {"monitor.supervisor"},
     {"monitor.preflight", "monitor.iam", "monitor.app"},
-    {"monitor.demo", "monitor.commands", "monitor.operator_commands"},
+    {"monitor.demo", "monitor.commands", "monitor.operator_commands", "monitor.step_log_view"},
     {"monitor.cli"},
     {"monitor.__main__"},
 ]

@@ -3,8 +3,10 @@ takeover by a second daemon, SIGHUP with a broken file, and the demo."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +34,7 @@ from monitor.model import EventType, State, Workset, WorksetId
 from tests.conftest import REGION, ROOT, run
 from tests.fake_http import FakeServer, Reply
 from tests.lab import BUCKET, Lab
+from tests.test_step_logs import BIG, expected_big
 
 TABLE = "daemon-test"
 
@@ -191,6 +194,7 @@ def test_the_demo_runs_end_to_end() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo finished: every workset reached its expected state." in result.stdout
     assert "ws-flaky-cluster    complete  normal    2" in result.stdout
+    assert re.search(r"ws-flaky-cluster +complete +normal +2 +[1-9][0-9]*\b", result.stdout)  # both attempts' logs
 
 
 def test_a_notification_survives_a_daemon_killed_while_delivering_it(env: dict[str, Any]) -> None:
@@ -323,7 +327,7 @@ def test_a_step_that_prints_its_environment_leaks_no_secret(env: dict[str, Any])
     )
     config = write_config(env, dump)
     env["lab"].workset("ws-env", prefix="w/")
-    daemon = env["start"](config, env=secrets)
+    daemon = env["start"](config, env=secrets | {"WORKSET_MONITOR_RUN__STEP_LOGS": "s3"})
     until(lambda: (ws := get(env, "ws-env")) and ws.state is State.COMPLETE, what="the second attempt")
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
@@ -337,8 +341,11 @@ def test_a_step_that_prints_its_environment_leaks_no_secret(env: dict[str, Any])
     ).stdout
     table = boto3.client("dynamodb", region_name=REGION, endpoint_url=env["endpoint"])
     items = json.dumps(table.scan(TableName=TABLE)["Items"])
-    assert "WORKSET_EPOCH" in daemon.log() and "WORKSET_EPOCH" in history and "WORKSET_EPOCH" in items  # it printed
-    for where, text in (("the log", daemon.log()), ("history --json", history), ("the table", items)):
+    step_log = logs_cli(config, "ws-env").stdout.decode()  # both attempts' full output, from S3
+    assert step_log.count("WORKSET_EPOCH=") == 2
+    places = (("the log", daemon.log()), ("history --json", history), ("the table", items), ("the step log", step_log))
+    for where, text in places:
+        assert "WORKSET_EPOCH" in text, where  # it printed its environment there
         for value in ("XOXBTOKENSECRET", "HMACSECRETVALUE", "AWSSECRETVALUE"):
             assert value not in text, f"a secret ({value}) reached {where}"
 
@@ -508,5 +515,99 @@ def test_a_workset_scheduled_for_later_is_not_claimed_before_its_time(
         started = next(e for e in run(env["store"].history(WorksetId(name))) if e.type is EventType.STARTED)
         assert started.at_ms >= at_ms, (name, started.at_ms - at_ms)  # ws-hand's time is later still: +4s from then
         assert ws.attempts == 1
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+STEP_LOGS = {"WORKSET_MONITOR_RUN__STEP_LOGS": "s3"}
+
+
+def logs_cli(config: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", "--config", str(config), "logs", *args],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        env={**os.environ, **STEP_LOGS},
+        timeout=120,
+    )
+
+
+def test_logs_prints_a_10_mb_step_output_exactly_from_another_process(env: dict[str, Any]) -> None:
+    """A step writes 10 MiB of random bytes (NULs, no final newline) in one go; from another process, `logs` prints
+    them exactly; the daemon held at most one 8 MiB segment of it."""
+    config = write_config(env, BIG, metrics_port=(port := free_port()))
+    env["lab"].workset("ws-big", prefix="w/")
+    daemon = env["start"](config, env=STEP_LOGS)
+    until(lambda: (ws := get(env, "ws-big")) and ws.state is State.COMPLETE, timeout_s=60, what="the big step")
+    printed = logs_cli(config, "ws-big", "--step", "main")
+    assert printed.returncode == 0, printed.stderr
+    assert len(printed.stdout) == 10 << 20
+    assert hashlib.sha256(printed.stdout).digest() == hashlib.sha256(expected_big()).digest()
+    listed = json.loads(logs_cli(config, "ws-big", "--json").stdout)
+    assert [(run["step"], run["bytes"], len(run["uris"])) for run in listed] == [("main", 10 << 20, 2)]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    writes = {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "workset_monitor_step_log_writes_total"
+    }
+    assert writes["ok"] >= 2 and writes["failed"] == 0, writes
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_logs_follow_prints_a_running_step_as_it_goes_and_ends_with_it(env: dict[str, Any]) -> None:
+    config = write_config(env, "import time\nfor i in range(40): print('line', i, flush=True); time.sleep(0.5)")
+    env["lab"].workset("ws-slow", prefix="w/")
+    daemon = env["start"](config, env=STEP_LOGS)
+    until(lambda: (ws := get(env, "ws-slow")) and ws.state is State.IN_PROGRESS, what="the slow step to start")
+    with subprocess.Popen(
+        [sys.executable, "-m", "monitor", "--config", str(config), "logs", "ws-slow", "-f", "--interval", "0.5"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, **STEP_LOGS},
+    ) as follow:
+        assert follow.stdout is not None
+        first = follow.stdout.readline()
+        first_at = time.monotonic()
+        assert first.startswith(b"==> step main, attempt 1, epoch 1: s3://"), first
+        assert follow.stdout.readline() == b"line 0\n"
+        still = get(env, "ws-slow")
+        assert still is not None and still.state is State.IN_PROGRESS  # printed while the step was running
+        rest = follow.stdout.read()
+        assert follow.wait(timeout=60) == 0
+    ended_at = time.monotonic()
+    assert rest == b"".join(f"line {i}\n".encode() for i in range(1, 40))
+    assert ended_at - first_at > 2, "the first lines came only at the end"
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_a_log_s3_cannot_take_is_counted_and_the_step_runs_on(env: dict[str, Any]) -> None:
+    """A workset registered by hand in a bucket that does not exist: its step log cannot be written; the step
+    completes anyway, the failure is counted, and `logs` says what is wrong in one line."""
+    config = write_config(env, "print('ok')", metrics_port=(port := free_port()))
+    daemon = env["start"](config, env=STEP_LOGS)
+    hand = ["register", "ws-nob", "--bucket", "no-such-logs-bucket", "--prefix", "w/ws-nob/", "--no-validate"]
+    assert cli.main(["--config", str(config), *hand]) == 0
+    until(lambda: (ws := get(env, "ws-nob")) and ws.state is State.COMPLETE, what="the step to complete anyway")
+
+    def failed() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "workset_monitor_step_log_writes_total" and sample.labels["outcome"] == "failed"
+        )
+
+    assert until(lambda: failed() >= 1, what="the failed write to be counted")
+    printed = logs_cli(config, "ws-nob")
+    assert printed.returncode == 1 and printed.stdout == b""
+    assert printed.stderr.decode().strip() == "workset-monitor: bucket no-such-logs-bucket does not exist"
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0

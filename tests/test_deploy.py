@@ -3,6 +3,7 @@ run command by command against a local AWS emulator."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from monitor import cli, config, iam
 from monitor.aws import codec
 from monitor.config import DEFAULT_METRICS_PORT, Settings
 from monitor.sideport import SidePort
+from monitor.step_logs import RunName
 from tests.conftest import REGION, ROOT
 from tests.lab import BUCKET, Lab
 
@@ -162,6 +164,7 @@ def test_the_policy_is_scoped_to_this_configuration() -> None:
         "arn:aws:s3:::my-genomics-bucket/urgent/*",
     ]
     assert by_sid["WriteLegacySentinels"]["Resource"][0] == "arn:aws:s3:::my-genomics-bucket/active/*/daylily.*"
+    assert "WriteStepLogs" not in by_sid  # [run] step_logs is off
     assert by_sid["ReadyNotificationsQueue"]["Resource"] == ["arn:aws:sqs:us-west-2:123456789012:workset-ready"]
     assert by_sid["PublishMetrics"]["Condition"] == {
         "StringEquals": {"cloudwatch:namespace": "Genomics/WorksetMonitor"}
@@ -172,6 +175,19 @@ def test_the_policy_is_scoped_to_this_configuration() -> None:
     assert "dynamodb:CreateTable" not in iam.actions(minimal)
     assert {"dynamodb:CreateTable", "dynamodb:UpdateTable", "dynamodb:Scan"} <= iam.actions(
         iam.render(full_settings(), role="admin")
+    )
+
+
+def test_step_logs_add_exactly_their_writes_and_every_log_key_is_inside_them() -> None:
+    off = iam.render(full_settings())
+    on = iam.render(full_settings(run={"step_logs": "s3"}))
+    added = [s for s in on["Statement"] if s not in off["Statement"]]
+    assert [(s["Sid"], s["Action"]) for s in added] == [("WriteStepLogs", ["s3:PutObject"])]
+    keys = [RunName(3, 1, "analyse").key(f"{p}ws-001/", seq) for p in ("active/", "urgent/") for seq in (0, 1)]
+    for key in keys:
+        assert any(fnmatch.fnmatchcase(f"arn:aws:s3:::my-genomics-bucket/{key}", r) for r in added[0]["Resource"])
+    assert not fnmatch.fnmatchcase(
+        "arn:aws:s3:::my-genomics-bucket/active/ws-001/stage_samples.tsv", added[0]["Resource"][0]
     )
 
 

@@ -1,4 +1,5 @@
-"""Worksets in S3 (implements ``ports.Source``): delimited listings, bounded reads, HEADs, sentinel writes.
+"""Worksets in S3 (implements ``ports.Source``): delimited listings, bounded reads, HEADs, sentinel writes; and full
+step logs (``S3Logs``, implements ``ports.LogStore``).
 
 Costs are what the scanner's budget is built on: ``folders`` is one ``ListObjectsV2`` per 1000 child folders;
 ``top_level`` one per 1000 entries of a workset's own top level (never its ``sample_data/`` contents); ``has_objects``
@@ -96,13 +97,55 @@ class S3Source:
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
 
     async def _call(self, operation: str, *, what: str, inspect: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        return await _call(self._client, operation, what=what, inspect=inspect, **kwargs)
+
+
+class S3Logs:
+    """Full step logs (implements ``ports.LogStore``): one PutObject per segment write, one ListObjectsV2 per 1000
+    objects, one (ranged) GET per read."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    async def put(self, bucket: str, key: str, body: bytes) -> None:
+        await _call(self._client, "put_object", what=f"writing s3://{bucket}/{key}", Bucket=bucket, Key=key, Body=body)
+
+    async def sizes(self, bucket: str, prefix: str) -> dict[str, int]:
+        found: dict[str, int] = {}
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            page = await _call(self._client, "list_objects_v2", what=f"listing s3://{bucket}/{prefix}", **kwargs)
+            found |= {obj["Key"]: int(obj.get("Size", 0)) for obj in page.get("Contents", [])}
+            if not page.get("IsTruncated"):
+                return found
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    async def read(self, bucket: str, key: str, *, start: int = 0) -> bytes:
+        what = f"reading s3://{bucket}/{key}"
         try:
-            return await clients.call(getattr(self._client, operation), **kwargs)
-        except botocore.exceptions.ClientError as exc:
-            if clients.error_code(exc) in inspect:
-                raise
-            if clients.error_code(exc) == "NoSuchBucket":
-                raise errors.NotFound(f"bucket {kwargs.get('Bucket')} does not exist") from exc
-            raise clients.translate(exc, what=what) from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise clients.translate(exc, what=what) from exc
+            response = await _call(
+                self._client,
+                "get_object",
+                what=what,
+                inspect=("InvalidRange",),
+                Bucket=bucket,
+                Key=key,
+                Range=f"bytes={start}-",
+            )
+        except botocore.exceptions.ClientError:
+            return b""  # nothing from ``start`` on (416 InvalidRange)
+        return bytes(await clients.call(response["Body"].read))
+
+
+async def _call(client: Any, operation: str, *, what: str, inspect: tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """One S3 call; an AWS error becomes the program's own (``inspect``: these codes are raised as they are)."""
+    try:
+        return await clients.call(getattr(client, operation), **kwargs)
+    except botocore.exceptions.ClientError as exc:
+        if clients.error_code(exc) in inspect:
+            raise
+        if clients.error_code(exc) == "NoSuchBucket":
+            raise errors.NotFound(f"bucket {kwargs.get('Bucket')} does not exist") from exc
+        raise clients.translate(exc, what=what) from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise clients.translate(exc, what=what) from exc
