@@ -32,8 +32,12 @@ TABLE = "deploy-systemd"
 LINEAR_KEY = "lin_api_..."  # what the guide's step 5 installs as the credential, literally
 EDITOR = "/usr/local/bin/guide-editor"
 DROPIN = "/root/guide-dropin.conf"
-# A real command of the host: quick, except for worksets named slow-*, which run until stopped.
-SLEEP = "import sys, time; time.sleep(3600 if sys.argv[1].startswith('slow-') else 1)"
+# A real command of the host: quick, except for worksets named slow-*, which run until stopped. What it prints is
+# in its full step log in S3 ([run] step_logs), for `workset-monitor logs`.
+SLEEP = (
+    "import sys, time; print('working on', sys.argv[1], flush=True); "
+    "time.sleep(3600 if sys.argv[1].startswith('slow-') else 1)"
+)
 STEP = f'["/usr/bin/python3", "-c", "{SLEEP}", "{{workset_id}}"]'
 
 # What the test does with each kind of command of the guide; everything not listed here runs as written.
@@ -90,7 +94,7 @@ def site_config(*, endpoint: str, port: int) -> str:
         f'[aws]\nregion = "{REGION}"\nendpoint_url = "{endpoint}"\n'
         f'[table]\nname = "{TABLE}"\n'
         f'[scan]\nbucket = "{BUCKET}"\nprefixes = ["worksets/"]\ninterval_s = 1\n'
-        "[run]\nmax_concurrent = 2\n"
+        '[run]\nmax_concurrent = 2\nstep_logs = "s3"\n'
         f'[[pipeline.steps]]\nname = "work"\ncommand = {STEP}\n'
         f"[metrics]\nport = {port}\n"
     )
@@ -269,6 +273,11 @@ def test_the_guide_installs_a_service_that_systemd_runs_reloads_watches_and_stop
     assert took < 60, f"stop took {took:.0f} s, TimeoutStopSec is 60 s"
     slow = get("slow-1")
     assert slow is not None and slow.state is State.READY and slow.lease is None and slow.attempts == 0, slow
+
+    # --- full step logs, from S3: a finished step's, and the one stopped by `systemctl stop` up to its end -----------
+    for name in (dropped[0], dropped[-1], "slow-1"):
+        printed = host.operator(f"workset-monitor logs {name} --step work", env=shell)
+        assert printed.returncode == 0 and printed.stdout == f"working on {name}\n", printed
 
     # --- a config that fails validation: the unit fails at once and is not restarted in a loop -------------------
     host.write("/etc/workset-monitor/config.toml", config.replace("interval_s = 1", "interval_s = -1"))
