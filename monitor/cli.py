@@ -37,6 +37,7 @@ from monitor.commands import (
     cmd_stats,
 )
 from monitor.model import (
+    FLEET_ID,
     State,
     check_bucket,
     check_workset_id,
@@ -91,6 +92,11 @@ def _interval(value: str) -> float:
     if not 0.1 <= seconds <= 3600:  # also refuses nan and inf
         raise ValueError(f"must be between 0.1 and 3600 seconds, got {value!r}")
     return seconds
+
+
+def _trail_id(value: str) -> str:
+    """A workset id, or ``#fleet`` (the fleet's own events: pause, resume)."""
+    return FLEET_ID if value == FLEET_ID else check_workset_id(value)
 
 
 def _when(value: str) -> str:
@@ -207,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_views(add: Callable[..., argparse.ArgumentParser], workset_id: Callable[[str], Any]) -> None:
     """The commands that only read: show, history, list, stats, report, validate."""
     add("show", cmd_show, "show one workset").add_argument("id", type=workset_id, metavar="ID")
-    add("history", cmd_history, "show a workset's audit trail").add_argument("id", type=workset_id, metavar="ID")
+    add("history", cmd_history, "show a workset's audit trail ('#fleet': the pauses and resumes)").add_argument(
+        "id", type=_arg(_trail_id), metavar="ID"
+    )
     p = add(
         "logs",
         cmd_logs,
@@ -235,7 +243,8 @@ def _add_views(add: Callable[..., argparse.ArgumentParser], workset_id: Callable
     add("fleet", cmd_fleet, "the daemons sharing the table (alive, silent, gone) and what each runs")
     p = add("pause", cmd_pause, "stop intake fleet-wide for maintenance: no new claims; running work continues")
     p.add_argument("--reason", help="shown by fleet and in the logs (default: maintenance)")
-    add("resume", cmd_resume, "end a pause: the daemons claim again")
+    p = add("resume", cmd_resume, "end a pause: the daemons claim again")
+    p.add_argument("--reason", help="in the resumed event and its notification (default: maintenance over)")
     p = add("watch", cmd_watch, "a live view of the queue, the fleet and the running worksets (q or Ctrl-C quits)")
     p.add_argument("--interval", type=_arg(_interval), default=2.0, help="seconds between refreshes (default 2)")
     p.add_argument("--once", action="store_true", help="print one frame and exit (also when stdout is not a terminal)")

@@ -64,10 +64,8 @@ class MemoryStore:
         self._claims: dict[str, tuple[str, int]] = {}  # event id -> (owner, until ms): not due before then
         self._running = 0  # the fleet counter item's: in progress fleet-wide
         self._retry_seq = 0  # the fleet counter item's: entries into retrying
-        self._presence: dict[str, Presence] = {}
-        self._pause: Pause | None = (
-            None  # the fleet counter item's pause, if intake is paused  # the daemons' presence items, by owner
-        )
+        self._presence: dict[str, Presence] = {}  # the daemons' presence items, by owner
+        self._pause: Pause | None = None  # the fleet counter item's pause, if intake is paused
         self.faults = faults or Faults()
         if self.faults.index_lag_reads < 0:
             raise ValueError("index_lag_reads must be >= 0")
@@ -223,15 +221,25 @@ class MemoryStore:
     async def fleet(self) -> Fleet:
         return Fleet(running=self._running, retry_seq=self._retry_seq, paused=self._pause)
 
-    async def pause(self, *, reason: str, by: str, now_ms: int) -> Pause | None:
+    async def pause(self, *, reason: str, by: str, now_ms: int, event: Event) -> Pause | None:
         if self._pause is not None:
             return self._pause
+        self._fleet_event(event)
         self._pause = Pause(reason=reason, by=by, at_ms=now_ms)
         return None
 
-    async def resume(self) -> Pause | None:
+    async def resume(self, *, event: Event) -> Pause | None:
+        if self._pause is None:
+            return None
+        self._fleet_event(event)
         ended, self._pause = self._pause, None
         return ended
+
+    def _fleet_event(self, event: Event) -> None:
+        events = self._events.setdefault(event.workset_id, [])
+        if any(e.seq == event.seq for e in events):
+            raise errors.Conflict("another fleet event has the same time; try again")
+        events.append(event)
 
     async def put_presence(self, presence: Presence) -> None:
         self._presence[presence.owner] = presence

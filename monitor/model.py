@@ -73,7 +73,13 @@ class EventType(StrEnum):
     DEFERRED = "deferred"  # a ready workset's run scheduled for later (`defer`), or brought forward
     DUPLICATE = "duplicate"
     IMPORTED = "imported"  # import --force replaced the table's copy with an older one from a file
+    PAUSED = "paused"  # intake paused fleet-wide (`workset-monitor pause`): an event of FLEET_ID, not of a workset
+    RESUMED = "resumed"  # intake resumed (`workset-monitor resume`)
     TEST = "test"
+
+
+# Fleet-wide events (pause, resume) are kept, and notified, as the events of this id; '#' cannot start a workset id.
+FLEET_ID = WorksetId("#fleet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +147,7 @@ class Event:
     at_ms: int
     actor: str  # lease owner "<host>:<pid>:<random>", or "operator:<user>@<host>", or "scanner:..."
     from_state: State | None
-    to_state: State
+    to_state: State | None  # None for a fleet-wide event (FLEET_ID)
     reason: str = ""
     attempt: int = 0
     epoch: int = 0
@@ -168,6 +174,8 @@ NOTIFIABLE_EVENTS = frozenset(
         EventType.CANCELLED,
         EventType.LEASE_EXPIRED,
         EventType.INVALID,
+        EventType.PAUSED,
+        EventType.RESUMED,
     }
 )
 PROBLEM_EVENTS = frozenset({EventType.ERROR, EventType.LEASE_EXPIRED, EventType.INVALID})

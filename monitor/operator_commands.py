@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import shutil
@@ -35,7 +36,7 @@ from monitor.aws.s3 import S3Source
 from monitor.clock import iso
 from monitor.driver import Ending, drive
 from monitor.manifest import Invalid
-from monitor.model import Pause, State, Workset, WorksetId, check_workset_id
+from monitor.model import FLEET_ID, Event, EventType, Pause, Priority, State, Workset, WorksetId, check_workset_id
 from monitor.policy import Policy
 from monitor.selection import Position, Selection, parse_since, parse_when
 from monitor.states import Action
@@ -474,11 +475,31 @@ def _pause_dict(p: Pause | None) -> dict[str, Any] | None:
     return None if p is None else {"reason": p.reason, "by": p.by, "since": iso(p.at_ms)}
 
 
+def _fleet_event(app: App, kind: EventType, reason: str) -> Event:
+    """A fleet-wide event (``FLEET_ID``), urgent so that no ``min_priority`` drops it; in the outbox if a channel
+    wants it (``[notify] events``: ``paused`` and ``resumed`` by default)."""
+    ctx = app.context(reason)
+    event = Event(
+        workset_id=FLEET_ID,
+        seq=ctx.now_ms,  # one partition of their own; two in the same millisecond are refused (try again)
+        type=kind,
+        at_ms=ctx.now_ms,
+        actor=ctx.actor,
+        from_state=None,
+        to_state=None,
+        reason=reason,
+        priority=Priority.URGENT,
+    )
+    return dataclasses.replace(event, pending=ctx.notify(event))
+
+
 async def cmd_pause(app: App) -> int:
     """Stop intake fleet-wide for maintenance: from the moment this write lands, every claim's own transaction is
-    refused (no daemon needs to read it first); running work goes on. One UpdateItem."""
+    refused (no daemon needs to read it first); running work goes on. One transaction: the flag on the fleet
+    counter item and the ``paused`` event (notified)."""
     reason = app.args.reason or "maintenance"
-    already = await app.store.pause(reason=reason, by=operator_identity(), now_ms=app.clock.now_ms())
+    event = _fleet_event(app, EventType.PAUSED, reason)
+    already = await app.store.pause(reason=reason, by=event.actor, now_ms=event.at_ms, event=event)
     if already is not None:
         text = (
             f"intake is already paused (since {iso(already.at_ms)} by {already.by}: {already.reason}); nothing changed"
@@ -494,7 +515,7 @@ async def cmd_pause(app: App) -> int:
 
 
 async def cmd_resume(app: App) -> int:
-    ended = await app.store.resume()
+    ended = await app.store.resume(event=_fleet_event(app, EventType.RESUMED, app.args.reason or "maintenance over"))
     if ended is None:
         app.emit({"paused": None, "changed": False}, "intake is not paused; nothing changed")
         return errors.EX_OK

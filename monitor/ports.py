@@ -74,14 +74,16 @@ class Store(Protocol):
         and how many times a workset entered retrying."""
         ...
 
-    async def pause(self, *, reason: str, by: str, now_ms: int) -> Pause | None:
-        """Pause intake fleet-wide (one conditional UpdateItem of the fleet counter item, which every claim's
-        transaction already writes: from then on each claim is refused with ``Paused``). Returns the pause already in
-        force, unchanged, if there was one; else None."""
+    async def pause(self, *, reason: str, by: str, now_ms: int, event: Event) -> Pause | None:
+        """Pause intake fleet-wide: one transaction of a conditional update of the fleet counter item (which every
+        claim's transaction already writes: from then on each claim is refused with ``Paused``) and the ``paused``
+        ``event`` of ``FLEET_ID`` (in the outbox if a channel wants it). Returns the pause already in force,
+        unchanged and nothing written, if there was one; else None."""
         ...
 
-    async def resume(self) -> Pause | None:
-        """End the pause (one UpdateItem); the pause it ended, or None if intake was not paused."""
+    async def resume(self, *, event: Event) -> Pause | None:
+        """End the pause and record the ``resumed`` ``event`` (a read, then one transaction); the pause it ended,
+        or None (nothing written) if intake was not paused."""
         ...
 
     async def put_presence(self, presence: Presence) -> None:

@@ -215,6 +215,8 @@ class NotifyConfig(Section):
             EventType.COMPLETE,
             EventType.LEASE_EXPIRED,
             EventType.INVALID,
+            EventType.PAUSED,
+            EventType.RESUMED,
         ]
     )
     min_priority: Priority = Priority.LOW

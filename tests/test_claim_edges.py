@@ -21,7 +21,7 @@ from monitor import actions, by_hand, config, errors, states
 from monitor.app import App
 from monitor.clock import FakeClock
 from monitor.leases import Claimer
-from monitor.model import Due, EventType, Lease, Priority, State, WorksetId
+from monitor.model import FLEET_ID, Due, Event, EventType, Lease, Priority, State, WorksetId
 from monitor.ports import Store
 from monitor.recorder import Claim
 from monitor.states import Action
@@ -443,6 +443,21 @@ def test_a_daemon_whose_heartbeats_are_refused_stops_claiming_until_one_renews(w
 # --- the maintenance pause ------------------------------------------------------------------------------------------
 
 
+def fleet_event(kind: EventType, at_ms: int, *, pending: bool = False) -> Event:
+    return Event(
+        workset_id=FLEET_ID,
+        seq=at_ms,
+        type=kind,
+        at_ms=at_ms,
+        actor="operator:me@host",
+        from_state=None,
+        to_state=None,
+        reason="kernel upgrade",
+        priority=Priority.URGENT,
+        pending=pending,
+    )
+
+
 def test_a_pause_refuses_every_claim_exactly_even_one_decided_before_it(world: World) -> None:
     """`pause` writes the fleet counter item, which every claim's transaction already writes: a claim decided on a
     read from before the pause is refused by its own write, with no read added to any daemon's idle path."""
@@ -456,18 +471,30 @@ def test_a_pause_refuses_every_claim_exactly_even_one_decided_before_it(world: W
         claim = states.decide(
             ws, Action.CLAIM, POLICY.context(now_ms=world.clock.now_ms(), actor="a", reason="x"), lease=lease
         )
-        assert await world.store.pause(reason="kernel upgrade", by="operator:me@host", now_ms=1) is None
+        paused = fleet_event(EventType.PAUSED, 1, pending=True)
+        assert await world.store.pause(reason="kernel upgrade", by="operator:me@host", now_ms=1, event=paused) is None
         with pytest.raises(errors.Paused, match="intake is paused fleet-wide: kernel upgrade"):
             await world.store.commit(claim)
         assert await a.claim(slots=2) == [] and world.tallies["host-a"].claims == {Claim.PAUSED: 1}
         with pytest.raises(errors.Conflict, match="`workset-monitor resume` ends the pause"):
             await by_hand.claim(world.store, world.clock, workset_id=WS, owner="op:1:b", policy=POLICY, say=print)
-        again = await world.store.pause(reason="other", by="operator:you@host", now_ms=2)
+        again = await world.store.pause(
+            reason="other", by="operator:you@host", now_ms=2, event=fleet_event(EventType.PAUSED, 2)
+        )
         assert again is not None and (again.reason, again.by, again.at_ms) == ("kernel upgrade", "operator:me@host", 1)
         fleet = await world.store.fleet()
         assert fleet.paused == again and fleet.running == 0
-        ended = await world.store.resume()
-        assert ended == again and await world.store.resume() is None
+        with pytest.raises(errors.Conflict, match="same time"):  # two fleet events in one millisecond
+            await world.store.resume(event=fleet_event(EventType.RESUMED, 1))
+        assert (await world.store.fleet()).paused == again  # ...and nothing was written
+        ended = await world.store.resume(event=fleet_event(EventType.RESUMED, 3))
+        assert ended == again and await world.store.resume(event=fleet_event(EventType.RESUMED, 4)) is None
         assert len(await a.claim(slots=2)) == 2
+        trail = await world.store.history(FLEET_ID)  # the refused pause and resume wrote nothing
+        assert [(e.type, e.seq, e.to_state, e.pending) for e in trail] == [
+            (EventType.PAUSED, 1, None, True),
+            (EventType.RESUMED, 3, None, False),
+        ]
+        assert [e.event_id for e in await world.store.pending_events(limit=10)] == ["#fleet#1"]
 
     run(scenario())

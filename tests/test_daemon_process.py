@@ -409,8 +409,12 @@ def test_pause_stops_new_claims_while_running_work_finishes_and_resume_restarts_
         f"import os, time\nwhile os.path.exists({str(gate)!r}) and os.environ['WORKSET_ID'] == 'ws-1': time.sleep(0.1)"
     )
     port = free_port()
-    config = write_config(env, code, metrics_port=port)
+    hook = FakeServer().start()  # the [notify] events default: paused and resumed among them
+    config = write_config(env, code, metrics_port=port, extra=f'[notify.webhook]\nurl = "{hook.url}"\n')
     cfg = ["--config", str(config)]
+
+    def notified(kind: str) -> list[dict[str, str]]:
+        return [r.json()["event"] for r in hook.requests if r.json()["event"]["event"] == kind]
 
     def cli_json(*args: str) -> Any:
         assert cli.main([*cfg, *args, "--json"]) == 0
@@ -446,8 +450,18 @@ def test_pause_stops_new_claims_while_running_work_finishes_and_resume_restarts_
     assert cli_json("resume")["ended"]["reason"] == "kernel upgrade"
     until(lambda: (ws := get(env, "ws-2")) and ws.state is State.COMPLETE, what="ws-2 to run after resume")
     until(lambda: paused_gauge() == 0, what="the gauge back at 0")
+    until(lambda: notified("resumed"), what="the resumed notification")  # delivered by the daemon, from the outbox
+    [paused] = notified("paused")
+    assert (paused["workset"], paused["reason"], paused["by"][:9]) == ("#fleet", "kernel upgrade", "operator:")
+    assert notified("resumed")[0]["reason"] == "maintenance over"
+    trail = cli_json("history", "#fleet")  # who paused the fleet, and why
+    assert [(e["type"], e["reason"], e["notified"]) for e in trail] == [
+        ("paused", "kernel upgrade", {"webhook": "sent"}),
+        ("resumed", "maintenance over", {"webhook": "sent"}),
+    ]
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
+    hook.stop()
 
 
 def test_watch_in_tmux_shows_the_queue_the_fleet_and_a_step_s_time_moving(env: dict[str, Any]) -> None:

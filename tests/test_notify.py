@@ -22,7 +22,7 @@ from monitor.clock import FakeClock, SystemClock
 from monitor.config import NotifyConfig, TableConfig
 from monitor.leases import Claimer, Policy
 from monitor.memory import MemoryStore
-from monitor.model import Event, EventType, Priority, State, WorksetId
+from monitor.model import FLEET_ID, Event, EventType, Priority, State, WorksetId
 from monitor.notify import filters, linear, message, webhook
 from monitor.notify.linear import LinearChannel, linear_issue_lookup
 from monitor.notify.outbox import Channel, Doorbell, Outbox
@@ -156,6 +156,27 @@ def test_sns_publishes_a_filterable_message_read_back_through_sqs(mocked_aws: No
         "event id:",
     ):
         assert expected in body
+
+
+def test_a_fleet_pause_is_published_as_what_happened_and_why_with_no_workset_state(mocked_aws: None) -> None:
+    sns, sqs = boto3.client("sns", region_name=REGION), boto3.client("sqs", region_name=REGION)
+    topic = sns.create_topic(Name="workset-alerts")["TopicArn"]
+    queue = sqs.create_queue(QueueName="tap")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    reason = "kernel upgrade\non every head node " + "x" * 100
+    event = Event(FLEET_ID, 7, EventType.PAUSED, 7, "operator:me@host", None, None, reason, priority=Priority.URGENT)
+    assert run(SnsChannel(sns, topic).send(event, None)) == "sent"
+    [received] = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    envelope = json.loads(received["Body"])
+    assert envelope["Subject"].startswith("[workset-monitor] intake paused fleet-wide: kernel upgrade on every")
+    assert len(envelope["Subject"]) == 100
+    assert {k: v["Value"] for k, v in envelope["MessageAttributes"].items()} == {
+        "workset_id": "#fleet",
+        "event_type": "paused",
+        "priority": "urgent",
+    }
+    assert "state:" not in envelope["Message"] and "by: operator:me@host" in envelope["Message"]
 
 
 def test_sns_refusals_are_permanent_and_throttling_is_not(mocked_aws: None) -> None:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from monitor import errors
 from monitor.model import (
+    FLEET_ID,
     Event,
     EventType,
     Fleet,
@@ -37,7 +38,7 @@ from monitor.states import gsi_sort_key
 
 CONTROL_SK = "ws"
 EVENT_SK_PREFIX = "evt#"
-FLEET_KEY = {"pk": {"S": "#fleet"}, "sk": {"S": "counter"}}  # '#' cannot start a workset id
+FLEET_KEY = {"pk": {"S": FLEET_ID}, "sk": {"S": "counter"}}  # its fleet-wide events share its partition
 PRESENCE_PK = "#daemon"  # one partition of presence items, sort key the daemon's owner id: one Query lists them
 PRESENCE_TTL_S = 86_400  # `expires_at` (epoch seconds): DynamoDB TTL deletes a dead daemon's item after a day
 GSI_NAME = "state-priority-index"
@@ -159,7 +160,7 @@ def event_item(event: Event) -> Item:
         "at_ms": event.at_ms,
         "actor": event.actor,
         "from_state": event.from_state.value if event.from_state else None,
-        "to_state": event.to_state.value,
+        "to_state": event.to_state.value if event.to_state else None,
         "reason": event.reason or None,
         "attempt": event.attempt,
         "epoch": event.epoch,
@@ -207,14 +208,15 @@ def event_from_item(item: Item, *, table: str) -> Event:
     if not (sk.startswith(EVENT_SK_PREFIX) and sk.removeprefix(EVENT_SK_PREFIX).isdigit()):
         raise a.corrupt("sk", f"holds {sk!r}, not {EVENT_SK_PREFIX}<sequence number>")
     from_state = a.optional("from_state", str)
+    pk = a.required("pk", str)
     return Event(
-        workset_id=WorksetId(a.required("pk", str)),
+        workset_id=WorksetId(pk),
         seq=int(sk.removeprefix(EVENT_SK_PREFIX)),
         type=a.member(EventType, "type"),
         at_ms=a.required("at_ms", int),
         actor=a.required("actor", str),
         from_state=a.member(State, "from_state") if from_state else None,
-        to_state=a.member(State, "to_state"),
+        to_state=None if pk == FLEET_ID and "to_state" not in item else a.member(State, "to_state"),
         reason=a.optional("reason", str) or "",
         attempt=a.optional("attempt", int) or 0,
         epoch=a.optional("epoch", int) or 0,

@@ -282,39 +282,49 @@ class DynamoStore(OutboxRows):
         )
         return codec.fleet_from_item(response.get("Item", {}), table=self._table)
 
-    async def pause(self, *, reason: str, by: str, now_ms: int) -> Pause | None:
-        """Pause intake fleet-wide; the pause already in force (unchanged) if there is one, else None."""
-        try:
-            await self._call(
-                "update_item",
-                what="pausing intake",
-                inspect=("ConditionalCheckFailedException",),
-                TableName=self._table,
-                Key=codec.FLEET_KEY,
-                UpdateExpression="SET paused_at_ms = :at, paused_by = :by, paused_reason = :reason",
-                ConditionExpression="attribute_not_exists(paused_at_ms)",
-                ExpressionAttributeValues={":at": {"N": str(now_ms)}, ":by": {"S": by}, ":reason": {"S": reason}},
-            )
-        except botocore.exceptions.ClientError:
+    async def pause(self, *, reason: str, by: str, now_ms: int, event: Event) -> Pause | None:
+        """Pause intake fleet-wide and record ``event`` (its ``paused`` event, in the outbox if a channel wants it)
+        in one transaction; the pause already in force (unchanged, nothing written) if there is one, else None."""
+        update = {
+            "TableName": self._table,
+            "Key": codec.FLEET_KEY,
+            "UpdateExpression": "SET paused_at_ms = :at, paused_by = :by, paused_reason = :reason",
+            "ConditionExpression": "attribute_not_exists(paused_at_ms)",
+            "ExpressionAttributeValues": {":at": {"N": str(now_ms)}, ":by": {"S": by}, ":reason": {"S": reason}},
+        }
+        if not await self._fleet_event({"Update": update}, event, what="pausing intake"):
             return (await self.fleet()).paused
         return None
 
-    async def resume(self) -> Pause | None:
-        """End the pause; the pause it ended, or None if intake was not paused."""
-        try:
-            response = await self._call(
-                "update_item",
-                what="resuming intake",
-                inspect=("ConditionalCheckFailedException",),
-                TableName=self._table,
-                Key=codec.FLEET_KEY,
-                UpdateExpression="REMOVE paused_at_ms, paused_by, paused_reason",
-                ConditionExpression="attribute_exists(paused_at_ms)",
-                ReturnValues="ALL_OLD",
-            )
-        except botocore.exceptions.ClientError:
+    async def resume(self, *, event: Event) -> Pause | None:
+        """End the pause and record ``event`` in one transaction; the pause it ended, or None if intake was not
+        paused (then nothing is written). One consistent read of the pause first: a transaction returns no old
+        values."""
+        paused = (await self.fleet()).paused
+        if paused is None:
             return None
-        return codec.pause_from_item(response.get("Attributes", {}), table=self._table)
+        update = {
+            "TableName": self._table,
+            "Key": codec.FLEET_KEY,
+            "UpdateExpression": "REMOVE paused_at_ms, paused_by, paused_reason",
+            "ConditionExpression": "paused_at_ms = :at",
+            "ExpressionAttributeValues": {":at": {"N": str(paused.at_ms)}},
+        }
+        return paused if await self._fleet_event({"Update": update}, event, what="resuming intake") else None
+
+    async def _fleet_event(self, change: dict[str, Any], event: Event, *, what: str) -> bool:
+        """Write ``change`` to the fleet counter item with ``event`` beside it; False if ``change``'s condition
+        failed (nothing written)."""
+        items = [change, self._event_put(event)]
+        try:
+            await self._call("transact_write_items", what=what, inspect=_CANCELLED, TransactItems=items)
+        except botocore.exceptions.ClientError as exc:
+            if not _cancelled_by_condition(exc):
+                raise clients.translate(exc, what=what) from exc
+            if _reasons(exc)[0].get("Code") == "ConditionalCheckFailed":
+                return False
+            raise errors.Conflict(f"{what}: another fleet event has the same time; try again") from exc
+        return True
 
     async def put_presence(self, presence: Presence) -> None:
         await self._call(

@@ -30,9 +30,10 @@ class SnsChannel:
         attributes = {
             "workset_id": event.workset_id,
             "event_type": event.type.value,
-            "state": event.to_state.value,
             "priority": event.priority.value,
         }
+        if event.to_state is not None:  # a fleet-wide event (pause, resume) has none
+            attributes["state"] = event.to_state.value
         try:
             await clients.call(
                 self._client.publish,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from monitor.clock import iso
-from monitor.model import Event, Workset
+from monitor.model import FLEET_ID, Event, Workset
 
 SUBJECT_MAX = 100  # SNS refuses longer subjects
 SNS_MAX_BYTES = 256 * 1024
@@ -11,8 +11,11 @@ _DETAIL_CAP = 3000
 
 
 def subject(event: Event) -> str:
-    """One line of at most 100 characters (SNS's rule): workset, what happened, its priority."""
+    """One line of at most 100 characters (SNS's rule): workset, what happened, its priority (a fleet-wide event:
+    what happened, and why)."""
     text = f"[workset-monitor] {event.workset_id}: {event.type.value} ({event.priority.value})"
+    if event.workset_id == FLEET_ID:
+        text = f"[workset-monitor] intake {event.type.value} fleet-wide: {event.reason}"
     text = " ".join(text.split())
     return text if len(text) <= SUBJECT_MAX else text[: SUBJECT_MAX - 1] + "…"
 
@@ -22,7 +25,7 @@ def fields(event: Event, ws: Workset | None) -> dict[str, str]:
     out = {
         "workset": event.workset_id,
         "event": event.type.value,
-        "state": event.to_state.value,
+        "state": event.to_state.value if event.to_state else "",
         "priority": event.priority.value,
         "reason": event.reason,
         "attempt": str(event.attempt),

@@ -9,6 +9,7 @@ network and this machine's pip configuration mounted read-only, so the Dockerfil
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import time
@@ -30,7 +31,10 @@ from tests.lab import BUCKET, Lab
 
 TABLE = "deploy-container"
 HEALTH_INTERVAL_S = 30  # the Dockerfile's HEALTHCHECK --interval
-SLEEP = "import sys, time; time.sleep(3600 if sys.argv[1].startswith('slow-') else 1)"
+SLEEP = (  # what it prints is in its full step log in S3 ([run] step_logs), for `workset-monitor logs`
+    "import sys, time; print('working on', sys.argv[1], flush=True); "
+    "time.sleep(3600 if sys.argv[1].startswith('slow-') else 1)"
+)
 
 
 def build(tag: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -95,6 +99,7 @@ def test_the_image_runs_healthy_as_non_root_processes_worksets_and_stops_cleanly
     draft.write_text(
         f'[aws]\nregion = "{REGION}"\nendpoint_url = "{emulator}"\n[table]\nname = "{TABLE}"\n'
         f'[scan]\nbucket = "{BUCKET}"\nprefixes = ["worksets/"]\ninterval_s = 1\n'
+        '[run]\nstep_logs = "s3"\n'
         f'[[pipeline.steps]]\nname = "work"\ncommand = ["python", "-c", "{SLEEP}", "{{workset_id}}"]\n'
     )
     config = tmp_path / "config.toml"
@@ -133,6 +138,13 @@ def test_the_image_runs_healthy_as_non_root_processes_worksets_and_stops_cleanly
         assert uids == ["10001"] * 4, f"PID 1 (tini) runs as {uids}"
         assert podman("exec", name, "id", "-u").stdout.strip() == "10001"
 
+        # --- an operator in the container: the daemon alive in `fleet`; a step's full log from S3 --------------------
+        fleet = json.loads(podman("exec", name, "workset-monitor", "fleet", "--json").stdout)
+        [daemon] = fleet["daemons"]
+        assert daemon["status"] == "alive" and daemon["writes"] >= 1, fleet
+        printed = podman("exec", name, "workset-monitor", "logs", dropped[0], "--step", "work")
+        assert printed.stdout == f"working on {dropped[0]}\n", printed
+
         # --- stop with a step still running: exit 0 within the grace period, the workset released ----------------
         lab.workset("slow-1")
         wait_for("slow-1 in progress", lambda: (w := get("slow-1")) and w.state is State.IN_PROGRESS, timeout_s=60)
@@ -146,6 +158,7 @@ def test_the_image_runs_healthy_as_non_root_processes_worksets_and_stops_cleanly
         assert slow is not None and slow.state is State.READY and slow.lease is None, slow
         logs = podman("logs", name)
         assert "shutdown: done" in logs.stdout + logs.stderr
+        assert run(store.presences()) == [], "a clean stop removes the daemon's presence item"
     finally:
         podman("rm", "--force", "--time=0", name, check=False)
 

@@ -254,6 +254,11 @@ def test_the_guide_installs_a_service_that_systemd_runs_reloads_watches_and_stop
     [daemon] = fleet["daemons"]
     assert daemon["status"] == "alive" and daemon["pid"] == int(pid) and fleet["paused"] is None, fleet
     assert daemon["writes"] >= (5 * watchdog_s) // 30, daemon  # a presence write every 30 s, all along
+    trail = json.loads(host.operator("workset-monitor history '#fleet' --json", env=shell).stdout)
+    assert [(e["type"], e["reason"], e["notified"]) for e in trail] == [  # Linear hears about worksets' problems only
+        ("paused", "kernel upgrade", {"sns": "sent", "linear": "skipped"}),
+        ("resumed", "maintenance over", {"sns": "sent", "linear": "skipped"}),
+    ], trail
 
     def all_complete() -> bool:
         return all((ws := get(n)) is not None and ws.state is State.COMPLETE for n in dropped)
