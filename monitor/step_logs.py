@@ -37,7 +37,9 @@ log = logs.get("monitor.step_logs")
 
 SEGMENT_BYTES = 8 << 20
 FLUSH_S = 10.0
-CLOSE_TIMEOUT_S = 120.0  # the last upload of a finished step; a hung S3 does not hold the workset for ever
+# The last upload of a step run: its outcome is recorded after it, and a daemon stopping waits for it, so a hung S3
+# must not hold either for long (systemd's TimeoutStopSec is 60 s); past this, the end of the log is lost (counted).
+CLOSE_TIMEOUT_S = 10.0
 _MIB = 1 << 20
 _CONTINUED = re.compile(r"\.log\.([1-9][0-9]*)$")
 _RUN = re.compile(r"^([0-9]+)-([0-9]+)-([A-Za-z0-9_.-]{1,64})$")
@@ -125,9 +127,10 @@ class Sink:
         wrote: Callable[[bool], None] = lambda ok: None,
         segment_bytes: int = SEGMENT_BYTES,
         flush_s: float = FLUSH_S,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         self._put, self._key, self._wrote = put, key, wrote
-        self._segment_bytes, self._flush_s = segment_bytes, flush_s
+        self._segment_bytes, self._flush_s, self._close_timeout_s = segment_bytes, flush_s, close_timeout_s
         self._buffer = bytearray()
         self._seq = 0
         self._uploaded = 0  # bytes of the open segment S3 has
@@ -148,15 +151,20 @@ class Sink:
                     await self._upload(final=True)
 
     async def close(self) -> None:
+        """Write what is left; within ``close_timeout_s`` whatever S3 does (then the end of the log is lost)."""
         self._closing.set()
-        await self._timer
+        try:
+            await asyncio.wait_for(self._finish(), timeout=self._close_timeout_s)
+        except TimeoutError:
+            self._timer.cancel()
+            self._wrote(False)
+            log.warning("the end of a step's log could not be written in time", key=self._key(self._seq))
+
+    async def _finish(self) -> None:
+        await self._timer  # a flush under way ends first
         async with self._lock:
             if len(self._buffer) > self._uploaded or not self._ever:
-                try:
-                    await asyncio.wait_for(self._upload(final=True), timeout=CLOSE_TIMEOUT_S)
-                except TimeoutError:
-                    self._wrote(False)
-                    log.warning("the end of a step's log could not be written in time", key=self._key(self._seq))
+                await self._upload(final=True)
 
     async def _flush_on_time(self) -> None:
         async def flush() -> float | None:

@@ -204,6 +204,30 @@ def test_a_failed_flush_of_the_open_segment_is_tried_again_and_a_bug_in_s3_never
     assert bucket.joined() == b"kept\nmore\n"
 
 
+def test_a_hung_s3_holds_the_end_of_a_step_for_the_close_timeout_only() -> None:
+    """The step's outcome is recorded, and a stopping daemon exits, after the log's last write: a hung S3 must not
+    hold them (a flush hung in mid-upload included)."""
+
+    async def go() -> tuple[float, list[bool]]:
+        written: list[bool] = []
+        hung = asyncio.Event()
+
+        async def hang(key: str, body: bytes) -> None:
+            hung.set()
+            await asyncio.Event().wait()
+
+        out = Sink(hang, lambda seq: f"k{seq}", wrote=written.append, flush_s=0.05, close_timeout_s=0.3)
+        await out.write(b"x")
+        await hung.wait()  # the timed flush is stuck in its upload
+        started = time.monotonic()
+        await out.close()
+        return time.monotonic() - started, written
+
+    took, written = asyncio.run(go())
+    assert 0.25 < took < 1.0, took
+    assert written == [False]
+
+
 # --- the runner writes them ----------------------------------------------------------------------------------------
 
 
