@@ -82,6 +82,7 @@ from monitor.aws.dynamo import DynamoStore
 from monitor.aws.emulator import Emulator, WsgiApp
 from monitor.config import TableConfig
 from monitor.model import NOTIFIABLE_EVENTS, Event, EventType, State, WorksetId
+from monitor.step_logs import folder as log_folder
 from tests import fleet, runs
 from tests.emulator_faults import HARNESS, Faults
 from tests.fleet import CREDENTIALS, Daemon, Webhook
@@ -174,6 +175,8 @@ class Report:
     exit_codes: list[int] = field(default_factory=list)
     counters: dict[str, float] = field(default_factory=dict)  # every daemon's counters, summed over the run
     lease_losses_logged: int = 0  # "lease lost" lines in the daemons' logs
+    # --step-logs: objects written; complete worksets whose completing epoch left a log, or none; failed writes counted
+    step_logs: dict[str, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     workdir: str = ""  # the daemons' logs and configuration, the step's record of its runs
 
@@ -188,6 +191,7 @@ def run(
     down_channel: bool = True,
     latency_bound: bool = False,
     calm: bool = False,
+    step_logs: bool = False,
     workdir: Path | None = None,
     out: Callable[[str], None] = print,
 ) -> Report:
@@ -195,7 +199,9 @@ def run(
     ``down_channel``: the SNS channel, refused for the whole run; ``latency_bound``: a late notification is a
     violation (a performance bound, held by the calm run of ``make chaos``; otherwise it is reported); ``calm``: no
     chaos at all, only the channel that is down (no kill, pause, outage, denial or operator, no AWS or webhook
-    faults): the run that isolates what one channel down does to the others' latency."""
+    faults): the run that isolates what one channel down does to the others' latency; ``step_logs``: the daemons
+    write full step logs (``[run] step_logs = "s3"``) through the same faults, and each complete workset's
+    completing run must have left one, unless the daemons counted that many failed log writes."""
     rng = random.Random(seed)
     os.environ.update(CREDENTIALS)
     report = Report(worksets=worksets, daemons=daemons)
@@ -231,7 +237,8 @@ def run(
         everyone: list[Daemon] = []  # every daemon started, for the kill times and pauses of its steps
 
         def start(name: str) -> Daemon:
-            everyone.append(Daemon(name, config, work, env={"AWS_ACCESS_KEY_ID": f"chaos-{name}"}))
+            logs = {"WORKSET_MONITOR_RUN__STEP_LOGS": "s3"} if step_logs else {}
+            everyone.append(Daemon(name, config, work, env={"AWS_ACCESS_KEY_ID": f"chaos-{name}"} | logs))
             return everyone[-1]
 
         fleet = [start(f"d{i}") for i in range(daemons)]
@@ -358,8 +365,38 @@ def run(
             faulted=faults.faulted,
         )
         report.violations += _unfed_counters(report)
+        if step_logs:
+            _check_step_logs(report, store, s3)
     out(json.dumps(asdict(report), indent=2))
     return report
+
+
+def _check_step_logs(report: Report, store: DynamoStore, s3: Any) -> None:
+    """Each complete workset's completing run (its last epoch) left a full step log in S3, unless a failed log write
+    (an injected fault, an outage) was counted for it."""
+    logs: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PREFIX):
+        logs += [obj["Key"] for obj in page.get("Contents", []) if "/.workset-monitor/logs/" in obj["Key"]]
+    complete = asyncio.run(store.list(state=State.COMPLETE))
+    missing = [
+        ws.workset_id
+        for ws in complete
+        if not any(key.startswith(f"{log_folder(ws.prefix)}{ws.epoch}-") for key in logs)
+    ]
+    writes = {"ok": 0, "failed": 0}
+    for key, value in report.counters.items():
+        for outcome in writes:
+            if key == f'workset_monitor_step_log_writes_total{{"outcome": "{outcome}"}}':
+                writes[outcome] += int(value)
+    report.step_logs = {
+        "objects": len(logs),
+        "complete_with_log": len(complete) - len(missing),
+        "complete_without_log": len(missing),
+        "writes_ok": writes["ok"],
+        "writes_failed": writes["failed"],
+    }
+    if not logs or len(missing) > writes["failed"]:
+        report.violations.append(f"{len(missing)} complete worksets have no step log of their last run: {missing[:5]}")
 
 
 def _answer_times(answers: Sequence[tuple[float, float]]) -> dict[str, float]:
@@ -693,6 +730,7 @@ def main() -> int:
     parser.add_argument(
         "--calm", action="store_true", help="no chaos, SNS down all run; fails on an event later than 2 intervals"
     )
+    parser.add_argument("--step-logs", action="store_true", help="the daemons write full step logs ([run] step_logs)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
     report = run(
@@ -703,6 +741,7 @@ def main() -> int:
         drain_s=args.drain,
         down_channel=not args.no_down_channel,
         calm=args.calm,
+        step_logs=args.step_logs,
         latency_bound=args.calm,  # the channel-down bound, isolated; under the chaos lateness is reported
     )
     if args.json:
