@@ -114,12 +114,18 @@ def linear_cfg(server: FakeServer, **kw: Any) -> dict[str, Any]:
 # --- SNS ---------------------------------------------------------------------------------------------------------
 
 
-def test_sns_publishes_a_filterable_message_read_back_through_sqs(mocked_aws: None) -> None:
+def sns_tapped_by_sqs() -> tuple[Any, Any, str, str]:
+    """A topic with an SQS queue subscribed: what SNS published can be read back (clients, topic ARN, queue URL)."""
     sns, sqs = boto3.client("sns", region_name=REGION), boto3.client("sqs", region_name=REGION)
     topic = sns.create_topic(Name="workset-alerts")["TopicArn"]
     queue = sqs.create_queue(QueueName="tap")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    return sns, sqs, topic, queue
+
+
+def test_sns_publishes_a_filterable_message_read_back_through_sqs(mocked_aws: None) -> None:
+    sns, sqs, topic, queue = sns_tapped_by_sqs()
     dynamodb = boto3.client("dynamodb", region_name=REGION)
     schema.ensure_table(dynamodb, TableConfig(name="notify"))
     rig = Rig({"sns": {"topic_arn": topic}})
@@ -159,11 +165,7 @@ def test_sns_publishes_a_filterable_message_read_back_through_sqs(mocked_aws: No
 
 
 def test_a_fleet_pause_is_published_as_what_happened_and_why_with_no_workset_state(mocked_aws: None) -> None:
-    sns, sqs = boto3.client("sns", region_name=REGION), boto3.client("sqs", region_name=REGION)
-    topic = sns.create_topic(Name="workset-alerts")["TopicArn"]
-    queue = sqs.create_queue(QueueName="tap")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    sns, sqs, topic, queue = sns_tapped_by_sqs()
     reason = "kernel upgrade\non every head node " + "x" * 100
     event = Event(FLEET_ID, 7, EventType.PAUSED, 7, "operator:me@host", None, None, reason, priority=Priority.URGENT)
     assert run(SnsChannel(sns, topic).send(event, None)) == "sent"
