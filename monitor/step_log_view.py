@@ -12,6 +12,7 @@ on any host.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import sys
 from collections.abc import Iterable
 from typing import BinaryIO
@@ -19,7 +20,7 @@ from typing import BinaryIO
 from monitor import errors, loops, step_logs
 from monitor.app import App
 from monitor.model import Workset
-from monitor.step_logs import StepLog
+from monitor.step_logs import RunName, StepLog
 from monitor.terminal import for_terminal
 
 
@@ -95,17 +96,17 @@ class _Printer:
         self._app, self._bucket = app, ws.bucket
         self._headers = whole  # every run under a header; with --step only a newer run of it gets one
         self._printed: dict[str, int] = {}  # key -> bytes printed
-        self._started: list[StepLog] = []
+        self._started: set[RunName] = set()
         self._out: BinaryIO = sys.stdout.buffer
         self._tty = sys.stdout.isatty()
+        self._text = _decoder()  # on a terminal: a character split between two reads is shown whole
 
     async def show(self, logs: list[StepLog]) -> None:
         for log in logs:
-            known = any(seen.run == log.run for seen in self._started)
-            if not known:
+            if log.run not in self._started:
                 if self._headers or self._started:
                     self._header(log)
-                self._started.append(log)
+                self._started.add(log.run)
             for segment in log.segments:
                 done = self._printed.get(segment.key, 0)
                 if segment.size > done:
@@ -122,13 +123,20 @@ class _Printer:
         blank = "\n" if self._started else ""
         run = log.run
         line = f"{blank}==> step {run.step}, attempt {run.attempt}, epoch {run.epoch}: {first} <==\n"
-        self._out.write(_shown(line).encode() if self._tty else line.encode())
+        if self._tty:
+            line = self._text.decode(b"", final=True) + _shown(line)
+            self._text = _decoder()
+        self._out.write(line.encode())
 
     def _write(self, data: bytes) -> None:
         if not self._tty:
             self._out.write(data)
             return
-        self._out.write(_shown(data.decode("utf-8", "replace")).encode())
+        self._out.write(_shown(self._text.decode(data)).encode())
+
+
+def _decoder() -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder("utf-8")(errors="replace")
 
 
 def _shown(text: str) -> str:

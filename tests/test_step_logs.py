@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import random
 import sys
 import time
@@ -14,7 +15,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from monitor import errors, step_logs
+from monitor import errors, step_log_view, step_logs
 from monitor.aws.s3 import S3Logs
 from monitor.clock import SystemClock
 from monitor.config import StepConfig
@@ -286,3 +287,35 @@ def test_a_step_that_cannot_start_says_why_in_its_log() -> None:
     assert result.outcome is Outcome.FAILED
     body = s3.get_object(Bucket="bb-logs", Key=RunName(1, 1, "gone").key("w/"))["Body"].read()
     assert body.startswith(b"[workset-monitor: could not start '/nonexistent/step'")
+
+
+# --- `logs` on a terminal ------------------------------------------------------------------------------------------
+
+
+class Terminal(io.TextIOWrapper):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_a_step_s_escapes_are_shown_not_obeyed_and_a_split_character_stays_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The log is printed as it grows, read by read; on a terminal a clear-screen sequence must not clear it, and
+    an é whose two bytes arrive in two reads must not become two replacement characters."""
+    body = "progress\r\x1b[2Jdone: é\tok\n".encode()
+    cut = body.index("é".encode()) + 1
+    reads = [body[:cut], body[cut:]]
+
+    class Store:
+        async def read(self, bucket: str, key: str, *, start: int = 0) -> bytes:
+            return reads.pop(0)
+
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", Terminal(raw))
+    app = type("App", (), {"log_store": Store()})()
+    ws = type("Ws", (), {"bucket": "b"})()
+    printer = step_log_view._Printer(app, ws, whole=False)  # type: ignore[arg-type]
+    run = RunName(1, 1, "s")
+    asyncio.run(printer.show([step_logs.StepLog(run, (step_logs.Segment(run.key("w/"), cut),))]))
+    asyncio.run(printer.show([step_logs.StepLog(run, (step_logs.Segment(run.key("w/"), len(body)),))]))
+    assert raw.getvalue().decode() == "progress\\x0d\\x1b[2Jdone: é\tok\n"
