@@ -93,11 +93,13 @@ def run(
     watchdog_s: float = 20,
     bounds: Bounds | None = None,
     down_channel: bool = False,
+    step_logs: bool = False,
     workdir: Path | None = None,
     out: Any = print,
 ) -> Result:
     """``down_channel``: an SNS channel beside the webhook, refused for the whole run (every ``Publish`` answered
-    503): the daemons run on with a backlog that only grows, for longer than the longest rest (``REST_MAX_S``)."""
+    503): the daemons run on with a backlog that only grows, for longer than the longest rest (``REST_MAX_S``).
+    ``step_logs``: the daemons write every step run's full output to S3 (``[run] step_logs = "s3"``)."""
     os.environ.update(CREDENTIALS)
     work = workdir or Path(tempfile.mkdtemp(prefix="wm-soak-"))
     result = Result(
@@ -116,6 +118,7 @@ def run(
         load_average={"start": [round(x, 2) for x in os.getloadavg()]},
         workdir=str(work),
         down_channel=down_channel,
+        step_logs=step_logs,
     )
     hook = Webhook(refuse=0.10, seed=seed)
     sockets: list[SystemdSocket] = []
@@ -151,6 +154,8 @@ def run(
                 metrics=f"queue_refresh_s = {QUEUE_REFRESH_S}\nfinished_refresh_s = {FINISHED_REFRESH_S}\n",
             )
             env = {"WATCHDOG_USEC": str(round(watchdog_s * 1_000_000))}
+            if step_logs:
+                env["WORKSET_MONITOR_RUN__STEP_LOGS"] = "s3"
             for i in range(daemons):
                 sockets.append(SystemdSocket(work / f"d{i}.notify"))
                 daemons_.append(Daemon(f"d{i}", config, work, env=env | {"NOTIFY_SOCKET": str(sockets[-1].path)}))
@@ -380,6 +385,7 @@ def main() -> int:
     parser.add_argument(
         "--down-channel", action="store_true", help="an SNS channel refused all run, beside the webhook"
     )
+    parser.add_argument("--step-logs", action="store_true", help="the daemons write full step logs ([run] step_logs)")
     parser.add_argument("--recheck", type=Path, metavar="JSON", help="no run: check (and --plot) a saved result")
     args = parser.parse_args()
     if args.recheck:
@@ -396,6 +402,7 @@ def main() -> int:
             seed=args.seed,
             watchdog_s=args.watchdog_s,
             down_channel=args.down_channel,
+            step_logs=args.step_logs,
         )
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")

@@ -92,6 +92,7 @@ class Result:
     temporary_failures: int = 0  # step runs that exited 75
     outbox_left: int = 0  # for the channels that work
     down_channel: bool = False  # SNS refused all run: its backlog's cost is reported, not held to the idle budgets
+    step_logs: bool = False  # the daemons wrote full step logs to S3 ([run] step_logs = "s3")
     parked_left: int = 0  # with a channel down: the events still waiting for it at the end
     webhook_deliveries: int = 0
     webhook_refused: int = 0
