@@ -70,11 +70,13 @@ bench: $(BENCH_STAMP)
 
 # The full chaos suite: 3 daemons, 300 worksets, kills, pauses, AWS faults, denied heartbeats, an operator with a slow
 # clock, a notification channel down; then the calm run (the same fleet, SNS down, nothing else), which holds every
-# event to 2 x the notifier's interval. Exit 1 on any violation of either (~8 minutes).
+# event to 2 x the notifier's interval; then the chaos again with full step logs written to S3 through the faults.
+# Exit 1 on any violation of any (~11 minutes).
 # (A bounded chaos run is part of `make test`: tests/test_chaos.py.)
 chaos: $(STAMP) faketime
 	$(BIN)/python -m tests.chaos --worksets 300 --daemons 3 --json bench/results/chaos.json
 	$(BIN)/python -m tests.chaos --worksets 300 --daemons 3 --calm --json bench/results/chaos-calm.json
+	$(BIN)/python -m tests.chaos --worksets 300 --daemons 3 --step-logs --json bench/results/chaos-step-logs.json
 
 # The soak: 2 daemons, a workset every 2 s for 30 minutes, then 5 idle; health, systemd watchdog, memory, fds, threads,
 # AWS calls per workset and per idle interval, backlog; exit 1 when a bound is missed (~36 min).
