@@ -12,6 +12,12 @@ eventually consistent read is half that; a transactional read or write twice. A 
 larger of the item before and after (UpdateItem); a conditional write that fails still costs the item's size. Every
 request costs at least one unit (half for an eventually consistent read).
 
+Global secondary indexes ("Provisioned throughput considerations for GSIs"): a table write that adds an item to an
+index is one index write, one that removes it one, one that changes an entry's projected attributes one, and one
+that changes its index key two (the old entry deleted, the new one put), each of the entry's size; a write that
+leaves the entry as it was costs the index nothing. Index writes are counted at the standard rate, not doubled in a
+transaction (our reading of the guide: the transaction's doubling is for the table's items).
+
 Prices: on-demand, us-east-1, after the November 2024 reduction: $0.625 per million write request units, $0.125 per
 million read request units; S3 Standard requests $0.005 per 1 000 PUT/LIST, $0.0004 per 1 000 GET.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 READ_UNIT_BYTES = 4096
@@ -86,11 +93,53 @@ def write_units(before: int | None, after: int | None, *, transactional: bool = 
     return max(1, math.ceil(size / WRITE_UNIT_BYTES)) * (2 if transactional else 1)
 
 
+@dataclass(frozen=True, slots=True)
+class Index:
+    """A global secondary index: its hash and range key, and what it projects (None: every attribute)."""
+
+    name: str
+    keys: tuple[str, str]
+    projected: tuple[str, ...] | None
+    table_keys: tuple[str, str] = ("pk", "sk")
+
+    def entry(self, item: Item | None) -> dict[str, Mapping[str, Any]] | None:
+        """The item's entry in this index, or None when the item lacks a key attribute (a sparse index)."""
+        if item is None or any(key not in item for key in self.keys):
+            return None
+        if self.projected is None:
+            return dict(item)
+        names = {*self.keys, *self.table_keys, *self.projected}
+        return {name: value for name, value in item.items() if name in names}
+
+
+def index_writes(before: Item | None, after: Item | None, index: Index) -> list[tuple[str, int]]:
+    """The index writes one table write causes: (the index partition key's value, write units) for each."""
+    old, new = index.entry(before), index.entry(after)
+    if old == new:
+        return []
+    key = index.keys[0]
+    if old is None or new is None:
+        entry = new if old is None else old
+        assert entry is not None
+        return [(_string(entry[key]), write_units(None, item_size(entry)))]
+    if old[key] == new[key] and old[index.keys[1]] == new[index.keys[1]]:
+        return [(_string(new[key]), write_units(item_size(old), item_size(new)))]
+    return [
+        (_string(old[key]), write_units(item_size(old), None)),
+        (_string(new[key]), write_units(None, item_size(new))),
+    ]
+
+
 def monthly_usd(*, read_units_per_s: float = 0.0, write_units_per_s: float = 0.0) -> float:
     """What a steady rate of request units costs in a 30-day month, on demand."""
     reads = read_units_per_s * SECONDS_PER_MONTH / 1e6 * PRICE_PER_MILLION["read"]
     writes = write_units_per_s * SECONDS_PER_MONTH / 1e6 * PRICE_PER_MILLION["write"]
     return reads + writes
+
+
+def _string(value: Mapping[str, Any]) -> str:
+    [(_, data)] = value.items()
+    return str(data)
 
 
 def _raw(data: Any) -> bytes:

@@ -3,9 +3,20 @@ rules one by one, and the sizes of the items this program actually writes."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from bench.capacity import item_size, monthly_usd, number_size, read_units, value_size, write_units
+from bench.capacity import (
+    Index,
+    index_writes,
+    item_size,
+    monthly_usd,
+    number_size,
+    read_units,
+    value_size,
+    write_units,
+)
 from monitor.aws import codec
 from monitor.memory import MemoryStore
 from monitor.model import Lease, WorksetId
@@ -84,3 +95,38 @@ def test_the_items_this_program_writes_take_one_write_unit_each() -> None:
     fleet = item_size({**codec.FLEET_KEY, "running": {"N": "37"}, "retry_seq": {"N": "1204"}})
     assert fleet < 100
     assert run(store.get(WorksetId("ws-2026-12-04-tumour-0412"))) == running
+
+
+STATE_INDEX = Index(codec.GSI_NAME, ("state", "gsi_sk"), codec.GSI_PROJECTED)
+OUTBOX_INDEX = Index(codec.OUTBOX_GSI, ("outbox", "outbox_sk"), None)
+
+
+def test_index_writes_follow_the_entry_put_update_delete_and_move() -> None:
+    index = Index("i", ("k", "r"), ("p",))
+    a = {"pk": {"S": "x"}, "sk": {"S": "ws"}, "k": {"S": "ready"}, "r": {"S": "1"}, "p": {"N": "1"}, "q": {"N": "1"}}
+    assert index_writes(None, a, index) == [("ready", 1)]  # put
+    assert index_writes(a, {**a, "q": {"N": "2"}}, index) == []  # not projected: the index is not written
+    assert index_writes(a, {**a, "p": {"N": "2"}}, index) == [("ready", 1)]  # a projected attribute: one write
+    moved = {**a, "k": {"S": "in_progress"}}
+    assert index_writes(a, moved, index) == [("ready", 1), ("in_progress", 1)]  # a key change: delete and put
+    assert index_writes(a, {k: v for k, v in a.items() if k != "k"}, index) == [("ready", 1)]  # out of a sparse index
+    assert index_writes(a, None, index) == [("ready", 1)]  # the item deleted
+
+
+def test_what_a_claim_and_a_heartbeat_cost_the_state_index() -> None:
+    """A claim moves the control item from the `ready` partition to `in_progress` (two index writes); a heartbeat
+    changes only attributes the index does not project, so it costs the index nothing."""
+    store = MemoryStore()
+    ws = register(store, "ws-1")[1]
+    ctx = Context(now_ms=2_000, actor="d1")
+    lease = Lease(token="t" * 32, owner="host:1:abcd", heartbeat_at_ms=2_000, expires_at_ms=9_000)
+    claim = decide(ws, Action.CLAIM, ctx, lease=lease)
+    running = run(store.commit(claim))
+    before, after = codec.workset_item(ws), codec.workset_item(running)
+    assert [key for key, _ in index_writes(before, after, STATE_INDEX)] == ["ready", "in_progress"]
+    beat = {**after, "hb_count": {"N": "7"}, "heartbeat_at_ms": {"N": "3000"}, "current_step": {"S": "stage"}}
+    assert set(codec.HEARTBEAT_ATTRIBUTES) <= set(beat)
+    assert index_writes(after, beat, STATE_INDEX) == []
+    assert index_writes(None, codec.event_item(claim.event), STATE_INDEX) == []  # events carry no state key
+    pending = dataclasses.replace(claim.event, pending=True)
+    assert [key for key, _ in index_writes(None, codec.event_item(pending), OUTBOX_INDEX)] == ["pending"]
