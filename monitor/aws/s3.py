@@ -85,16 +85,8 @@ class S3Source:
     async def delete(self, key: str) -> None:
         await self._call("delete_object", what=f"deleting s3://{self.bucket}/{key}", Bucket=self.bucket, Key=key)
 
-    async def _list(self, *, prefix: str, delimiter: bool) -> Any:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        if delimiter:
-            kwargs["Delimiter"] = "/"
-        while True:
-            page = await self._call("list_objects_v2", what=f"listing s3://{self.bucket}/{prefix}", **kwargs)
-            yield page
-            if not page.get("IsTruncated"):
-                return
-            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+    def _list(self, *, prefix: str, delimiter: bool) -> Any:
+        return _pages(self._client, self.bucket, prefix, delimiter=delimiter)
 
     async def _call(self, operation: str, *, what: str, inspect: tuple[str, ...] = (), **kwargs: Any) -> Any:
         return await _call(self._client, operation, what=what, inspect=inspect, **kwargs)
@@ -112,13 +104,9 @@ class S3Logs:
 
     async def sizes(self, bucket: str, prefix: str) -> dict[str, int]:
         found: dict[str, int] = {}
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-        while True:
-            page = await _call(self._client, "list_objects_v2", what=f"listing s3://{bucket}/{prefix}", **kwargs)
+        async for page in _pages(self._client, bucket, prefix, delimiter=False):
             found |= {obj["Key"]: int(obj.get("Size", 0)) for obj in page.get("Contents", [])}
-            if not page.get("IsTruncated"):
-                return found
-            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+        return found
 
     async def read(self, bucket: str, key: str, *, start: int = 0) -> bytes:
         what = f"reading s3://{bucket}/{key}"
@@ -135,6 +123,19 @@ class S3Logs:
         except botocore.exceptions.ClientError:
             return b""  # nothing from ``start`` on (416 InvalidRange)
         return bytes(await clients.call(response["Body"].read))
+
+
+async def _pages(client: Any, bucket: str, prefix: str, *, delimiter: bool) -> Any:
+    """Every page of a ListObjectsV2 of ``prefix`` (``delimiter``: one level, sub-folders as CommonPrefixes)."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if delimiter:
+        kwargs["Delimiter"] = "/"
+    while True:
+        page = await _call(client, "list_objects_v2", what=f"listing s3://{bucket}/{prefix}", **kwargs)
+        yield page
+        if not page.get("IsTruncated"):
+            return
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
 
 
 async def _call(client: Any, operation: str, *, what: str, inspect: tuple[str, ...] = (), **kwargs: Any) -> Any:
