@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.clock import iso
-from monitor.model import Presence, Workset
+from monitor.model import Presence, Role, Workset
 from monitor.presence import STALE_AFTER_S
 from monitor.render import age
 
@@ -92,3 +92,26 @@ def table_rows(found: Sequence[Daemon], *, now_ms: int) -> list[tuple[Any, ...]]
 
 
 HEADERS = ("DAEMON", "VERSION", "CONFIG", "STATUS", "UP", "WORKSET", "STEP", "FOR", "NOW")
+
+
+def chores_text(role: Role | None, *, now_ms: int) -> str:
+    """Which daemon does the chores (the S3 scan, the sweep, the queue gauges); ages by the holder's clock."""
+    if role is None:
+        return (
+            "chores (S3 scan, sweep, queue gauges): nobody holds the role; a running daemon takes it at its next look"
+        )
+    renewed = age(max(now_ms - role.renewed_at_ms, 0))
+    return (
+        f"chores (S3 scan, sweep, queue gauges): {role.owner}, renewed {renewed} ago, held since {iso(role.since_ms)}"
+    )
+
+
+def chores_dict(role: Role | None) -> dict[str, Any] | None:
+    if role is None:
+        return None
+    return {
+        "owner": role.owner,
+        "since": iso(role.since_ms),
+        "renewed_at": iso(role.renewed_at_ms),
+        "renewals": role.hb_count,
+    }

@@ -6,6 +6,11 @@ refresh also answers readiness (``/readyz``: the table has answered lately) and 
 
 It is also the check on the fleet counter: when the index counts worksets in progress that the counter (as the
 sweeper last read it) says do not exist, the sweeper is told to look regardless.
+
+The queue is the fleet's, so only the holder of the chores role (``roles``) counts it and exports the gauges; every
+other daemon exports none (a ``sum`` across instances counts each workset once), and a daemon that loses the role
+drops its gauges at its next refresh. Readiness on a daemon without the role comes from its reads of the fleet's
+control items: the table has answered either way.
 """
 
 from __future__ import annotations
@@ -41,6 +46,15 @@ class Gauges:
         return self._live.settings.metrics.queue_refresh_s
 
     async def refresh(self) -> None:
+        chores = self._sweeper.chores
+        fleet = self._sweeper.fleet
+        if fleet is not None:
+            self._metrics.intake_paused.set(1 if fleet.paused is not None else 0)
+        if chores is not None and not chores.held():
+            if self.latest is not None:  # no longer ours to count: export nothing rather than a stale queue
+                self._metrics.forget_queue()
+                self.latest, self._finished_at = None, None
+            return
         now = self._clock.monotonic()
         previous = self.latest
         finished_s = self._live.settings.metrics.finished_refresh_s
@@ -59,18 +73,17 @@ class Gauges:
             )
         self._metrics.queue(stats, oldest_age_s=stats.oldest_change_age_s, now_s=time.time())
         self.latest, self._latest_at = stats, self._clock.monotonic()
-        fleet = self._sweeper.fleet
-        if fleet is not None:
-            self._metrics.intake_paused.set(1 if fleet.paused is not None else 0)
         if fleet is not None and fleet.running <= 0 and stats.count(State.IN_PROGRESS) > 0:
             self._sweeper.distrust_counter()  # the index says otherwise: let the sweeper look (it logs if so)
 
     def ready(self) -> tuple[bool, str]:
-        """(True, "") once the table has answered a queue refresh recently."""
-        if self._latest_at is None:
+        """(True, "") once the table has answered a queue refresh, or a read of the fleet's control items,
+        recently."""
+        answers = [at for at in (self._latest_at, self._sweeper.answered_at) if at is not None]
+        if not answers:
             return False, "the table has not answered yet"
-        silent_s = self._clock.monotonic() - self._latest_at
-        if silent_s > 3 * self._refresh_s() + 30:
+        silent_s = self._clock.monotonic() - max(answers)
+        if silent_s > 3 * max(self._refresh_s(), self._live.settings.lease.sweep_interval_s) + 30:
             return False, f"the table has not answered for {silent_s:.0f} s"
         return True, ""
 

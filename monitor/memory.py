@@ -36,7 +36,7 @@ import random
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 
 from monitor import errors, states
-from monitor.model import Due, Event, Fleet, Pause, Presence, Priority, State, Stats, Workset, WorksetId
+from monitor.model import Due, Event, Fleet, Pause, Presence, Priority, Role, State, Stats, Workset, WorksetId
 from monitor.selection import LIST_ORDER, Position
 from monitor.states import Decision, gsi_sort_key
 
@@ -66,6 +66,7 @@ class MemoryStore:
         self._retry_seq = 0  # the fleet counter item's: entries into retrying
         self._presence: dict[str, Presence] = {}  # the daemons' presence items, by owner
         self._pause: Pause | None = None  # the fleet counter item's pause, if intake is paused
+        self._chores: Role | None = None  # the chores role item's holder
         self.faults = faults or Faults()
         if self.faults.index_lag_reads < 0:
             raise ValueError("index_lag_reads must be >= 0")
@@ -219,7 +220,29 @@ class MemoryStore:
         return await self.list(state=State.IN_PROGRESS)
 
     async def fleet(self) -> Fleet:
-        return Fleet(running=self._running, retry_seq=self._retry_seq, paused=self._pause)
+        return Fleet(running=self._running, retry_seq=self._retry_seq, paused=self._pause, chores=self._chores)
+
+    async def take_chores(self, *, token: str, owner: str, now_ms: int, expect: Role | None) -> None:
+        held = self._chores
+        if (held is None) != (expect is None) or (
+            held is not None and expect is not None and (held.token, held.hb_count) != (expect.token, expect.hb_count)
+        ):
+            raise errors.Conflict("taking the chores role: the role is not as this daemon last saw it")
+        call = self._call("take_chores")
+        self._chores = Role(token=token, owner=owner, hb_count=0, since_ms=now_ms, renewed_at_ms=now_ms)
+        self._respond("take_chores", call)
+
+    async def renew_chores(self, *, token: str, now_ms: int) -> None:
+        held = self._chores
+        if held is None or held.token != token:
+            raise errors.Conflict("renewing the chores role: the role is not as this daemon last saw it")
+        call = self._call("renew_chores")
+        self._chores = dataclasses.replace(held, hb_count=held.hb_count + 1, renewed_at_ms=now_ms)
+        self._respond("renew_chores", call)
+
+    async def release_chores(self, *, token: str) -> None:
+        if self._chores is not None and self._chores.token == token:
+            self._chores = None
 
     async def pause(self, *, reason: str, by: str, now_ms: int, event: Event) -> Pause | None:
         if self._pause is not None:

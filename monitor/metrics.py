@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from monitor import __version__
 from monitor.model import Priority, State, Stats, Workset
 from monitor.ports import Store
-from monitor.recorder import Claim, Delivery, Heartbeat
+from monitor.recorder import Claim, Delivery, Heartbeat, RoleChange
 from monitor.states import Decision
 
 P = "workset_monitor_"
@@ -114,6 +114,21 @@ class Metrics:
         self.takeovers = Counter(
             P + "stale_leases_reclaimed", "Leases of dead holders this process's sweeper took over.", registry=r
         )
+        self.role_held = Gauge(
+            P + "role_held",
+            "1 while this process holds the role (chores: the S3 scan, the sweep, the queue gauges), else 0.",
+            ["role"],
+            registry=r,
+        )
+        self.role_changes = Counter(
+            P + "role_changes",
+            "Roles this process took, took over from a silent holder, lost, or released.",
+            ["role", "change"],
+            registry=r,
+        )
+        for change in RoleChange:
+            self.role_changes.labels(role="chores", change=change.value)
+        self.role_held.labels(role="chores").set(0)
         self.step_log_writes = Counter(
             P + "step_log_writes",
             "Writes of full step logs to S3 ([run] step_logs) by outcome (ok, failed).",
@@ -195,6 +210,13 @@ class Metrics:
     def takeover(self) -> None:
         self.takeovers.inc()
 
+    def role(self, change: RoleChange) -> None:
+        self.role_changes.labels(role="chores", change=change.value).inc()
+
+    def hold_role(self, held: Callable[[], bool]) -> None:
+        """Read at every scrape: whether this process holds the chores role now (it lapses without a write)."""
+        self.role_held.labels(role="chores").set_function(lambda: 1.0 if held() else 0.0)
+
     def notification(self, channel: str, outcome: Delivery, latency_s: float | None) -> None:
         self.notifications.labels(channel=channel, outcome=outcome.value).inc()
         if latency_s is not None:
@@ -216,6 +238,11 @@ class Metrics:
         for state in AGE_STATES:
             self.oldest_age.labels(state=state.value).set(oldest_age_s.get(state) or 0)
         self.queue_refresh.set(now_s)
+
+    def forget_queue(self) -> None:
+        """Export no queue gauges (this daemon does not count the queue now)."""
+        self.worksets.clear()
+        self.oldest_age.clear()
 
     def attach(self, *, ticks: Callable[[], Mapping[str, float]], reload: Callable[[], tuple[bool, float]]) -> None:
         """Read the daemon's state at every scrape: each loop's last good tick (loop -> wall-clock time) and its

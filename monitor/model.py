@@ -208,14 +208,29 @@ class Pause:
 
 
 @dataclass(frozen=True, slots=True)
+class Role:
+    """Who does the fleet's chores (``roles``): the holder's lease on the role item, renewed like a workset's.
+
+    ``token`` and ``hb_count`` are what takeover decisions compare; ``since_ms`` and ``renewed_at_ms`` are the
+    holder's clock, for people only."""
+
+    token: str
+    owner: str
+    hb_count: int = 0
+    since_ms: int = 0
+    renewed_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Fleet:
-    """The fleet counter item, read in one consistent GetItem: how many worksets are in progress fleet-wide, and
-    how many times any workset has entered ``retrying``. It lets an idle daemon skip the in-progress and retrying
-    queries while neither has anything to show."""
+    """The fleet's control items, read in one consistent Query of their partition: the counter (how many worksets
+    are in progress fleet-wide, how many times any workset has entered ``retrying``, the pause) and the chores role.
+    It lets an idle daemon skip the in-progress and retrying queries while neither has anything to show."""
 
     running: int = 0
     retry_seq: int = 0
-    paused: Pause | None = None  # set by `pause`, on the same item: the sweeper's read carries it at no cost
+    paused: Pause | None = None  # set by `pause`, on the counter item: the sweeper's read carries it at no cost
+    chores: Role | None = None  # the chores role's holder, if any (`roles`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -437,12 +437,14 @@ def _print_outcomes(app: App, outcomes: list[Outcome], *, heading: str) -> None:
 
 
 async def cmd_fleet(app: App) -> int:
-    """The daemons sharing the table (alive, silent for N s, gone), what each runs and for how long. Cost: one Query
-    of the presence items and what ``list --state in_progress`` costs."""
+    """The daemons sharing the table (alive, silent for N s, gone), what each runs and for how long, and which one
+    does the chores. Cost: one Query of the presence items, one of the fleet's control items, and what
+    ``list --state in_progress`` costs."""
     now_ms = app.clock.now_ms()
     presences = await app.store.presences()
     running = await app.store.list(state=State.IN_PROGRESS)
-    paused = (await app.store.fleet()).paused
+    fleet = await app.store.fleet()
+    paused = fleet.paused
     found = fleet_view.daemons(presences, running, now_ms=now_ms)
     alive = sum(d.status == "alive" for d in found)
     text = (
@@ -451,6 +453,7 @@ async def cmd_fleet(app: App) -> int:
         if found
         else "no daemon has written its presence (none running, or all older than presence items)"
     )
+    text += "\n" + fleet_view.chores_text(fleet.chores, now_ms=now_ms)
     if paused is not None:
         text += f"\n{_paused_text(paused)}"
     app.emit(
@@ -458,6 +461,7 @@ async def cmd_fleet(app: App) -> int:
             "daemons": [fleet_view.as_dict(d) for d in found],
             "in_progress": len(running),
             "paused": _pause_dict(paused),
+            "chores": fleet_view.chores_dict(fleet.chores),
         },
         text,
     )

@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from monitor.model import Due, Event, Fleet, Pause, Presence, Priority, State, Stats, Workset, WorksetId
+from monitor.model import Due, Event, Fleet, Pause, Presence, Priority, Role, State, Stats, Workset, WorksetId
 from monitor.selection import Position
 from monitor.states import Decision
 
@@ -70,8 +70,21 @@ class Store(Protocol):
         ...
 
     async def fleet(self) -> Fleet:
-        """The fleet counter, read consistently: in progress fleet-wide (what the fleet cap is enforced against)
-        and how many times a workset entered retrying."""
+        """The fleet's control items, read consistently (one Query): in progress fleet-wide (what the fleet cap is
+        enforced against), how many times a workset entered retrying, the pause, the chores role's holder."""
+        ...
+
+    async def take_chores(self, *, token: str, owner: str, now_ms: int, expect: Role | None) -> None:
+        """Take the chores role with a new ``token`` (heartbeat count 0): when nobody holds it (``expect`` None), or
+        from the holder ``expect`` (its token and heartbeat count must be unchanged). ``Conflict`` otherwise."""
+        ...
+
+    async def renew_chores(self, *, token: str, now_ms: int) -> None:
+        """Bump the role's heartbeat count, conditioned on ``token``; ``Conflict`` once the role is not ours."""
+        ...
+
+    async def release_chores(self, *, token: str) -> None:
+        """Give the role up (delete its item) if ``token`` still holds it; nothing otherwise."""
         ...
 
     async def pause(self, *, reason: str, by: str, now_ms: int, event: Event) -> Pause | None:

@@ -35,6 +35,13 @@ class Delivery(StrEnum):
     RETRY_LATER = "retry_later"
 
 
+class RoleChange(StrEnum):
+    TAKEN = "taken"  # nobody held the role
+    TAKEN_OVER = "taken_over"  # from a holder silent for a lease plus grace
+    LOST = "lost"  # another daemon holds it now
+    RELEASED = "released"  # given up at a clean stop
+
+
 class Recorder(Protocol):
     def claim(self, result: Claim) -> None: ...
 
@@ -48,6 +55,10 @@ class Recorder(Protocol):
         """``latency_s``: from the event's commit to its delivery (sent only)."""
         ...
 
+    def role(self, change: RoleChange) -> None:
+        """This process took, lost or released the chores role (``roles``)."""
+        ...
+
 
 class Tally:
     """A ``Recorder`` that keeps its counts in memory."""
@@ -58,6 +69,7 @@ class Tally:
         self.takeovers = 0
         self.notifications: collections.Counter[tuple[str, Delivery]] = collections.Counter()
         self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)
+        self.roles: collections.Counter[RoleChange] = collections.Counter()
 
     def claim(self, result: Claim) -> None:
         self.claims[result] += 1
@@ -72,3 +84,6 @@ class Tally:
         self.notifications[(channel, outcome)] += 1
         if latency_s is not None:
             self.latencies_s.append(latency_s)
+
+    def role(self, change: RoleChange) -> None:
+        self.roles[change] += 1

@@ -33,6 +33,7 @@ from monitor.live import reader
 from monitor.loops import Loops, Seconds
 from monitor.model import Event, EventType, Folder, Priority, State, WorksetId
 from monitor.ports import Source, Store
+from monitor.roles import Chores
 from monitor.states import Action, Context
 
 log = logs.get("monitor.scanner")
@@ -252,13 +253,18 @@ async def scan_forever(
     interval_s: Seconds,
     found: asyncio.Event,
     observe: Callable[[float], None] | None = None,
+    chores: Chores | None = None,
 ) -> None:
     """The scanner engine: a pass every ``interval_s()``; sets ``found`` when a folder is (newly) registered, by us or
-    by another daemon."""
+    by another daemon. With ``chores``, only while this daemon holds the chores role (a pass at once when it takes
+    it); the other daemons' claimers find what it registers at their next round."""
+    wake = chores.wake_on_take() if chores is not None else None
 
     async def tick() -> None:
+        if chores is not None and not chores.held():
+            return
         report = await scan_tick(scanner, observe=observe)
         if report[Found.REGISTERED] or report[Found.ALREADY_REGISTERED]:
             found.set()
 
-    await loops.poll("scanner", tick, every_s=interval_s, stale_after_s=lambda: 3 * interval_s() + 60)
+    await loops.poll("scanner", tick, every_s=interval_s, stale_after_s=lambda: 3 * interval_s() + 60, wake=wake)

@@ -5,7 +5,8 @@ Engines, one module each, every one a loop through ``Loops.poll`` (which records
 for trouble in a tick): ``scanner`` (discovery), ``claimer`` (``intake``: fills free slots and runs each workset on a
 driver task), ``sweeper`` (dead holders), ``events`` (optional SQS notifications), ``notifier`` (the outbox),
 ``gauges`` (queue depth; ``cloudwatch`` optionally), ``reloader`` (SIGHUP), ``presence`` (this daemon's presence
-item, for ``fleet``), ``watchdog`` (systemd). They read the
+item, for ``fleet``), ``watchdog`` (systemd), ``role`` (renews the chores role while this daemon holds it: the scanner,
+the sweep and the gauges work only then; ``roles``). They read the
 configuration through one swappable reference (``Live``) and tell each other news through events and small
 protocols, never through each other's fields.
 
@@ -38,6 +39,7 @@ from monitor.notify.outbox import deliver_forever
 from monitor.presence import PresenceWriter, config_digest
 from monitor.recorder import Tally
 from monitor.reloader import Reloader
+from monitor.roles import Chores
 from monitor.scanner import Scanner, scan_forever, scan_tick
 from monitor.services import Services
 from monitor.sideport import SidePort
@@ -68,7 +70,10 @@ class Supervisor:
             notify=lambda event: filters.anyone_wants(live.settings.notify, event),
         )
         rec = s.metrics or Tally()
-        self.sweeper = Sweeper(s.store, s.clock, actor=f"sweeper:{s.owner}", policy=policy, recorder=rec)
+        self.chores = Chores(s.store, s.clock, owner=s.owner, policy=policy, recorder=rec)
+        self.sweeper = Sweeper(
+            s.store, s.clock, actor=f"sweeper:{s.owner}", policy=policy, recorder=rec, chores=self.chores
+        )
         self.intake = Intake(
             s.store,
             s.clock,
@@ -97,6 +102,7 @@ class Supervisor:
         self.side_port: SidePort | None = None
         if s.metrics is not None:
             s.metrics.attach(ticks=self.loops.wall_times, reload=self.reloader.state)
+            s.metrics.hold_role(self.chores.held)
 
     @property
     def settings(self) -> Settings:
@@ -157,10 +163,15 @@ class Supervisor:
                 )
                 self._start("cloudwatch", publish)
         observe = s.metrics.scan_duration.observe if s.metrics is not None else None
-        self._start("scanner", scan_forever(self.scanner, self.loops, interval_s=scan_s, found=found, observe=observe))
+        scanner = scan_forever(
+            self.scanner, self.loops, interval_s=scan_s, found=found, observe=observe, chores=self.chores
+        )
+        self._start("scanner", scanner)
         self._start("claimer", self.intake.run(self.loops))
         sweep_s = live.derive(lambda new: new.lease.sweep_interval_s)
         self._start("sweeper", sweep_forever(self.sweeper, self.loops, interval_s=sweep_s, news=self.intake))
+        heartbeat_s = live.derive(lambda new: new.lease.heartbeat_s)
+        self._start("role", self.loops.poll("role", self.chores.renew, every_s=heartbeat_s))
         if s.queue is not None and self.settings.scan.bucket:
             listener = ReadyListener(s.queue, self.scanner, bucket=self.settings.scan.bucket)
             self._start("events", listen_forever(listener, self.loops, interval_s=scan_s, found=found))
@@ -191,6 +202,9 @@ class Supervisor:
             await asyncio.gather(*self._roots.values(), return_exceptions=True)
         grace_s = 0.0 if self._fast.is_set() else self.settings.run.shutdown_grace_s
         await intake.stop(grace_s=grace_s, fast=self._fast)
+        if "role" in self._roots:
+            with phase(log, "shutdown: release the chores role"):
+                await self.chores.release()
         if "presence" in self._roots:
             with phase(log, "shutdown: remove presence"):
                 await self.presence.remove()

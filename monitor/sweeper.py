@@ -1,6 +1,9 @@
 """The sweeper: finds worksets whose holder died and hands them back for a retry, without trusting any clock.
 
-Every daemon runs one; no leader is needed. Each sweep reads every ``in_progress`` workset consistently and
+Every daemon runs one, and each makes the one read of the fleet's control items per sweep interval (the counter and
+the chores role, ``roles``); only the holder of the chores role goes on to sweep. No leader is needed for safety
+(every takeover is a conditional write): the role only spares D-1 daemons the same work. Each sweep reads every
+``in_progress`` workset consistently and
 remembers, per workset, the pair (lease token, heartbeat count) with the local monotonic time it first saw that
 pair. A live holder changes the pair at every heartbeat. Only when the same pair has been seen for a full lease plus
 grace does the sweeper take over, with a write conditioned on exactly that pair: ``retrying`` (with backoff) or
@@ -37,6 +40,7 @@ from monitor.loops import Loops, Seconds
 from monitor.model import Fleet, WorksetId
 from monitor.ports import Store
 from monitor.recorder import Recorder, Tally
+from monitor.roles import Chores
 from monitor.states import Action, Decision
 
 log = logs.get("monitor.sweeper")
@@ -68,7 +72,9 @@ async def sweep_forever(sweeper: Sweeper, loops: Loops, *, interval_s: Seconds, 
         lambda: sweep_tick(sweeper, news),
         every_s=lambda: sweeper.next_interval_s(interval_s()),
         stale_after_s=lambda: 3 * interval_s() + 60,
-        first_delay_s=sweeper.first_delay_s(interval_s()),
+        # With the chores role, the first look is at once (a fleet without a holder gets one) and only the holder
+        # sweeps, so there is no lockstep to avoid.
+        first_delay_s=0.0 if sweeper.chores is not None else sweeper.first_delay_s(interval_s()),
     )
 
 
@@ -90,8 +96,11 @@ class Sweeper:
         max_tracked: int = 100_000,
         rng: random.Random | None = None,
         recorder: Recorder | None = None,
+        chores: Chores | None = None,
     ) -> None:
+        """``chores``: sweep only while holding the chores role (the daemon); None sweeps always (tests, tools)."""
         self._store = store
+        self.chores = chores
         self._clock = clock
         self._actor = actor
         self._policy_now = reader(policy)  # a getter is read at every sweep
@@ -102,6 +111,7 @@ class Sweeper:
         self.fleet: Fleet | None = None  # the latest read of the fleet counter
         self._started = 0.0  # monotonic start of the latest sweep
         self._distrust = False  # the counter said 0 while worksets were in progress: query regardless
+        self.answered_at: float | None = None  # monotonic time of the latest read of the fleet's control items
 
     @property
     def _policy(self) -> Policy:
@@ -115,6 +125,12 @@ class Sweeper:
         """One pass: observe every in-progress workset, take over those silent for a lease plus grace."""
         self._started = self._clock.monotonic()
         self.fleet = await self._store.fleet()
+        self.answered_at = self._clock.monotonic()
+        if self.chores is not None:
+            await self.chores.look(self.fleet)
+            if not self.chores.held():  # another daemon sweeps
+                self._seen = {}
+                return []
         if self.fleet.running <= 0 and not self._distrust:  # nothing is in progress anywhere: nothing can be stale
             self._seen = {}
             return []
@@ -174,7 +190,9 @@ class Sweeper:
 
     def next_interval_s(self, interval_s: float) -> float:
         """Time from the start of the latest sweep to the next: ``interval_s``, or less when a watched workset may be
-        taken over sooner (then exactly at that moment)."""
+        taken over sooner (then exactly at that moment), or when the chores role may be taken over."""
+        if self.chores is not None:
+            interval_s = self.chores.next_look_s(self._started, interval_s)
         if not self._seen:
             return interval_s
         earliest = min(seen.since for seen in self._seen.values()) + self._policy.takeover_after_s

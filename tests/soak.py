@@ -113,6 +113,7 @@ def run(
         interval_s=INTERVAL_S,
         queue_refresh_s=QUEUE_REFRESH_S,
         finished_refresh_s=FINISHED_REFRESH_S,
+        heartbeat_s=HEARTBEAT_S,
         date=datetime.now(tz=UTC).strftime("%Y-%m-%d %H:%M UTC"),
         machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         load_average={"start": [round(x, 2) for x in os.getloadavg()]},

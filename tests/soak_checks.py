@@ -75,6 +75,7 @@ class Result:
     interval_s: float
     queue_refresh_s: float
     finished_refresh_s: float
+    heartbeat_s: float = 1.5  # [lease] heartbeat_s: the chores role's holder renews it that often
     date: str = ""
     machine: str = ""
     load_average: dict[str, list[float]] = field(default_factory=dict)  # "start"/"end": os.getloadavg()
@@ -242,6 +243,8 @@ def _idle(result: Result, bounds: Bounds, violations: list[str]) -> dict[str, An
     # and the claimer's read of `retrying` every RETRYING_REREAD_S whatever the counter says (docs/performance.md:
     # "at most one more read per 5 minutes"); a 300 s window can hold two
     gauges += math.floor(window_s / RETRYING_REREAD_S) + 1
+    # and the chores role's renewal, one UpdateItem per heartbeat by whichever daemon holds it (issue 19)
+    gauges += math.floor(window_s / result.heartbeat_s) + 1
     worksets = b.dropped
     s3_budget = math.ceil(worksets / 1000) + 1
     out: dict[str, Any] = {
@@ -252,6 +255,7 @@ def _idle(result: Result, bounds: Bounds, violations: list[str]) -> dict[str, An
         "gauge_allowance": gauges,
         "per_daemon": [],
     }
+    fleet_s3 = 0
     for d in range(result.daemons):
         # the presence writes are a budget of their own: one per presence interval (issue 18), not reads
         presence = _calls(b, PRESENCE_WRITE, d) - _calls(a, PRESENCE_WRITE, d)
@@ -261,19 +265,29 @@ def _idle(result: Result, bounds: Bounds, violations: list[str]) -> dict[str, An
                 f"d{d}: {presence} presence writes in {window_s:.0f} s (one per {PRESENCE_INTERVAL_S:g} s)"
             )
         s3 = _calls(b, "s3", d) - _calls(a, "s3", d)
+        fleet_s3 += s3
         out["per_daemon"].append(
             {"dynamodb_per_interval": _r(dynamodb / intervals), "s3_per_interval": _r(s3 / intervals)}
         )
         if dynamodb > bounds.idle_dynamodb * edge + gauges:
             violations.append(
                 f"d{d}: {dynamodb} DynamoDB calls in {intervals:.0f} idle intervals ({dynamodb / intervals:.2f} each; "
-                f"budget {bounds.idle_dynamodb:g} each + {gauges} for the queue gauges and the retrying re-reads)"
+                f"budget {bounds.idle_dynamodb:g} each + {gauges} for the queue gauges, the retrying re-reads and the "
+                "role's renewals)"
             )
         if s3 > s3_budget * edge:
             violations.append(
                 f"d{d}: {s3} S3 calls in {intervals:.0f} idle intervals ({s3 / intervals:.2f} each; "
                 f"budget {s3_budget} at {worksets} worksets)"
             )
+    # one daemon scans (the chores role), not every one: ceil(N / 1000) listings of the one prefix per interval
+    fleet_budget = math.ceil(worksets / 1000)
+    out["fleet_s3_per_interval"] = _r(fleet_s3 / intervals)
+    if fleet_s3 > fleet_budget * edge:
+        violations.append(
+            f"the fleet made {fleet_s3} S3 calls in {intervals:.0f} idle intervals ({fleet_s3 / intervals:.2f} each; "
+            f"budget {fleet_budget} for the whole fleet at {worksets} worksets)"
+        )
     return out
 
 

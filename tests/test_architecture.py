@@ -50,6 +50,7 @@ LAYERS: list[set[str]] = [
         "monitor.steps",
         "monitor.systemd",
     },
+    {"monitor.roles"},
     {"monitor.sweeper", "monitor.scanner", "monitor.migration", "monitor.driver", "monitor.registration"},
     {
         "monitor.events",

@@ -378,6 +378,12 @@ def test_fleet_shows_who_is_alive_what_each_runs_and_a_killed_daemon_s_work_take
     listed = until(lambda: (f := fleet()) and len(busy(f)) == 2 and len(f) == 3 and f, what="three daemons, two busy")
     assert {d["status"] for d in listed.values()} == {"alive"}
     assert sorted(busy(listed).values()) == ["ws-a", "ws-b"]
+    # one of them does the chores (the S3 scan, the sweep, the queue gauges), and `fleet` names it
+    assert cli.main(["--config", str(config), "fleet", "--json"]) == 0
+    chores = json.loads(capsys.readouterr().out)["chores"]
+    assert chores["owner"] in {d["owner"] for d in listed.values()} and chores["renewals"] >= 0
+    assert cli.main(["--config", str(config), "fleet"]) == 0
+    assert f"chores (S3 scan, sweep, queue gauges): {chores['owner']}, renewed " in capsys.readouterr().out
     until(lambda: all(d["holdings"][0]["step"] == "main" for d in fleet().values() if d["holdings"]), what="steps")
     victim = next(child for child in daemons.values() if child.pid in busy(listed))
     taken = busy(listed)[victim.pid]
@@ -394,7 +400,8 @@ def test_fleet_shows_who_is_alive_what_each_runs_and_a_killed_daemon_s_work_take
     )
     idle = next(child for child in daemons.values() if child.pid not in busy(listed))
     assert shown["workset_id"] == taken and shown["now"].split(":")[1] == str(idle.pid)
-    assert busy(fleet())[idle.pid] == taken  # the new holder shows it too
+    # the new holder shows it too, from its next presence write (every second here)
+    until(lambda: busy(fleet()).get(idle.pid) == taken, timeout_s=5, what="the new holder to show the workset")
     idle.signal(signal.SIGTERM)
     assert idle.wait() == 0
     assert idle.pid not in fleet()  # a clean stop removes its presence item

@@ -46,9 +46,10 @@ def healthy(**changes: Any) -> Result:
                 threads=6 + (t // 60) % 2,
                 cpu_s=t * 0.05,
                 healthz=200,
-                calls={"dynamodb.Query": 3 * t + 20 * dropped, "s3.ListObjectsV2": t + 5 * dropped},
+                # d0 holds the chores role: it lists the prefix every interval; d1 only reads workset files
+                calls={"dynamodb.Query": 3 * t + 20 * dropped, "s3.ListObjectsV2": (t if d == 0 else 0) + 5 * dropped},
             )
-            for _ in range(2)
+            for d in range(2)
         ]
         backlog = {"ready": (t // 30) % 3, "in_progress": 1, "retrying": 0} if t < busy_s else {}
         samples.append(Sample(t, "busy" if t < busy_s else "idle", dropped, backlog, 1.0, per_daemon))
@@ -143,7 +144,16 @@ def test_the_checks_catch_what_they_look_for() -> None:
     assert [v.split(" (")[0] for v in broken(idle_costs(4, 3))] == [
         "d0: 960 DynamoDB calls in 240 idle intervals",
         "d0: 720 S3 calls in 240 idle intervals",
+        "the fleet made 720 S3 calls in 240 idle intervals",
     ]
+
+    def both_scan(result: Result) -> None:  # every daemon lists every prefix: the fleet pays D times (issue 19)
+        for sample in result.samples:
+            calls = dict(sample.daemons[1].calls)
+            calls["s3.ListObjectsV2"] += sample.t_s
+            sample.daemons[1] = dataclasses.replace(sample.daemons[1], calls=calls)
+
+    assert [v.split(" (")[0] for v in broken(both_scan)] == ["the fleet made 480 S3 calls in 240 idle intervals"]
 
     def still_notifying(until_s: float) -> Any:  # the outbox is still draining when the idle budget would start
         def change(result: Result) -> None:

@@ -67,7 +67,7 @@ def supervisor(world: dict[str, Any], path: Path, **kw: Any) -> Supervisor:
         source=kw.pop("source", world["source"]),
         clock=clock,
         runner=Runner(clock, base_env=dict(os.environ), kill_grace_s=1),
-        owner="host-t:1:0",
+        owner=kw.pop("owner", "host-t:1:0"),
         reload=lambda: config.load(path, {}),
         **kw,
     )
@@ -190,7 +190,8 @@ def test_loops_subtract_the_time_their_work_took() -> None:
 
 def test_an_idle_daemon_makes_at_most_three_dynamodb_calls_per_scan_interval(world: dict[str, Any]) -> None:
     """The budget of docs/performance.md, in-process: once the work is done, a scan interval costs one read of the
-    fleet counter (the sweep), one query of the ready worksets (the claim round) and one of the outbox."""
+    fleet's control items (the sweep's look at the counter and the chores role), one query of the ready worksets
+    (the claim round) and one of the outbox; and the only write is the chores role's renewal, once per heartbeat."""
     import time
 
     from monitor.config import NotifyConfig
@@ -219,13 +220,16 @@ def test_an_idle_daemon_makes_at_most_three_dynamodb_calls_per_scan_interval(wor
             await asyncio.sleep(6 * interval + INDEX_SETTLE_S)
             start, started = len(calls), time.monotonic()
             await asyncio.sleep(20 * interval)
+            assert sup.chores.held()  # this one daemon does the chores
             return calls[start:], time.monotonic() - started
 
     window, elapsed = run(asyncio.wait_for(scenario(), timeout=60))
     cycles = elapsed / interval
-    assert len(window) <= 3 * cycles + 3, (len(window), cycles, sorted(window))
-    assert set(window) <= {"GetItem", "Query"}  # nothing written, no per-workset read
-    assert window.count("GetItem") <= cycles + 1  # the fleet counter, once per sweep: no in-progress query
+    reads = [call for call in window if call != "UpdateItem"]
+    assert len(reads) <= 3 * cycles + 3, (len(reads), cycles, sorted(reads))
+    assert set(reads) <= {"Query"}  # no per-workset read (the fleet's control items are one Query)
+    renewals = window.count("UpdateItem")  # the chores role's, once per heartbeat_s (1 s here)
+    assert 0 < renewals <= elapsed / sup.settings.lease.heartbeat_s + 1, (renewals, elapsed)
 
 
 def test_finished_worksets_are_counted_on_their_own_slower_interval(world: dict[str, Any]) -> None:
@@ -573,3 +577,83 @@ def test_a_corrupt_item_is_logged_once_and_the_daemon_carries_on(world: dict[str
     for name in ("bad-fraction", "bad-bucket"):
         reports = [r for r in caplog.records if "corrupt item" in r.getMessage() and f"pk='{name}'" in r.getMessage()]
         assert len(reports) == 1, (name, [r.getMessage() for r in reports])
+
+
+def test_two_daemons_one_does_the_chores_and_the_other_takes_them_when_it_stops(world: dict[str, Any]) -> None:
+    """The chores role (issue 19): of two daemons on one table, one scans S3, sweeps and exports the queue gauges;
+    both claim and run. When it stops, the other takes the role at its next look and finds new worksets itself."""
+    from monitor.aws.s3 import S3Source as Source
+
+    listings: dict[str, int] = {"one": 0, "two": 0}
+
+    class Counted(Source):
+        def __init__(self, name: str) -> None:
+            super().__init__(world["source"]._client, BUCKET)
+            self.name = name
+
+        async def folders(self, prefix: str) -> list[str]:
+            listings[self.name] += 1
+            return await super().folders(prefix)
+
+    path = write_config(
+        world["tmp"] / "c.toml",
+        steps='command = ["sleep", "0.3"]',
+        extra="[metrics]\nport = 0\nqueue_refresh_s = 0.5\nfinished_refresh_s = 0.5\n",
+    )
+    metrics = {name: Metrics(CollectorRegistry()) for name in ("one", "two")}
+    sups = {
+        name: supervisor(world, path, source=Counted(name), owner=f"host-{name}:1:0", metrics=metrics[name])
+        for name in ("one", "two")
+    }
+
+    def gauge(name: str, metric: str, **labels: str) -> float | None:
+        return metrics[name].registry.get_sample_value(f"workset_monitor_{metric}", labels)
+
+    async def until(check: Any, what: str) -> None:
+        for _ in range(400):
+            found = check()
+            if await found if asyncio.iscoroutine(found) else found:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def all_complete(*names: str) -> bool:
+        now = {ws.workset_id: ws.state for ws in await world["store"].list()}
+        return all(now.get(WorksetId(name)) is State.COMPLETE for name in names)
+
+    for name in ("a", "b", "c", "d", "e", "f"):
+        world["lab"].workset(name, prefix="w/")
+
+    async def scenario() -> None:
+        tasks = {name: asyncio.create_task(sup.run()) for name, sup in sups.items()}
+        try:
+            await until(lambda: all_complete(*"abcdef"), "six worksets complete")
+            await until(lambda: all(s.intake.endings for s in sups.values()), "both to run some")
+            holder = next(name for name, sup in sups.items() if sup.chores.held())
+            other = "two" if holder == "one" else "one"
+            await until(lambda: gauge(holder, "worksets", state="complete", priority="normal") == 6, "gauges")
+            assert not sups[other].chores.held()
+            assert gauge(holder, "role_held", role="chores") == 1
+            assert gauge(other, "role_held", role="chores") == 0
+            assert gauge(other, "worksets", state="complete", priority="normal") is None  # one count, not two
+            assert listings[other] == 0 and listings[holder] > 0
+            assert sups[other].scanner.known == 0  # nor did it read the registered ids
+            sups[holder].request_stop()  # a clean stop releases the role: the other takes it at its next look
+            assert await tasks[holder] == 0
+            stopped = time.monotonic()
+            await until(sups[other].chores.held, "the other daemon to take the role")
+            assert time.monotonic() - stopped < 0.5 + 1  # one sweep interval (+ slack), not a lease
+            world["lab"].workset("g", prefix="w/")
+            await until(lambda: all_complete("g"), "a new workset found and run")
+            assert listings[other] > 0
+            await until(lambda: gauge(other, "worksets", state="complete", priority="normal") == 7, "its gauges")
+            assert gauge(other, "role_held", role="chores") == 1
+            assert gauge(other, "role_changes_total", role="chores", change="taken") == 1
+            assert gauge(holder, "role_changes_total", role="chores", change="released") == 1
+        finally:
+            for sup in sups.values():
+                sup.request_stop()
+            codes = await asyncio.gather(*tasks.values())
+        assert codes == [0, 0]
+
+    run(asyncio.wait_for(scenario(), timeout=60))

@@ -29,6 +29,7 @@ from monitor.model import (
     Pause,
     Presence,
     Priority,
+    Role,
     State,
     StepRun,
     Workset,
@@ -38,7 +39,13 @@ from monitor.states import gsi_sort_key
 
 CONTROL_SK = "ws"
 EVENT_SK_PREFIX = "evt#"
-FLEET_KEY = {"pk": {"S": FLEET_ID}, "sk": {"S": "counter"}}  # its fleet-wide events share its partition
+FLEET_COUNTER_SK = "counter"
+CHORES_SK = "control#chores"  # the chores role (`roles`)
+FLEET_KEY = {"pk": {"S": FLEET_ID}, "sk": {"S": FLEET_COUNTER_SK}}  # its fleet-wide events share its partition
+CHORES_KEY = {"pk": {"S": FLEET_ID}, "sk": {"S": CHORES_SK}}
+# One Query of sk BETWEEN these reads the fleet's control items (the role and the counter) and none of its events
+# ("control#..." < "counter" < "evt#..."): one consistent read unit for both.
+FLEET_CONTROL_RANGE = ("control#", FLEET_COUNTER_SK)
 PRESENCE_PK = "#daemon"  # one partition of presence items, sort key the daemon's owner id: one Query lists them
 PRESENCE_TTL_S = 86_400  # `expires_at` (epoch seconds): DynamoDB TTL deletes a dead daemon's item after a day
 GSI_NAME = "state-priority-index"
@@ -242,9 +249,32 @@ def _step_run(a: _Attributes) -> StepRun | None:
     )
 
 
-def fleet_from_item(item: Item, *, table: str) -> Fleet:
+def fleet_from_items(items: list[Item], *, table: str) -> Fleet:
+    """The fleet as its control items (the counter, the chores role; either may be absent) say."""
+    by_sk = {item.get("sk", {}).get("S"): item for item in items}
+    a = _Attributes(by_sk.get(FLEET_COUNTER_SK, {}), table=table)
+    role = by_sk.get(CHORES_SK)
+    return Fleet(
+        running=a.optional("running", int) or 0,
+        retry_seq=a.optional("retry_seq", int) or 0,
+        paused=pause(a),
+        chores=None if role is None else role_from_item(role, table=table),
+    )
+
+
+def role_from_item(item: Item, *, table: str) -> Role | None:
+    """The role's holder; None when nobody holds it (a released role keeps no token)."""
     a = _Attributes(item, table=table)
-    return Fleet(running=a.optional("running", int) or 0, retry_seq=a.optional("retry_seq", int) or 0, paused=pause(a))
+    token = a.optional("token", str)
+    if token is None:
+        return None
+    return Role(
+        token=token,
+        owner=a.optional("owner", str) or "",
+        hb_count=a.optional("hb_count", int) or 0,
+        since_ms=a.optional("since_ms", int) or 0,
+        renewed_at_ms=a.optional("renewed_at_ms", int) or 0,
+    )
 
 
 def pause_from_item(item: Item, *, table: str) -> Pause | None:

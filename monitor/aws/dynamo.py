@@ -30,7 +30,7 @@ from monitor.aws.table_io import (
     _reasons,
     _update_expression,
 )
-from monitor.model import Due, Event, Fleet, Pause, Presence, Priority, State, Stats, Workset, WorksetId
+from monitor.model import Due, Event, Fleet, Pause, Presence, Priority, Role, State, Stats, Workset, WorksetId
 from monitor.selection import LIST_ORDER, Position
 from monitor.states import Decision, due, gsi_sort_key
 
@@ -273,14 +273,78 @@ class DynamoStore(OutboxRows):
         return [ws for ws in (found.get(i) for i in ids) if ws is not None and ws.state is State.IN_PROGRESS]
 
     async def fleet(self) -> Fleet:
+        low, high = codec.FLEET_CONTROL_RANGE
         response = await self._call(
-            "get_item",
+            "query",
             what="reading the fleet counter",
             TableName=self._table,
-            Key=codec.FLEET_KEY,
+            KeyConditionExpression="pk = :pk AND sk BETWEEN :low AND :high",
+            ExpressionAttributeValues={":pk": codec.FLEET_KEY["pk"], ":low": {"S": low}, ":high": {"S": high}},
             ConsistentRead=True,
         )
-        return codec.fleet_from_item(response.get("Item", {}), table=self._table)
+        return codec.fleet_from_items(response.get("Items", []), table=self._table)
+
+    async def take_chores(self, *, token: str, owner: str, now_ms: int, expect: Role | None) -> None:
+        if expect is None:
+            condition, values = "attribute_not_exists(#token)", {}
+        else:
+            condition = "#token = :old AND hb_count = :hb"
+            values = {":old": {"S": expect.token}, ":hb": {"N": str(expect.hb_count)}}
+        await self._role_write(
+            "taking the chores role",
+            UpdateExpression="SET #token = :token, #owner = :owner, hb_count = :zero, since_ms = :now, "
+            "renewed_at_ms = :now",
+            ConditionExpression=condition,
+            ExpressionAttributeNames={"#token": "token", "#owner": "owner"},
+            ExpressionAttributeValues={
+                ":token": {"S": token},
+                ":owner": {"S": owner},
+                ":zero": {"N": "0"},
+                ":now": {"N": str(now_ms)},
+                **values,
+            },
+        )
+
+    async def renew_chores(self, *, token: str, now_ms: int) -> None:
+        await self._role_write(
+            "renewing the chores role",
+            UpdateExpression="SET renewed_at_ms = :now ADD hb_count :one",
+            ConditionExpression="#token = :token",
+            ExpressionAttributeNames={"#token": "token"},
+            ExpressionAttributeValues={":token": {"S": token}, ":now": {"N": str(now_ms)}, ":one": {"N": "1"}},
+        )
+
+    async def release_chores(self, *, token: str) -> None:
+        try:
+            await self._call(
+                "delete_item",
+                what="releasing the chores role",
+                inspect=("ConditionalCheckFailedException",),
+                TableName=self._table,
+                Key=codec.CHORES_KEY,
+                ConditionExpression="#token = :token",
+                ExpressionAttributeNames={"#token": "token"},
+                ExpressionAttributeValues={":token": {"S": token}},
+            )
+        except botocore.exceptions.ClientError as exc:
+            if clients.error_code(exc) != "ConditionalCheckFailedException":
+                raise clients.translate(exc, what="releasing the chores role") from exc
+
+    async def _role_write(self, what: str, **update: Any) -> None:
+        """One conditional UpdateItem of the role item; ``Conflict`` when its condition fails."""
+        try:
+            await self._call(
+                "update_item",
+                what=what,
+                inspect=("ConditionalCheckFailedException",),
+                TableName=self._table,
+                Key=codec.CHORES_KEY,
+                **update,
+            )
+        except botocore.exceptions.ClientError as exc:
+            if clients.error_code(exc) == "ConditionalCheckFailedException":
+                raise errors.Conflict(f"{what}: the role is not as this daemon last saw it") from exc
+            raise clients.translate(exc, what=what) from exc
 
     async def pause(self, *, reason: str, by: str, now_ms: int, event: Event) -> Pause | None:
         """Pause intake fleet-wide and record ``event`` (its ``paused`` event, in the outbox if a channel wants it)
