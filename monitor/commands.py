@@ -31,6 +31,7 @@ from monitor.aws.cloudwatch import CloudWatchPublisher
 from monitor.aws.s3 import S3Source
 from monitor.aws.sqs import SqsQueue
 from monitor.clock import iso
+from monitor.known_folders import KnownFolders, path_for
 from monitor.metrics import Metrics
 from monitor.migration import Migration
 from monitor.model import (
@@ -149,6 +150,13 @@ async def cmd_stats(app: App) -> int:
     return errors.EX_OK
 
 
+def known_folders(settings: config.Settings, environ: dict[str, str]) -> KnownFolders | None:
+    """The known-folders file in ``[run] state_dir``, else in the directory systemd made for the unit
+    (``StateDirectory=`` sets ``$STATE_DIRECTORY``); None without either."""
+    state_dir = settings.run.state_dir or environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return KnownFolders(path_for(state_dir, settings.table.name)) if state_dir else None
+
+
 async def cmd_run(app: App) -> int:
     settings = app.settings
     config.require_pipeline(settings, app.loaded.path)
@@ -194,6 +202,7 @@ async def cmd_run(app: App) -> int:
         cloudwatch=CloudWatchPublisher(app.clients.get("cloudwatch"), settings.metrics.cloudwatch.namespace)
         if settings.metrics.cloudwatch
         else None,
+        known_folders=known_folders(settings, environ),
     )
     return await Supervisor(settings, services, config_path=str(app.loaded.path)).run(once=app.args.once)
 

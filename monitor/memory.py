@@ -278,6 +278,9 @@ class MemoryStore:
         self._running = self._running if running is None else running
         self._retry_seq = self._retry_seq if retry_seq is None else retry_seq
 
+    async def identity(self) -> str:
+        return f"memory:{id(self):x}"
+
     async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:
         source = self._index() if workset_ids is None else self._worksets
         wanted = source.keys() if workset_ids is None else set(workset_ids) & source.keys()

@@ -162,6 +162,11 @@ class Store(Protocol):
         it due again at that time; with ``outcomes``, record them in the same write."""
         ...
 
+    async def identity(self) -> str:
+        """What tells this table from another of the same name, or from itself deleted and created again (its ARN
+        and creation time): a local copy of what it holds is valid for this identity only."""
+        ...
+
     async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:
         """``bucket/prefix`` of the given worksets that exist (all registered worksets when None), every page."""
         ...

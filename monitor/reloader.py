@@ -33,6 +33,7 @@ RESTART_ONLY: tuple[tuple[str, str | None], ...] = (
     ("metrics", "cloudwatch"),
     ("run", "step_env_passthrough"),
     ("run", "step_logs"),
+    ("run", "state_dir"),
     ("log", "format"),
 )
 

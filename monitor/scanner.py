@@ -2,7 +2,8 @@
 
 Cost model (the budget ``bench/scan_cost.py`` holds us to):
 
-- At start, one paginated read of the registered ids and their locations (index keys only).
+- At start, one paginated read of the registered ids and their locations (index keys only); none with a warm
+  known-folders file (``[run] state_dir``, ``known_folders``): a restart then reads only what the table learnt since.
 - Per cycle and prefix, one ``ListObjectsV2`` per 1000 child folders. Registered folders cost nothing more: their
   contents, ``sample_data/`` above all, are never listed again.
 - A folder this daemon does not know yet is first looked up in the table (one call per 100, another daemon may have
@@ -29,6 +30,7 @@ from enum import StrEnum
 
 from monitor import actions, errors, logs, validation
 from monitor.clock import Clock
+from monitor.known_folders import KnownFolders
 from monitor.live import reader
 from monitor.loops import Loops, Seconds
 from monitor.model import Event, EventType, Folder, Priority, State, WorksetId
@@ -76,9 +78,11 @@ class Scanner:
         actor: str,
         max_manifest_bytes: int | Callable[[], int] = 10 << 20,
         notify: Callable[[Event], bool],
+        memory: KnownFolders | None = None,
     ) -> None:
         """``prefixes`` and ``max_manifest_bytes`` may be getters, read at every scan (a reload applies live);
-        ``notify`` says which events some channel wants (``states.Context.notify``)."""
+        ``notify`` says which events some channel wants (``states.Context.notify``); ``memory`` keeps the registered
+        folders on disk between restarts."""
         self._store = store
         self._source = source
         self._clock = clock
@@ -87,6 +91,9 @@ class Scanner:
         self._max_manifest_bytes = reader(max_manifest_bytes)
         self._notify = notify
         self._known: dict[WorksetId, str] | None = None  # id -> Folder.location
+        self._memory = memory
+        self._identity: str | None = None  # the table's, once the memory is used
+        self._unsaved: dict[WorksetId, str] = {}  # learnt since the memory was last written
         self._legacy: set[str] = set()  # locations left to `migrate`, not looked at again until restart
         self._reported: set[str] = set()  # duplicate locations already reported
         self.totals: collections.Counter[str] = collections.Counter()
@@ -113,11 +120,12 @@ class Scanner:
                     continue
                 unknown.append(folder)
             for batch in _batched(unknown, _LOOKUP_BATCH):
-                known |= await self._store.locations([folder.workset_id for folder in batch])
+                self._learn(await self._store.locations([folder.workset_id for folder in batch]))
                 for folder in batch:
                     if known.get(folder.workset_id) != folder.location:  # registered there meanwhile: nothing to do
                         report.outcomes[await self._unless_known(folder, known)] += 1
         self.totals.update(report.outcomes)
+        await self._save()
         return report
 
     async def register_if_new(self, prefix: str, name: str) -> Found:
@@ -125,8 +133,10 @@ class Scanner:
         known = await self._known_ids()
         folder = self.folder(prefix, name)
         if folder.workset_id not in known:
-            known |= await self._store.locations([folder.workset_id])
-        return await self._unless_known(folder, known)
+            self._learn(await self._store.locations([folder.workset_id]))
+        found = await self._unless_known(folder, known)
+        await self._save()
+        return found
 
     async def _unless_known(self, folder: Folder, known: dict[WorksetId, str]) -> Found:
         location = known.get(folder.workset_id)
@@ -138,9 +148,37 @@ class Scanner:
 
     async def _known_ids(self) -> dict[WorksetId, str]:
         if self._known is None:
-            self._known = await self._store.locations()
-            log.info("known worksets loaded", count=len(self._known))
+            remembered = await self._remembered()
+            if remembered is not None:
+                self._known = remembered
+                log.info("known worksets loaded from the known-folders file", count=len(remembered))
+            else:
+                self._known = await self._store.locations()
+                log.info("known worksets loaded", count=len(self._known))
+                if self._memory is not None and self._identity is not None:
+                    await self._memory.replace(self._identity, self._known)
         return self._known
+
+    async def _remembered(self) -> dict[WorksetId, str] | None:
+        if self._memory is None:
+            return None
+        try:
+            self._identity = await self._store.identity()
+        except errors.MonitorError as exc:  # say DescribeTable is not allowed: scan without the file
+            log.warning("cannot tell which table this is; not using the known-folders file", error=str(exc))
+            self._memory = None
+            return None
+        return await self._memory.load(self._identity)
+
+    def _learn(self, found: dict[WorksetId, str]) -> None:
+        assert self._known is not None
+        self._known |= found
+        self._unsaved |= found
+
+    async def _save(self) -> None:
+        if self._unsaved and self._memory is not None and self._identity is not None:
+            unsaved, self._unsaved = self._unsaved, {}
+            await self._memory.add(self._identity, unsaved)
 
     def folder(self, prefix: str, name: str) -> Folder:
         return Folder(self._source.bucket, prefix, name)
@@ -198,8 +236,7 @@ class Scanner:
             imported=imported,
             not_before_ms=not_before_ms,
         )
-        assert self._known is not None
-        self._known[workset_id] = f"{ws.bucket}/{ws.prefix}"
+        self._learn({workset_id: f"{ws.bucket}/{ws.prefix}"})
         if not created:
             return Found.ALREADY_REGISTERED
         outcome = Found.INVALID if invalid else (Found.IGNORED if imported is State.IGNORED else Found.REGISTERED)

@@ -121,8 +121,18 @@ class RunConfig(Section):
     presence_interval_s: Seconds = 30.0  # how often the daemon writes its presence item (`workset-monitor fleet`)
     # "s3": every step run's complete output also goes to <workset folder>.workset-monitor/logs/ (workset-monitor logs)
     step_logs: Literal["off", "s3"] = "off"
+    # this daemon's own files (the known folders, so a restart reads no registered id): systemd's StateDirectory
+    # (/var/lib/workset-monitor), a Docker volume. Unset: none kept, a restart reads every registered id once
+    state_dir: str | None = None
     # the daemon's environment variables its steps get besides their own WORKSET_* (NAME* for a prefix)
     step_env_passthrough: list[str] = Field(default_factory=lambda: list(DEFAULT_PASSTHROUGH))
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"{value!r} must be an absolute path (e.g. /var/lib/workset-monitor)")
+        return value
 
     @field_validator("step_env_passthrough")
     @classmethod

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from monitor.clock import Clock
 from monitor.config import Loaded, NotifyConfig
+from monitor.known_folders import KnownFolders
 from monitor.metrics import Metrics, Publisher
 from monitor.notify.outbox import Channel, Outbox
 from monitor.ports import Queue, Source, Store
@@ -31,3 +32,4 @@ class Services:
     channels: Callable[[NotifyConfig], list[Channel]] | None = None  # rebuilds the channels on reload
     metrics: Metrics | None = None  # Prometheus; served on the side port
     cloudwatch: Publisher | None = None  # optional, for sites without Prometheus
+    known_folders: KnownFolders | None = None  # the scanner's memory between restarts ([run] state_dir)

@@ -68,6 +68,7 @@ class Supervisor:
             actor=f"scanner:{s.owner}",
             max_manifest_bytes=live.derive(lambda new: new.scan.max_manifest_bytes),
             notify=lambda event: filters.anyone_wants(live.settings.notify, event),
+            memory=s.known_folders,
         )
         rec = s.metrics or Tally()
         self.chores = Chores(s.store, s.clock, owner=s.owner, policy=policy, recorder=rec)

@@ -50,7 +50,7 @@ LAYERS: list[set[str]] = [
         "monitor.steps",
         "monitor.systemd",
     },
-    {"monitor.roles"},
+    {"monitor.roles", "monitor.known_folders"},
     {"monitor.sweeper", "monitor.scanner", "monitor.migration", "monitor.driver", "monitor.registration"},
     {
         "monitor.events",

@@ -632,3 +632,54 @@ def test_a_log_s3_cannot_take_is_counted_and_the_step_runs_on(env: dict[str, Any
     assert printed.stderr.decode().strip() == "workset-monitor: bucket no-such-logs-bucket does not exist"
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
+
+
+def test_the_chores_move_to_the_other_daemon_when_their_holder_is_paused_and_again_when_it_is_killed(
+    env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two daemons; one does the chores (scan, sweep, gauges). SIGSTOP it: the other takes the role over after a
+    lease plus grace of silence and finds new worksets itself. SIGCONT: the woken one learns it lost the role and
+    scans no more. SIGKILL the new holder: the woken one takes the role back."""
+    config = write_config(env, "print('done')")
+    daemons = {name: env["start"](config, name=name) for name in ("a", "b")}
+
+    def holder() -> str | None:
+        assert cli.main(["--config", str(config), "fleet", "--json"]) == 0
+        chores = json.loads(capsys.readouterr().out)["chores"]
+        pid = int(chores["owner"].split(":")[1]) if chores else None
+        return next((name for name, child in daemons.items() if child.pid == pid), None)
+
+    def complete(name: str) -> bool:
+        return (ws := get(env, name)) is not None and ws.state is State.COMPLETE
+
+    env["lab"].workset("ws-0", prefix="w/")
+    until(lambda: complete("ws-0"), what="the first workset")
+    first = until(holder, what="a holder of the chores role")
+    other = "b" if first == "a" else "a"
+
+    daemons[first].signal(signal.SIGSTOP)
+    paused_at = time.monotonic()
+    env["lab"].workset("ws-1", prefix="w/")
+    until(lambda: holder() == other, timeout_s=20, what="the other daemon to take the role over")
+    assert time.monotonic() - paused_at < 3 + 1 + 0.5 + 3  # lease + grace + sweep interval + slack
+    until(lambda: complete("ws-1"), timeout_s=20, what="the new holder to find and run ws-1")
+
+    daemons[first].signal(signal.SIGCONT)
+    until(lambda: "lost the chores role" in daemons[first].log_path.read_text(), timeout_s=10, what="the loss")
+    scans_after_waking = daemons[first].log_path.read_text().count('"event": "scan"')
+    env["lab"].workset("ws-2", prefix="w/")
+    until(lambda: complete("ws-2"), timeout_s=20, what="ws-2")
+    assert holder() == other
+    assert daemons[first].log_path.read_text().count('"event": "scan"') == scans_after_waking  # it scans no more
+
+    daemons[other].signal(signal.SIGKILL)
+    daemons[other].wait()
+    env["lab"].workset("ws-3", prefix="w/")
+    until(lambda: holder() == first, timeout_s=20, what="the woken daemon to take the role back")
+    until(lambda: complete("ws-3"), timeout_s=20, what="ws-3")
+    daemons[first].signal(signal.SIGTERM)
+    assert daemons[first].wait() == 0
+    assert holder() is None  # released at its clean stop
+    for name in ("ws-0", "ws-1", "ws-2", "ws-3"):  # each registered once, run once
+        types = [e.type for e in run(env["store"].history(WorksetId(name)))]
+        assert types.count(EventType.REGISTERED) == 1 and types.count(EventType.STARTED) == 1, (name, types)

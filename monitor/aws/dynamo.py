@@ -414,6 +414,13 @@ class DynamoStore(OutboxRows):
                 found.append(presence)
         return found
 
+    async def identity(self) -> str:
+        table = (await self._call("describe_table", what="describing the table", TableName=self._table))["Table"]
+        created = table.get("CreationDateTime")  # and TableId, unique to each table DynamoDB ever created
+        return (
+            f"{table.get('TableArn', self._table)} {table.get('TableId', '')} {created.isoformat() if created else ''}"
+        )
+
     async def locations(self, workset_ids: Sequence[WorksetId] | None = None) -> dict[WorksetId, str]:
         """``bucket/prefix`` per workset: from the index for all of them (keys and two attributes, every page), or
         one consistent BatchGetItem per 100 given ids."""

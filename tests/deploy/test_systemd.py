@@ -284,6 +284,22 @@ def test_the_guide_installs_a_service_that_systemd_runs_reloads_watches_and_stop
         printed = host.operator(f"workset-monitor logs {name} --step work", env=shell)
         assert printed.returncode == 0 and printed.stdout == f"working on {name}\n", printed
 
+    # --- a restart reads no registered id: the known folders come from the unit's StateDirectory ------------------
+    assert "known worksets loaded from the known-folders file" not in host.journal()  # the first start read them
+    assert host.operator("workset-monitor cancel slow-1 --reason 'runs for an hour'", env=shell).returncode == 0
+    host.sh("systemctl start workset-monitor", timeout_s=120)
+    lab.workset("after-restart")
+    wait_for(
+        "a new workset run after the restart",
+        lambda: (w := get("after-restart")) is not None and w.state is State.COMPLETE,
+        timeout_s=120,
+    )
+    journal = host.journal().splitlines()
+    loaded = [json.loads(line) for line in journal if "known worksets loaded from the known-folders file" in line]
+    assert len(loaded) == 1 and loaded[0]["count"] >= len(dropped) + 1, loaded
+    assert f"known-folders-{TABLE}.sqlite3" in host.sh("ls /var/lib/workset-monitor/").stdout
+    host.sh("systemctl stop workset-monitor", timeout_s=120)
+
     # --- a config that fails validation: the unit fails at once and is not restarted in a loop -------------------
     host.write("/etc/workset-monitor/config.toml", config.replace("interval_s = 1", "interval_s = -1"))
     assert host.sh("systemctl start workset-monitor", check=False).returncode != 0
