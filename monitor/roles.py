@@ -128,6 +128,12 @@ class Chores:
             if self._token == token:
                 self._lose("another daemon took the role over")
             return
+        except errors.MonitorError as exc:
+            if exc.temporary:
+                raise  # logged by the loop; the role lapses at the renew deadline unless a renewal lands first
+            if self._token == token:  # refused for good (access denied): give the chores up, keep claiming
+                self._lose(f"cannot renew it: {exc}")
+            return
         if self._token == token:
             self._renewed = started
 
@@ -165,8 +171,9 @@ class Chores:
             self._seen = None  # another daemon got there first (or the holder renewed at the last moment)
             return
         except errors.MonitorError as exc:
-            if not exc.temporary:
-                raise
+            if not exc.temporary:  # say the policy refuses UpdateItem on the role item: claims go on, the alert tells
+                log.error("cannot take the chores role; this daemon only claims and runs", error=str(exc))
+                return
             self._pending = (token, started)  # applied or not: the next look tells
             log.warning("taking the chores role failed; looking again soon", error=str(exc))
             return

@@ -129,11 +129,15 @@ class Scanner:
         return report
 
     async def register_if_new(self, prefix: str, name: str) -> Found:
-        """Register one folder unless it is known (event mode); the same rules and outcomes as a scan."""
-        known = await self._known_ids()
+        """Register one folder unless it is known (event mode); the same rules and outcomes as a scan. A scanner that
+        has not scanned yet (a daemon without the chores role) looks the one name up rather than reading every
+        registered id."""
         folder = self.folder(prefix, name)
+        known = self._known if self._known is not None else {}
         if folder.workset_id not in known:
-            self._learn(await self._store.locations([folder.workset_id]))
+            found_there = await self._store.locations([folder.workset_id])
+            self._learn(found_there)
+            known = self._known if self._known is not None else found_there
         found = await self._unless_known(folder, known)
         await self._save()
         return found
@@ -171,9 +175,9 @@ class Scanner:
         return await self._memory.load(self._identity)
 
     def _learn(self, found: dict[WorksetId, str]) -> None:
-        assert self._known is not None
-        self._known |= found
-        self._unsaved |= found
+        if self._known is not None:  # else nothing to add to yet: the first scan reads them all
+            self._known |= found
+            self._unsaved |= found
 
     async def _save(self) -> None:
         if self._unsaved and self._memory is not None and self._identity is not None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from monitor import fleet_view
 from monitor.clock import Clock, iso
-from monitor.model import Pause, Priority, State, Stats, Workset, WorksetId
+from monitor.model import Pause, Priority, Role, State, Stats, Workset, WorksetId
 from monitor.ports import Store
 from monitor.render import age, table
 from monitor.terminal import for_terminal
@@ -46,6 +46,7 @@ class Frame:
     running: list[Workset]
     paused: Pause | None
     changes: Sequence[str]
+    chores: Role | None = None  # who does the fleet's chores (scan, sweep, queue gauges)
 
 
 @dataclass
@@ -70,11 +71,11 @@ class Watcher:
         counts = {s: stats.counts.get(s, {}) for s in ACTIVE} | self._finished
         running = await self.store.list(state=State.IN_PROGRESS)
         presences = await self.store.presences()
-        paused = (await self.store.fleet()).paused
+        fleet = await self.store.fleet()
         now_ms = self.clock.now_ms()
         await self._note_changes(running, now_ms)
         daemons = fleet_view.daemons(presences, running, now_ms=now_ms)
-        return Frame(now_ms, counts, daemons, running, paused, list(self._changes))
+        return Frame(now_ms, counts, daemons, running, fleet.paused, list(self._changes), fleet.chores)
 
     async def _note_changes(self, running: list[Workset], now_ms: int) -> None:
         """Started: newly in progress. Ended: no longer in progress, and how (one read each)."""
@@ -109,6 +110,7 @@ def screen(frame: Frame, *, width: int = 120) -> list[str]:
         lines += table(fleet_view.HEADERS, fleet_view.table_rows(frame.daemons, now_ms=frame.now_ms)).splitlines()
     else:
         lines.append("no daemon has written its presence")
+    lines.append(fleet_view.chores_text(frame.chores, now_ms=frame.now_ms))
     lines += ["", f"RUNNING ({len(frame.running)})"]
     if frame.running:
         running = [

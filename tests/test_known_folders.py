@@ -158,3 +158,18 @@ def test_the_daemon_keeps_the_file_in_state_dir_else_in_systemd_s_state_director
     path.write_text('[table]\nname = "lab"\n[run]\nstate_dir = "/srv/wm"\n')
     chosen = known_folders(config.load(path, {}).settings, {"STATE_DIRECTORY": "/var/lib/workset-monitor"})
     assert chosen is not None and chosen.path == Path("/srv/wm/known-folders-lab.sqlite3")
+
+
+def test_an_event_on_a_daemon_that_has_not_scanned_looks_up_one_name_not_every_id(env: Env) -> None:
+    """Event mode on a daemon without the chores role (it never scans): one lookup per event, never the read of
+    every registered id."""
+    for i in range(5):
+        env.lab.workset(f"old-{i}")
+    run(env.scanner().scan_once())
+    env.lab.workset("ws-1")
+    scanner = env.scanner()
+    env.sends.clear()
+    assert run(scanner.register_if_new("worksets/", "ws-1")) is Found.REGISTERED
+    assert run(scanner.register_if_new("worksets/", "ws-1")) is Found.ALREADY_REGISTERED
+    assert env.sends["dynamodb.Query"] == 0 and env.sends["dynamodb.BatchGetItem"] == 2, env.sends
+    assert scanner.known == 0

@@ -194,3 +194,24 @@ def test_only_the_holder_s_sweeper_reads_the_running_worksets(fleet: Fleet) -> N
 
 async def _noop() -> None:
     return None
+
+
+def test_a_role_the_policy_refuses_leaves_the_daemon_claiming_not_crashing(fleet: Fleet) -> None:
+    """AccessDenied on the role item (a permanent error): taking or renewing it is given up and logged; nothing
+    raises, so the daemon's sweeper loop lives on (the chores-unheld alert tells the operator)."""
+    a, b = fleet.daemon("a"), fleet.daemon("b")
+    denied = errors.AwsError("AccessDeniedException: not authorized to perform dynamodb:UpdateItem")
+
+    async def refuse(**_: object) -> None:
+        raise denied
+
+    real_take = fleet.store._store.take_chores
+    fleet.store._store.take_chores = refuse
+    run(fleet.look(a))
+    assert not a.held() and fleet.holder() is None and not fleet.tallies["a"].roles
+    fleet.store._store.take_chores = real_take
+    run(fleet.look(b))
+    assert b.held()
+    fleet.store._store.renew_chores = refuse
+    run(b.renew())
+    assert not b.held() and fleet.tallies["b"].roles == {RoleChange.TAKEN: 1, RoleChange.LOST: 1}

@@ -62,3 +62,16 @@ def test_the_view_tells_what_started_and_how_it_ended_between_refreshes() -> Non
     assert lines[0].startswith("workset-monitor watch") and "QUEUE" in lines and all(len(line) <= 100 for line in lines)
     assert not any("\x1b" in line for line in lines)  # a workset id's escape is shown, never obeyed
     assert any("ws-\\x1b[2J" in line for line in lines)
+
+
+def test_the_view_names_the_daemon_doing_the_chores() -> None:
+    clock = FakeClock()
+    store = MemoryStore()
+    watcher = watch.Watcher(store, clock)
+    assert "chores (S3 scan, sweep, queue gauges): nobody holds the role" in "\n".join(
+        watch.screen(run(watcher.frame()))
+    )
+    run(store.take_chores(token="t", owner="head-1:4242:ab12", now_ms=clock.now_ms(), expect=None))
+    clock.advance(7)
+    shown = "\n".join(watch.screen(run(watcher.frame())))
+    assert "chores (S3 scan, sweep, queue gauges): head-1:4242:ab12, renewed 7s ago" in shown
