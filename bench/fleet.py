@@ -134,6 +134,10 @@ class Site:
         ctx = Context(now_ms=int(time.time() * 1000), actor="bench", reason="benchmark over")
         asyncio.run(actions.act(store, WorksetId(workset_id), Action.CANCEL, ctx))
 
+    def free_chores(self) -> None:
+        """What a clean stop does: no holder of the chores role (a SIGKILLed holder's would hold it for a lease)."""
+        self.dynamodb.delete_item(TableName=TABLE, Key=codec.CHORES_KEY)
+
     def history(self, workset_id: str) -> list[dict[str, Any]]:
         page = self.dynamodb.query(
             TableName=TABLE,
@@ -315,6 +319,11 @@ def idle(site: Site, *, registered: int, interval_s: float, cycles: int) -> dict
     daemon = Daemon(site, f"idle-{registered}", config, metrics="queue_refresh_s = 86400\nfinished_refresh_s = 86400\n")
     try:
         daemon.wait_serving(timeout_s=600)
+        deadline = time.monotonic() + 120
+        while daemon.metrics().get(ROLE_HELD) != 1:  # the one daemon does the chores: measure it doing them
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the idle daemon never took the chores role; see {daemon.child.log_path}")
+            time.sleep(0.1)
         startup_s = round(time.monotonic() - started, 1)
         time.sleep(2 * interval_s)  # settle: the retrying reads confirm the counter
         before, cpu_before, t0 = aws_calls(daemon.metrics()), daemon.cpu_s(), time.monotonic()
@@ -424,6 +433,7 @@ def takeover(site: Site, *, lease_s: float, sweep_s: float, trials: int) -> dict
         finally:
             survivor.kill()  # it may have claimed the workset again, to run the hour-long step itself
             site.cancel(name)  # leave nothing behind for the next part
+            site.free_chores()
     # The victim held the chores role (it was alone when it started): the survivor takes the role over first (a
     # lease after the victim's last renewal, plus up to a sweep interval), then watches the workset for a lease.
     budget = sweep_s + 2 * lease_s + TAKEOVER_SLACK_S
