@@ -200,18 +200,15 @@ def test_a_role_the_policy_refuses_leaves_the_daemon_claiming_not_crashing(fleet
     """AccessDenied on the role item (a permanent error): taking or renewing it is given up and logged; nothing
     raises, so the daemon's sweeper loop lives on (the chores-unheld alert tells the operator)."""
     a, b = fleet.daemon("a"), fleet.daemon("b")
-    denied = errors.AwsError("AccessDeniedException: not authorized to perform dynamodb:UpdateItem")
 
-    async def refuse(**_: object) -> None:
-        raise denied
+    async def denied() -> None:  # StoreSpy runs it before the call: the call fails as AWS would refuse it
+        raise errors.AwsError("AccessDeniedException: not authorized to perform dynamodb:UpdateItem")
 
-    real_take = fleet.store._store.take_chores
-    fleet.store._store.take_chores = refuse
+    fleet.store.before["take_chores"] = denied
     run(fleet.look(a))
     assert not a.held() and fleet.holder() is None and not fleet.tallies["a"].roles
-    fleet.store._store.take_chores = real_take
     run(fleet.look(b))
     assert b.held()
-    fleet.store._store.renew_chores = refuse
+    fleet.store.before["renew_chores"] = denied
     run(b.renew())
     assert not b.held() and fleet.tallies["b"].roles == {RoleChange.TAKEN: 1, RoleChange.LOST: 1}
