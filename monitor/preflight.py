@@ -14,6 +14,7 @@ import shutil
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from monitor import errors, steps
@@ -91,6 +92,14 @@ def run(
         results.append(_try("linear", lambda: _linear(settings), "check [notify.linear] api_key (secret) and api_url"))
     if settings.notify.webhook is not None:
         results.append(Check("webhook", "SKIP", "not sent by check: `workset-monitor notify-test` sends a test"))
+    if (state_dir := settings.run.state_dir) is not None:
+        results.append(
+            _try(
+                f"state dir {state_dir}",
+                lambda: _state_dir(state_dir),
+                "create it, writable by the daemon's user, or remove [run] state_dir",
+            )
+        )
     metrics = settings.metrics
     results.append(
         _try(
@@ -205,6 +214,17 @@ def _linear(settings: Settings) -> str:
         message = (data.get("errors") or [{}])[0].get("message", "no viewer") if isinstance(data, dict) else data
         raise errors.DeliveryError(f"Linear refused: {message}", temporary=False)
     return f"API key works (as {data['data']['viewer'].get('name', '?')})"
+
+
+def _state_dir(path: str) -> str:
+    """Where the daemon keeps the known folders: a writable directory, or one it can create."""
+    directory = Path(path)
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        raise errors.ConfigError(f"{existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise errors.ConfigError(f"{existing} is not writable by this user")
+    return "writable" if existing == directory else f"will be created in {existing}"
 
 
 def _bind(host: str, port: int) -> str:

@@ -275,6 +275,23 @@ def test_check_fails_a_step_whose_program_is_not_there(site: dict[str, Any], cap
     assert results["step report"][0] == "FAIL" and "no-such-program-here is not on PATH" in results["step report"][1]
 
 
+def test_check_tries_the_state_dir(site: dict[str, Any], capsys: Any) -> None:
+    """[run] state_dir (the known folders): writable or creatable passes; a file in its place fails with the fix."""
+    assert wm(site, capsys, "init")[0] == 0
+    config, tmp = site["config"], site["tmp"]
+    base = config.read_text()
+    for state_dir, expected in (
+        (tmp / "state", "will be created in"),
+        (tmp, "writable"),
+        (tmp / "blocker" / "state", "is not a directory"),
+    ):
+        (tmp / "blocker").write_text("a file, not a directory")
+        config.write_text(base + f'\n[run]\nstate_dir = "{state_dir}"\n')
+        code, out, _ = wm(site, capsys, "check", "--json")
+        status, detail = {r["check"]: (r["status"], r["detail"]) for r in json.loads(out)}[f"state dir {state_dir}"]
+        assert expected in detail and (status == "FAIL") == (code == 1) == ("not a directory" in expected), detail
+
+
 def test_check_with_aws_unreachable_says_so_and_exits_69(site: dict[str, Any], capsys: Any) -> None:
     """With the endpoint unreachable, check advised "configure AWS credentials" and "run init", and exited 1."""
     config = site["config"]
