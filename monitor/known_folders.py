@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from pathlib import Path
 
@@ -59,9 +59,11 @@ class KnownFolders:
         if known and not self.broken:
             await self._run(self._write, identity, dict(known), False)
 
-    async def _run(self, work: object, *args: object) -> dict[WorksetId, str] | None:
+    async def _run(
+        self, work: Callable[..., dict[WorksetId, str] | None], *args: object
+    ) -> dict[WorksetId, str] | None:
         try:
-            return await asyncio.to_thread(work, *args)  # type: ignore[arg-type]
+            return await asyncio.to_thread(work, *args)
         except (sqlite3.Error, OSError) as exc:
             self.broken = f"{type(exc).__name__}: {exc}"
             log.warning(

@@ -77,7 +77,6 @@ class Chores:
         self._pending: tuple[str, float] | None = None  # a take of unknown outcome: its token and its start
         self._seen: _Seen | None = None  # another daemon's hold, as first seen unchanged
         self._wakes: list[asyncio.Event] = []  # set whenever this daemon takes the role (the chores start at once)
-        self.holder: Role | None = None  # the holder as last seen (for people)
 
     @property
     def _policy(self) -> Policy:
@@ -95,7 +94,6 @@ class Chores:
     async def look(self, fleet: Fleet) -> None:
         """After each read of the fleet's control items: note the holder; take the role if free or silent."""
         role, now = fleet.chores, self._clock.monotonic()
-        self.holder = role
         if self._token is not None:
             if role is not None and role.token == self._token:
                 return
