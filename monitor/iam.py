@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from monitor.aws.codec import GSI_NAME, OUTBOX_GSI
+from monitor.aws.codec import FINISHED_GSI, GSI_NAME, OUTBOX_GSI
 from monitor.config import Settings
 
 Role = Literal["daemon", "admin"]
@@ -78,7 +78,7 @@ def render(
     allow(
         "WorksetTable",
         {f"dynamodb:{a}" for a in dynamodb},
-        [table, f"{table}/index/{GSI_NAME}", f"{table}/index/{OUTBOX_GSI}"],
+        [table, *(f"{table}/index/{index}" for index in (GSI_NAME, OUTBOX_GSI, FINISHED_GSI))],
     )
 
     bucket = settings.scan.bucket

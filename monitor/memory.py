@@ -38,7 +38,7 @@ from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Seque
 from monitor import errors, states
 from monitor.model import Due, Event, Fleet, Pause, Presence, Priority, Role, State, Stats, Workset, WorksetId
 from monitor.selection import LIST_ORDER, Position
-from monitor.states import Decision, gsi_sort_key
+from monitor.states import Decision, gsi_sort_key, list_sort_key
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -298,7 +298,7 @@ class MemoryStore:
             matching = [
                 ws for ws in index.values() if ws.state is wanted and (priority is None or ws.priority is priority)
             ]
-            ids += [ws.workset_id for ws in sorted(matching, key=gsi_sort_key)]
+            ids += [ws.workset_id for ws in sorted(matching, key=list_sort_key)]
         # Like DynamoStore: the ids come from the index, the worksets from the table now, if they still match.
         found = [self._worksets[i] for i in (ids[:limit] if limit is not None else ids)]
         return [ws for ws in found if state in (None, ws.state) and priority in (None, ws.priority)]
@@ -312,7 +312,7 @@ class MemoryStore:
         size: int = 100,
     ) -> AsyncGenerator[builtins.list[tuple[Position, Workset]], None]:
         entries = sorted(
-            (Position.at(ws.state, gsi_sort_key(ws)), ws.workset_id)
+            (Position.at(ws.state, list_sort_key(ws)), ws.workset_id)
             for ws in self._index().values()
             if state in (None, ws.state) and priority in (None, ws.priority)
         )

@@ -163,7 +163,7 @@ def _identity(clients: aws_clients.Clients) -> str:
 def _table(clients: aws_clients.Clients, settings: Settings) -> str:
     name = settings.table.name
     description = _call(clients.get("dynamodb").describe_table, f"describing table {name}", TableName=name)["Table"]
-    problems = schema.verify(description, outbox=True)
+    problems = schema.verify(description, outbox=True, finished=True)
     if problems:
         raise errors.SchemaMismatch("; ".join(problems))
     return f"{name} is {description.get('TableStatus')} with its indexes"

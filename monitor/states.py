@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from monitor import errors
-from monitor.model import Event, EventType, Lease, Priority, State, StepRun, Workset, WorksetId
+from monitor.model import FINISHED_STATES, Event, EventType, Lease, Priority, State, StepRun, Workset, WorksetId
 
 MAX_ERROR_CHARS = 400  # last_error on the control item; full detail lives in the event
 MAX_DETAIL_CHARS = 8000  # an event's detail (error or output tail); events must stay far below 400 KB
@@ -209,6 +209,22 @@ def gsi_sort_key(ws: Workset) -> str:
     return f"{ws.priority.rank}#{ws.available_at_ms:015d}#{ws.workset_id}"
 
 
+FINISHED_RANK = "9"  # a finished workset's place in a listing: after every priority rank, in the order they finished
+
+
+def finished_sort_key(ws: Workset) -> str | None:
+    """A finished workset's key in the finished index and its place in listings: by when it finished. None for a
+    workset that is not finished, or that finished before that time was kept (it stays in the state index)."""
+    if ws.state not in FINISHED_STATES or ws.finished_at_ms is None:
+        return None
+    return f"{FINISHED_RANK}#{ws.finished_at_ms:015d}#{ws.workset_id}"
+
+
+def list_sort_key(ws: Workset) -> str:
+    """A workset's place within its state in listings: the index it is in, that index's order."""
+    return finished_sort_key(ws) or gsi_sort_key(ws)
+
+
 def new_workset(
     *,
     workset_id: WorksetId,
@@ -240,6 +256,7 @@ def new_workset(
         available_at_ms=max(ctx.now_ms, not_before_ms or 0) if state is State.READY else ctx.now_ms,
         last_error=_short(error) if error else None,
         error_category=category,
+        finished_at_ms=ctx.now_ms if state in FINISHED_STATES else None,  # imported finished: finished as registered
     )
     event = Event(
         workset_id=workset_id,

@@ -157,6 +157,7 @@ def test_the_policy_is_scoped_to_this_configuration() -> None:
         table,
         f"{table}/index/state-priority-index",
         f"{table}/index/outbox-index",
+        f"{table}/index/finished-index",
     ]
     assert by_sid["ListWorksetFolders"]["Condition"] == {"StringLike": {"s3:prefix": ["active/*", "urgent/*"]}}
     assert by_sid["ReadWorksets"]["Resource"] == [
@@ -315,8 +316,8 @@ def test_export_import_round_trip_preserves_everything(site: dict[str, Any], cap
     assert wm(site, capsys, "export", "--out", str(backup))[0] == 0
     lines = backup.read_text().splitlines()
     assert (
-        json.loads(lines[0])["format"] == "workset-monitor-export" and len(lines) == 1 + 2 + 4 + 1
-    )  # header, worksets, events, counter
+        json.loads(lines[0])["format"] == "workset-monitor-export" and len(lines) == 1 + 2 + 4 + 2
+    )  # header, worksets, events, the fleet counter and the cancelled one's finished counter
 
     client = boto3.client("dynamodb", region_name=REGION, endpoint_url=site["endpoint"])
     original = sorted(json.dumps(i, sort_keys=True) for i in client.scan(TableName="site")["Items"])
@@ -327,7 +328,7 @@ def test_export_import_round_trip_preserves_everything(site: dict[str, Any], cap
     code, out, _ = wm(site2, capsys, "import", str(backup))
     assert code == 0 and "worksets: 2 written" in out and "fleet counter set to 1 in progress" in out
     items = client.scan(TableName="restored")["Items"]
-    [counter] = [i for i in items if i["pk"]["S"] == "#fleet"]
+    [counter] = [i for i in items if i["pk"]["S"] == "#fleet" and i["sk"]["S"] == "counter"]
     assert counter.pop("retry_seq") == {"N": "1"}  # advanced on purpose: running daemons re-read what is retrying
     restored = sorted(json.dumps(i, sort_keys=True) for i in items)
     assert restored == original
@@ -343,6 +344,8 @@ def test_export_import_round_trip_preserves_everything(site: dict[str, Any], cap
         "worksets: 2 written" in out
         and json.loads(wm(site2, capsys, "show", "ws-b", "--json")[1])["state"] == "cancelled"
     )
+    counters = [i for i in client.scan(TableName="restored")["Items"] if i["sk"]["S"].startswith("done#")]
+    assert sum(int(i["n"]["N"]) for i in counters) == 1  # ws-b, cancelled again: counted once, not once per import
 
 
 def claim(endpoint: str, table: str) -> None:

@@ -16,7 +16,9 @@ def test_creates_the_table_and_index_then_finds_it_correct(dynamodb: Any) -> Non
     assert first.created and first.billing_mode == "PAY_PER_REQUEST"
     table = dynamodb.describe_table(TableName="ws-table")["Table"]
     indexes = {i["IndexName"]: i for i in table["GlobalSecondaryIndexes"]}
-    assert set(indexes) == {"state-priority-index", "outbox-index"}
+    assert set(indexes) == {"state-priority-index", "outbox-index", "finished-index"}
+    finished = indexes[codec.FINISHED_GSI]
+    assert {k["AttributeName"]: k["KeyType"] for k in finished["KeySchema"]} == {"done_pk": "HASH", "done_sk": "RANGE"}
     index = indexes[codec.GSI_NAME]
     outbox = indexes[codec.OUTBOX_GSI]
     assert {k["AttributeName"]: k["KeyType"] for k in outbox["KeySchema"]} == {"outbox": "HASH", "outbox_sk": "RANGE"}
@@ -59,7 +61,8 @@ def test_an_index_with_the_wrong_projection_or_keys_is_refused(dynamodb: Any) ->
     request["GlobalSecondaryIndexes"][0]["Projection"] = {"ProjectionType": "KEYS_ONLY"}
     request["GlobalSecondaryIndexes"][0]["KeySchema"][1]["AttributeName"] = "priority"
     request["AttributeDefinitions"] = [
-        {"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "state", "priority", "outbox", "outbox_sk")
+        {"AttributeName": n, "AttributeType": "S"}
+        for n in ("pk", "sk", "state", "priority", "outbox", "outbox_sk", "done_pk", "done_sk")
     ]
     dynamodb.create_table(**request)
     with pytest.raises(errors.SchemaMismatch) as caught:
@@ -68,18 +71,34 @@ def test_an_index_with_the_wrong_projection_or_keys_is_refused(dynamodb: Any) ->
     assert "projects KEYS_ONLY" in str(caught.value)
 
 
-def test_a_table_from_before_notifications_gets_the_outbox_index_added(dynamodb: Any) -> None:
+def test_a_table_from_before_notifications_gets_the_outbox_and_finished_indexes_added(dynamodb: Any) -> None:
     request = schema.create_table_request(TableConfig(name="older"))
     request["GlobalSecondaryIndexes"] = request["GlobalSecondaryIndexes"][:1]
     request["AttributeDefinitions"] = [
-        a for a in request["AttributeDefinitions"] if not a["AttributeName"].startswith("outbox")
+        a for a in request["AttributeDefinitions"] if not a["AttributeName"].startswith(("outbox", "done_"))
     ]
     dynamodb.create_table(**request)
+    problems = schema.verify(dynamodb.describe_table(TableName="older")["Table"], outbox=True, finished=True)
+    assert "global secondary index finished-index is missing (run `workset-monitor init` to add it)" in problems
     report = schema.ensure_table(dynamodb, TableConfig(name="older"), poll_s=0)
-    assert report.notes and "added the index outbox-index" in report.notes[0]
+    assert len(report.notes) == 2 and "added the index outbox-index" in report.notes[0]
+    assert "added the index finished-index" in report.notes[1]
     names = {i["IndexName"] for i in dynamodb.describe_table(TableName="older")["Table"]["GlobalSecondaryIndexes"]}
-    assert names == {"state-priority-index", "outbox-index"}
+    assert names == {"state-priority-index", "outbox-index", "finished-index"}
     assert schema.ensure_table(dynamodb, TableConfig(name="older")).notes == ()
+
+
+def test_a_provisioned_table_from_before_the_finished_index_gets_it_with_the_table_s_capacity(dynamodb: Any) -> None:
+    cfg = TableConfig(name="older", billing_mode="PROVISIONED", read_capacity=3, write_capacity=4)
+    request = schema.create_table_request(cfg)
+    request["GlobalSecondaryIndexes"] = request["GlobalSecondaryIndexes"][:2]
+    request["AttributeDefinitions"] = [a for a in request["AttributeDefinitions"] if a["AttributeName"][:5] != "done_"]
+    dynamodb.create_table(**request)
+    report = schema.ensure_table(dynamodb, cfg, poll_s=0)
+    assert report.notes == ("added the index finished-index (finished worksets, by month) to the existing table",)
+    indexes = dynamodb.describe_table(TableName="older")["Table"]["GlobalSecondaryIndexes"]
+    finished = next(i for i in indexes if i["IndexName"] == codec.FINISHED_GSI)
+    assert finished["ProvisionedThroughput"]["WriteCapacityUnits"] == 4
 
 
 class SlowTable:
@@ -110,6 +129,9 @@ class SlowTable:
 
     def create_table(self, **request: Any) -> None:
         self.created = request
+
+    def query(self, **request: Any) -> dict[str, Any]:
+        return {"Items": []}  # a new table: no finished worksets to move
 
 
 def test_waits_until_table_and_index_are_active() -> None:
@@ -150,7 +172,7 @@ def test_the_index_projects_everything_but_what_heartbeats_rewrite() -> None:
         step_ms=(("a", 3),),
     )
     attributes = set(codec.workset_fields(ws))
-    keys = {"state", "gsi_sk"}
+    keys = {"state", "gsi_sk", "done_pk", "done_sk"}  # this index's keys and the finished index's
     timings = {*codec.TIMING_ATTRIBUTES, codec.STEP_MS + "a"}
     assert set(codec.GSI_PROJECTED) == attributes - keys - set(codec.HEARTBEAT_ATTRIBUTES) - timings
     assert len(codec.GSI_PROJECTED) <= 20  # DynamoDB's limit for INCLUDE projections

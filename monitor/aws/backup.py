@@ -3,10 +3,11 @@
 The first line is a header (format, version, table, time); every other line is one item in DynamoDB's own JSON
 (``{"item": {"pk": {"S": ...}, ...}}``), so nothing is lost or converted. Import validates the whole file before it
 writes anything, then writes idempotently: an event is only added if missing; a workset only if missing or older
-(lower ``version``) than the one in the file, unless ``force``. The fleet counter is never copied nor set: each
-workset is written in one transaction with the counter's change (+1 when it enters in_progress, -1 when it leaves
-it), conditioned on the version read, exactly as daemons write theirs, so the counter stays exact while daemons work
-the same table. Its retry sequence is advanced, so that running daemons read the retrying worksets again.
+(lower ``version``) than the one in the file, unless ``force``. The fleet counter and the finished counters are never
+copied nor set: each workset is written in one transaction with the counters' changes (+1 when it enters in_progress,
+-1 when it leaves it; +1 on the finished counter it is counted in, -1 on the one the copy it replaces was counted in),
+conditioned on the version read, exactly as daemons write theirs, so the counters stay exact while daemons work the
+same table. Its retry sequence is advanced, so that running daemons read the retrying worksets again.
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def load(
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     for item in items:
         sk = item["sk"]["S"]
-        if sk == "counter":
-            continue  # the table's own counter moves with each workset written (below)
+        if sk == codec.FLEET_COUNTER_SK or sk.startswith(codec.DONE_PREFIX):
+            continue  # the table's own counters move with each workset written (below)
         if sk == codec.CONTROL_SK:
             written = _put_workset(client, table, item, force=force, audit=(actor, source, now_ms))
             report.worksets_written += written
@@ -158,6 +159,9 @@ def _put_workset(client: Any, table: str, item: dict[str, Any], *, force: bool, 
         if delta:
             fleet = {"TableName": table, "Key": codec.FLEET_KEY, "UpdateExpression": "ADD running :delta"}
             writes.append({"Update": fleet | {"ExpressionAttributeValues": {":delta": {"N": str(delta)}}}})
+        counted_in = (_counter(old, table), _counter(written, table))
+        if counted_in[0] != counted_in[1]:
+            writes += [codec.counter_add(table, sk, d) for sk, d in zip(counted_in, (-1, 1), strict=True) if sk]
         try:
             client.transact_write_items(TransactItems=writes)
             return True
@@ -188,6 +192,13 @@ def _on_top(
     )
     written = item | {"version": {"N": str(version)}, "updated_at_ms": {"N": str(now_ms)}}
     return written, codec.event_item(event)
+
+
+def _counter(item: dict[str, Any] | None, table: str) -> str | None:
+    """The finished counter an item is counted in: none unless it is in the finished index (``codec``)."""
+    if item is None or "done_pk" not in item:
+        return None
+    return codec.done_counter_sk(codec.workset_from_item(item, table=table))
 
 
 def _in_progress(item: dict[str, Any] | None) -> int:

@@ -8,6 +8,16 @@ Layout (one table): the control item is ``pk=<workset_id>, sk="ws"``; events are
 sk="evt#<seq, 10 digits>"``. Only control items carry ``state`` and ``gsi_sk``, so only they appear in the
 ``state-priority-index``.
 
+Finished worksets (complete, ignored, cancelled: nearly all of a busy table, and only ever more) leave the
+``state-priority-index``, which the daemons read: such an item has no ``gsi_sk`` but ``done_pk="<state>#<YYYY-MM>"``
+(the month it finished, UTC) and ``done_sk`` (its listing key, by time of finishing), the keys of the sparse
+``finished-index`` that ``list`` reads. They are *counted* instead: the transaction that moves a workset into (or
+out of) the finished index adds 1 to (or takes 1 from) a counter item ``pk="#fleet",
+sk="done#<state>#<YYYY-MM>#<priority rank>#<shard>"`` (the shard from the id, so no one item takes every finish),
+and a count of finished worksets is one Query of those few items, whatever the number of worksets. A finished item
+written before this layout (a ``gsi_sk``, no ``done_pk``) stays in the state index and is counted from it until
+``init`` moves it (``schema.move_finished``).
+
 ``lease_owner`` on an item that is not in progress (no ``lease_token``) is the hold-off mark
 (``Workset.held_off_for``): the holder an operator took the workset from. It reuses a projected attribute so that
 the index shows the mark to claimers without a change to the index's projection.
@@ -16,6 +26,8 @@ the index shows the mark to claimers without a change to the index's projection.
 from __future__ import annotations
 
 import enum
+import time
+import zlib
 from typing import Any, TypeVar
 
 from monitor import errors
@@ -35,7 +47,7 @@ from monitor.model import (
     Workset,
     WorksetId,
 )
-from monitor.states import gsi_sort_key
+from monitor.states import finished_sort_key, gsi_sort_key
 
 CONTROL_SK = "ws"
 EVENT_SK_PREFIX = "evt#"
@@ -49,6 +61,10 @@ FLEET_CONTROL_RANGE = ("control#", FLEET_COUNTER_SK)
 PRESENCE_PK = "#daemon"  # one partition of presence items, sort key the daemon's owner id: one Query lists them
 PRESENCE_TTL_S = 86_400  # `expires_at` (epoch seconds): DynamoDB TTL deletes a dead daemon's item after a day
 GSI_NAME = "state-priority-index"
+FINISHED_GSI = "finished-index"  # sparse: only finished worksets, partitioned by state and month of finishing
+FINISHED_PROJECTED = ("priority", "bucket", "prefix")  # enough to list, filter by priority and know the folders
+DONE_PREFIX = "done#"  # counters of finished worksets, in the fleet's partition (between "counter" and "evt#")
+DONE_SHARDS = 8  # counter items per state, month and priority: a busy fleet's finishes do not all meet on one
 OUTBOX_GSI = "outbox-index"  # sparse: only events some channel still has to hear about
 OUTBOX_PENDING = "pending"
 CHANNELS = ("sns", "linear", "webhook")
@@ -88,9 +104,66 @@ def control_key(workset_id: str) -> Item:
     return {"pk": {"S": workset_id}, "sk": {"S": CONTROL_SK}}
 
 
-def workset_fields(ws: Workset) -> dict[str, Any]:
-    """The control item as plain Python values; ``None`` means "attribute absent"."""
+def counted(ws: Workset) -> bool:
+    """Whether ``ws`` is written in the finished layout: out of the state index, in the finished index, counted."""
+    return finished_sort_key(ws) is not None
+
+
+def finished_month(finished_at_ms: int) -> str:
+    return time.strftime("%Y-%m", time.gmtime(finished_at_ms // 1000))
+
+
+def finished_partition(state: State, month: str) -> str:
+    return f"{state.value}#{month}"
+
+
+def done_counter_sk(ws: Workset) -> str:
+    """The counter item a counted workset adds 1 to."""
+    assert ws.finished_at_ms is not None, "only a counted workset has a counter"
+    shard = zlib.crc32(ws.workset_id.encode()) % DONE_SHARDS
+    return f"{DONE_PREFIX}{ws.state.value}#{finished_month(ws.finished_at_ms)}#{ws.priority.rank}#{shard}"
+
+
+def done_count(item: Item, *, table: str) -> tuple[tuple[State, str, Priority], int]:
+    """One counter item's ((state, month, priority), count)."""
+    a = _Attributes(item, table=table)
+    try:
+        state, month, rank, _ = a.required("sk", str).removeprefix(DONE_PREFIX).split("#")
+        key = (State(state), month, {p.rank: p for p in Priority}[int(rank)])
+    except (ValueError, KeyError) as exc:
+        problem = "is not <state>#<YYYY-MM>#<priority rank>#<shard>"
+        raise errors.CorruptItem(table=table, key=item_key(item), attribute="sk", problem=problem) from exc
+    return key, a.optional("n", int) or 0
+
+
+def counter_add(table: str, sk: str, delta: int) -> dict[str, Any]:
+    """A transaction's ``Update`` adding ``delta`` to the finished counter ``sk``."""
+    return {
+        "Update": {
+            "TableName": table,
+            "Key": {"pk": {"S": FLEET_ID}, "sk": {"S": sk}},
+            "UpdateExpression": "ADD #n :delta",
+            "ExpressionAttributeNames": {"#n": "n"},
+            "ExpressionAttributeValues": {":delta": {"N": str(delta)}},
+        }
+    }
+
+
+def listing_key(item: Item) -> str:
+    """An index entry's place within its state: its ``gsi_sk``, or in the finished index its ``done_sk``."""
+    return str((item.get("gsi_sk") or item["done_sk"])["S"])
+
+
+def workset_fields(ws: Workset, *, in_finished_index: bool | None = None) -> dict[str, Any]:
+    """The control item as plain Python values; ``None`` means "attribute absent". ``in_finished_index`` says which
+    layout a finished workset is stored in, when that is not ``counted(ws)`` (an item written before the finished
+    index, say)."""
     lease = ws.lease
+    finished = counted(ws) if in_finished_index is None else in_finished_index
+    done_sk = finished_sort_key(ws) if finished else None
+    if finished and (done_sk is None or ws.finished_at_ms is None):
+        raise ValueError(f"{ws.workset_id}: only a finished workset with its finishing time goes in the finished index")
+    done_pk = finished_partition(ws.state, finished_month(ws.finished_at_ms)) if ws.finished_at_ms and done_sk else None
     return {
         "state": ws.state.value,
         "priority": ws.priority.value,
@@ -113,7 +186,9 @@ def workset_fields(ws: Workset) -> dict[str, Any]:
         "error_category": ws.error_category,
         "started_at_ms": ws.started_at_ms,
         "finished_at_ms": ws.finished_at_ms,
-        "gsi_sk": gsi_sort_key(ws),
+        "gsi_sk": None if finished else gsi_sort_key(ws),
+        "done_pk": done_pk,
+        "done_sk": done_sk,
         # One attribute per step, not one map: a holder's copy of a workset claimed from the index (which does not
         # project them) changes only its own step's attribute, never the others'.
         **{STEP_MS + step: ms for step, ms in ws.step_ms},

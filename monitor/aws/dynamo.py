@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import heapq
 from collections.abc import AsyncGenerator, Collection, Sequence
 from typing import Any
@@ -30,11 +31,36 @@ from monitor.aws.table_io import (
     _reasons,
     _update_expression,
 )
-from monitor.model import Due, Event, Fleet, Pause, Presence, Priority, Role, State, Stats, Workset, WorksetId
+from monitor.model import (
+    FINISHED_STATES,
+    Due,
+    Event,
+    Fleet,
+    Pause,
+    Presence,
+    Priority,
+    Role,
+    State,
+    Stats,
+    Workset,
+    WorksetId,
+)
 from monitor.selection import LIST_ORDER, Position
 from monitor.states import Decision, due, gsi_sort_key
 
 log = logs.get("monitor.store")
+
+
+def _same_but_layout(item: codec.Item, before: Workset, counted: bool) -> bool:
+    """Whether a refused write's item is the finished workset it expected, stored in the other layout."""
+    return (
+        before.state in FINISHED_STATES
+        and item.get("state", {}).get("S") == before.state.value
+        and item.get("version", {}).get("N") == str(before.version)
+        and ("done_pk" in item) != counted
+    )
+
+
 _FROM = {state: set(LIST_ORDER[i:]) for i, state in enumerate(LIST_ORDER)}  # a state and those after it
 
 
@@ -53,6 +79,7 @@ class DynamoStore(OutboxRows):
                 }
             },
             self._event_put(decision.event),
+            *self._done_updates(None, decision.after),
         ]
         try:
             await self._call("transact_write_items", what="registering", inspect=_CANCELLED, TransactItems=items)
@@ -70,13 +97,22 @@ class DynamoStore(OutboxRows):
         fence_token: str | None = None,
         expect_heartbeats: int | None = None,
         fleet_cap: int | None = None,
+        _stored_counted: bool | None = None,
     ) -> Workset:
         before, after = decision.before, decision.after
-        update = _update_expression(codec.workset_fields(before), codec.workset_fields(after))
+        # A finished workset is stored in one of two layouts (``codec``); the write says which it expects, and
+        # learns the other from the item if it was wrong (one written before the finished index, or moved by init).
+        was_counted = codec.counted(before) if _stored_counted is None else _stored_counted
+        update = _update_expression(
+            codec.workset_fields(before, in_finished_index=was_counted), codec.workset_fields(after)
+        )
         names, values = update["ExpressionAttributeNames"], update["ExpressionAttributeValues"]
         condition = "#state = :expect_state AND #version = :expect_version"
         names |= {"#state": "state", "#version": "version"}
         values |= {":expect_state": {"S": before.state.value}, ":expect_version": {"N": str(before.version)}}
+        if before.state in FINISHED_STATES:
+            condition += f" AND attribute_{'' if was_counted else 'not_'}exists(#done_pk)"
+            names["#done_pk"] = "done_pk"
         if fence_token is not None:
             condition += " AND #lease_token = :fence_token"
             names["#lease_token"] = "lease_token"  # noqa: S105 - an attribute name, not a secret
@@ -98,12 +134,27 @@ class DynamoStore(OutboxRows):
         fleet = self._fleet_update(before, after, fleet_cap)
         if fleet is not None:
             items.append(fleet)
+        items += self._done_updates(before if was_counted else None, after)
         try:
             await self._call("transact_write_items", what="committing", inspect=_CANCELLED, TransactItems=items)
         except botocore.exceptions.ClientError as exc:
             if not _cancelled_by_condition(exc):
                 raise clients.translate(exc, what=f"updating {before.workset_id}") from exc
             reasons = _reasons(exc)
+            stored = reasons[0].get("Item") if reasons else None
+            if _stored_counted is None and stored is not None and _same_but_layout(stored, before, was_counted):
+                finished_at = stored.get("finished_at_ms", {}).get("N")
+                again = dataclasses.replace(
+                    decision,
+                    before=dataclasses.replace(before, finished_at_ms=int(finished_at) if finished_at else None),
+                )
+                return await self.commit(
+                    again,
+                    fence_token=fence_token,
+                    expect_heartbeats=expect_heartbeats,
+                    fleet_cap=fleet_cap,
+                    _stored_counted=not was_counted,
+                )
             if len(reasons) > 2 and reasons[2].get("Code") == "ConditionalCheckFailed":
                 paused = codec.pause_from_item(reasons[2].get("Item") or {}, table=self._table)
                 if paused is not None:
@@ -114,6 +165,15 @@ class DynamoStore(OutboxRows):
             raise _conflict(exc, decision, fence_token, table=self._table) from exc
         self._rang(decision.event, after)
         return after
+
+    def _done_updates(self, before: Workset | None, after: Workset) -> list[dict[str, Any]]:
+        """The finished counters' share of a write: -1 on the counter ``before`` was counted in (when it was), +1 on
+        the one ``after`` is counted in (when it is); nothing when both are the same counter."""
+        old = codec.done_counter_sk(before) if before is not None else None
+        new = codec.done_counter_sk(after) if codec.counted(after) else None
+        if old == new:
+            return []
+        return [codec.counter_add(self._table, sk, delta) for sk, delta in ((old, -1), (new, 1)) if sk is not None]
 
     def _rang(self, event: Event, ws: Workset) -> None:
         if event.pending and self._on_pending is not None:
@@ -426,9 +486,14 @@ class DynamoStore(OutboxRows):
         one consistent BatchGetItem per 100 given ids."""
         found: dict[WorksetId, str] = {}
         if workset_ids is None:
+            done = await self._done_counts()
             for state in LIST_ORDER:
-                async for item in self._index(
-                    state, None, projection="pk, sk, #bucket, #prefix", names={"#bucket": "bucket", "#prefix": "prefix"}
+                async for item in self._entries(
+                    state,
+                    None,
+                    projection="pk, sk, #bucket, #prefix",
+                    names={"#bucket": "bucket", "#prefix": "prefix"},
+                    done=done,
                 ):
                     if (where := self._readable(codec.location, item)) is not None:
                         found[WorksetId(item["pk"]["S"])] = where
@@ -452,8 +517,9 @@ class DynamoStore(OutboxRows):
         self, *, state: State | None = None, priority: Priority | None = None, limit: int | None = None
     ) -> list[Workset]:
         ids: list[WorksetId] = []
+        done = await self._done_counts() if state is None or state in FINISHED_STATES else {}
         for wanted in (state,) if state else LIST_ORDER:
-            pages = self._index(wanted, priority, projection="pk")
+            pages = self._entries(wanted, priority, projection="pk", done=done)
             async with contextlib.aclosing(pages):
                 async for item in pages:
                     ids.append(WorksetId(item["pk"]["S"]))
@@ -481,10 +547,10 @@ class DynamoStore(OutboxRows):
         for wanted in order:
             start = after.sort_key if after is not None and wanted is after.state else None
             keys: builtins.list[tuple[WorksetId, str]] = []
-            entries = self._index(wanted, priority, projection="pk, gsi_sk", after=start)
+            entries = self._entries(wanted, priority, projection="pk, gsi_sk", after=start)
             async with contextlib.aclosing(entries):
                 async for item in entries:
-                    sort_key = item["gsi_sk"]["S"]
+                    sort_key = codec.listing_key(item)
                     if start is not None and sort_key <= start:
                         continue
                     keys.append((WorksetId(item["pk"]["S"]), sort_key))
@@ -510,8 +576,14 @@ class DynamoStore(OutboxRows):
         by_rank = {p.rank: p for p in Priority}
         oldest_ready_ms: int | None = None
         stalest: dict[State, int] = {}
-        for state in State if states is None else [s for s in State if s in states]:
+        wanted = [s for s in State if states is None or s in states]
+        finished = await self._done_counts() if any(s in FINISHED_STATES for s in wanted) else {}
+        for state in wanted:
             per = dict.fromkeys(Priority, 0)
+            for (counted_state, _, priority), n in finished.items():
+                if counted_state is state:
+                    per[priority] += n
+            # a finished one written before the finished index is still in the state index: counted from there
             async for item in self._index(state, None, projection="pk, sk, gsi_sk, updated_at_ms"):
                 if (entry := self._readable(codec.index_entry, item)) is None:
                     continue

@@ -12,8 +12,8 @@ import botocore.exceptions
 
 from monitor import errors, logs
 from monitor.aws import clients, codec
-from monitor.model import Event, Priority, State, Workset, WorksetId
-from monitor.states import Decision
+from monitor.model import FINISHED_STATES, FLEET_ID, Event, Priority, State, Workset, WorksetId
+from monitor.states import FINISHED_RANK, Decision
 
 _BATCH_GET_MAX = 100
 _CANCELLED = ("TransactionCanceledException",)
@@ -68,6 +68,66 @@ class TableIO:
             ExpressionAttributeValues=values,
             **extra,
         )
+
+    async def _entries(
+        self,
+        state: State,
+        priority: Priority | None,
+        *,
+        projection: str | None = None,
+        names: dict[str, str] | None = None,
+        after: str | None = None,
+        done: dict[tuple[State, str, Priority], int] | None = None,
+    ) -> AsyncGenerator[codec.Item, None]:
+        """A state's entries in listing order (``codec.listing_key``): the state index's, then for a finished state
+        the finished index's, month by month (the months the counters know: ``done``, or read now), each in the
+        order they finished."""
+        finished_after = after is not None and after.startswith(FINISHED_RANK)
+        if not finished_after:
+            async for item in self._index(state, priority, projection=projection, names=names, after=after):
+                yield item
+        if state not in FINISHED_STATES:
+            return
+        start_month = codec.finished_month(int(after.split("#")[1])) if after and finished_after else ""
+        done = await self._done_counts() if done is None else done
+        months = sorted({month for (s, month, _) in done if s is state and month >= start_month})
+        for month in months:
+            condition, values = "done_pk = :part", {":part": {"S": codec.finished_partition(state, month)}}
+            if after is not None and finished_after and month == start_month:
+                condition += " AND done_sk > :after"
+                values[":after"] = {"S": after}
+            extra: dict[str, Any] = {"ExpressionAttributeNames": {"#priority": "priority"}}
+            if priority is not None:
+                extra["FilterExpression"] = "#priority = :priority"
+                values[":priority"] = {"S": priority.value}
+            async for item in self._pages(
+                "query",
+                what=f"listing {state.value} worksets of {month}",
+                TableName=self._table,
+                IndexName=codec.FINISHED_GSI,
+                KeyConditionExpression=condition,
+                ExpressionAttributeValues=values,
+                **(extra if priority is not None else {}),
+            ):
+                yield item
+
+    async def _done_counts(self) -> dict[tuple[State, str, Priority], int]:
+        """The finished worksets by (state, month, priority), from their counters (``codec``): one Query of a few
+        items, however many worksets finished."""
+        counts: dict[tuple[State, str, Priority], int] = {}
+        pages = self._pages(
+            "query",
+            what="counting finished worksets",
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :done)",
+            ExpressionAttributeValues={":pk": {"S": FLEET_ID}, ":done": {"S": codec.DONE_PREFIX}},
+            ConsistentRead=True,
+        )
+        async for item in pages:
+            if (counted := self._readable(codec.done_count, item)) is not None:
+                key, n = counted
+                counts[key] = counts.get(key, 0) + n
+        return counts
 
     async def _batch_get(self, ids: Sequence[WorksetId]) -> dict[WorksetId, Workset]:
         found: dict[WorksetId, Workset] = {}
