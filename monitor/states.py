@@ -340,7 +340,8 @@ def decide(
             # Its holder may still be running the step: the mark holds off the next claim until it has surely
             # stopped, judged by each claimer's monotonic clock (never by comparing wall clocks).
             changes |= {"held_off_for": ws.lease.owner}
-    if new_state.terminal and not ws.state.terminal:
+    if new_state.terminal and (not ws.state.terminal or (new_state in FINISHED_STATES and ws.finished_at_ms is None)):
+        # (a finished one without the time, as a validation error ignored, finishes now: it is counted from then)
         changes |= {"finished_at_ms": ctx.now_ms}
     changes |= _available_at(ws, action, new_state, ctx, until_ms)
     if action is Action.FAIL_TEMPORARY:

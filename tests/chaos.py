@@ -33,6 +33,7 @@ Then the fleet is stopped with SIGTERM, the faults are switched off, and every i
   stop at its daemon's kill; an overlap whose first holder was frozen by a pause is the documented limit, counted
   as excused);
 - no lease is left behind: nothing in progress, no lease token, the fleet counter at zero;
+- the queue's counts (finished worksets: their counters, kept in the transactions) equal the worksets' states;
 - every audit trail is contiguous (events 1..version);
 - every event reached the webhook at least once; nothing is left in the outbox for the webhook (SNS, down, keeps
   its events there until they run out of rounds). How late each event was is reported: later than 2 x the
@@ -571,6 +572,10 @@ def _check(
     fleet = asyncio.run(store.fleet())
     if fleet.running != 0:
         violations.append(f"the fleet counter says {fleet.running} in progress")
+    counted = asyncio.run(store.stats(now_ms=int(time.time() * 1000)))
+    miscounted = {s.value: counted.count(s) for s in State if counted.count(s) != report.states.get(s.value, 0)}
+    if miscounted:
+        violations.append(f"the queue counts {miscounted}, the worksets' states are {report.states}")
     report.webhook_deliveries = sum(hook.received.values())
     report.webhook_refused = sum(hook.refused.values())
     report.duplicate_deliveries = sum(n - 1 for n in hook.received.values() if n > 1)

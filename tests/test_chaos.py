@@ -5,6 +5,7 @@ The full run (300 worksets) is ``make chaos``; see ``tests/chaos.py`` for what i
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from monitor.model import Event, EventType, State, WorksetId
+from monitor.model import Event, EventType, State, Stats, WorksetId
 from tests import chaos, emulator_faults, runs
 
 
@@ -124,6 +125,21 @@ def test_the_checks_catch_what_they_look_for(tmp_path: Path) -> None:
         v.startswith("8 events never reached the webhook: a#1 (registered), a#2 (started)") for v in violations
     ), violations
     assert "a: runs overlap: epoch 1 (pid 101, end) still ran 0.50 s after epoch 7 (pid 102, end) started" in violations
+    assert not any(v.startswith("the queue counts") for v in violations)
+
+    class Miscounting:  # the store, with a finished counter one too high
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        async def stats(self, **kw: Any) -> Stats:
+            stats = await store.stats(**kw)
+            counts = dict(stats.counts) | {State.COMPLETE: {Priority.NORMAL: stats.count(State.COMPLETE) + 1}}
+            return dataclasses.replace(stats, counts=counts)
+
+    report = chaos.Report(worksets=2, daemons=1)
+    hook = SimpleNamespace(received=Counter(delivered), refused=Counter(), first_at={})
+    chaos._check(report, Miscounting(), ["a", "b"], runs_log, hook)  # type: ignore[arg-type]
+    assert any(v.startswith("the queue counts {'complete': 3}, the worksets' states") for v in report.violations)
 
 
 def _runs(text: str, *, kills: dict[int, float] | None = None, end: float = 100.0) -> list[runs.Run]:

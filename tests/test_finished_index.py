@@ -118,6 +118,15 @@ def test_a_finished_workset_leaves_the_state_index_for_the_finished_index_and_is
     }
 
 
+def test_a_workset_that_failed_validation_and_is_ignored_leaves_the_state_index_too(env: Env) -> None:
+    register(env.store, "ws-bad", invalid_reason="no stage_samples.tsv")
+    assert run(env.store.get(WorksetId("ws-bad"))).state is State.ERROR  # type: ignore[union-attr]
+    run(actions.act(env.store, WorksetId("ws-bad"), Action.IGNORE, ctx(DEC_1)))
+    assert env.index(codec.GSI_NAME, "state", "ignored") == []
+    assert env.index(codec.FINISHED_GSI, "done_pk", "ignored#2026-12") == ["ws-bad"]
+    assert env.stats() == {State.IGNORED: 1}
+
+
 def test_counting_the_queue_costs_the_same_at_30_and_at_90_finished_worksets(env: Env) -> None:
     """The idle read that grew with history: the queue gauges' count of the finished states. (It reads the counter
     items: at most ``DONE_SHARDS`` per state, month and priority, whatever the number of worksets.)"""
