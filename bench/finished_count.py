@@ -2,8 +2,8 @@
 counters) and in the layout from before it (every finished workset in the state index, read to be counted).
 
 For each N: N complete worksets (spread over 12 months) and 10 ready ones, then one full count (``Store.stats``, what
-the queue gauges do every ``finished_refresh_s`` and ``status`` on demand): requests, items read, read units
-(eventually consistent Query: 0.5 per 4 KB, as DynamoDB bills it, from the bytes of the items returned) and wall time.
+the queue gauges do every ``finished_refresh_s`` and ``status`` on demand): requests, items read (what read units
+grow with; ``bench/scale.py`` prices them by DynamoDB's rules) and wall time.
 
 Budget: in the new layout the count reads the same requests and at most ``DONE_SHARDS`` x 12 months counter items
 at every N. Exits non-zero when it is missed.
@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import collections
 import json
-import math
 import os
 import platform
 import sys
@@ -90,15 +89,12 @@ def measure(count: int, *, old_layout: bool) -> dict[str, Any]:
         schema.ensure_table(client, TableConfig(name=TABLE))
         seed(client, count, old_layout=old_layout)
         sends: collections.Counter[str] = collections.Counter()
-        read = {"items": 0, "bytes": 0, "units": 0.0}
+        read = {"items": 0}
         original = client.query
 
         def query(**kw: Any) -> Any:
             response = original(**kw)
-            size = sum(len(json.dumps(item)) for item in response.get("Items", []))  # ~ the items' stored size
             read["items"] += int(response.get("Count", 0))
-            read["bytes"] += size
-            read["units"] += math.ceil(max(size, 1) / 4096) * (1.0 if kw.get("ConsistentRead") else 0.5)
             return response
 
         client.query = query
@@ -113,7 +109,6 @@ def measure(count: int, *, old_layout: bool) -> dict[str, Any]:
         "layout": "state index (before)" if old_layout else "finished index + counters",
         "requests": dict(sends),
         "items_read": read["items"],
-        "read_units": read["units"],
         "seconds": round(seconds, 3),
     }
 
@@ -144,7 +139,7 @@ def main() -> int:
     for r in rows:
         print(
             f"N={r['worksets']:>7}  {r['layout']:<26} requests {sum(r['requests'].values()):>3}  "
-            f"items {r['items_read']:>7}  read units {r['read_units']:>8.1f}  {r['seconds']:>7.2f} s"
+            f"items {r['items_read']:>7}  {r['seconds']:>7.2f} s"
         )
     for problem in problems:
         print("BUDGET MISSED:", problem, file=sys.stderr)

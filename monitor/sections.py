@@ -64,6 +64,8 @@ class ScanConfig(Section):
     write_sentinels: bool = False  # also write legacy daylily.* sentinels on every transition (rollback aid)
     max_manifest_bytes: int = Field(10 << 20, ge=1024)  # a larger stage_samples.tsv makes the workset invalid
     sqs_queue_url: str | None = None  # optional: S3 notifications of daylily.ready for registration in seconds
+    # with a queue, the full scan is the backstop for a lost or missing notification: how often it reconciles
+    reconcile_interval_s: Seconds = 86_400.0
 
     @field_validator("sqs_queue_url")
     @classmethod

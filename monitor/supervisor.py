@@ -164,8 +164,11 @@ class Supervisor:
                 )
                 self._start("cloudwatch", publish)
         observe = s.metrics.scan_duration.observe if s.metrics is not None else None
+        # In event mode the queue registers new worksets; the full scan only reconciles (a lost notification, a
+        # prefix without them), on its own interval. The claimer and the notifier keep the scan interval either way.
+        full_scan_s = scan_s if s.queue is None else live.derive(lambda new: new.scan.reconcile_interval_s)
         scanner = scan_forever(
-            self.scanner, self.loops, interval_s=scan_s, found=found, observe=observe, chores=self.chores
+            self.scanner, self.loops, interval_s=full_scan_s, found=found, observe=observe, chores=self.chores
         )
         self._start("scanner", scanner)
         self._start("claimer", self.intake.run(self.loops))

@@ -657,3 +657,54 @@ def test_two_daemons_one_does_the_chores_and_the_other_takes_them_when_it_stops(
         assert codes == [0, 0]
 
     run(asyncio.wait_for(scenario(), timeout=60))
+
+
+class SilentQueue:
+    """An SQS queue nobody writes to: each long poll waits a little and returns nothing."""
+
+    async def receive(self, *, wait_s: int, max_messages: int = 10) -> list[Any]:
+        await asyncio.sleep(0.05)
+        return []
+
+    async def delete(self, message: Any) -> None:
+        raise AssertionError("nothing was received")
+
+
+@pytest.mark.parametrize("event_mode", [True, False])
+def test_in_event_mode_the_full_scan_is_a_reconcile_on_its_own_interval(
+    world: dict[str, Any], event_mode: bool
+) -> None:
+    """With a queue, the S3 listing runs every ``[scan] reconcile_interval_s`` (once at start here: 1 h), while
+    the claimer and the notifier keep ``interval_s``; without one, every ``interval_s`` as before."""
+    from monitor.config import NotifyConfig
+    from monitor.notify.outbox import Doorbell, Outbox
+
+    world["lab"].workset("a", prefix="w/")
+    path = write_config(world["tmp"] / "c.toml", extra="")
+    text = path.read_text().replace("interval_s = 0.5\n", "interval_s = 0.25\nreconcile_interval_s = 3600\n", 1)
+    path.write_text(text)
+    outbox = Outbox(
+        world["store"], SystemClock(), owner="host-t:1:0", doorbell=Doorbell(), notify=NotifyConfig(), channels=[]
+    )
+    kw: dict[str, Any] = {"queue": SilentQueue()} if event_mode else {}
+    sup = supervisor(world, path, outbox=outbox, **kw)
+    listings: list[str] = []
+    world["lab"].s3.meta.events.register(
+        "provide-client-params.s3.ListObjectsV2",
+        lambda params, **_: listings.append(params["Prefix"]) if params["Prefix"] == "w/" else None,
+    )
+    reads: list[str] = []
+    world["store"]._client.meta.events.register("before-call.dynamodb.Query", lambda **_: reads.append("query"))
+
+    async def scenario() -> None:
+        async with supervising(sup):
+            while [ws.state for ws in await world["store"].list()] != [State.COMPLETE]:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(2.0)
+
+    run(asyncio.wait_for(scenario(), timeout=30))
+    if event_mode:
+        assert listings == ["w/"]  # the prefix, once: at taking the chores role; the next pass in an hour
+    else:
+        assert len(listings) >= 8, listings
+    assert len(reads) >= 8  # the claim rounds and the outbox go on at interval_s either way
