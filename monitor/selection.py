@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from monitor.model import Priority, State, Workset
-from monitor.states import gsi_sort_key
 
 LIST_ORDER = (
     State.READY,
@@ -72,16 +71,13 @@ class Position:
         return LIST_ORDER[self.state_rank]
 
     @classmethod
-    def of(cls, ws: Workset) -> Position:
-        return cls(LIST_ORDER.index(ws.state), gsi_sort_key(ws))
-
-    @classmethod
     def at(cls, state: State, sort_key: str) -> Position:
         return cls(LIST_ORDER.index(state), sort_key)
 
     @property
     def token(self) -> str:
-        """``--after``'s value: ``<state>:<rank>:<available_at_ms>:<id>`` (printable, no shell metacharacters)."""
+        """``--after``'s value: ``<state>:<rank>:<available_at_ms>:<id>``, or for a finished workset in the finished
+        index ``<state>:9:<finished_at_ms>:<id>`` (printable, no shell metacharacters)."""
         return f"{self.state.value}:{self.sort_key.replace('#', ':')}"
 
     @classmethod
