@@ -97,12 +97,24 @@ class DynamoStore(OutboxRows):
         fence_token: str | None = None,
         expect_heartbeats: int | None = None,
         fleet_cap: int | None = None,
-        _stored_counted: bool | None = None,
+    ) -> Workset:
+        return await self._commit(
+            decision, fence_token=fence_token, expect_heartbeats=expect_heartbeats, fleet_cap=fleet_cap
+        )
+
+    async def _commit(
+        self,
+        decision: Decision,
+        *,
+        fence_token: str | None,
+        expect_heartbeats: int | None,
+        fleet_cap: int | None,
+        stored_counted: bool | None = None,
     ) -> Workset:
         before, after = decision.before, decision.after
         # A finished workset is stored in one of two layouts (``codec``); the write says which it expects, and
         # learns the other from the item if it was wrong (one written before the finished index, or moved by init).
-        was_counted = codec.counted(before) if _stored_counted is None else _stored_counted
+        was_counted = codec.counted(before) if stored_counted is None else stored_counted
         update = _update_expression(
             codec.workset_fields(before, in_finished_index=was_counted), codec.workset_fields(after)
         )
@@ -142,18 +154,18 @@ class DynamoStore(OutboxRows):
                 raise clients.translate(exc, what=f"updating {before.workset_id}") from exc
             reasons = _reasons(exc)
             stored = reasons[0].get("Item") if reasons else None
-            if _stored_counted is None and stored is not None and _same_but_layout(stored, before, was_counted):
+            if stored_counted is None and stored is not None and _same_but_layout(stored, before, was_counted):
                 finished_at = stored.get("finished_at_ms", {}).get("N")
                 again = dataclasses.replace(
                     decision,
                     before=dataclasses.replace(before, finished_at_ms=int(finished_at) if finished_at else None),
                 )
-                return await self.commit(
+                return await self._commit(
                     again,
                     fence_token=fence_token,
                     expect_heartbeats=expect_heartbeats,
                     fleet_cap=fleet_cap,
-                    _stored_counted=not was_counted,
+                    stored_counted=not was_counted,
                 )
             if len(reasons) > 2 and reasons[2].get("Code") == "ConditionalCheckFailed":
                 paused = codec.pause_from_item(reasons[2].get("Item") or {}, table=self._table)
@@ -544,10 +556,11 @@ class DynamoStore(OutboxRows):
         size: int = _BATCH_GET_MAX,
     ) -> AsyncGenerator[builtins.list[tuple[Position, Workset]], None]:
         order = [s for s in ((state,) if state else LIST_ORDER) if after is None or s in _FROM[after.state]]
+        done = await self._done_counts() if any(s in FINISHED_STATES for s in order) else {}
         for wanted in order:
             start = after.sort_key if after is not None and wanted is after.state else None
             keys: builtins.list[tuple[WorksetId, str]] = []
-            entries = self._entries(wanted, priority, projection="pk, gsi_sk", after=start)
+            entries = self._entries(wanted, priority, projection="pk, gsi_sk", after=start, done=done)
             async with contextlib.aclosing(entries):
                 async for item in entries:
                     sort_key = codec.listing_key(item)
