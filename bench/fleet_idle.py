@@ -128,20 +128,17 @@ def wait_for_holder(fleet: list[Daemon], *, timeout_s: float) -> int:
     raise RuntimeError("no daemon took the chores role in time")
 
 
-SCANNER_TICK = 'workset_monitor_loop_last_success_timestamp_seconds{"loop": "scanner"}'
+SCANS = "workset_monitor_scan_duration_seconds_count{}"  # observed after each real scan, not a tick without the role
 
 
 def wait_for_scans(daemon: Daemon, count: int, *, timeout_s: float) -> None:
-    """Until ``daemon``'s scanner has finished ``count`` more scans."""
-    seen, left = daemon.metrics().get(SCANNER_TICK), count
+    """Until ``daemon`` has finished ``count`` more scans (the first, after taking the role, is the cold start)."""
+    target = daemon.metrics().get(SCANS, 0) + count
     deadline = time.monotonic() + timeout_s
-    while left:
+    while daemon.metrics().get(SCANS, 0) < target:
         if time.monotonic() > deadline:
             raise RuntimeError(f"daemon {daemon.name} finished no scan in {timeout_s} s")
         time.sleep(0.5)
-        now = daemon.metrics().get(SCANNER_TICK)
-        if now != seen:
-            seen, left = now, left - 1
 
 
 def check(rows: list[dict[str, Any]]) -> list[str]:
