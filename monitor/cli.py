@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="claim this ready or retrying workset through the normal lease and run its remaining steps here",
     )
     p.add_argument("--step", metavar="NAME", help="with --workset: run exactly this step (again, if it finished)")
-    add("init", cmd_init, "create the table and index, or verify an existing table")
+    add("init", cmd_init, "create the table and its indexes, or verify an existing one and bring it up to date")
 
     p = add("register", cmd_register, "register a workset by hand")
     p.add_argument("id", type=workset_id, metavar="ID")
