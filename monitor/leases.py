@@ -93,12 +93,19 @@ class Claimer:
     async def claim(self, *, slots: int, fleet: Fleet | None = None) -> list[Holding]:
         """Claim up to ``slots`` worksets, urgent first then oldest first. Never raises for a lost race.
 
-        ``fleet`` (the sweeper's latest read of the fleet counter) lets the round skip the retrying worksets while
-        none can be due: none has entered retrying since we last read them all, and none we know of is due yet.
-        Bound: the retrying worksets are read whenever the previous read started ``RETRYING_REREAD_S`` ago or more,
-        whatever the counter and the index said, so a due one the index shows waits at most that plus one round."""
+        ``fleet`` (the sweeper's latest read of the fleet counter) skips the round when the fleet is at its cap,
+        and lets the round skip the retrying worksets while none can be due: none has entered retrying since we
+        last read them all, and none we know of is due yet. Bound: the retrying worksets are read whenever the
+        previous read started ``RETRYING_REREAD_S`` ago or more, whatever the counter and the index said, so a
+        due one the index shows waits at most that plus one round."""
         self._round_started = self._clock.monotonic()
         if slots <= 0 or self.renewals.cooling_off():
+            return []
+        cap = self._policy.fleet_cap
+        if cap is not None and fleet is not None and fleet.running >= cap:
+            # The cap's own condition reads the counter item only; worksets claimed without a cap (by a daemon
+            # without one, or before it was set) are on the shards, and only this sum sees them.
+            self._record.claim(Claim.FLEET_FULL)
             return []
         now_ms = self._clock.now_ms()
         retrying = self._retrying_may_be_due(now_ms, fleet)

@@ -118,6 +118,10 @@ class Workset:
     started_at_ms: int | None = None  # its first claim
     finished_at_ms: int | None = None  # when it reached a terminal state
     step_ms: tuple[tuple[str, int], ...] = ()  # (step, milliseconds of its successful run), by step name
+    # While in progress: which of the fleet's control items counts it (``codec.fleet_slot_sk``): a shard when no
+    # fleet cap is set (so that no one item is written by every claim), None for the counter item (a cap is set, or
+    # it was claimed before the shards). Set by the store at the claim, cleared when it leaves in_progress.
+    fleet_slot: int | None = None
 
     def step_seconds(self, step: str) -> float | None:
         """How long ``step``'s successful run took, if it has finished."""

@@ -499,8 +499,8 @@ def _fleet_event(app: App, kind: EventType, reason: str) -> Event:
 
 async def cmd_pause(app: App) -> int:
     """Stop intake fleet-wide for maintenance: from the moment this write lands, every claim's own transaction is
-    refused (no daemon needs to read it first); running work goes on. One transaction: the flag on the fleet
-    counter item and the ``paused`` event (notified)."""
+    refused (no daemon needs to read it first); running work goes on. One transaction: the flag on the fleet's
+    control items (the counter and its shards) and the ``paused`` event (notified)."""
     reason = app.args.reason or "maintenance"
     event = _fleet_event(app, EventType.PAUSED, reason)
     already = await app.store.pause(reason=reason, by=event.actor, now_ms=event.at_ms, event=event)

@@ -88,8 +88,9 @@ class Store(Protocol):
         ...
 
     async def pause(self, *, reason: str, by: str, now_ms: int, event: Event) -> Pause | None:
-        """Pause intake fleet-wide: one transaction of a conditional update of the fleet counter item (which every
-        claim's transaction already writes: from then on each claim is refused with ``Paused``) and the ``paused``
+        """Pause intake fleet-wide: one transaction of a conditional update of the fleet's control items (one of
+        which every claim's transaction already writes: from then on each claim is refused with ``Paused``) and the
+        ``paused``
         ``event`` of ``FLEET_ID`` (in the outbox if a channel wants it). Returns the pause already in force,
         unchanged and nothing written, if there was one; else None."""
         ...

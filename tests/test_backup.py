@@ -68,8 +68,7 @@ def test_import_keeps_the_fleet_counter_exact_while_a_daemon_claims(dynamodb: An
 
     in_progress = [ws.workset_id for ws in run(live.list(state=State.IN_PROGRESS))]
     assert len(in_progress) == 1 + len(claimed) and len(claimed) >= 3
-    counter = dynamodb.get_item(TableName="live", Key=codec.FLEET_KEY, ConsistentRead=True)["Item"]
-    assert int(counter["running"]["N"]) == len(in_progress)
+    assert run(live.fleet()).running == len(in_progress)
 
 
 def _export(dynamodb: Any, table: str) -> list[dict[str, Any]]:

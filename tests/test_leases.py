@@ -423,6 +423,21 @@ def test_the_fleet_cap_is_exact(world: World, cap: int) -> None:
     run(scenario())
 
 
+def test_a_cap_set_while_worksets_run_counts_them_too(world: World) -> None:
+    """Worksets claimed without a cap are counted on the fleet's shards, which the cap's own condition does not read
+    (monitor/aws/codec.py): a claimer with a cap also checks the fleet's whole count, as last read, before a claim."""
+
+    async def scenario() -> None:
+        await world.register(*(f"ws-{i}" for i in range(5)))
+        assert len(await world.daemon("host-a").claim(slots=3)) == 3  # no cap yet
+        capped = world.daemon("host-b", policy=Policy(duration_s=60, heartbeat_s=15, grace_s=10, fleet_cap=2))
+        fleet = await world.store.fleet()
+        assert await capped.claim(slots=2, fleet=fleet) == []
+        assert world.tallies["host-b"].claims["fleet_full"] == 1 and (await world.store.fleet()).running == 3
+
+    run(scenario())
+
+
 def test_the_sweepers_memory_only_holds_worksets_in_progress(world: World) -> None:
     async def scenario() -> None:
         await world.register(*(f"ws-{i}" for i in range(6)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -174,5 +175,8 @@ def test_the_index_projects_everything_but_what_heartbeats_rewrite() -> None:
     attributes = set(codec.workset_fields(ws))
     keys = {"state", "gsi_sk", "done_pk", "done_sk"}  # this index's keys and the finished index's
     timings = {*codec.TIMING_ATTRIBUTES, codec.STEP_MS + "a"}
-    assert set(codec.GSI_PROJECTED) == attributes - keys - set(codec.HEARTBEAT_ATTRIBUTES) - timings
+    ws = dataclasses.replace(ws, fleet_slot=3)  # counted on a fleet shard: not projected (no claim needs it)
+    attributes = set(codec.workset_fields(ws))
+    assert codec.FLEET_SLOT in attributes
+    assert set(codec.GSI_PROJECTED) == attributes - keys - set(codec.HEARTBEAT_ATTRIBUTES) - timings - {"fleet_slot"}
     assert len(codec.GSI_PROJECTED) <= 20  # DynamoDB's limit for INCLUDE projections

@@ -363,16 +363,18 @@ async def _in_progress(store: Store, names: list[str]) -> int:
 
 
 def hand_edit_counter(store: Store, request: pytest.FixtureRequest, *, running: int) -> None:
-    """Overwrite the counter's ``running``, as an operator editing the table's counter item could."""
+    """Overwrite the fleet's ``running``, as an operator editing the table's counter items could: the counter item
+    says ``running``, its shards 0."""
     if isinstance(store, MemoryStore):
         store.set_fleet_counter(running=running)
         return
-    request.getfixturevalue("dynamodb").update_item(
-        TableName=TABLE,
-        Key=codec.FLEET_KEY,
-        UpdateExpression="SET running = :running",
-        ExpressionAttributeValues={":running": {"N": str(running)}},
-    )
+    for key in codec.FLEET_CONTROL_KEYS:
+        request.getfixturevalue("dynamodb").update_item(
+            TableName=TABLE,
+            Key=key,
+            UpdateExpression="SET running = :running",
+            ExpressionAttributeValues={":running": {"N": str(running if key == codec.FLEET_KEY else 0)}},
+        )
 
 
 def test_the_fleet_counter_stays_exact_through_claims_releases_expiries_and_a_full_fleet(store: Store) -> None:

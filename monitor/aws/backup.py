@@ -101,7 +101,7 @@ def load(
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     for item in items:
         sk = item["sk"]["S"]
-        if sk == codec.FLEET_COUNTER_SK or sk.startswith(codec.DONE_PREFIX):
+        if sk == codec.FLEET_COUNTER_SK or sk.startswith((codec.DONE_PREFIX, codec.FLEET_SHARD_PREFIX)):
             continue  # the table's own counters move with each workset written (below)
         if sk == codec.CONTROL_SK:
             written = _put_workset(client, table, item, force=force, audit=(actor, source, now_ms))
@@ -126,14 +126,21 @@ def load(
             UpdateExpression="ADD retry_seq :one",
             ExpressionAttributeValues={":one": {"N": "1"}},
         )
-    counter = _call(client.get_item, table, Key=codec.FLEET_KEY, ConsistentRead=True).get("Item", {})
-    report.in_progress = int(counter.get("running", {}).get("N", "0"))
+    low, high = codec.FLEET_CONTROL_RANGE
+    control = _call(
+        client.query,
+        table,
+        KeyConditionExpression="pk = :pk AND sk BETWEEN :low AND :high",
+        ExpressionAttributeValues={":pk": codec.FLEET_KEY["pk"], ":low": {"S": low}, ":high": {"S": high}},
+        ConsistentRead=True,
+    )
+    report.in_progress = codec.fleet_from_items(control.get("Items", []), table=table).running
     return report
 
 
 def _put_workset(client: Any, table: str, item: dict[str, Any], *, force: bool, audit: tuple[str, str, int]) -> bool:
     """Write one workset unless the table's copy is as new (with ``force``: whatever it is, as a new version on top
-    of the table's, with an ``imported`` event), in one transaction with the fleet counter's change, as every
+    of the table's, with an ``imported`` event), in one transaction with the fleet counts' change, as every
     transition is: the counter stays exact while daemons work the table. A daemon's write in between fails the
     condition on the version read, and the workset is read and decided again."""
     key = {"pk": item["pk"], "sk": item["sk"]}
@@ -155,10 +162,12 @@ def _put_workset(client: Any, table: str, item: dict[str, Any], *, force: bool, 
                 "ExpressionAttributeValues": {":seen": old["version"]},
             }
         writes.insert(0, {"Put": put})
-        delta = _in_progress(item) - _in_progress(old)
-        if delta:
-            fleet = {"TableName": table, "Key": codec.FLEET_KEY, "UpdateExpression": "ADD running :delta"}
-            writes.append({"Update": fleet | {"ExpressionAttributeValues": {":delta": {"N": str(delta)}}}})
+        running_on = (_running_on(old), _running_on(written))
+        if running_on[0] != running_on[1]:
+            for counted_on, delta in zip(running_on, (-1, 1), strict=True):
+                if counted_on is not None:
+                    fleet = {"TableName": table, "Key": counted_on, "UpdateExpression": "ADD running :delta"}
+                    writes.append({"Update": fleet | {"ExpressionAttributeValues": {":delta": {"N": str(delta)}}}})
         counted_in = (_counter(old, table), _counter(written, table))
         if counted_in[0] != counted_in[1]:
             writes += [codec.counter_add(table, sk, d) for sk, d in zip(counted_in, (-1, 1), strict=True) if sk]
@@ -201,8 +210,13 @@ def _counter(item: dict[str, Any] | None, table: str) -> str | None:
     return codec.done_counter_sk(codec.workset_from_item(item, table=table))
 
 
-def _in_progress(item: dict[str, Any] | None) -> int:
-    return int(item is not None and item.get("state", {}).get("S") == State.IN_PROGRESS.value)
+def _running_on(item: dict[str, Any] | None) -> codec.Item | None:
+    """The key of the fleet control item an in-progress item is counted on (its ``fleet_slot``), None if it is not
+    in progress."""
+    if item is None or item.get("state", {}).get("S") != State.IN_PROGRESS.value:
+        return None
+    slot = item.get(codec.FLEET_SLOT, {}).get("N")
+    return codec.fleet_slot_key(None if slot is None else int(slot))
 
 
 def _call(method: Any, table: str, **kwargs: Any) -> Any:

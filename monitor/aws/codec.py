@@ -55,8 +55,13 @@ FLEET_COUNTER_SK = "counter"
 CHORES_SK = "control#chores"  # the chores role (`roles`)
 FLEET_KEY = {"pk": {"S": FLEET_ID}, "sk": {"S": FLEET_COUNTER_SK}}  # its fleet-wide events share its partition
 CHORES_KEY = {"pk": {"S": FLEET_ID}, "sk": {"S": CHORES_SK}}
-# One Query of sk BETWEEN these reads the fleet's control items (the role and the counter) and none of its events
-# ("control#..." < "counter" < "evt#..."): one consistent read unit for both.
+# Without a fleet cap, a claim and the end of its run count on one of FLEET_SHARDS shard items (by CRC-32 of the
+# workset id), not on the counter item: no single item is written by every transition of a busy fleet. A pause is
+# written on all of them, so every claim's own transaction still sees it. ``Fleet`` is their sum.
+FLEET_SHARDS = 8
+FLEET_SHARD_PREFIX = "control#shard#"
+# One Query of sk BETWEEN these reads the fleet's control items (the role, the shards and the counter) and none of
+# its events ("control#..." < "counter" < "done#..." < "evt#..."): one consistent read unit for all of them.
 FLEET_CONTROL_RANGE = ("control#", FLEET_COUNTER_SK)
 PRESENCE_PK = "#daemon"  # one partition of presence items, sort key the daemon's owner id: one Query lists them
 PRESENCE_TTL_S = 86_400  # `expires_at` (epoch seconds): DynamoDB TTL deletes a dead daemon's item after a day
@@ -74,6 +79,9 @@ HEARTBEAT_ATTRIBUTES = ("hb_count", "heartbeat_at_ms", "lease_expires_at_ms", "c
 STEP_MS = "step_ms#"  # + a step's name: the milliseconds of its successful run in the current run of the workset
 # The run's timings (``report``): not projected, so tables made before them keep their index; a claim needs none.
 TIMING_ATTRIBUTES = ("started_at_ms", "finished_at_ms")
+# Which fleet control item counts an in-progress workset: not projected either (claims nominate ready and retrying
+# worksets, which have none; the end of a run is decided on a consistent read or the holder's own copy).
+FLEET_SLOT = "fleet_slot"
 GSI_PROJECTED = (
     "priority",
     "bucket",
@@ -102,6 +110,21 @@ def event_sk(seq: int) -> str:
 
 def control_key(workset_id: str) -> Item:
     return {"pk": {"S": workset_id}, "sk": {"S": CONTROL_SK}}
+
+
+def fleet_shard(workset_id: str) -> int:
+    """The shard a workset claimed without a fleet cap is counted on."""
+    return zlib.crc32(workset_id.encode()) % FLEET_SHARDS
+
+
+def fleet_slot_key(slot: int | None) -> Item:
+    """The key of the fleet control item ``slot`` names: a shard, or the counter item (None)."""
+    sk = FLEET_COUNTER_SK if slot is None else f"{FLEET_SHARD_PREFIX}{slot}"
+    return {"pk": {"S": FLEET_ID}, "sk": {"S": sk}}
+
+
+# What a pause is written on: every item a claim's transaction may write, the counter item first.
+FLEET_CONTROL_KEYS = (FLEET_KEY, *(fleet_slot_key(k) for k in range(FLEET_SHARDS)))
 
 
 def counted(ws: Workset) -> bool:
@@ -186,6 +209,7 @@ def workset_fields(ws: Workset, *, in_finished_index: bool | None = None) -> dic
         "error_category": ws.error_category,
         "started_at_ms": ws.started_at_ms,
         "finished_at_ms": ws.finished_at_ms,
+        FLEET_SLOT: ws.fleet_slot,
         "gsi_sk": None if finished else gsi_sort_key(ws),
         "done_pk": done_pk,
         "done_sk": done_sk,
@@ -231,6 +255,7 @@ def workset_from_item(item: Item, *, table: str) -> Workset:
         started_at_ms=a.optional("started_at_ms", int),
         finished_at_ms=a.optional("finished_at_ms", int),
         step_ms=a.step_ms(),
+        fleet_slot=a.optional(FLEET_SLOT, int),
     )
 
 
@@ -325,13 +350,16 @@ def _step_run(a: _Attributes) -> StepRun | None:
 
 
 def fleet_from_items(items: list[Item], *, table: str) -> Fleet:
-    """The fleet as its control items (the counter, the chores role; either may be absent) say."""
+    """The fleet as its control items (the counter, its shards, the chores role; any may be absent) say: in
+    progress and retry_seq summed over the counter and the shards, the pause as the counter item has it."""
     by_sk = {item.get("sk", {}).get("S"): item for item in items}
     a = _Attributes(by_sk.get(FLEET_COUNTER_SK, {}), table=table)
+    shards = [item for sk, item in by_sk.items() if sk and sk.startswith(FLEET_SHARD_PREFIX)]
+    counts = [a, *(_Attributes(item, table=table) for item in shards)]
     role = by_sk.get(CHORES_SK)
     return Fleet(
-        running=a.optional("running", int) or 0,
-        retry_seq=a.optional("retry_seq", int) or 0,
+        running=sum(c.optional("running", int) or 0 for c in counts),
+        retry_seq=sum(c.optional("retry_seq", int) or 0 for c in counts),
         paused=pause(a),
         chores=None if role is None else role_from_item(role, table=table),
     )

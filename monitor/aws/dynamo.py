@@ -51,6 +51,16 @@ from monitor.states import Decision, due, gsi_sort_key
 log = logs.get("monitor.store")
 
 
+def _counted_on(after: Workset, before: Workset, cap: int | None) -> Workset:
+    """``after`` with the fleet control item that counts it: a claim without a cap picks its shard, with a cap the
+    counter item (the cap's condition is on it); leaving in_progress clears it."""
+    if after.state is State.IN_PROGRESS and before.state is not State.IN_PROGRESS:
+        return dataclasses.replace(after, fleet_slot=None if cap is not None else codec.fleet_shard(after.workset_id))
+    if after.state is not State.IN_PROGRESS and after.fleet_slot is not None:
+        return dataclasses.replace(after, fleet_slot=None)
+    return after
+
+
 def _same_but_layout(item: codec.Item, before: Workset, counted: bool) -> bool:
     """Whether a refused write's item is the finished workset it expected, stored in the other layout."""
     return (
@@ -111,13 +121,15 @@ class DynamoStore(OutboxRows):
         fleet_cap: int | None,
         stored_counted: bool | None = None,
     ) -> Workset:
-        before, after = decision.before, decision.after
+        before = decision.before
+        after = _counted_on(decision.after, before, fleet_cap)
         # A finished workset is stored in one of two layouts (``codec``); the write says which it expects, and
         # learns the other from the item if it was wrong (one written before the finished index, or moved by init).
         was_counted = codec.counted(before) if stored_counted is None else stored_counted
-        update = _update_expression(
-            codec.workset_fields(before, in_finished_index=was_counted), codec.workset_fields(after)
-        )
+        old = codec.workset_fields(before, in_finished_index=was_counted)
+        if before.state is State.IN_PROGRESS and after.state is not State.IN_PROGRESS:
+            old[codec.FLEET_SLOT] = -1  # remove it whatever our copy says (one read from the index does not show it)
+        update = _update_expression(old, codec.workset_fields(after))
         names, values = update["ExpressionAttributeNames"], update["ExpressionAttributeValues"]
         condition = "#state = :expect_state AND #version = :expect_version"
         names |= {"#state": "state", "#version": "version"}
@@ -192,8 +204,9 @@ class DynamoStore(OutboxRows):
             self._on_pending(event, ws)
 
     def _fleet_update(self, before: Workset, after: Workset, cap: int | None) -> dict[str, Any] | None:
-        """Keep the fleet counter exact: ``running`` +1 entering in_progress (capped), -1 leaving it; ``retry_seq``
-        +1 entering retrying (which only happens on leaving in_progress, so it costs no extra item)."""
+        """Keep the fleet's counts exact: ``running`` +1 entering in_progress (capped), -1 leaving it, on the item
+        the workset is counted on (its ``fleet_slot``); ``retry_seq`` +1 entering retrying (which only happens on
+        leaving in_progress, so it costs no extra item)."""
         entering = after.state is State.IN_PROGRESS and before.state is not State.IN_PROGRESS
         leaving = before.state is State.IN_PROGRESS and after.state is not State.IN_PROGRESS
         retrying = after.state is State.RETRYING and before.state is not State.RETRYING
@@ -208,7 +221,7 @@ class DynamoStore(OutboxRows):
             return None
         update: dict[str, Any] = {
             "TableName": self._table,
-            "Key": codec.FLEET_KEY,
+            "Key": codec.fleet_slot_key(after.fleet_slot if entering else before.fleet_slot),
             "UpdateExpression": "ADD " + ", ".join(adds),
             "ExpressionAttributeValues": values,
         }
@@ -421,16 +434,14 @@ class DynamoStore(OutboxRows):
     async def pause(self, *, reason: str, by: str, now_ms: int, event: Event) -> Pause | None:
         """Pause intake fleet-wide and record ``event`` (its ``paused`` event, in the outbox if a channel wants it)
         in one transaction; the pause already in force (unchanged, nothing written) if there is one, else None."""
-        update = {
-            "TableName": self._table,
-            "Key": codec.FLEET_KEY,
-            "UpdateExpression": "SET paused_at_ms = :at, paused_by = :by, paused_reason = :reason",
-            "ConditionExpression": "attribute_not_exists(paused_at_ms)",
-            "ExpressionAttributeValues": {":at": {"N": str(now_ms)}, ":by": {"S": by}, ":reason": {"S": reason}},
-        }
-        if not await self._fleet_event({"Update": update}, event, what="pausing intake"):
-            return (await self.fleet()).paused
-        return None
+        done = await self._fleet_event(
+            "SET paused_at_ms = :at, paused_by = :by, paused_reason = :reason",
+            {":at": {"N": str(now_ms)}, ":by": {"S": by}, ":reason": {"S": reason}},
+            condition=("attribute_not_exists(paused_at_ms)", {}),
+            event=event,
+            what="pausing intake",
+        )
+        return None if done else (await self.fleet()).paused
 
     async def resume(self, *, event: Event) -> Pause | None:
         """End the pause and record ``event`` in one transaction; the pause it ended, or None if intake was not
@@ -439,19 +450,33 @@ class DynamoStore(OutboxRows):
         paused = (await self.fleet()).paused
         if paused is None:
             return None
-        update = {
-            "TableName": self._table,
-            "Key": codec.FLEET_KEY,
-            "UpdateExpression": "REMOVE paused_at_ms, paused_by, paused_reason",
-            "ConditionExpression": "paused_at_ms = :at",
-            "ExpressionAttributeValues": {":at": {"N": str(paused.at_ms)}},
-        }
-        return paused if await self._fleet_event({"Update": update}, event, what="resuming intake") else None
+        done = await self._fleet_event(
+            "REMOVE paused_at_ms, paused_by, paused_reason",
+            {},
+            condition=("paused_at_ms = :at", {":at": {"N": str(paused.at_ms)}}),
+            event=event,
+            what="resuming intake",
+        )
+        return paused if done else None
 
-    async def _fleet_event(self, change: dict[str, Any], event: Event, *, what: str) -> bool:
-        """Write ``change`` to the fleet counter item with ``event`` beside it; False if ``change``'s condition
-        failed (nothing written)."""
-        items = [change, self._event_put(event)]
+    async def _fleet_event(
+        self, change: str, values: codec.Item, *, condition: tuple[str, codec.Item], event: Event, what: str
+    ) -> bool:
+        """Apply ``change`` to every fleet control item that claims write (the counter and its shards: each claim's
+        own transaction sees it), the counter's under ``condition``, with ``event`` beside them; False if that
+        condition failed (nothing written)."""
+        expression, condition_values = condition
+        items: list[dict[str, Any]] = []
+        for key in codec.FLEET_CONTROL_KEYS:
+            update: dict[str, Any] = {"TableName": self._table, "Key": key, "UpdateExpression": change}
+            used = values
+            if key == codec.FLEET_KEY:
+                update["ConditionExpression"] = expression
+                used = values | condition_values
+            if used:
+                update["ExpressionAttributeValues"] = used
+            items.append({"Update": update})
+        items.append(self._event_put(event))
         try:
             await self._call("transact_write_items", what=what, inspect=_CANCELLED, TransactItems=items)
         except botocore.exceptions.ClientError as exc:
