@@ -315,17 +315,23 @@ def drain(site: Site, *, worksets: int, daemons: int, concurrency: int, timeout_
 # --- idle ---------------------------------------------------------------------------------------------------------
 
 
-def idle(site: Site, *, registered: int, interval_s: float, cycles: int) -> dict[str, Any]:
-    if site.finished < registered:
-        site.seed_finished(registered - site.finished)
-    config = (
+IDLE_GAUGES = "queue_refresh_s = 86400\nfinished_refresh_s = 86400\n"  # the gauges have their own interval: apart
+
+
+def idle_config(interval_s: float) -> str:
+    """An idle daemon's configuration: the bench's prefix scanned and swept every ``interval_s``, one no-op step."""
+    return (
         f'[scan]\nbucket = "{BUCKET}"\nprefixes = ["{PREFIX}"]\ninterval_s = {interval_s}\n'
         f"[lease]\nsweep_interval_s = {interval_s}\n"
         f'[[pipeline.steps]]\nname = "noop"\ncommand = {step_command("pass")}\n'
     )
-    # The queue-gauge refresh has its own interval and reads the whole index: measured apart.
+
+
+def idle(site: Site, *, registered: int, interval_s: float, cycles: int) -> dict[str, Any]:
+    if site.finished < registered:
+        site.seed_finished(registered - site.finished)
     started = time.monotonic()
-    daemon = Daemon(site, f"idle-{registered}", config, metrics="queue_refresh_s = 86400\nfinished_refresh_s = 86400\n")
+    daemon = Daemon(site, f"idle-{registered}", idle_config(interval_s), metrics=IDLE_GAUGES)
     try:
         daemon.wait_serving(timeout_s=600)
         deadline = time.monotonic() + 120

@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fleet import BUCKET, CREDENTIALS, PREFIX, ROLE_HELD, Daemon, Site, aws_calls, step_command
+from fleet import CREDENTIALS, IDLE_GAUGES, ROLE_HELD, Daemon, Site, aws_calls, idle_config
 
 from monitor.aws.emulator import Emulator
 
@@ -61,13 +61,8 @@ def s3(calls: Counter[str]) -> int:
 def measure(site: Site, *, registered: int, daemons: int, interval_s: float, cycles: int) -> dict[str, Any]:
     if site.finished < registered:
         site.seed_finished(registered - site.finished)
-    config = (
-        f'[scan]\nbucket = "{BUCKET}"\nprefixes = ["{PREFIX}"]\ninterval_s = {interval_s}\n'
-        f"[lease]\nsweep_interval_s = {interval_s}\n"
-        f'[[pipeline.steps]]\nname = "noop"\ncommand = {step_command("pass")}\n'
-    )
-    gauges = "queue_refresh_s = 86400\nfinished_refresh_s = 86400\n"
-    fleet = [Daemon(site, f"idle-{registered}-{daemons}-{i}", config, metrics=gauges) for i in range(daemons)]
+    config = idle_config(interval_s)
+    fleet = [Daemon(site, f"idle-{registered}-{daemons}-{i}", config, metrics=IDLE_GAUGES) for i in range(daemons)]
     try:
         holder = wait_for_holder(fleet, timeout_s=900)
         # Settle: the holder's first scan after taking the role is a cold start (it reads every registered id,
