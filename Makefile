@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint typecheck unit tools faketime tmux bench chaos soak demo clean deploy-test deploy-tools
+.PHONY: test lint typecheck unit tools faketime tmux sshd bench chaos soak demo clean deploy-test deploy-tools
 
 test: lint typecheck tools unit
 
@@ -21,10 +21,26 @@ define apt_tool
 endef
 
 # promtool and prometheus (Debian's `prometheus` package) for the alert-rule tests and the scrape test; faketime for
-# the chaos suite's operator with a slow clock; tmux for the test that drives `workset-monitor watch` in a terminal.
-tools: faketime tmux
+# the chaos suite's operator with a slow clock; tmux for the test that drives `workset-monitor watch` in a terminal
+# and for the Daylily head node, whose sshd is Debian's openssh-server (tests/headnode.py: loopback only; the package's
+# own service is not started without systemd).
+tools: faketime tmux sshd
 	$(call apt_tool,promtool,prometheus)
 	$(call apt_tool,prometheus,prometheus)
+
+# Installed with services held back (a policy-rc.d that says no, when the machine has none): the package would
+# otherwise start a system sshd on port 22 on a machine that runs services; the tests start their own on loopback.
+sshd:
+	@command -v /usr/sbin/sshd >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's openssh-server (its service not started)"; \
+	    own=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+	      chmod +x /usr/sbin/policy-rc.d; own=1; }; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      openssh-server >/dev/null; status=$$?; [ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; exit $$status; \
+	  else \
+	    echo "sshd missing: install Debian's 'openssh-server' package (sudo apt-get install openssh-server)"; exit 1; \
+	  fi; }
 
 faketime:
 	$(call apt_tool,faketime,faketime)

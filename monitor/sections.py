@@ -262,6 +262,33 @@ class LogConfig(Section):
     format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, JSON otherwise
 
 
+class DaylilyConfig(Section):
+    """``[daylily]``: what the ``workset-daylily`` steps need to run a workset on a Daylily ParallelCluster head node
+    (docs/pipeline.md, "Daylily"). Read by the steps, not by the daemon."""
+
+    # Where the pipeline runs. ``head_node`` fixes the address (a static cluster, a bastion, the tests); otherwise
+    # the ``cluster`` step finds it and records it in the workset's run state.
+    head_node: str | None = None
+    ssh_user: str = "ubuntu"
+    ssh_port: int = Field(22, ge=1, le=65535)
+    ssh_identity_file: str | None = None
+    ssh_extra_args: list[str] = Field(default_factory=list)  # e.g. ["-o", "ProxyJump=bastion"]
+    ssh_connect_timeout_s: Seconds = 15.0
+    # One remote command (the run's checks, a launch) may take this long before it counts as a failed connection.
+    ssh_command_timeout_s: Seconds = 120.0
+    login_shell_init: str = "source ~/.bashrc"  # run before the pipeline command, in the run's login shell
+    # The pipeline directory on the head node: the clone's location when the ``clone`` step recorded one, else
+    # ``<workdir>/<workset id>``.
+    workdir: str = "/fsx/data/worksets"
+    # The run, in the pipeline directory on the head node: a shell command line, the old ``run_prefix`` and its dy-r
+    # arguments, e.g. "source dyoainit && source bin/day_activate slurm hg38 && ./bin/day_run produce_snv_concordances"
+    run_command: str = Field(min_length=1)
+    tmux_session_prefix: str = Field("daylily", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    pipeline_timeout_minutes: float | None = Field(None, gt=0)  # then C-c, then the session is killed: error
+    interrupt_grace_s: float = Field(10.0, ge=0)  # between C-c and killing the session
+    log_tail_lines: int = Field(40, ge=0, le=1000)  # of the run's log, printed when it failed (the audit trail)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -281,6 +308,7 @@ class Settings(BaseSettings):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    daylily: DaylilyConfig | None = None  # the workset-daylily steps' section; the daemon ignores it
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, secrets masked."""

@@ -11,10 +11,12 @@ from tests.conftest import ROOT
 LAYERS: list[set[str]] = [
     {"monitor", "monitor.errors", "monitor.clock", "monitor.model", "monitor.terminal", "monitor.recorder"},
     {"monitor.child"},
-    {"monitor.states", "monitor.manifest", "monitor.legacy"},
+    {"monitor.states", "monitor.manifest", "monitor.legacy", "monitor.daylily", "monitor.daylily.state"},
+    {"monitor.daylily.scripts"},
     {"monitor.selection"},
     {"monitor.sections"},
-    {"monitor.config", "monitor.logs"},
+    {"monitor.config", "monitor.logs", "monitor.daylily.remote"},
+    {"monitor.daylily.steps"},
     {"monitor.ports", "monitor.loops", "monitor.live"},
     {"monitor.step_logs"},
     {"monitor.aws", "monitor.aws.codec", "monitor.aws.clients", "monitor.aws.emulator", "monitor.aws.demo_steps"},
@@ -25,6 +27,7 @@ LAYERS: list[set[str]] = [
         "monitor.aws.sqs",
         "monitor.memory",
         "monitor.aws.backup",
+        "monitor.aws.run_states",
     },
     {"monitor.aws.outbox_rows"},
     {"monitor.aws.dynamo"},
@@ -68,7 +71,7 @@ LAYERS: list[set[str]] = [
     {"monitor.supervisor"},
     {"monitor.preflight", "monitor.iam", "monitor.app"},
     {"monitor.demo", "monitor.commands", "monitor.operator_commands", "monitor.step_log_view"},
-    {"monitor.cli"},
+    {"monitor.cli", "monitor.daylily.cli"},
     {"monitor.__main__"},
 ]
 LEVEL = {module: level for level, group in enumerate(LAYERS) for module in group}

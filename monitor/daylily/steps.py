@@ -1,0 +1,183 @@
+"""The Daylily steps: each returns the step's exit status (docs/pipeline.md: 0 done, 75 temporary or, for a poll
+step, still running, anything else a failure) and prints what a person needs to know, which the daemon keeps in the
+workset's audit trail.
+
+``launch`` and ``watch`` are idempotent and resumable from any host: the run is a tmux session on the head node,
+named after the workset (its existence is the lock), and what the steps learn is in the workset's run state in S3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from monitor.daylily import scripts
+from monitor.daylily.remote import HeadNode, Unreachable
+from monitor.daylily.state import RunState, RunStates, Stale, update
+from monitor.sections import DaylilyConfig
+
+DONE, FAILED, TEMPORARY = 0, 1, 75  # TEMPORARY is also a poll step's "still running"
+
+
+@dataclass(frozen=True, slots=True)
+class Workset:
+    """The step's ``WORKSET_*`` environment."""
+
+    workset_id: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    cfg: DaylilyConfig
+    workset: Workset
+    states: RunStates
+    out: TextIO
+    head_node: Callable[[str], HeadNode]  # an address -> the head node there
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+def _where(step: Step, state: RunState) -> tuple[str, str] | None:
+    """(head node address, pipeline directory), or None (said why)."""
+    address = step.cfg.head_node or state.head_node
+    if address is None:
+        step.say("no head node: run the `cluster` step first, or set [daylily] head_node")
+        return None
+    return address, state.pipeline_dir or posixpath.join(step.cfg.workdir, step.workset.workset_id)
+
+
+def launch(step: Step) -> int:
+    """Start the run in the workset's tmux session on the head node, or find it already started or finished."""
+    ws = step.workset
+    try:
+        state = update(step.states, ws.epoch, lambda s: s)
+    except Stale as exc:
+        step.say(f"not launching: {exc}")
+        return TEMPORARY
+    where = _where(step, state)
+    if where is None:
+        return FAILED
+    address, pdir = where
+    session = scripts.session_name(step.cfg.tmux_session_prefix, ws.workset_id)
+    script = scripts.launch(
+        pdir=pdir,
+        session=session,
+        epoch=ws.epoch,
+        workset_id=ws.workset_id,
+        login_shell_init=step.cfg.login_shell_init,
+        run_command=step.cfg.run_command,
+        rerun=state.reported is not None,
+    )
+    try:
+        answer = step.head_node(address).run(script)
+    except Unreachable as exc:
+        step.say(f"head node unreachable: {exc}")
+        return TEMPORARY
+    found = scripts.answers(answer.out)
+    if answer.code != 0 or not found:
+        step.say(f"launch failed on {address} (exit {answer.code}): {scripts.chatter(answer.out)}")
+        return FAILED
+    launched = found.get("session") == "launched"
+
+    def record(s: RunState) -> RunState:
+        s = dataclasses.replace(s, head_node=address, pipeline_dir=pdir, session=session)
+        return dataclasses.replace(s, launched_epoch=ws.epoch, reported=None) if launched else s
+
+    try:
+        update(step.states, ws.epoch, record)
+    except Stale as exc:
+        step.say(f"launched, but a newer holder owns the workset now: {exc}")
+        return TEMPORARY
+    if launched:
+        step.say(f"launched the run in tmux session {session} on {address}:{pdir} (epoch {ws.epoch})")
+    elif "outcome" in found:
+        step.say(f"the run has already ended ({found['outcome']}) in {pdir} on {address}; `watch` reports it")
+    else:
+        by = found.get("launched_by") or "an earlier holder"
+        step.say(f"the run is already going in tmux session {session} on {address} (launched by epoch {by})")
+    return DONE
+
+
+def watch(step: Step) -> int:
+    """How the run stands: done when ``daylily.successful_run`` is there; still running (75) while its session is;
+    a failure when ``daylily.failed_run`` is there, when the session ended without a sentinel, or when the run has
+    taken longer than ``pipeline_timeout_minutes`` (then it gets Ctrl-C, and its session is killed after
+    ``interrupt_grace_s``). A failure prints the end of the run's log."""
+    ws, cfg = step.workset, step.cfg
+    found_state, _ = step.states.read()
+    state = found_state or RunState()
+    if state.epoch > ws.epoch:
+        step.say(f"not watching: the run state was written by epoch {state.epoch}; this step runs under {ws.epoch}")
+        return TEMPORARY
+    where = _where(step, state)
+    if where is None:
+        return FAILED
+    address, pdir = where
+    if state.session is None:
+        step.say("no run was launched for this workset: the `launch` step runs it")
+        return FAILED
+    node = step.head_node(address)
+    try:
+        answer = node.run(scripts.look(pdir=pdir, session=state.session, tail_lines=cfg.log_tail_lines))
+    except Unreachable as exc:
+        step.say(f"head node unreachable, will look again: {exc}")
+        return TEMPORARY
+    found = scripts.answers(answer.out)
+    outcome = found.get("outcome")
+    if answer.code != 0 or outcome is None:
+        step.say(f"cannot see the run on {address} (exit {answer.code}): {scripts.chatter(answer.out)}")
+        return FAILED
+    if outcome == "succeeded":
+        step.say(f"the run succeeded ({scripts.SUCCEEDED} in {pdir})")
+        return DONE
+    if outcome == "running":
+        return _running(step, node, state, found, pdir)
+    why = (
+        f"the run failed ({scripts.FAILED} in {pdir})"
+        if outcome == "failed"
+        else f"the run's tmux session {state.session} ended without {scripts.SUCCEEDED} or {scripts.FAILED}"
+    )
+    return _report(step, why, scripts.chatter(answer.out), reported="failed")
+
+
+def _running(step: Step, node: HeadNode, state: RunState, found: dict[str, str], pdir: str) -> int:
+    cfg = step.cfg
+    try:
+        ran_s = int(found["now"]) - int(found["started"])
+    except (KeyError, ValueError):
+        ran_s = None  # launched by something that kept no start time: no timeout can be measured
+    minutes = "" if ran_s is None else f" for {ran_s / 60:.0f} min"
+    if cfg.pipeline_timeout_minutes is None or ran_s is None or ran_s < cfg.pipeline_timeout_minutes * 60:
+        step.say(f"running{minutes} in tmux session {state.session} on {node.address}")
+        return TEMPORARY
+    assert state.session is not None
+    script = scripts.interrupt(
+        pdir=pdir, session=state.session, grace_s=cfg.interrupt_grace_s, tail_lines=cfg.log_tail_lines
+    )
+    try:
+        answer = node.run(script, timeout_s=cfg.ssh_command_timeout_s + cfg.interrupt_grace_s)
+    except Unreachable as exc:
+        step.say(f"the run is past its timeout but the head node is unreachable, will try again: {exc}")
+        return TEMPORARY
+    why = (
+        f"the run timed out after {cfg.pipeline_timeout_minutes:g} min ([daylily] pipeline_timeout_minutes): sent "
+        f"Ctrl-C, then ended tmux session {state.session}"
+    )
+    return _report(step, why, scripts.chatter(answer.out), reported="timed out")
+
+
+def _report(step: Step, why: str, tail: str, *, reported: str) -> int:
+    try:
+        update(step.states, step.workset.epoch, lambda s: dataclasses.replace(s, reported=reported))
+    except Stale as exc:
+        step.say(f"{why}; not recorded: {exc}")
+        return TEMPORARY
+    step.say(why)
+    if tail:
+        step.say(f"--- the end of the run's log ---\n{tail}")
+    return FAILED
