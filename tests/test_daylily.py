@@ -7,17 +7,27 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from monitor.aws import schema
+from monitor.aws.dynamo import DynamoStore
+from monitor.child import Child
+from monitor.config import TableConfig
 from monitor.daylily import cli, scripts
 from monitor.daylily.state import STATE_KEY
+from monitor.model import EventType, State, WorksetId
+from tests.conftest import REGION, ROOT, run
 from tests.headnode import HeadNodeSite, head_node
+from tests.lab import BUCKET as LAB_BUCKET
+from tests.lab import Lab
 
 BUCKET, PREFIX = "lab-bucket", "worksets/ws-1/"
 
@@ -63,6 +73,16 @@ def step(config: Path, name: str, *, epoch: int, workset: str = "ws-1") -> tuple
 
 def state(s3: Any) -> dict[str, Any]:
     return json.loads(s3.get_object(Bucket=BUCKET, Key=PREFIX + STATE_KEY)["Body"].read())
+
+
+def until(check: Callable[[], Any], what: str, *, timeout_s: float = 30) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def watch_until(config: Path, *, epoch: int, timeout_s: float = 30) -> tuple[int, str]:
@@ -196,3 +216,77 @@ def test_it_says_what_is_missing(tmp_path: Path, node: HeadNodeSite, s3: Any) ->
 
     code, text = step(config, "launch", epoch=1)  # no pipeline directory on the head node
     assert code == 1 and "no pipeline directory" in text, text
+
+
+# --- end to end: two real daemons run the steps; one is killed while it watches -----------------------------------
+
+
+def test_a_daemon_killed_while_it_watches_is_taken_over_and_the_run_is_not_started_twice(
+    aws_endpoint: str, tmp_path: Path, node: HeadNodeSite
+) -> None:
+    """The operator's story: a workset dropped in S3 is launched on the head node by one daemon, which is SIGKILLed
+    while it watches the run; the other daemon takes the workset over after a lease, re-attaches to the same tmux
+    session, and completes it when the run succeeds: exactly one pipeline run. Beside it, a run that fails ends in
+    ``error`` with the end of its log in the audit trail."""
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=aws_endpoint)
+    s3.create_bucket(Bucket=LAB_BUCKET)
+    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint)
+    schema.ensure_table(dynamodb, TableConfig(name="daylily-e2e"))
+    store = DynamoStore(dynamodb, "daylily-e2e")
+    node.pipeline_dir("ws-ok", "succeed 10")
+    node.pipeline_dir("ws-bad", "fail 1")
+    daylily = write_config(tmp_path, node).read_text().split("[daylily]\n", 1)[1]
+    config = tmp_path / "daemon.toml"
+
+    def step(name: str, **kw: Any) -> str:
+        command = json.dumps([sys.executable, "-m", "monitor.daylily.cli", "--config", str(config), name])
+        return f'[[pipeline.steps]]\nname = "{name}"\ncommand = {command}\n' + "".join(
+            f"{k} = {json.dumps(v)}\n" for k, v in kw.items()
+        )
+
+    config.write_text(
+        f'[aws]\nregion = "{REGION}"\nendpoint_url = "{aws_endpoint}"\nmax_attempts = 2\n'
+        f'[table]\nname = "daylily-e2e"\n[scan]\nbucket = "{LAB_BUCKET}"\nprefixes = ["w/"]\ninterval_s = 0.5\n'
+        "[lease]\nduration_s = 3\nheartbeat_s = 0.75\nsweep_interval_s = 0.5\ngrace_s = 1\n"
+        "[run]\nshutdown_grace_s = 1\nretry_backoff_base_s = 1\nretry_backoff_max_s = 1\n"
+        'step_env_passthrough = ["PATH", "HOME", "AWS_*"]\n'
+        f'[log]\nformat = "json"\n[metrics]\nport = 0\n[daylily]\n{daylily}\n'
+        + step("launch", timeout_s=60)
+        + step("watch", kind="poll", interval_s=0.5, timeout_s=120)
+    )
+    lab = Lab(s3)
+    lab.workset("ws-ok", prefix="w/")
+    lab.workset("ws-bad", prefix="w/")
+
+    def get(name: str) -> Any:
+        return run(store.get(WorksetId(name)))
+
+    first = Child(config, tmp_path / "first.log", cwd=ROOT)
+    second = None
+    try:
+        until(lambda: node.runs("ws-ok") and (w := get("ws-ok")) and "launch" in w.steps_done, "ws-ok launched")
+        until(lambda: get("ws-ok").current_step == "watch", "the first daemon watching ws-ok")
+        first.signal(signal.SIGKILL)
+        first.wait()
+        second = Child(config, tmp_path / "second.log", cwd=ROOT)
+        ok = until(lambda: (w := get("ws-ok")) and w.state is State.COMPLETE and w, "ws-ok complete", timeout_s=60)
+        bad = until(lambda: (w := get("ws-bad")) and w.state is State.ERROR and w, "ws-bad in error", timeout_s=60)
+    finally:
+        for daemon in (first, second):
+            if daemon is not None and daemon.running():
+                daemon.kill()
+
+    assert len(node.runs("ws-ok")) == 1, node.runs("ws-ok")  # exactly one pipeline run, across the takeover
+    assert ok.epoch >= 2
+    recorded = json.loads(s3.get_object(Bucket=LAB_BUCKET, Key="w/ws-ok/" + STATE_KEY)["Body"].read())
+    assert recorded["launched_epoch"] == 1  # the first daemon's launch; the second one only watched
+    trail = run(store.history(WorksetId("ws-ok")))
+    types = [e.type for e in trail]
+    assert EventType.LEASE_EXPIRED in types and types[-1] is EventType.COMPLETE
+    second_start = max(i for i, t in enumerate(types) if t is EventType.STARTED)
+    assert trail[second_start].actor != trail[1].actor  # the other daemon
+    assert "the run succeeded" in trail[-2].detail  # the second daemon's watch, recorded
+    assert len(node.runs("ws-bad")) == 1
+    assert "Error in rule call_variants: exit status 137" in bad.last_error or any(
+        "Error in rule call_variants" in e.detail for e in run(store.history(WorksetId("ws-bad")))
+    )
