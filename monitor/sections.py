@@ -269,6 +269,22 @@ class DaylilyConfig(Section):
     # Where the pipeline runs. ``head_node`` fixes the address (a static cluster, a bastion, the tests); otherwise
     # the ``cluster`` step finds it and records it in the workset's run state.
     head_node: str | None = None
+    # The cluster (the ``cluster`` step, with AWS ParallelCluster's ``pcluster``): ``cluster_name`` names the one to
+    # use (never creates one); else the first ready cluster in ``availability_zone`` (any zone when unset), else a
+    # new one made by ``create_command``.
+    region: str | None = None  # else [aws] region
+    aws_profile: str | None = None  # AWS_PROFILE for pcluster and create_command
+    pcluster: str = "pcluster"
+    cluster_name: str | None = None
+    availability_zone: str | None = None
+    create_command: list[str] = Field(
+        default_factory=lambda: ["daylily-create-ephemeral-cluster", "--cluster-name", "{cluster}"], min_length=1
+    )  # an argv; placeholders {cluster} {region}; run with DAY_CONTACT_EMAIL set from contact_email
+    cluster_template: str | None = None  # passed to create_command as --config <template>
+    contact_email: str | None = None
+    cluster_wait_minutes: float = Field(30.0, gt=0)  # for a cluster being created to become ready
+    cluster_poll_s: Seconds = 30.0  # between looks at a cluster being created
+    use_private_ip: bool = False  # SSH to the head node's private address (a VPN or a bastion), not its public one
     ssh_user: str = "ubuntu"
     ssh_port: int = Field(22, ge=1, le=65535)
     ssh_identity_file: str | None = None
@@ -287,6 +303,18 @@ class DaylilyConfig(Section):
     pipeline_timeout_minutes: float | None = Field(None, gt=0)  # then C-c, then the session is killed: error
     interrupt_grace_s: float = Field(10.0, ge=0)  # between C-c and killing the session
     log_tail_lines: int = Field(40, ge=0, le=1000)  # of the run's log, printed when it failed (the audit trail)
+
+    @field_validator("create_command")
+    @classmethod
+    def _create_placeholders(cls, value: list[str]) -> list[str]:
+        for arg in value:
+            try:
+                names = {name for _, name, _, _ in string.Formatter().parse(arg) if name is not None}
+            except ValueError as exc:
+                raise ValueError(f"bad placeholder in {arg!r}: {exc}") from None
+            if unknown := sorted(names - {"cluster", "region"}):
+                raise ValueError(f"unknown placeholder {{{unknown[0]}}} in {arg!r}; known: {{cluster}} {{region}}")
+        return value
 
 
 class Settings(BaseSettings):

@@ -12,7 +12,7 @@ LAYERS: list[set[str]] = [
     {"monitor", "monitor.errors", "monitor.clock", "monitor.model", "monitor.terminal", "monitor.recorder"},
     {"monitor.child"},
     {"monitor.states", "monitor.manifest", "monitor.legacy", "monitor.daylily", "monitor.daylily.state"},
-    {"monitor.daylily.scripts"},
+    {"monitor.daylily.scripts", "monitor.daylily.pcluster"},
     {"monitor.selection"},
     {"monitor.sections"},
     {"monitor.config", "monitor.logs", "monitor.daylily.remote"},
@@ -122,6 +122,7 @@ BOUNDED_WAITS = {
     ("monitor/aws/schema.py", "_wait_active"): "`init` waiting for the table to be ACTIVE, until timeout_s",
     ("monitor/demo.py", "_watch"): "`demo` watching its worksets, until timeout_s",
     ("monitor/child.py", "side_port"): "reading a child daemon's log for its side port, until timeout_s",
+    ("monitor/daylily/steps.py", "_await"): "the `cluster` step waiting for a cluster, until cluster_wait_minutes",
 }
 
 

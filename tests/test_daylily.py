@@ -24,6 +24,7 @@ from monitor.config import TableConfig
 from monitor.daylily import cli, scripts
 from monitor.daylily.state import STATE_KEY
 from monitor.model import EventType, State, WorksetId
+from tests import fake_pcluster
 from tests.conftest import REGION, ROOT, run
 from tests.headnode import HeadNodeSite, head_node
 from tests.lab import BUCKET as LAB_BUCKET
@@ -218,11 +219,102 @@ def test_it_says_what_is_missing(tmp_path: Path, node: HeadNodeSite, s3: Any) ->
     assert code == 1 and "no pipeline directory" in text, text
 
 
+# --- cluster: pick a ready one, or create one once; record its head node ----------------------------------------
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The stand-in pcluster and create tool (tests/fake_pcluster.py), with their clusters in a JSON file."""
+    pcluster, create = fake_pcluster.install(tmp_path / "bin")
+    db = tmp_path / "clusters.json"
+    db.write_text(json.dumps({"clusters": {}}))
+    monkeypatch.setenv("FAKE_PCLUSTER_DB", str(db))
+    return {"pcluster": str(pcluster), "create": str(create), "db": db}
+
+
+def cluster_config(tmp_path: Path, fleet: dict[str, Any], **daylily: Any) -> Path:
+    values = {
+        "region": "us-west-2",
+        "pcluster": fleet["pcluster"],
+        "create_command": [fleet["create"], "--cluster-name", "{cluster}"],
+        "cluster_poll_s": 0.05,
+        "contact_email": "ops@lab.example",
+        "run_command": "true",
+    } | daylily
+    lines = ["[aws]", 'region = "us-east-1"', "[daylily]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path = tmp_path / "cluster.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def clusters(fleet: dict[str, Any], **found: dict[str, Any]) -> dict[str, Any]:
+    db = json.loads(fleet["db"].read_text())
+    if found:
+        db["clusters"] = found
+        fleet["db"].write_text(json.dumps(db))
+    return db
+
+
+def test_the_cluster_step_uses_a_ready_cluster_in_the_zone_and_records_its_head_node(
+    tmp_path: Path, fleet: dict[str, Any], s3: Any
+) -> None:
+    clusters(
+        fleet,
+        other=fake_pcluster.cluster("other", zone="us-west-2a"),
+        busy=fake_pcluster.cluster("busy", status="UPDATE_IN_PROGRESS"),
+        mine=fake_pcluster.cluster("mine", ip="198.51.100.7"),
+    )
+    config = cluster_config(tmp_path, fleet, availability_zone="us-west-2b")
+    code, out = step(config, "cluster", epoch=1)
+    assert code == 0 and "using ready cluster mine in us-west-2b" in out and "head node 198.51.100.7" in out, out
+    assert (state(s3)["cluster"], state(s3)["head_node"]) == ("mine", "198.51.100.7")
+    assert "created" not in clusters(fleet)
+    assert all("--region us-west-2" in call for call in clusters(fleet)["calls"])
+
+    private = cluster_config(tmp_path, fleet, use_private_ip=True)
+    assert step(private, "cluster", epoch=2)[0] == 0 and state(s3)["head_node"] == "10.0.0.9"
+
+
+def test_with_none_ready_it_creates_one_waits_for_it_and_a_rerun_never_creates_another(
+    tmp_path: Path, fleet: dict[str, Any], s3: Any
+) -> None:
+    clusters(fleet, far=fake_pcluster.cluster("far", zone="eu-west-1a"))
+    config = cluster_config(tmp_path, fleet, availability_zone="us-west-2b", cluster_template="/etc/daylily/t.yaml")
+    code, out = step(config, "cluster", epoch=1)
+    assert code == 0, out
+    [created] = clusters(fleet)["created"]
+    assert created["template"] == "/etc/daylily/t.yaml" and "contact ops@lab.example" in out
+    assert "no ready cluster: creating daylily-" in out and f"cluster {created['name']} is ready" in out
+    assert state(s3)["cluster"] == created["name"]
+
+    code, out = step(config, "cluster", epoch=2)  # a takeover runs the step again
+    assert code == 0 and len(clusters(fleet)["created"]) == 1, out
+
+
+def test_a_creation_that_fails_or_a_named_cluster_that_is_missing_fails_the_step(
+    tmp_path: Path, fleet: dict[str, Any], s3: Any
+) -> None:
+    db = clusters(fleet)
+    db["create_fails"] = True
+    fleet["db"].write_text(json.dumps(db))
+    code, out = step(cluster_config(tmp_path, fleet), "cluster", epoch=1)
+    assert code == 1 and "VPC quota is exhausted" in out and "failed (exit 1)" in out, out
+    assert state(s3)["cluster"] is None  # the next attempt chooses again
+
+    code, out = step(cluster_config(tmp_path, fleet, cluster_name="prod-1"), "cluster", epoch=2)
+    assert code == 1 and "cluster prod-1 ([daylily] cluster_name) does not exist" in out, out
+
+    config = tmp_path / "no-region.toml"
+    config.write_text('[daylily]\nrun_command = "true"\n')
+    code, out = step(config, "cluster", epoch=3)
+    assert code == 1 and "no region for pcluster" in out, out
+
+
 # --- end to end: two real daemons run the steps; one is killed while it watches -----------------------------------
 
 
 def test_a_daemon_killed_while_it_watches_is_taken_over_and_the_run_is_not_started_twice(
-    aws_endpoint: str, tmp_path: Path, node: HeadNodeSite
+    aws_endpoint: str, tmp_path: Path, node: HeadNodeSite, fleet: dict[str, Any]
 ) -> None:
     """The operator's story: a workset dropped in S3 is launched on the head node by one daemon, which is SIGKILLed
     while it watches the run; the other daemon takes the workset over after a lease, re-attaches to the same tmux
@@ -235,7 +327,13 @@ def test_a_daemon_killed_while_it_watches_is_taken_over_and_the_run_is_not_start
     store = DynamoStore(dynamodb, "daylily-e2e")
     node.pipeline_dir("ws-ok", "succeed 10")
     node.pipeline_dir("ws-bad", "fail 1")
-    daylily = write_config(tmp_path, node).read_text().split("[daylily]\n", 1)[1]
+    clusters(fleet, lab=fake_pcluster.cluster("lab", ip="127.0.0.1"))  # the loopback head node, found by `cluster`
+    daylily = write_config(
+        tmp_path, node, region="us-west-2", pcluster=fleet["pcluster"], create_command=[fleet["create"]]
+    ).read_text()
+    daylily = "".join(
+        line + "\n" for line in daylily.split("[daylily]\n", 1)[1].splitlines() if "head_node" not in line
+    )
     config = tmp_path / "daemon.toml"
 
     def step(name: str, **kw: Any) -> str:
@@ -249,8 +347,9 @@ def test_a_daemon_killed_while_it_watches_is_taken_over_and_the_run_is_not_start
         f'[table]\nname = "daylily-e2e"\n[scan]\nbucket = "{LAB_BUCKET}"\nprefixes = ["w/"]\ninterval_s = 0.5\n'
         "[lease]\nduration_s = 3\nheartbeat_s = 0.75\nsweep_interval_s = 0.5\ngrace_s = 1\n"
         "[run]\nshutdown_grace_s = 1\nretry_backoff_base_s = 1\nretry_backoff_max_s = 1\n"
-        'step_env_passthrough = ["PATH", "HOME", "AWS_*"]\n'
+        'step_env_passthrough = ["PATH", "HOME", "AWS_*", "FAKE_PCLUSTER_DB"]\n'
         f'[log]\nformat = "json"\n[metrics]\nport = 0\n[daylily]\n{daylily}\n'
+        + step("cluster", timeout_s=60)
         + step("launch", timeout_s=60)
         + step("watch", kind="poll", interval_s=0.5, timeout_s=120)
     )
@@ -280,6 +379,8 @@ def test_a_daemon_killed_while_it_watches_is_taken_over_and_the_run_is_not_start
     assert ok.epoch >= 2
     recorded = json.loads(s3.get_object(Bucket=LAB_BUCKET, Key="w/ws-ok/" + STATE_KEY)["Body"].read())
     assert recorded["launched_epoch"] == 1  # the first daemon's launch; the second one only watched
+    assert (recorded["cluster"], recorded["head_node"]) == ("lab", "127.0.0.1")
+    assert "created" not in clusters(fleet)
     trail = run(store.history(WorksetId("ws-ok")))
     types = [e.type for e in trail]
     assert EventType.LEASE_EXPIRED in types and types[-1] is EventType.COMPLETE

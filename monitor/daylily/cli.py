@@ -1,5 +1,6 @@
 """``workset-daylily``: the Daylily pipeline's steps, one subcommand each, for ``[[pipeline.steps]]``.
 
+    workset-daylily [--config PATH] cluster    choose (or create) the cluster and record its head node
     workset-daylily [--config PATH] launch     start the run in its tmux session on the head node (or find it)
     workset-daylily [--config PATH] watch      a poll step: 0 succeeded, 75 still running, 1 failed or timed out
 
@@ -22,10 +23,11 @@ from monitor import config, errors
 from monitor.aws.clients import Clients
 from monitor.aws.run_states import S3RunStates
 from monitor.daylily import steps
+from monitor.daylily.pcluster import Pcluster
 from monitor.daylily.remote import HeadNode
 from monitor.daylily.state import Changed, Corrupt
 
-STEPS = {"launch": steps.launch, "watch": steps.watch}
+STEPS = {"cluster": steps.cluster, "launch": steps.launch, "watch": steps.watch}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,6 +65,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print("workset-daylily: the config file has no [daylily] section (docs/pipeline.md, Daylily)", file=out)
         return errors.EX_CONFIG
     cfg = settings.daylily
+    region = cfg.region or settings.aws.region
     aws = Clients(settings.aws)
     try:
         step = steps.Step(
@@ -71,6 +74,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             states=S3RunStates(aws.get("s3"), env["WORKSET_BUCKET"], env["WORKSET_PREFIX"]),
             out=out,
             head_node=lambda address: HeadNode(cfg, address),
+            pcluster=None if region is None else Pcluster(cfg.pcluster, region=region, profile=cfg.aws_profile),
         )
         return STEPS[args.step](step)
     except errors.MonitorError as exc:

@@ -9,12 +9,16 @@ named after the workset (its existence is the lock), and what the steps learn is
 from __future__ import annotations
 
 import dataclasses
+import os
 import posixpath
+import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
 from monitor.daylily import scripts
+from monitor.daylily.pcluster import NoSuchCluster, Pcluster, PclusterError
 from monitor.daylily.remote import HeadNode, Unreachable
 from monitor.daylily.state import RunState, RunStates, Stale, update
 from monitor.sections import DaylilyConfig
@@ -32,11 +36,16 @@ class Workset:
 
 @dataclass(frozen=True, slots=True)
 class Step:
+    """What a step has: the configuration, its workset, the run state, its output, and the ways to the cluster."""
+
     cfg: DaylilyConfig
     workset: Workset
     states: RunStates
     out: TextIO
     head_node: Callable[[str], HeadNode]  # an address -> the head node there
+    pcluster: Pcluster | None = None  # None: no region configured
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -181,3 +190,106 @@ def _report(step: Step, why: str, tail: str, *, reported: str) -> int:
     if tail:
         step.say(f"--- the end of the run's log ---\n{tail}")
     return FAILED
+
+
+# --- cluster ------------------------------------------------------------------------------------------------------
+
+
+def cluster(step: Step) -> int:
+    """Find the cluster to run on and its head node, and record both in the run state: ``[daylily] head_node`` as
+    it is; else the cluster the run state names (a takeover, a re-run), ``cluster_name``, the first ready cluster
+    (in ``availability_zone``), or a new one from ``create_command``, waited for up to ``cluster_wait_minutes``. The
+    name of a cluster it creates is recorded before the creation starts, so a re-run after a crash waits for that one
+    instead of creating another."""
+    ws, cfg = step.workset, step.cfg
+
+    def record(cluster: str | None, head: str | None) -> None:
+        update(step.states, ws.epoch, lambda s: dataclasses.replace(s, cluster=cluster, head_node=head))
+
+    try:
+        state = update(step.states, ws.epoch, lambda s: s)
+        if cfg.head_node:
+            record(cfg.cluster_name, cfg.head_node)
+            step.say(f"head node {cfg.head_node} ([daylily] head_node)")
+            return DONE
+        if step.pcluster is None:
+            step.say("no region for pcluster: set [daylily] region or [aws] region")
+            return FAILED
+        pc = step.pcluster
+        name = state.cluster or cfg.cluster_name or _ready_cluster(step, pc)
+        if name is None:
+            name = f"daylily-{int(time.time())}"
+            record(name, None)
+            if not _create(step, name, pc.region):
+                record(None, None)
+                return FAILED
+        return _await(step, pc, name, record)
+    except Stale as exc:
+        step.say(f"not choosing a cluster: {exc}")
+        return TEMPORARY
+    except PclusterError as exc:
+        step.say(f"pcluster failed, will try again: {exc}")
+        return TEMPORARY
+
+
+def _ready_cluster(step: Step, pc: Pcluster) -> str | None:
+    zone = step.cfg.availability_zone
+    for name in pc.names():
+        found = pc.describe(name)
+        if found.ready and (zone is None or found.zone == zone):
+            step.say(f"using ready cluster {name}" + (f" in {zone}" if zone else ""))
+            return name
+    return None
+
+
+def _create(step: Step, name: str, region: str) -> bool:
+    cfg = step.cfg
+    argv = [arg.format(cluster=name, region=region) for arg in cfg.create_command]
+    if cfg.cluster_template:
+        argv += ["--config", cfg.cluster_template]
+    env = {k: v for k, v in os.environ.items() if k != "DAY_DISABLE_AUTO_SELECT"}
+    env |= {"AWS_PROFILE": cfg.aws_profile} if cfg.aws_profile else {}
+    env |= {"DAY_CONTACT_EMAIL": cfg.contact_email} if cfg.contact_email else {}
+    step.say(f"no ready cluster: creating {name} ({' '.join(argv)})")
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env, check=False)  # noqa: S603
+    except OSError as exc:
+        step.say(f"cannot run {argv[0]}: {exc}")
+        return False
+    output = (done.stdout + done.stderr).strip()
+    if output:
+        step.say("\n".join(output.splitlines()[-cfg.log_tail_lines :]))
+    if done.returncode != 0:
+        step.say(f"creating cluster {name} failed (exit {done.returncode})")
+        return False
+    return True
+
+
+def _await(step: Step, pc: Pcluster, name: str, record: Callable[[str | None, str | None], None]) -> int:
+    cfg = step.cfg
+    deadline = step.monotonic() + cfg.cluster_wait_minutes * 60
+    while True:
+        try:
+            found = pc.describe(name)
+        except NoSuchCluster:
+            if name == cfg.cluster_name:
+                step.say(f"cluster {name} ([daylily] cluster_name) does not exist")
+                return FAILED
+            record(None, None)  # deleted, or its creation never got as far as pcluster: choose again next time
+            step.say(f"cluster {name} no longer exists; the next attempt chooses another")
+            return TEMPORARY
+        if found.ready:
+            break
+        if not found.being_made:
+            if name != cfg.cluster_name:
+                record(None, None)
+            step.say(f"cluster {name} is {found.status} (compute fleet {found.fleet or 'unknown'}): not usable")
+            return FAILED
+        if step.monotonic() >= deadline:
+            step.say(f"cluster {name} is still {found.status} after {cfg.cluster_wait_minutes:g} min")
+            return TEMPORARY
+        step.sleep(cfg.cluster_poll_s)
+    address = pc.head_node(name, private=cfg.use_private_ip)
+    record(name, address)
+    step.say(f"cluster {name} is ready; head node {address}")
+    return DONE
