@@ -285,6 +285,11 @@ class DaylilyConfig(Section):
     cluster_wait_minutes: float = Field(30.0, gt=0)  # for a cluster being created to become ready
     cluster_poll_s: Seconds = 30.0  # between looks at a cluster being created
     use_private_ip: bool = False  # SSH to the head node's private address (a VPN or a bastion), not its public one
+    # The ``teardown`` step: delete the cluster once it has been idle (no tmux session, nothing in squeue) this long,
+    # measured on the head node's clock from the first idle look. A ``cluster_name`` cluster is never deleted.
+    auto_teardown: bool = False
+    idle_teardown_minutes: float = Field(20.0, ge=0)
+    queue_command: str = "squeue -h"  # on the head node: one line per queued or running Slurm job
     ssh_user: str = "ubuntu"
     ssh_port: int = Field(22, ge=1, le=65535)
     ssh_identity_file: str | None = None

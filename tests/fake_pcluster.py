@@ -75,6 +75,11 @@ def _answer(db: dict[str, Any], role: str, args: list[str]) -> int:
         status = {"clusterName": name, "clusterStatus": c["status"], "computeFleetStatus": c["fleet"]}
         print(json.dumps(status | {"headNode": head}))
         return 0
+    if command == "delete-cluster":
+        c["status"] = "DELETE_IN_PROGRESS"
+        db.setdefault("deleted", []).append(name)
+        print(json.dumps({"cluster": {"clusterName": name, "clusterStatus": "DELETE_IN_PROGRESS"}}))
+        return 0
     if command == "describe-cluster-instances":
         head = {"nodeType": "HeadNode", "publicIpAddress": c["public"], "privateIpAddress": c["private"]}
         print(json.dumps({"instances": [head]}))

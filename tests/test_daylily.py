@@ -310,6 +310,62 @@ def test_a_creation_that_fails_or_a_named_cluster_that_is_missing_fails_the_step
     assert code == 1 and "no region for pcluster" in out, out
 
 
+# --- teardown: only an idle cluster, only after idle_teardown_minutes, on the head node's clock ----------------
+
+
+def test_teardown_deletes_the_cluster_only_once_it_has_been_idle_long_enough(
+    tmp_path: Path, node: HeadNodeSite, fleet: dict[str, Any], s3: Any
+) -> None:
+    clusters(fleet, lab=fake_pcluster.cluster("lab", ip="127.0.0.1"))
+    jobs = tmp_path / "squeue-lines"
+    jobs.write_text("  1042  compute  align  ubuntu R  0:42  1 c5-1\n")
+    text = write_config(
+        tmp_path,
+        node,
+        region="us-west-2",
+        pcluster=fleet["pcluster"],
+        auto_teardown=True,
+        idle_teardown_minutes=0.03,  # 1.8 s
+        queue_command=f"cat {jobs}",
+    ).read_text()
+    config = tmp_path / "teardown.toml"
+    config.write_text("".join(line + "\n" for line in text.splitlines() if not line.startswith("head_node")))
+    assert step(config, "cluster", epoch=1)[0] == 0
+
+    code, out = step(config, "teardown", epoch=1)
+    assert code == 0 and "busy (0 session(s), 1 job(s))" in out, out  # a Slurm job: left running, done
+    jobs.write_text("")
+    node.pipeline_dir("ws-2", "hang")
+    node.tmux("new-session", "-d", "-s", "another-run", "sleep 30")  # another workset's run
+    code, out = step(config, "teardown", epoch=1)
+    assert code == 0 and "busy (1 session(s), 0 job(s))" in out, out
+    node.tmux("kill-session", "-t", "another-run")
+
+    code, out = step(config, "teardown", epoch=1)
+    assert code == 75 and "idle for 0 s" in out, out
+    assert "deleted" not in clusters(fleet)
+    time.sleep(2.0)
+    code, out = step(config, "teardown", epoch=2)  # from another host: the idle time is the head node's
+    assert code == 0 and "deleting it" in out, out
+    assert clusters(fleet)["deleted"] == ["lab"] and state(s3)["cluster"] is None
+
+
+def test_teardown_leaves_a_named_cluster_and_does_nothing_when_off(
+    tmp_path: Path, node: HeadNodeSite, fleet: dict[str, Any], s3: Any
+) -> None:
+    clusters(fleet, prod=fake_pcluster.cluster("prod", ip="127.0.0.1"))
+    off = write_config(tmp_path, node, region="us-west-2", pcluster=fleet["pcluster"])
+    code, out = step(off, "teardown", epoch=1)
+    assert code == 0 and "auto_teardown is off" in out
+    named = write_config(
+        tmp_path, node, region="us-west-2", pcluster=fleet["pcluster"], cluster_name="prod", auto_teardown=True
+    )
+    assert step(named, "cluster", epoch=1)[0] == 0
+    code, out = step(named, "teardown", epoch=1)
+    assert code == 0 and "prod is kept (cluster_name)" in out, out
+    assert "deleted" not in clusters(fleet)
+
+
 # --- end to end: two real daemons run the steps; one is killed while it watches -----------------------------------
 
 

@@ -4,6 +4,7 @@
 - ``describe-cluster -n NAME --region R``: ``{"clusterName", "clusterStatus", "computeFleetStatus", "headNode": {...}}``
 - ``describe-cluster-instances -n NAME --region R --node-type HeadNode``: ``{"instances": [{"publicIpAddress",
   "privateIpAddress", ...}]}``
+- ``delete-cluster -n NAME --region R``: starts the deletion
 
 A cluster is *ready* (as the old monitor judged it) when its status is ``CREATE_COMPLETE`` or ``UPDATE_COMPLETE`` and
 its compute fleet is running (or reports no status).
@@ -103,6 +104,13 @@ class Pcluster:
 
     def describe(self, name: str) -> Cluster:
         return cluster_from(self._call("describe-cluster", "-n", name))
+
+    def delete(self, name: str) -> None:
+        """``delete-cluster``; a cluster already gone (or going) is fine."""
+        try:
+            self._call("delete-cluster", "-n", name)
+        except NoSuchCluster:
+            return
 
     def head_node(self, name: str, *, private: bool) -> str:
         data = self._call("describe-cluster-instances", "-n", name, "--node-type", "HeadNode")

@@ -109,3 +109,21 @@ tmux kill-session -t ={q(session)} 2>/dev/null
 cd {q(pdir)} 2>/dev/null && tail -n {tail_lines} {OWN_DIR}/run.log 2>/dev/null
 exit 0
 """
+
+
+IDLE_MARK = "~/.workset-monitor/idle_since"  # on the head node: shared by every host that asks
+
+
+def idle(queue_command: str) -> str:
+    """Whether the cluster is idle — no tmux session (no run of any workset) and nothing in Slurm's queue — and, if
+    so, for how long on the head node's clock (since the first look that found it idle; a busy look forgets that)."""
+    return f"""
+sessions=$(tmux list-sessions 2>/dev/null | wc -l)
+jobs=$({queue_command} 2>/dev/null | wc -l)
+mkdir -p ~/.workset-monitor
+if [ "$sessions" -gt 0 ] || [ "$jobs" -gt 0 ]; then
+  rm -f {IDLE_MARK}; echo "{MARK}busy=$sessions session(s), $jobs job(s)"; exit 0
+fi
+[ -s {IDLE_MARK} ] || date +%s > {IDLE_MARK}
+echo "{MARK}idle_s=$(( $(date +%s) - $(cat {IDLE_MARK}) ))"
+"""

@@ -293,3 +293,54 @@ def _await(step: Step, pc: Pcluster, name: str, record: Callable[[str | None, st
     record(name, address)
     step.say(f"cluster {name} is ready; head node {address}")
     return DONE
+
+
+# --- teardown -----------------------------------------------------------------------------------------------------
+
+
+def teardown(step: Step) -> int:
+    """A poll step: delete the workset's cluster once it has been idle for ``idle_teardown_minutes`` (no tmux session
+    of any run, nothing in ``squeue``), on the head node's clock, whichever host looks. Done at once when
+    ``auto_teardown`` is off, when the cluster is busy again (another run: its own teardown looks later), or when it
+    was named by ``cluster_name``; 75 while it is idle but not yet for long enough."""
+    cfg = step.cfg
+    if not cfg.auto_teardown:
+        step.say("auto_teardown is off: the cluster is left running")
+        return DONE
+    try:
+        state = update(step.states, step.workset.epoch, lambda s: s)
+    except Stale as exc:
+        step.say(f"not tearing down: {exc}")
+        return TEMPORARY
+    name = state.cluster
+    if name is None or name == cfg.cluster_name or step.pcluster is None:
+        step.say("no cluster of ours to tear down" if name != cfg.cluster_name else f"{name} is kept (cluster_name)")
+        return DONE
+    address = cfg.head_node or state.head_node
+    if address is None:
+        step.say(f"no head node recorded for cluster {name}: cannot tell whether it is idle")
+        return FAILED
+    try:
+        found = scripts.answers(step.head_node(address).run(scripts.idle(cfg.queue_command)).out)
+    except Unreachable as exc:
+        step.say(f"head node unreachable, will look again: {exc}")
+        return TEMPORARY
+    if "busy" in found:
+        step.say(f"cluster {name} is busy ({found['busy']}): left running")
+        return DONE
+    try:
+        idle_s = int(found["idle_s"])
+    except (KeyError, ValueError):
+        step.say(f"cannot tell whether cluster {name} is idle: {found}")
+        return FAILED
+    if idle_s < cfg.idle_teardown_minutes * 60:
+        step.say(f"cluster {name} idle for {idle_s} s of {cfg.idle_teardown_minutes:g} min")
+        return TEMPORARY
+    try:
+        step.pcluster.delete(name)
+    except PclusterError as exc:
+        step.say(f"deleting cluster {name} failed, will try again: {exc}")
+        return TEMPORARY
+    update(step.states, step.workset.epoch, lambda s: dataclasses.replace(s, cluster=None, head_node=None))
+    step.say(f"cluster {name} was idle for {idle_s // 60} min: deleting it (pcluster delete-cluster)")
+    return DONE
