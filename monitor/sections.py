@@ -290,6 +290,31 @@ class DaylilyConfig(Section):
     auto_teardown: bool = False
     idle_teardown_minutes: float = Field(20.0, ge=0)
     queue_command: str = "squeue -h"  # on the head node: one line per queued or running Slurm job
+    # The ``export`` step: an argv run on this host (the old export_command), with placeholders {cluster} {region}
+    # {head_node} {pipeline_dir} {workset_id} {target_uri} {output_dir}; it must write {output_dir}/fsx_export.yaml
+    # with ``fsx_export: {status: success, s3_uri: ...}``. ``export_uri`` is {target_uri} ({workset_id} in it is
+    # filled in). None: nothing is exported.
+    export_command: list[str] | None = None
+    export_uri: str | None = None
+
+    @field_validator("export_command")
+    @classmethod
+    def _export_placeholders(cls, value: list[str] | None) -> list[str] | None:
+        known = {"cluster", "region", "head_node", "pipeline_dir", "workset_id", "target_uri", "output_dir"}
+        for arg in value or []:
+            try:
+                names = {name for _, name, _, _ in string.Formatter().parse(arg) if name is not None}
+            except ValueError as exc:
+                raise ValueError(f"bad placeholder in {arg!r}: {exc}") from None
+            if unknown := sorted(names - known):
+                raise ValueError(
+                    f"unknown placeholder {{{unknown[0]}}} in {arg!r}; known: "
+                    + " ".join("{" + n + "}" for n in sorted(known))
+                )
+        if value is not None and not any("{output_dir}" in arg for arg in value):
+            raise ValueError("must pass {output_dir}: the step reads fsx_export.yaml from there")
+        return value
+
     ssh_user: str = "ubuntu"
     ssh_port: int = Field(22, ge=1, le=65535)
     ssh_identity_file: str | None = None

@@ -366,6 +366,68 @@ def test_teardown_leaves_a_named_cluster_and_does_nothing_when_off(
     assert "deleted" not in clusters(fleet)
 
 
+# --- export: believed only from its own fsx_export.yaml ----------------------------------------------------------
+
+FAKE_EXPORT = r"""#!/bin/bash
+# a stand-in for daylily-export-fsx-to-s3: $1 the output dir, $2 the target URI; behaviour from the mode file
+mode=$(cat "$(dirname "$0")/export.mode"); echo x >> "$(dirname "$0")/export.calls"
+echo "exporting /fsx/analysis_results to $2"
+case $mode in
+  success) printf 'fsx_export:\n  status: success\n  s3_uri: "%s"\n' "$2" > "$1/fsx_export.yaml" ;;
+  error) printf 'fsx_export:\n  status: error\n  message: FSx data repository task failed\n' > "$1/fsx_export.yaml" ;;
+  elsewhere) mkdir -p etc && printf 'fsx_export:\n  status: success\n  s3_uri: x\n' > etc/fsx_export.yaml ;;
+  crash) echo "Traceback: boom" >&2; exit 2 ;;
+esac
+"""
+
+
+def export_config(tmp_path: Path, mode: str, **daylily: Any) -> Path:
+    tool = tmp_path / "export-tool"
+    tool.write_text(FAKE_EXPORT)
+    tool.chmod(0o755)
+    (tmp_path / "export.mode").write_text(mode)
+    values = {
+        "head_node": "192.0.2.1",
+        "run_command": "true",
+        "export_command": [str(tool), "{output_dir}", "{target_uri}"],
+        "export_uri": "s3://lab-results/{workset_id}/",
+    } | daylily
+    lines = ["[aws]", 'region = "us-east-1"', "[daylily]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path = tmp_path / "export.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_export_succeeds_once_on_its_own_report_and_a_rerun_does_not_export_again(tmp_path: Path, s3: Any) -> None:
+    config = export_config(tmp_path, "success")
+    code, out = step(config, "export", epoch=1)
+    assert code == 0 and "exported to s3://lab-results/ws-1/" in out, out
+    assert state(s3)["exported"] == "s3://lab-results/ws-1/"
+    code, out = step(config, "export", epoch=2)  # a takeover after the export, before the step was recorded
+    assert code == 0 and "already exported" in out
+    assert (tmp_path / "export.calls").read_text().count("x") == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "said"),
+    [
+        ("error", "does not say the export succeeded: {'status': 'error', 'message': 'FSx data repository task"),
+        ("elsewhere", "the export wrote no fsx_export.yaml in"),  # the old example config's ./etc
+        ("crash", "the export failed (exit 2)"),
+    ],
+)
+def test_an_export_that_did_not_prove_itself_fails(tmp_path: Path, s3: Any, mode: str, said: str) -> None:
+    code, out = step(export_config(tmp_path, mode), "export", epoch=1)
+    assert code == 1 and said in out, out
+    assert state(s3).get("exported") is None
+
+
+def test_an_export_command_without_output_dir_is_a_config_error(tmp_path: Path, s3: Any) -> None:
+    config = export_config(tmp_path, "success", export_command=["daylily-export-fsx-to-s3", "--output-dir", "./etc"])
+    code, out = step(config, "export", epoch=1)
+    assert code == 78 and "daylily.export_command" in out and "{output_dir}" in out, out
+
+
 # --- end to end: two real daemons run the steps; one is killed while it watches -----------------------------------
 
 

@@ -3,6 +3,7 @@
     workset-daylily [--config PATH] cluster    choose (or create) the cluster and record its head node
     workset-daylily [--config PATH] launch     start the run in its tmux session on the head node (or find it)
     workset-daylily [--config PATH] watch      a poll step: 0 succeeded, 75 still running, 1 failed or timed out
+    workset-daylily [--config PATH] export     run export_command; believe its fsx_export.yaml only
     workset-daylily [--config PATH] teardown   a poll step: delete the cluster once idle_teardown_minutes idle
 
 Its own command, not a ``workset-monitor`` subcommand: a step is a program the daemon runs with the step exit-code
@@ -28,7 +29,13 @@ from monitor.daylily.pcluster import Pcluster
 from monitor.daylily.remote import HeadNode
 from monitor.daylily.state import Changed, Corrupt
 
-STEPS = {"cluster": steps.cluster, "launch": steps.launch, "watch": steps.watch, "teardown": steps.teardown}
+STEPS = {
+    "cluster": steps.cluster,
+    "launch": steps.launch,
+    "watch": steps.watch,
+    "export": steps.export,
+    "teardown": steps.teardown,
+}
 
 
 def parser() -> argparse.ArgumentParser:

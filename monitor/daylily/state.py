@@ -41,6 +41,7 @@ class RunState:
     session: str | None = None  # the run's tmux session, once launched
     launched_epoch: int | None = None  # the epoch whose launch started the current run
     reported: str | None = None  # "failed" / "timed out" once `watch` reported it: a new `launch` runs again
+    exported: str | None = None  # the results' S3 URI, once `export` verified its fsx_export.yaml
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **dataclasses.asdict(self)}, sort_keys=True)

@@ -12,9 +12,11 @@ import dataclasses
 import os
 import posixpath
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from monitor.daylily import scripts
@@ -343,4 +345,83 @@ def teardown(step: Step) -> int:
         return TEMPORARY
     update(step.states, step.workset.epoch, lambda s: dataclasses.replace(s, cluster=None, head_node=None))
     step.say(f"cluster {name} was idle for {idle_s // 60} min: deleting it (pcluster delete-cluster)")
+    return DONE
+
+
+# --- export -------------------------------------------------------------------------------------------------------
+
+EXPORT_FILE = "fsx_export.yaml"
+
+
+def export_report(text: str) -> dict[str, str]:
+    """The ``fsx_export:`` mapping of an ``fsx_export.yaml`` (plain ``key: value`` lines under it), as strings."""
+    found: dict[str, str] = {}
+    inside = False
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if not line[0].isspace():
+            inside = line.split(":", 1)[0].strip() == "fsx_export"
+            continue
+        if inside and ":" in line:
+            key, _, value = line.strip().partition(":")
+            found[key.strip()] = value.strip().strip("'\"")
+    return found
+
+
+def export(step: Step) -> int:
+    """Run ``export_command`` and believe it only from its own ``fsx_export.yaml``: ``status: success`` and an
+    ``s3_uri``. Done at once when the run state says the results were exported (a re-run after a crash)."""
+    ws, cfg = step.workset, step.cfg
+    if cfg.export_command is None:
+        step.say("no [daylily] export_command: nothing exported")
+        return DONE
+    try:
+        state = update(step.states, ws.epoch, lambda s: s)
+    except Stale as exc:
+        step.say(f"not exporting: {exc}")
+        return TEMPORARY
+    if state.exported:
+        step.say(f"already exported to {state.exported}")
+        return DONE
+    where = _where(step, state)
+    if where is None:
+        return FAILED
+    address, pdir = where
+    with tempfile.TemporaryDirectory(prefix="workset-daylily-export-") as output_dir:
+        values = {
+            "cluster": state.cluster or "",
+            "region": step.pcluster.region if step.pcluster else "",
+            "head_node": address,
+            "pipeline_dir": pdir,
+            "workset_id": ws.workset_id,
+            "target_uri": (cfg.export_uri or "").replace("{workset_id}", ws.workset_id),
+            "output_dir": output_dir,
+        }
+        argv = [arg.format(**values) for arg in cfg.export_command]
+        env = dict(os.environ) | ({"AWS_PROFILE": cfg.aws_profile} if cfg.aws_profile else {})
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env, check=False)  # noqa: S603
+        except OSError as exc:
+            step.say(f"cannot run {argv[0]}: {exc}")
+            return FAILED
+        output = (done.stdout + done.stderr).strip()
+        if output:
+            step.say("\n".join(output.splitlines()[-cfg.log_tail_lines :]))
+        if done.returncode != 0:
+            step.say(f"the export failed (exit {done.returncode})")
+            return FAILED
+        report_path = Path(output_dir) / EXPORT_FILE
+        if not report_path.exists():
+            step.say(
+                f"the export wrote no {EXPORT_FILE} in {{output_dir}} ({output_dir}): it must be given {{output_dir}}"
+            )
+            return FAILED
+        report = export_report(report_path.read_text(errors="replace"))
+    if report.get("status") != "success" or not report.get("s3_uri"):
+        step.say(f"{EXPORT_FILE} does not say the export succeeded: {report or 'no fsx_export mapping'}")
+        return FAILED
+    uri = report["s3_uri"]
+    update(step.states, ws.epoch, lambda s: dataclasses.replace(s, exported=uri))
+    step.say(f"exported to {uri}")
     return DONE
