@@ -428,6 +428,21 @@ def test_an_export_command_without_output_dir_is_a_config_error(tmp_path: Path, 
     assert code == 78 and "daylily.export_command" in out and "{output_dir}" in out, out
 
 
+def test_the_shipped_daylily_config_is_valid_and_names_only_real_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    from monitor import cli as monitor_cli
+    from monitor import config as monitor_config
+
+    path = ROOT / "deploy/daylily/config.toml"
+    assert monitor_cli.main(["--config", str(path), "check-config"]) == 0
+    assert "5 step(s)" in capsys.readouterr().out
+    settings = monitor_config.load(path, {}).settings
+    assert settings.daylily is not None
+    for configured in settings.pipeline.steps:
+        assert configured.command[0] == "workset-daylily" and configured.command[-1] in cli.STEPS
+        assert configured.command[-2] == "/etc/workset-monitor/config.toml"
+    assert [s.name for s in settings.pipeline.steps] == list(cli.STEPS)
+
+
 # --- end to end: two real daemons run the steps; one is killed while it watches -----------------------------------
 
 
