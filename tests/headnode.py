@@ -24,7 +24,7 @@ SSHD = "/usr/sbin/sshd"
 # without a sentinel), "hang" (until Ctrl-C).
 FAKE_RUN = r"""#!/bin/bash
 mode=$(cat "$1"); runs=$2
-echo "$(date +%s) epoch=${WORKSET_EPOCH:-} id=${WORKSET_ID:-} pwd=$PWD" >> "$runs"
+echo "$(date +%s) epoch=${WORKSET_EPOCH:-} id=${WORKSET_ID:-} pwd=$PWD args=${*:3}" >> "$runs"
 trap 'echo "dy-r: interrupted (SIGINT), stopping the workflow"; exit 130' INT
 set -- $mode
 echo "dy-r: starting the workflow ($mode)"

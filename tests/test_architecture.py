@@ -12,7 +12,7 @@ LAYERS: list[set[str]] = [
     {"monitor", "monitor.errors", "monitor.clock", "monitor.model", "monitor.terminal", "monitor.recorder"},
     {"monitor.child"},
     {"monitor.states", "monitor.manifest", "monitor.legacy", "monitor.daylily", "monitor.daylily.state"},
-    {"monitor.daylily.scripts", "monitor.daylily.pcluster"},
+    {"monitor.daylily.scripts", "monitor.daylily.pcluster", "monitor.daylily.work"},
     {"monitor.selection"},
     {"monitor.sections"},
     {"monitor.config", "monitor.logs", "monitor.daylily.remote"},

@@ -21,7 +21,7 @@ from monitor.aws import schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.child import Child
 from monitor.config import TableConfig
-from monitor.daylily import cli, scripts
+from monitor.daylily import cli, scripts, work
 from monitor.daylily.state import STATE_KEY
 from monitor.model import EventType, State, WorksetId
 from tests import fake_pcluster
@@ -217,6 +217,43 @@ def test_it_says_what_is_missing(tmp_path: Path, node: HeadNodeSite, s3: Any) ->
 
     code, text = step(config, "launch", epoch=1)  # no pipeline directory on the head node
     assert code == 1 and "no pipeline directory" in text, text
+
+
+def test_the_worksets_own_daylily_work_yaml_gives_the_run_its_arguments(
+    tmp_path: Path, node: HeadNodeSite, s3: Any
+) -> None:
+    node.pipeline_dir("ws-1", "succeed 0")
+    s3.put_object(
+        Bucket=BUCKET,
+        Key=PREFIX + "daylily_work.yaml",
+        Body=b"day-clone: -d {workdir_name} -t main\ndy-r: -p produce_snv_concordances -j 8  # the targets\n",
+    )
+    config = write_config(tmp_path, node)
+    assert step(config, "launch", epoch=1)[0] == 0
+    assert watch_until(config, epoch=1)[0] == 0
+    [run] = node.runs("ws-1")
+    assert run.endswith("args=-p produce_snv_concordances -j 8"), run
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("dy-r: -p snv\n", work.Work(run="-p snv")),
+        ("dy_r: '-p snv'\nrun: other\n", work.Work(run="-p snv")),  # the first alias that is set wins
+        ("dy-r:\n  - -p\n  - snv\n", work.Work(run="-p snv")),  # a list, joined
+        ("dy-r:\n  args: -p snv\n  notes: x\n", work.Work(run="-p snv")),  # a mapping's args
+        (
+            "day-clone: -d {workdir_name} -t {workset}\nworkdir_name: wd7\nbudget: lab-a\n",
+            work.Work(clone_args="-d wd7 -t ws-1 --budget lab-a", workdir_name="wd7", budget="lab-a"),
+        ),
+        ("clone: -d {workdir_name}\n", work.Work(clone_args="-d ws-1")),
+        ("export-uri: s3://r/x/\ncluster_name: c-9\n", work.Work(export_uri="s3://r/x/", cluster_name="c-9")),
+        ("notes: |\n  dy-r: not this one\n", work.Work()),  # only top-level keys
+        ("", work.Work()),
+    ],
+)
+def test_daylily_work_yaml_is_read_as_the_old_monitor_read_it(text: str, expected: work.Work) -> None:
+    assert work.read(text, workset_id="ws-1") == expected
 
 
 # --- cluster: pick a ready one, or create one once; record its head node ----------------------------------------

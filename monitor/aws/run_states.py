@@ -49,3 +49,16 @@ class S3RunStates:
             raise clients.translate(exc, what=f"writing {self.where}") from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise clients.translate(exc, what=f"writing {self.where}") from exc
+
+
+def read_workset_file(client: Any, bucket: str, key: str) -> bytes | None:
+    """One small file of the workset's folder (``daylily_work.yaml``); None when there is none."""
+    try:
+        response = client.get_object(Bucket=bucket, Key=key)
+        return bytes(response["Body"].read(1 << 20))  # the pipeline's own settings: small; more is not read
+    except botocore.exceptions.ClientError as exc:
+        if clients.error_code(exc) in ("NoSuchKey", "404"):
+            return None
+        raise clients.translate(exc, what=f"reading s3://{bucket}/{key}") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise clients.translate(exc, what=f"reading s3://{bucket}/{key}") from exc

@@ -16,18 +16,21 @@ carry the daemon's: name the file in the step's command).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from monitor import config, errors
 from monitor.aws.clients import Clients
-from monitor.aws.run_states import S3RunStates
-from monitor.daylily import steps
+from monitor.aws.run_states import S3RunStates, read_workset_file
+from monitor.daylily import steps, work
 from monitor.daylily.pcluster import Pcluster
 from monitor.daylily.remote import HeadNode
 from monitor.daylily.state import Changed, Corrupt
+from monitor.daylily.work import Work
+from monitor.manifest import WORK_FILE
 
 STEPS = {
     "cluster": steps.cluster,
@@ -56,6 +59,11 @@ def _workset(env: Mapping[str, str]) -> steps.Workset | str:
         return f"WORKSET_EPOCH={env['WORKSET_EPOCH']!r} is not a number"
 
 
+def _work(s3: Any, env: Mapping[str, str], workset_id: str) -> Work:
+    data = read_workset_file(s3, env["WORKSET_BUCKET"], env["WORKSET_PREFIX"] + WORK_FILE)
+    return Work() if data is None else work.read(data.decode("utf-8", errors="replace"), workset_id=workset_id)
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
     args = parser().parse_args(argv)
     env = os.environ if env is None else env
@@ -76,13 +84,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     region = cfg.region or settings.aws.region
     aws = Clients(settings.aws)
     try:
+        s3 = aws.get("s3")
         step = steps.Step(
             cfg=cfg,
             workset=workset,
-            states=S3RunStates(aws.get("s3"), env["WORKSET_BUCKET"], env["WORKSET_PREFIX"]),
+            states=S3RunStates(s3, env["WORKSET_BUCKET"], env["WORKSET_PREFIX"]),
             out=out,
             head_node=lambda address: HeadNode(cfg, address),
             pcluster=None if region is None else Pcluster(cfg.pcluster, region=region, profile=cfg.aws_profile),
+            work=functools.cache(lambda: _work(s3, env, workset.workset_id)),
         )
         return STEPS[args.step](step)
     except errors.MonitorError as exc:

@@ -23,6 +23,7 @@ from monitor.daylily import scripts
 from monitor.daylily.pcluster import NoSuchCluster, Pcluster, PclusterError
 from monitor.daylily.remote import HeadNode, Unreachable
 from monitor.daylily.state import RunState, RunStates, Stale, update
+from monitor.daylily.work import Work
 from monitor.sections import DaylilyConfig
 
 DONE, FAILED, TEMPORARY = 0, 1, 75  # TEMPORARY is also a poll step's "still running"
@@ -46,6 +47,7 @@ class Step:
     out: TextIO
     head_node: Callable[[str], HeadNode]  # an address -> the head node there
     pcluster: Pcluster | None = None  # None: no region configured
+    work: Callable[[], Work] = Work  # the workset's daylily_work.yaml (read when a step needs it)
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
 
@@ -60,6 +62,12 @@ def _where(step: Step, state: RunState) -> tuple[str, str] | None:
         step.say("no head node: run the `cluster` step first, or set [daylily] head_node")
         return None
     return address, state.pipeline_dir or posixpath.join(step.cfg.workdir, step.workset.workset_id)
+
+
+def _run_line(step: Step) -> str:
+    """``run_command``, then the workset's own ``dy-r`` arguments from its daylily_work.yaml, when it has some."""
+    suffix = step.work().run
+    return f"{step.cfg.run_command} {suffix}" if suffix else step.cfg.run_command
 
 
 def launch(step: Step) -> int:
@@ -81,7 +89,7 @@ def launch(step: Step) -> int:
         epoch=ws.epoch,
         workset_id=ws.workset_id,
         login_shell_init=step.cfg.login_shell_init,
-        run_command=step.cfg.run_command,
+        run_command=_run_line(step),
         rerun=state.reported is not None,
     )
     try:
@@ -220,7 +228,7 @@ def cluster(step: Step) -> int:
         pc = step.pcluster
         name = state.cluster or cfg.cluster_name or _ready_cluster(step, pc)
         if name is None:
-            name = f"daylily-{int(time.time())}"
+            name = step.work().cluster_name or f"daylily-{int(time.time())}"
             record(name, None)
             if not _create(step, name, pc.region):
                 record(None, None)
@@ -395,7 +403,7 @@ def export(step: Step) -> int:
             "head_node": address,
             "pipeline_dir": pdir,
             "workset_id": ws.workset_id,
-            "target_uri": (cfg.export_uri or "").replace("{workset_id}", ws.workset_id),
+            "target_uri": (step.work().export_uri or cfg.export_uri or "").replace("{workset_id}", ws.workset_id),
             "output_dir": output_dir,
         }
         argv = [arg.format(**values) for arg in cfg.export_command]
