@@ -262,6 +262,17 @@ class LogConfig(Section):
     format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, JSON otherwise
 
 
+def _known_placeholders(args: list[str], known: set[str]) -> None:
+    for arg in args:
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(arg) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"bad placeholder in {arg!r}: {exc}") from None
+        if unknown := sorted(names - known):
+            listed = " ".join("{" + n + "}" for n in sorted(known))
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}} in {arg!r}; known: {listed}")
+
+
 class DaylilyConfig(Section):
     """``[daylily]``: what the ``workset-daylily`` steps need to run a workset on a Daylily ParallelCluster head node
     (docs/pipeline.md, "Daylily"). Read by the steps, not by the daemon."""
@@ -296,23 +307,38 @@ class DaylilyConfig(Section):
     # filled in). None: nothing is exported.
     export_command: list[str] | None = None
     export_uri: str | None = None
+    # The ``stage`` step: an argv run on this host (the old stage_command), placeholders {analysis_samples} (a local
+    # copy of the workset's stage_samples.tsv) {cluster} {region} {head_node} {reference_bucket} {ssh_user}
+    # {ssh_identity_file} {workset_id}; its output names the stage directory ("Remote FSx stage directory: ...")
+    # and the files ("Staged files" and an indented list). None: nothing is staged.
+    stage_command: list[str] | None = None
+    reference_bucket: str | None = None  # {reference_bucket}; else s3://<the workset's bucket>/
+    # The ``clone`` step, on the head node: the pipeline's clone (the workset's day-clone arguments in {clone_args})
+    # and where it lands when its output has no "Location:" line: <clone_dest_root>/<-d dest>/<repo_dir_name>.
+    clone_command: str = "day-clone {clone_args}"
+    clone_dest_root: str = "/fsx/analysis_results/ubuntu"
+    repo_dir_name: str = "daylily-omics-analysis"
 
     @field_validator("export_command")
     @classmethod
     def _export_placeholders(cls, value: list[str] | None) -> list[str] | None:
         known = {"cluster", "region", "head_node", "pipeline_dir", "workset_id", "target_uri", "output_dir"}
-        for arg in value or []:
-            try:
-                names = {name for _, name, _, _ in string.Formatter().parse(arg) if name is not None}
-            except ValueError as exc:
-                raise ValueError(f"bad placeholder in {arg!r}: {exc}") from None
-            if unknown := sorted(names - known):
-                raise ValueError(
-                    f"unknown placeholder {{{unknown[0]}}} in {arg!r}; known: "
-                    + " ".join("{" + n + "}" for n in sorted(known))
-                )
+        _known_placeholders(value or [], known)
         if value is not None and not any("{output_dir}" in arg for arg in value):
             raise ValueError("must pass {output_dir}: the step reads fsx_export.yaml from there")
+        return value
+
+    @field_validator("stage_command")
+    @classmethod
+    def _stage_placeholders(cls, value: list[str] | None) -> list[str] | None:
+        known = {"analysis_samples", "cluster", "region", "head_node", "reference_bucket", "ssh_user"}
+        _known_placeholders(value or [], known | {"ssh_identity_file", "workset_id"})
+        return value
+
+    @field_validator("clone_command")
+    @classmethod
+    def _clone_placeholders(cls, value: str) -> str:
+        _known_placeholders([value], {"clone_args", "workset_id"})
         return value
 
     ssh_user: str = "ubuntu"
@@ -337,13 +363,7 @@ class DaylilyConfig(Section):
     @field_validator("create_command")
     @classmethod
     def _create_placeholders(cls, value: list[str]) -> list[str]:
-        for arg in value:
-            try:
-                names = {name for _, name, _, _ in string.Formatter().parse(arg) if name is not None}
-            except ValueError as exc:
-                raise ValueError(f"bad placeholder in {arg!r}: {exc}") from None
-            if unknown := sorted(names - {"cluster", "region"}):
-                raise ValueError(f"unknown placeholder {{{unknown[0]}}} in {arg!r}; known: {{cluster}} {{region}}")
+        _known_placeholders(value, {"cluster", "region"})
         return value
 
 

@@ -256,6 +256,91 @@ def test_daylily_work_yaml_is_read_as_the_old_monitor_read_it(text: str, expecte
     assert work.read(text, workset_id="ws-1") == expected
 
 
+# --- stage and clone: the samples to FSx, the pipeline cloned, the staged files copied in --------------------
+
+FAKE_STAGE = r"""#!/bin/bash
+# a stand-in for Daylily's staging tool: $1 the local stage_samples.tsv, $2 the FSx root
+ts=20261205T120000; dir="$2/staged/remote_stage_$ts"
+mkdir -p "$dir/S1"; echo x >> "$(dirname "$0")/stage.calls"
+cp "$1" "$dir/${ts}_samples.tsv"; printf 'sample\tunit\nS1\tL1\n' > "$dir/${ts}_units.tsv"
+echo reads1 > "$dir/S1/S1_R1.fastq.gz"; echo reads2 > "$dir/S1/S1_R2.fastq.gz"
+echo "Staging 1 sample"
+echo "Remote FSx stage directory: $dir"
+echo "Staged files:"
+for f in S1/S1_R1.fastq.gz S1/S1_R2.fastq.gz ${ts}_samples.tsv ${ts}_units.tsv; do echo "  $dir/$f"; done
+echo "Done."
+"""
+
+FAKE_CLONE = r"""#!/bin/bash
+# a stand-in for day-clone: -d DEST [-t TAG]; clones into $ROOT/DEST/daylily-omics-analysis like git: refuses an
+# existing destination
+root=$(dirname "$0")/clones; dest=
+while [ $# -gt 0 ]; do case $1 in -d) dest=$2; shift 2 ;; *) shift ;; esac; done
+echo x >> "$(dirname "$0")/clone.calls"
+target="$root/$dest/daylily-omics-analysis"
+if [ -e "$target" ]; then echo "fatal: destination path '$target' already exists"; exit 128; fi
+mkdir -p "$target/config" && echo "Cloning daylily-omics-analysis (main)" && echo "Location: $target"
+"""
+
+
+def test_stage_and_clone_put_the_samples_in_the_pipeline_directory_once(
+    tmp_path: Path, node: HeadNodeSite, s3: Any
+) -> None:
+    tools = node.root
+    for name, text in (("fake-stage", FAKE_STAGE), ("fake-day-clone", FAKE_CLONE)):
+        (tools / name).write_text(text)
+        (tools / name).chmod(0o755)
+    (node.root / "ws-1.mode").write_text("succeed 0")
+    s3.put_object(Bucket=BUCKET, Key=PREFIX + "stage_samples.tsv", Body=b"sample\tr1_uri\nS1\ts3://lab/S1_R1.fq.gz\n")
+    work_yaml = b"day-clone: -d {workdir_name} -t main\nworkdir_name: wd-1\n"
+    s3.put_object(Bucket=BUCKET, Key=PREFIX + "daylily_work.yaml", Body=work_yaml)
+    config = write_config(
+        tmp_path,
+        node,
+        stage_command=[str(tools / "fake-stage"), "{analysis_samples}", str(node.workdir)],
+        clone_command=f"{tools}/fake-day-clone {{clone_args}}",
+        clone_dest_root=str(tools / "clones"),
+    )
+
+    code, out = step(config, "stage", epoch=1)
+    assert code == 0 and "staged 4 files in" in out, out
+    assert step(config, "stage", epoch=1)[1].startswith("already staged")
+    code, out = step(config, "clone", epoch=1)
+    pdir = tools / "clones" / "wd-1" / "daylily-omics-analysis"
+    assert code == 0 and f"pipeline directory {pdir}" in out and "copied 4 staged files" in out, out
+    assert (pdir / "sample_data/S1/S1_R1.fastq.gz").read_text() == "reads1\n"
+    assert (pdir / "config/samples.tsv").read_bytes().startswith(b"sample\tr1_uri\nS1")
+    assert (pdir / "config/units.tsv").exists()
+
+    s3.put_object(  # as if the clone's record was lost (a crash): the re-run finds the clone, does not make another
+        Bucket=BUCKET,
+        Key=PREFIX + STATE_KEY,
+        Body=json.dumps(state(s3) | {"pipeline_dir": None}).encode(),
+    )
+    code, out = step(config, "clone", epoch=2)
+    assert code == 0 and "found the clone made before" in out, out
+    assert (tools / "clone.calls").read_text().count("x") == 1 and (tools / "stage.calls").read_text().count("x") == 1
+
+    assert step(config, "launch", epoch=2)[0] == 0  # the run goes where the clone is
+    assert watch_until(config, epoch=2)[0] == 0
+    assert f"pwd={pdir} " in node.runs("ws-1")[0]
+
+
+def test_without_clone_arguments_the_pipeline_directory_is_made_under_workdir(
+    tmp_path: Path, node: HeadNodeSite, s3: Any
+) -> None:
+    code, out = step(write_config(tmp_path, node), "clone", epoch=1)
+    assert code == 0 and (node.workdir / "ws-1").is_dir(), out
+    assert state(s3)["pipeline_dir"] == str(node.workdir / "ws-1")
+
+
+def test_a_staging_tool_that_names_no_directory_fails_the_step(tmp_path: Path, node: HeadNodeSite, s3: Any) -> None:
+    s3.put_object(Bucket=BUCKET, Key=PREFIX + "stage_samples.tsv", Body=b"sample\nS1\n")
+    config = write_config(tmp_path, node, stage_command=["echo", "{analysis_samples}", "nothing to see"])
+    code, out = step(config, "stage", epoch=1)
+    assert code == 1 and "names no stage directory" in out, out
+
+
 # --- cluster: pick a ready one, or create one once; record its head node ----------------------------------------
 
 
@@ -471,7 +556,7 @@ def test_the_shipped_daylily_config_is_valid_and_names_only_real_steps(capsys: p
 
     path = ROOT / "deploy/daylily/config.toml"
     assert monitor_cli.main(["--config", str(path), "check-config"]) == 0
-    assert "5 step(s)" in capsys.readouterr().out
+    assert "7 step(s)" in capsys.readouterr().out
     settings = monitor_config.load(path, {}).settings
     assert settings.daylily is not None
     for configured in settings.pipeline.steps:

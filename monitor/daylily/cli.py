@@ -1,6 +1,8 @@
 """``workset-daylily``: the Daylily pipeline's steps, one subcommand each, for ``[[pipeline.steps]]``.
 
     workset-daylily [--config PATH] cluster    choose (or create) the cluster and record its head node
+    workset-daylily [--config PATH] stage      stage the samples to the cluster's FSx (the team's staging tool)
+    workset-daylily [--config PATH] clone      clone the pipeline on the head node and copy the staged files in
     workset-daylily [--config PATH] launch     start the run in its tmux session on the head node (or find it)
     workset-daylily [--config PATH] watch      a poll step: 0 succeeded, 75 still running, 1 failed or timed out
     workset-daylily [--config PATH] export     run export_command; believe its fsx_export.yaml only
@@ -32,8 +34,10 @@ from monitor.daylily.state import Changed, Corrupt
 from monitor.daylily.work import Work
 from monitor.manifest import WORK_FILE
 
-STEPS = {
+STEPS = {  # in the order a deployment runs them
     "cluster": steps.cluster,
+    "stage": steps.stage,
+    "clone": steps.clone,
     "launch": steps.launch,
     "watch": steps.watch,
     "export": steps.export,
@@ -54,7 +58,9 @@ def _workset(env: Mapping[str, str]) -> steps.Workset | str:
     if missing:
         return f"not run by workset-monitor: {', '.join(missing)} not set (the daemon sets them for every step)"
     try:
-        return steps.Workset(workset_id=env["WORKSET_ID"], epoch=int(env["WORKSET_EPOCH"]))
+        return steps.Workset(
+            workset_id=env["WORKSET_ID"], epoch=int(env["WORKSET_EPOCH"]), bucket=env["WORKSET_BUCKET"]
+        )
     except ValueError:
         return f"WORKSET_EPOCH={env['WORKSET_EPOCH']!r} is not a number"
 
@@ -93,6 +99,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             head_node=lambda address: HeadNode(cfg, address),
             pcluster=None if region is None else Pcluster(cfg.pcluster, region=region, profile=cfg.aws_profile),
             work=functools.cache(lambda: _work(s3, env, workset.workset_id)),
+            workset_file=lambda name: read_workset_file(s3, env["WORKSET_BUCKET"], env["WORKSET_PREFIX"] + name),
         )
         return STEPS[args.step](step)
     except errors.MonitorError as exc:

@@ -11,6 +11,7 @@ On the head node, in the pipeline directory:
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 import zlib
 
@@ -127,3 +128,35 @@ fi
 [ -s {IDLE_MARK} ] || date +%s > {IDLE_MARK}
 echo "{MARK}idle_s=$(( $(date +%s) - $(cat {IDLE_MARK}) ))"
 """
+
+
+def clone(*, login_shell_init: str, command: str, earlier: str | None) -> str:
+    """Clone the pipeline with the team's command, unless a clone is already where this one would land
+    (``earlier``: a clone made before a crash). Answers ``location`` when it found one; the command's output
+    otherwise (its ``Location:`` line names the directory)."""
+    q = shlex.quote
+    found = f'if [ -d {q(earlier)} ]; then echo "{MARK}location={earlier}"; exit 0; fi\n' if earlier is not None else ""
+    run = f"{login_shell_init} && {command}" if login_shell_init.strip() else command
+    return f"{found}{run}\n"
+
+
+def ensure_dir(path: str) -> str:
+    return f'mkdir -p {shlex.quote(path)} && echo "{MARK}location={path}"\n'
+
+
+def push(*, pdir: str, stage_dir: str, staged: tuple[str, ...]) -> str:
+    """Copy the staged files into the pipeline directory's sample_data/ (keeping their paths), and the stage's
+    ``<ts>_samples.tsv`` / ``<ts>_units.tsv`` to config/samples.tsv and config/units.tsv, as the old monitor did
+    (``ts`` is the stage directory's name without ``remote_stage_``). Copying again gives the same result."""
+    q = shlex.quote
+    lines = ["set -e", f"cd {q(pdir)}", "mkdir -p config sample_data"]
+    for rel in staged:
+        target = posixpath.join("sample_data", rel)
+        lines.append(f"mkdir -p {q(posixpath.dirname(target) or '.')}")
+        lines.append(f"cp -p {q(posixpath.join(stage_dir, rel))} {q(target)}")
+    ts = posixpath.basename(stage_dir.rstrip("/")).removeprefix("remote_stage_")
+    for kind in ("samples", "units"):
+        source = q(posixpath.join(stage_dir, f"{ts}_{kind}.tsv"))
+        lines.append(f"if [ -e {source} ]; then cp -p {source} config/{kind}.tsv; fi")
+    lines.append(f'echo "{MARK}pushed={len(staged)}"')
+    return "\n".join(lines) + "\n"

@@ -42,6 +42,9 @@ class RunState:
     launched_epoch: int | None = None  # the epoch whose launch started the current run
     reported: str | None = None  # "failed" / "timed out" once `watch` reported it: a new `launch` runs again
     exported: str | None = None  # the results' S3 URI, once `export` verified its fsx_export.yaml
+    stage_dir: str | None = None  # on the head node's FSx, where `stage` put the samples
+    staged: tuple[str, ...] = ()  # the staged files, relative to stage_dir
+    pushed: str | None = None  # the pipeline directory the staged files were copied into (`clone`)
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **dataclasses.asdict(self)}, sort_keys=True)
@@ -59,6 +62,11 @@ class RunState:
         if unknown:
             raise Corrupt(f"{where}: unknown keys {', '.join(unknown)}")
         for name, value in data.items():
+            if name == "staged":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise Corrupt(f"{where}: staged is {value!r}, expected a list of paths")
+                data[name] = tuple(value)
+                continue
             want = int if name in ("epoch", "launched_epoch") else str
             if value is not None and (type(value) is not want):
                 raise Corrupt(f"{where}: {name} is {value!r}, expected {want.__name__}")

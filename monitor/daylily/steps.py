@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import posixpath
+import re
 import subprocess
 import tempfile
 import time
@@ -35,6 +36,7 @@ class Workset:
 
     workset_id: str
     epoch: int
+    bucket: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ class Step:
     head_node: Callable[[str], HeadNode]  # an address -> the head node there
     pcluster: Pcluster | None = None  # None: no region configured
     work: Callable[[], Work] = Work  # the workset's daylily_work.yaml (read when a step needs it)
+    workset_file: Callable[[str], bytes | None] = lambda _name: None  # a file of the workset's folder
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
 
@@ -433,3 +436,168 @@ def export(step: Step) -> int:
     update(step.states, ws.epoch, lambda s: dataclasses.replace(s, exported=uri))
     step.say(f"exported to {uri}")
     return DONE
+
+
+# --- stage --------------------------------------------------------------------------------------------------------
+
+STAGE_DIR_LINE = "Remote FSx stage directory:"
+STAGED_FILES_LINE = "Staged files"
+
+
+def stage_output(out: str) -> tuple[str | None, tuple[str, ...]]:
+    """The stage directory (a relative one is under /fsx) and the staged files (relative to it) that the staging
+    tool printed: a ``Remote FSx stage directory: PATH`` line, and a ``Staged files`` line followed by indented
+    paths."""
+    stage_dir: str | None = None
+    files: list[str] = []
+    listing = False
+    for line in out.splitlines():
+        if line.startswith(STAGE_DIR_LINE):
+            path = line[len(STAGE_DIR_LINE) :].strip()
+            stage_dir = path if path.startswith("/") else posixpath.join("/fsx", path)
+            listing = False
+        elif line.startswith(STAGED_FILES_LINE):
+            listing = True
+        elif listing and line[:1].isspace() and line.strip():
+            files.append(line.strip().lstrip("- ").strip())
+        elif listing:
+            listing = False
+    if stage_dir is not None:
+        prefix = stage_dir.rstrip("/") + "/"
+        files = [f.removeprefix(prefix) for f in files]
+    return stage_dir, tuple(files)
+
+
+def stage(step: Step) -> int:
+    """Run ``stage_command`` on this host with a local copy of the workset's stage_samples.tsv, and record the stage
+    directory and files its output names (pushed into the pipeline directory by ``clone``). Done at once when the
+    run state says it was staged."""
+    ws, cfg = step.workset, step.cfg
+    if cfg.stage_command is None:
+        step.say("no [daylily] stage_command: nothing staged")
+        return DONE
+    try:
+        state = update(step.states, ws.epoch, lambda s: s)
+    except Stale as exc:
+        step.say(f"not staging: {exc}")
+        return TEMPORARY
+    if state.stage_dir:
+        step.say(f"already staged in {state.stage_dir} ({len(state.staged)} files)")
+        return DONE
+    manifest = step.workset_file("stage_samples.tsv")
+    if manifest is None:
+        step.say("the workset has no stage_samples.tsv")
+        return FAILED
+    with tempfile.TemporaryDirectory(prefix="workset-daylily-stage-") as here:
+        samples = Path(here) / "stage_samples.tsv"
+        samples.write_bytes(manifest)
+        values = {
+            "analysis_samples": str(samples),
+            "cluster": state.cluster or "",
+            "region": step.pcluster.region if step.pcluster else "",
+            "head_node": cfg.head_node or state.head_node or "",
+            "reference_bucket": cfg.reference_bucket or f"s3://{ws.bucket}/",
+            "ssh_user": cfg.ssh_user,
+            "ssh_identity_file": cfg.ssh_identity_file or "",
+            "workset_id": ws.workset_id,
+        }
+        argv = [arg.format(**values) for arg in cfg.stage_command]
+        done = _local(step, argv, what="staging")
+    if done is None:
+        return FAILED
+    stage_dir, files = stage_output(done)
+    if stage_dir is None:
+        step.say(f"the staging tool's output names no stage directory (a {STAGE_DIR_LINE!r} line)")
+        return FAILED
+    update(step.states, ws.epoch, lambda s: dataclasses.replace(s, stage_dir=stage_dir, staged=files))
+    step.say(f"staged {len(files)} files in {stage_dir}")
+    return DONE
+
+
+def _local(step: Step, argv: list[str], *, what: str) -> str | None:
+    """Run ``argv`` here; its output (the end of it said), or None when it failed (said why)."""
+    env = dict(os.environ) | ({"AWS_PROFILE": step.cfg.aws_profile} if step.cfg.aws_profile else {})
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env, check=False)  # noqa: S603
+    except OSError as exc:
+        step.say(f"cannot run {argv[0]}: {exc}")
+        return None
+    output = (done.stdout + done.stderr).strip()
+    if output:
+        step.say("\n".join(output.splitlines()[-step.cfg.log_tail_lines :]))
+    if done.returncode != 0:
+        step.say(f"{what} failed (exit {done.returncode})")
+        return None
+    return done.stdout
+
+
+# --- clone --------------------------------------------------------------------------------------------------------
+
+_DEST = re.compile(r"(?:^|\s)(?:-d|--dest|--destination)(?:\s+|=)(\S+)")
+
+
+def clone_location(out: str) -> str | None:
+    """Where the clone landed, from its output: a ``Location: PATH`` line, else a ``cd PATH`` line."""
+    for line in out.splitlines():
+        if line.startswith("Location") and ":" in line:
+            return line.split(":", 1)[1].strip() or None
+    for line in out.splitlines():
+        if line.strip().startswith("cd "):
+            return line.strip()[3:].strip() or None
+    return None
+
+
+def clone(step: Step) -> int:
+    """Make the pipeline directory on the head node — the team's clone command with the workset's ``day-clone``
+    arguments, or ``<workdir>/<workset id>`` without them — record it, and copy the staged files into it. A clone
+    already recorded (or already where this one would land: a crash before it was recorded) is not made again."""
+    ws, cfg = step.workset, step.cfg
+    try:
+        state = update(step.states, ws.epoch, lambda s: s)
+    except Stale as exc:
+        step.say(f"not cloning: {exc}")
+        return TEMPORARY
+    address = cfg.head_node or state.head_node
+    if address is None:
+        step.say("no head node: run the `cluster` step first, or set [daylily] head_node")
+        return FAILED
+    node = step.head_node(address)
+    try:
+        pdir = state.pipeline_dir or _clone(step, node)
+        if pdir is None:
+            return FAILED
+        update(step.states, ws.epoch, lambda s: dataclasses.replace(s, pipeline_dir=pdir))
+        if state.staged and state.stage_dir and state.pushed != pdir:
+            answer = node.run(scripts.push(pdir=pdir, stage_dir=state.stage_dir, staged=state.staged))
+            if answer.code != 0:
+                step.say(f"copying the staged files into {pdir} failed: {scripts.chatter(answer.out)}")
+                return FAILED
+            update(step.states, ws.epoch, lambda s: dataclasses.replace(s, pushed=pdir))
+            step.say(f"copied {len(state.staged)} staged files into {pdir}/sample_data")
+    except Unreachable as exc:
+        step.say(f"head node unreachable: {exc}")
+        return TEMPORARY
+    except Stale as exc:
+        step.say(f"a newer holder owns the workset now: {exc}")
+        return TEMPORARY
+    step.say(f"pipeline directory {pdir} on {address}")
+    return DONE
+
+
+def _clone(step: Step, node: HeadNode) -> str | None:
+    ws, cfg = step.workset, step.cfg
+    args = step.work().clone_args
+    if args is None:
+        answer = node.run(scripts.ensure_dir(posixpath.join(cfg.workdir, ws.workset_id)))
+        return scripts.answers(answer.out).get("location") if answer.code == 0 else None
+    dest = match.group(1) if (match := _DEST.search(args)) else ws.workset_id
+    landing = posixpath.join(cfg.clone_dest_root, dest, cfg.repo_dir_name)
+    command = cfg.clone_command.replace("{clone_args}", args).replace("{workset_id}", ws.workset_id)
+    answer = node.run(scripts.clone(login_shell_init=cfg.login_shell_init, command=command, earlier=landing))
+    if found := scripts.answers(answer.out).get("location"):
+        step.say(f"found the clone made before: {found}")
+        return found
+    if answer.code != 0:
+        step.say(f"the clone failed (exit {answer.code}): {scripts.chatter(answer.out)[-2000:]}")
+        return None
+    return clone_location(answer.out) or landing
