@@ -10,7 +10,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from tests.conftest import REGION, ROOT, run
 from tests.headnode import HeadNodeSite, head_node
 from tests.lab import BUCKET as LAB_BUCKET
 from tests.lab import Lab
+from tests.test_daemon_process import until
 
 BUCKET, PREFIX = "lab-bucket", "worksets/ws-1/"
 
@@ -46,6 +47,13 @@ def s3(mocked_aws: None) -> Any:
     return client
 
 
+def daylily_config(path: Path, daylily: dict[str, Any]) -> Path:
+    """A config file with ``[aws]`` (the in-process emulator's region) and ``[daylily]`` set to ``daylily``."""
+    lines = ["[aws]", 'region = "us-east-1"', "[daylily]"] + [f"{k} = {json.dumps(v)}" for k, v in daylily.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def write_config(tmp_path: Path, node: HeadNodeSite, **daylily: Any) -> Path:
     values = {
         "head_node": "127.0.0.1",
@@ -59,10 +67,7 @@ def write_config(tmp_path: Path, node: HeadNodeSite, **daylily: Any) -> Path:
         "interrupt_grace_s": 2.0,
         "log_tail_lines": 5,
     } | daylily
-    lines = ["[aws]", 'region = "us-east-1"', "[daylily]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    path = tmp_path / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return daylily_config(tmp_path / "config.toml", values)
 
 
 def step(config: Path, name: str, *, epoch: int, workset: str = "ws-1") -> tuple[int, str]:
@@ -76,16 +81,6 @@ def state(s3: Any) -> dict[str, Any]:
     return json.loads(s3.get_object(Bucket=BUCKET, Key=PREFIX + STATE_KEY)["Body"].read())
 
 
-def until(check: Callable[[], Any], what: str, *, timeout_s: float = 30) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def watch_until(config: Path, *, epoch: int, timeout_s: float = 30) -> tuple[int, str]:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -96,7 +91,7 @@ def watch_until(config: Path, *, epoch: int, timeout_s: float = 30) -> tuple[int
 
 
 def test_a_run_is_launched_in_its_session_watched_and_done(tmp_path: Path, node: HeadNodeSite, s3: Any) -> None:
-    pdir = node.pipeline_dir("ws-1", "succeed 2")
+    pdir = node.pipeline_dir("ws-1", "succeed 4")
     config = write_config(tmp_path, node)
 
     code, out = step(config, "launch", epoch=3)
@@ -127,9 +122,9 @@ def test_a_second_launch_finds_the_running_session_and_starts_nothing(
 
     code, out = step(config, "launch", epoch=4)
     assert code == 0 and "already going" in out and "launched by epoch 3" in out, out
-    assert len(node.runs("ws-1")) == 1 and state(s3)["epoch"] == 4
+    assert state(s3)["epoch"] == 4
     assert watch_until(config, epoch=4)[0] == 0
-    assert len(node.runs("ws-1")) == 1
+    assert len(node.runs("ws-1")) == 1  # the one run, to its end
 
 
 def test_a_stale_holder_neither_launches_nor_watches(tmp_path: Path, node: HeadNodeSite, s3: Any) -> None:
@@ -141,6 +136,7 @@ def test_a_stale_holder_neither_launches_nor_watches(tmp_path: Path, node: HeadN
     assert code == 75 and "written by epoch 5" in out, out
     code, out = step(config, "watch", epoch=4)
     assert code == 75 and "not watching" in out, out
+    until(lambda: node.runs("ws-1"), what="the run to start")  # the session's shell starts it a moment after launch
     assert len(node.runs("ws-1")) == 1 and state(s3)["epoch"] == 5
 
 
@@ -180,13 +176,13 @@ def test_a_run_past_its_timeout_gets_ctrl_c_and_its_session_is_ended(
     tmp_path: Path, node: HeadNodeSite, s3: Any
 ) -> None:
     node.pipeline_dir("ws-1", "hang")
-    config = write_config(tmp_path, node, pipeline_timeout_minutes=0.05)  # 3 s
+    config = write_config(tmp_path, node, pipeline_timeout_minutes=0.1)  # 6 s
     assert step(config, "launch", epoch=1)[0] == 0
     assert step(config, "watch", epoch=1)[0] == 75
-    time.sleep(3.5)
+    time.sleep(6.5)
 
     code, out = step(config, "watch", epoch=1)
-    assert code == 1 and "timed out after 0.05 min" in out and "sent Ctrl-C" in out, out
+    assert code == 1 and "timed out after 0.1 min" in out and "sent Ctrl-C" in out, out
     assert "interrupted (SIGINT)" in out  # the run saw the Ctrl-C (C-c, not the old monitor's C-x)
     assert node.sessions() == [] and state(s3)["reported"] == "timed out"
 
@@ -363,10 +359,7 @@ def cluster_config(tmp_path: Path, fleet: dict[str, Any], **daylily: Any) -> Pat
         "contact_email": "ops@lab.example",
         "run_command": "true",
     } | daylily
-    lines = ["[aws]", 'region = "us-east-1"', "[daylily]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    path = tmp_path / "cluster.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return daylily_config(tmp_path / "cluster.toml", values)
 
 
 def clusters(fleet: dict[str, Any], **found: dict[str, Any]) -> dict[str, Any]:
@@ -514,10 +507,7 @@ def export_config(tmp_path: Path, mode: str, **daylily: Any) -> Path:
         "export_command": [str(tool), "{output_dir}", "{target_uri}"],
         "export_uri": "s3://lab-results/{workset_id}/",
     } | daylily
-    lines = ["[aws]", 'region = "us-east-1"', "[daylily]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    path = tmp_path / "export.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return daylily_config(tmp_path / "export.toml", values)
 
 
 def test_export_succeeds_once_on_its_own_report_and_a_rerun_does_not_export_again(tmp_path: Path, s3: Any) -> None:
@@ -618,13 +608,13 @@ def test_a_daemon_killed_while_it_watches_is_taken_over_and_the_run_is_not_start
     first = Child(config, tmp_path / "first.log", cwd=ROOT)
     second = None
     try:
-        until(lambda: node.runs("ws-ok") and (w := get("ws-ok")) and "launch" in w.steps_done, "ws-ok launched")
-        until(lambda: get("ws-ok").current_step == "watch", "the first daemon watching ws-ok")
+        until(lambda: node.runs("ws-ok") and (w := get("ws-ok")) and "launch" in w.steps_done, what="ws-ok launched")
+        until(lambda: get("ws-ok").current_step == "watch", what="the first daemon watching ws-ok")
         first.signal(signal.SIGKILL)
         first.wait()
         second = Child(config, tmp_path / "second.log", cwd=ROOT)
-        ok = until(lambda: (w := get("ws-ok")) and w.state is State.COMPLETE and w, "ws-ok complete", timeout_s=60)
-        bad = until(lambda: (w := get("ws-bad")) and w.state is State.ERROR and w, "ws-bad in error", timeout_s=60)
+        ok = until(lambda: (w := get("ws-ok")) and w.state is State.COMPLETE and w, what="ws-ok complete", timeout_s=60)
+        bad = until(lambda: (w := get("ws-bad")) and w.state is State.ERROR and w, what="ws-bad in error", timeout_s=60)
     finally:
         for daemon in (first, second):
             if daemon is not None and daemon.running():

@@ -58,6 +58,15 @@ class Step:
         print(text, file=self.out, flush=True)
 
 
+def _fenced(step: Step, doing: str) -> RunState | None:
+    """The run state, after making sure no newer holder wrote it (our epoch is recorded); None (said) if one did."""
+    try:
+        return update(step.states, step.workset.epoch, lambda s: s)
+    except Stale as exc:
+        step.say(f"not {doing}: {exc}")
+        return None
+
+
 def _where(step: Step, state: RunState) -> tuple[str, str] | None:
     """(head node address, pipeline directory), or None (said why)."""
     address = step.cfg.head_node or state.head_node
@@ -76,10 +85,8 @@ def _run_line(step: Step) -> str:
 def launch(step: Step) -> int:
     """Start the run in the workset's tmux session on the head node, or find it already started or finished."""
     ws = step.workset
-    try:
-        state = update(step.states, ws.epoch, lambda s: s)
-    except Stale as exc:
-        step.say(f"not launching: {exc}")
+    state = _fenced(step, "launching")
+    if state is None:
         return TEMPORARY
     where = _where(step, state)
     if where is None:
@@ -260,22 +267,10 @@ def _create(step: Step, name: str, region: str) -> bool:
     argv = [arg.format(cluster=name, region=region) for arg in cfg.create_command]
     if cfg.cluster_template:
         argv += ["--config", cfg.cluster_template]
-    env = {k: v for k, v in os.environ.items() if k != "DAY_DISABLE_AUTO_SELECT"}
-    env |= {"AWS_PROFILE": cfg.aws_profile} if cfg.aws_profile else {}
-    env |= {"DAY_CONTACT_EMAIL": cfg.contact_email} if cfg.contact_email else {}
     step.say(f"no ready cluster: creating {name} ({' '.join(argv)})")
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env, check=False)  # noqa: S603
-    except OSError as exc:
-        step.say(f"cannot run {argv[0]}: {exc}")
-        return False
-    output = (done.stdout + done.stderr).strip()
-    if output:
-        step.say("\n".join(output.splitlines()[-cfg.log_tail_lines :]))
-    if done.returncode != 0:
-        step.say(f"creating cluster {name} failed (exit {done.returncode})")
-        return False
-    return True
+    contact = {"DAY_CONTACT_EMAIL": cfg.contact_email} if cfg.contact_email else {}
+    done = _local(step, argv, what=f"creating cluster {name}", env=contact, drop=("DAY_DISABLE_AUTO_SELECT",))
+    return done is not None
 
 
 def _await(step: Step, pc: Pcluster, name: str, record: Callable[[str | None, str | None], None]) -> int:
@@ -320,10 +315,8 @@ def teardown(step: Step) -> int:
     if not cfg.auto_teardown:
         step.say("auto_teardown is off: the cluster is left running")
         return DONE
-    try:
-        state = update(step.states, step.workset.epoch, lambda s: s)
-    except Stale as exc:
-        step.say(f"not tearing down: {exc}")
+    state = _fenced(step, "tearing down")
+    if state is None:
         return TEMPORARY
     name = state.cluster
     if name is None or name == cfg.cluster_name or step.pcluster is None:
@@ -387,10 +380,8 @@ def export(step: Step) -> int:
     if cfg.export_command is None:
         step.say("no [daylily] export_command: nothing exported")
         return DONE
-    try:
-        state = update(step.states, ws.epoch, lambda s: s)
-    except Stale as exc:
-        step.say(f"not exporting: {exc}")
+    state = _fenced(step, "exporting")
+    if state is None:
         return TEMPORARY
     if state.exported:
         step.say(f"already exported to {state.exported}")
@@ -410,17 +401,7 @@ def export(step: Step) -> int:
             "output_dir": output_dir,
         }
         argv = [arg.format(**values) for arg in cfg.export_command]
-        env = dict(os.environ) | ({"AWS_PROFILE": cfg.aws_profile} if cfg.aws_profile else {})
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env, check=False)  # noqa: S603
-        except OSError as exc:
-            step.say(f"cannot run {argv[0]}: {exc}")
-            return FAILED
-        output = (done.stdout + done.stderr).strip()
-        if output:
-            step.say("\n".join(output.splitlines()[-cfg.log_tail_lines :]))
-        if done.returncode != 0:
-            step.say(f"the export failed (exit {done.returncode})")
+        if _local(step, argv, what="the export") is None:
             return FAILED
         report_path = Path(output_dir) / EXPORT_FILE
         if not report_path.exists():
@@ -476,10 +457,8 @@ def stage(step: Step) -> int:
     if cfg.stage_command is None:
         step.say("no [daylily] stage_command: nothing staged")
         return DONE
-    try:
-        state = update(step.states, ws.epoch, lambda s: s)
-    except Stale as exc:
-        step.say(f"not staging: {exc}")
+    state = _fenced(step, "staging")
+    if state is None:
         return TEMPORARY
     if state.stage_dir:
         step.say(f"already staged in {state.stage_dir} ({len(state.staged)} files)")
@@ -514,9 +493,13 @@ def stage(step: Step) -> int:
     return DONE
 
 
-def _local(step: Step, argv: list[str], *, what: str) -> str | None:
-    """Run ``argv`` here; its output (the end of it said), or None when it failed (said why)."""
-    env = dict(os.environ) | ({"AWS_PROFILE": step.cfg.aws_profile} if step.cfg.aws_profile else {})
+def _local(
+    step: Step, argv: list[str], *, what: str, env: dict[str, str] | None = None, drop: tuple[str, ...] = ()
+) -> str | None:
+    """Run ``argv`` here (``AWS_PROFILE`` from ``aws_profile``, ``env`` added, ``drop`` removed); its stdout (the end
+    of all its output said), or None when it failed (said why)."""
+    profile = {"AWS_PROFILE": step.cfg.aws_profile} if step.cfg.aws_profile else {}
+    env = {k: v for k, v in os.environ.items() if k not in drop} | profile | (env or {})
     try:
         done = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env, check=False)  # noqa: S603
     except OSError as exc:
@@ -552,10 +535,8 @@ def clone(step: Step) -> int:
     arguments, or ``<workdir>/<workset id>`` without them — record it, and copy the staged files into it. A clone
     already recorded (or already where this one would land: a crash before it was recorded) is not made again."""
     ws, cfg = step.workset, step.cfg
-    try:
-        state = update(step.states, ws.epoch, lambda s: s)
-    except Stale as exc:
-        step.say(f"not cloning: {exc}")
+    state = _fenced(step, "cloning")
+    if state is None:
         return TEMPORARY
     address = cfg.head_node or state.head_node
     if address is None:
