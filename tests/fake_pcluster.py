@@ -8,6 +8,7 @@ the real ones do (pcluster 3's JSON, its "does not exist" message and exit 1), f
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -37,13 +38,18 @@ def _arg(args: list[str], flag: str) -> str | None:
 
 def main(argv: list[str]) -> int:
     db_path = Path(os.environ["FAKE_PCLUSTER_DB"])
-    db: dict[str, Any] = json.loads(db_path.read_text())
-    role, args = argv[0], argv[1:]
-    db.setdefault("calls", []).append(" ".join([role, *args]))
-    try:
-        return _answer(db, role, args)
-    finally:
-        db_path.write_text(json.dumps(db))
+    # Steps of two worksets may ask at once: one at a time, and a reader never sees a half-written file.
+    with open(f"{db_path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        db: dict[str, Any] = json.loads(db_path.read_text())
+        role, args = argv[0], argv[1:]
+        db.setdefault("calls", []).append(" ".join([role, *args]))
+        try:
+            return _answer(db, role, args)
+        finally:
+            temporary = db_path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(db))
+            temporary.replace(db_path)
 
 
 def _answer(db: dict[str, Any], role: str, args: list[str]) -> int:

@@ -34,7 +34,19 @@ HERE = Path(__file__).resolve().parent
 CONTAINERS_CONF = HERE / "containers.conf"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "procps", "python3", "python3-venv", "curl")
+# openssh-client: the Daylily steps SSH to the head node (tests/deploy/test_systemd_daylily.py); libnss-systemd, as
+# on a standard Debian install: ssh needs a name for the unit's DynamicUser uid ("No user exists for uid" without it).
+PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "procps",
+    "python3",
+    "python3-venv",
+    "curl",
+    "openssh-client",
+    "libnss-systemd",
+)
 _KEY = hashlib.sha256(f"{SUITE} {MIRROR} {' '.join(PACKAGES)}".encode()).hexdigest()[:10]
 BASE = f"localhost/workset-monitor-deploy/debian:{SUITE}-{_KEY}"
 PYTHON = "docker.io/library/python:3.11-slim-bookworm"
