@@ -24,6 +24,7 @@ from monitor.aws.emulator import Emulator
 from tests.conftest import REGION, ROOT
 from tests.deploy import images
 from tests.deploy.images import podman
+from tests.deploy.systemd_host import SystemdHost
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +107,19 @@ def wait_for(what: str, check: Callable[[], Any], *, timeout_s: float, every_s: 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {result!r})")
         time.sleep(every_s)
+
+
+def boot_systemd_host(containers: Callable[..., str], base_image: str, wheelhouse: Path) -> SystemdHost:
+    """A Debian host with systemd as PID 1 on the host's network, the wheelhouse at /wheels, booted."""
+    # On a real machine systemd makes / a shared mount at boot; in a container it leaves that to the engine, and
+    # without it LoadCredential= hands the service an empty $CREDENTIALS_DIRECTORY. So: shared first, then systemd.
+    init = "mount --make-rshared / && exec /sbin/init"
+    volume = f"--volume={wheelhouse}:/wheels:ro"
+    name = containers("--privileged", "--systemd=always", "--network=host", volume, base_image, "/bin/sh", "-c", init)
+    machine = SystemdHost(name)
+    wait_for(
+        "systemd to boot",
+        lambda: machine.sh("systemctl is-system-running", check=False).stdout.strip() in ("running", "degraded"),
+        timeout_s=60,
+    )
+    return machine

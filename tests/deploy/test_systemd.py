@@ -22,7 +22,7 @@ from monitor.aws.dynamo import DynamoStore
 from monitor.model import State, Workset, WorksetId
 from tests.conftest import REGION, run
 from tests.deploy import guide
-from tests.deploy.conftest import aws, copy_source, free_port, wait_for
+from tests.deploy.conftest import aws, boot_systemd_host, copy_source, free_port, wait_for
 from tests.deploy.images import podman
 from tests.deploy.systemd_host import CHECKOUT, SystemdHost
 from tests.fake_http import FakeServer, Reply
@@ -60,17 +60,8 @@ path.write_text(text.replace(marker, marker + add, 1) if marker in text else add
 
 @pytest.fixture
 def host(containers: Callable[..., str], base_image: str, wheelhouse: Path, tmp_path: Path) -> Iterator[SystemdHost]:
-    # On a real machine systemd makes / a shared mount at boot; in a container it leaves that to the engine, and
-    # without it LoadCredential= hands the service an empty $CREDENTIALS_DIRECTORY. So: shared first, then systemd.
-    init = "mount --make-rshared / && exec /sbin/init"
-    volume = f"--volume={wheelhouse}:/wheels:ro"
-    name = containers("--privileged", "--systemd=always", "--network=host", volume, base_image, "/bin/sh", "-c", init)
-    machine = SystemdHost(name)
-    wait_for(
-        "systemd to boot",
-        lambda: machine.sh("systemctl is-system-running", check=False).stdout.strip() in ("running", "degraded"),
-        timeout_s=60,
-    )
+    machine = boot_systemd_host(containers, base_image, wheelhouse)
+    name = machine.name
     source = copy_source(tmp_path / "workset-monitor")
     machine.sh(f"mkdir -p {Path(CHECKOUT).parent}")
     podman("cp", str(source), f"{name}:{CHECKOUT}")

@@ -22,7 +22,7 @@ from monitor.aws.dynamo import DynamoStore
 from monitor.config import TableConfig
 from monitor.model import EventType, State, WorksetId
 from tests.conftest import REGION, ROOT, run
-from tests.deploy.conftest import aws, free_port, wait_for
+from tests.deploy.conftest import aws, boot_systemd_host, free_port, wait_for
 from tests.deploy.images import podman
 from tests.deploy.systemd_host import SystemdHost
 from tests.headnode import HeadNodeSite, head_node
@@ -41,16 +41,7 @@ def node(tmp_path: Path) -> Iterator[HeadNodeSite]:
 
 @pytest.fixture
 def host(containers: Callable[..., str], base_image: str, wheelhouse: Path) -> Iterator[SystemdHost]:
-    init = "mount --make-rshared / && exec /sbin/init"  # LoadCredential= needs / shared (see test_systemd.py)
-    volume = f"--volume={wheelhouse}:/wheels:ro"
-    name = containers("--privileged", "--systemd=always", "--network=host", volume, base_image, "/bin/sh", "-c", init)
-    machine = SystemdHost(name)
-    wait_for(
-        "systemd to boot",
-        lambda: machine.sh("systemctl is-system-running", check=False).stdout.strip() in ("running", "degraded"),
-        timeout_s=60,
-    )
-    yield machine
+    yield boot_systemd_host(containers, base_image, wheelhouse)
 
 
 def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
