@@ -481,6 +481,17 @@ def test_teardown_leaves_a_named_cluster_and_does_nothing_when_off(
     assert "deleted" not in clusters(fleet)
 
 
+def test_teardown_says_why_it_cannot_act(tmp_path: Path, node: HeadNodeSite, s3: Any) -> None:
+    nothing = write_config(tmp_path, node, auto_teardown=True)  # no cluster was ever recorded for this workset
+    code, out = step(nothing, "teardown", epoch=1)
+    assert code == 0 and "no cluster of ours to tear down" in out, out
+    s3.put_object(Bucket=BUCKET, Key=PREFIX + STATE_KEY, Body=json.dumps(state(s3) | {"cluster": "lab"}).encode())
+    regionless = tmp_path / "regionless.toml"
+    regionless.write_text(nothing.read_text().replace('region = "us-east-1"\n', ""))
+    code, out = step(regionless, "teardown", epoch=1)  # a cluster to delete, but no region to ask pcluster in
+    assert code == 1 and "no region for pcluster" in out, out
+
+
 # --- export: believed only from its own fsx_export.yaml ----------------------------------------------------------
 
 FAKE_EXPORT = r"""#!/bin/bash

@@ -319,9 +319,15 @@ def teardown(step: Step) -> int:
     if state is None:
         return TEMPORARY
     name = state.cluster
-    if name is None or name == cfg.cluster_name or step.pcluster is None:
-        step.say("no cluster of ours to tear down" if name != cfg.cluster_name else f"{name} is kept (cluster_name)")
+    if name is None:
+        step.say("no cluster of ours to tear down")
         return DONE
+    if name == cfg.cluster_name:
+        step.say(f"{name} is kept (cluster_name)")
+        return DONE
+    if step.pcluster is None:
+        step.say(f"cannot tear down cluster {name}: no region for pcluster (set [daylily] region or [aws] region)")
+        return FAILED
     address = cfg.head_node or state.head_node
     if address is None:
         step.say(f"no head node recorded for cluster {name}: cannot tell whether it is idle")
