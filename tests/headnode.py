@@ -1,8 +1,8 @@
 """A Daylily head node on loopback for the tests: a real ``sshd`` (Debian's openssh-server, installed by ``make``) on
-127.0.0.1 with keys made for the test, its own tmux server (``TMUX_TMPDIR``), and a stand-in for the pipeline's run
-command that behaves as Daylily's does: it writes ``daylily.successful_run`` or ``daylily.failed_run`` in its
-directory, logs to its output, and stops on Ctrl-C. Every run appends a line to ``runs`` (so a test can say "exactly
-one run")."""
+127.0.0.1 with keys made for the test, its own home and tmux server (``HOME``, ``TMUX_TMPDIR``), and a stand-in for
+the pipeline's run command that behaves as Daylily's does: it writes ``daylily.successful_run`` or
+``daylily.failed_run`` in its directory, logs to its output, and stops on Ctrl-C. Every run appends a line to ``runs``
+(so a test can say "exactly one run")."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ SSHD = "/usr/sbin/sshd"
 
 # The stand-in run. Its behaviour is read from the file named by its first argument when it starts:
 # "succeed S" (work S seconds, then daylily.successful_run), "fail S" (then daylily.failed_run), "vanish S" (exit
-# without a sentinel), "hang" (until Ctrl-C).
+# without a sentinel), "hang" (until Ctrl-C), "until FILE" (work until FILE exists, then daylily.successful_run).
 FAKE_RUN = r"""#!/bin/bash
 mode=$(cat "$1"); runs=$2
 echo "$(date +%s) epoch=${WORKSET_EPOCH:-} id=${WORKSET_ID:-} pwd=$PWD args=${*:3}" >> "$runs"
@@ -34,6 +34,7 @@ case $1 in
         echo "Error in rule call_variants: exit status 137"; touch daylily.failed_run; exit 1 ;;
   vanish) sleep "$2"; echo "dy-r: killed"; exit 137 ;;
   hang) while true; do sleep 0.2; done ;;
+  until) while [ ! -e "$2" ]; do sleep 0.2; done; echo "dy-r: all jobs done"; touch daylily.successful_run ;;
 esac
 """
 
@@ -61,8 +62,12 @@ class HeadNodeSite:
         """The workset's pipeline directory, with the stand-in run told to behave as ``mode``."""
         pdir = self.workdir / workset_id
         pdir.mkdir(parents=True, exist_ok=True)
-        (self.root / f"{workset_id}.mode").write_text(mode)
+        self.mode(workset_id, mode)
         return pdir
+
+    def mode(self, workset_id: str, mode: str) -> None:
+        """Tell the stand-in run how to behave for ``workset_id`` wherever its directory is (made by a clone)."""
+        (self.root / f"{workset_id}.mode").write_text(mode)
 
     def run_command(self) -> str:
         """The [daylily] run_command: the stand-in, its mode file named by the workset id it is given."""
@@ -92,6 +97,8 @@ def head_node(root: Path) -> Iterator[HeadNodeSite]:
     (keys / "authorized_keys").chmod(0o600)
     tmux_dir = root / "tmux"
     tmux_dir.mkdir()
+    home = root / "home"  # the ssh user's home on the head node (its ~/.workset-monitor), not this machine's
+    home.mkdir()
     fake = root / "fake-day-run"
     fake.write_text(FAKE_RUN)
     fake.chmod(0o755)
@@ -101,7 +108,8 @@ def head_node(root: Path) -> Iterator[HeadNodeSite]:
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
         f"AuthorizedKeysFile {keys / 'authorized_keys'}\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-        f"UsePAM no\nStrictModes no\nPidFile {root / 'sshd.pid'}\nSetEnv TMUX_TMPDIR={tmux_dir}\n"
+        f"UsePAM no\nStrictModes no\nPidFile {root / 'sshd.pid'}\n"
+        f"SetEnv TMUX_TMPDIR={tmux_dir} HOME={home}\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
     log = (root / "sshd.log").open("w")

@@ -26,7 +26,7 @@ from monitor.daylily.state import STATE_KEY
 from monitor.model import EventType, State, WorksetId
 from tests import fake_pcluster
 from tests.conftest import REGION, ROOT, run
-from tests.headnode import HeadNodeSite, head_node
+from tests.headnode import HeadNodeSite, free_port, head_node
 from tests.lab import BUCKET as LAB_BUCKET
 from tests.lab import Lab
 from tests.test_daemon_process import until
@@ -155,7 +155,7 @@ def test_a_failed_run_reports_the_end_of_its_log_and_a_new_launch_runs_it_again(
     code, out = step(config, "watch", epoch=1)  # watched again (a retry of the watch step): the same answer
     assert code == 1 and "the run failed" in out
 
-    (node.root / "ws-1.mode").write_text("succeed 0")  # the operator fixed the cause; `retry --from-start`
+    node.mode("ws-1", "succeed 0")  # the operator fixed the cause; `retry --from-start`
     code, out = step(config, "launch", epoch=2)
     assert code == 0 and "launched" in out, out
     assert watch_until(config, epoch=2)[0] == 0
@@ -255,8 +255,8 @@ def test_daylily_work_yaml_is_read_as_the_old_monitor_read_it(text: str, expecte
 # --- stage and clone: the samples to FSx, the pipeline cloned, the staged files copied in --------------------
 
 FAKE_STAGE = r"""#!/bin/bash
-# a stand-in for Daylily's staging tool: $1 the local stage_samples.tsv, $2 the FSx root
-ts=20261205T120000; dir="$2/staged/remote_stage_$ts"
+# a stand-in for Daylily's staging tool: $1 the local stage_samples.tsv, $2 the FSx root, $3 (optional) a workset id
+ts=20261205T120000; dir="$2/staged${3:+/$3}/remote_stage_$ts"
 mkdir -p "$dir/S1"; echo x >> "$(dirname "$0")/stage.calls"
 cp "$1" "$dir/${ts}_samples.tsv"; printf 'sample\tunit\nS1\tL1\n' > "$dir/${ts}_units.tsv"
 echo reads1 > "$dir/S1/S1_R1.fastq.gz"; echo reads2 > "$dir/S1/S1_R2.fastq.gz"
@@ -286,7 +286,7 @@ def test_stage_and_clone_put_the_samples_in_the_pipeline_directory_once(
     for name, text in (("fake-stage", FAKE_STAGE), ("fake-day-clone", FAKE_CLONE)):
         (tools / name).write_text(text)
         (tools / name).chmod(0o755)
-    (node.root / "ws-1.mode").write_text("succeed 0")
+    node.mode("ws-1", "succeed 0")
     s3.put_object(Bucket=BUCKET, Key=PREFIX + "stage_samples.tsv", Body=b"sample\tr1_uri\nS1\ts3://lab/S1_R1.fq.gz\n")
     work_yaml = b"day-clone: -d {workdir_name} -t main\nworkdir_name: wd-1\n"
     s3.put_object(Bucket=BUCKET, Key=PREFIX + "daylily_work.yaml", Body=work_yaml)
@@ -481,6 +481,33 @@ def test_teardown_leaves_a_named_cluster_and_does_nothing_when_off(
     assert "deleted" not in clusters(fleet)
 
 
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [("DELETE_IN_PROGRESS", "is already being deleted (DELETE_IN_PROGRESS)"), (None, "no longer exists")],
+)
+def test_teardown_of_a_cluster_another_workset_already_deleted_is_done(
+    tmp_path: Path, node: HeadNodeSite, fleet: dict[str, Any], s3: Any, status: str | None, said: str
+) -> None:
+    """Two worksets ran on one cluster; the other one's teardown deleted it, so its head node is gone. This
+    workset's teardown must not wait for a head node that will never answer (its poll would time out in error)."""
+    clusters(fleet, lab=fake_pcluster.cluster("lab", ip="127.0.0.1"))
+    live = write_config(tmp_path, node, region="us-west-2", pcluster=fleet["pcluster"], auto_teardown=True)
+    live.write_text("".join(line + "\n" for line in live.read_text().splitlines() if "head_node" not in line))
+    assert step(live, "cluster", epoch=1)[0] == 0
+    gone = json.loads(fleet["db"].read_text())
+    if status is None:
+        del gone["clusters"]["lab"]
+    else:
+        gone["clusters"]["lab"]["status"] = status
+    fleet["db"].write_text(json.dumps(gone))
+    unreachable = live.read_text().replace(f"ssh_port = {node.port}", f"ssh_port = {free_port()}")
+    live.write_text(unreachable)  # the head node went with the cluster
+
+    code, out = step(live, "teardown", epoch=1)
+    assert code == 0 and f"cluster lab {said}" in out, out
+    assert state(s3)["cluster"] is None and "deleted" not in clusters(fleet)
+
+
 def test_teardown_says_why_it_cannot_act(tmp_path: Path, node: HeadNodeSite, s3: Any) -> None:
     nothing = write_config(tmp_path, node, auto_teardown=True)  # no cluster was ever recorded for this workset
     code, out = step(nothing, "teardown", epoch=1)
@@ -572,20 +599,40 @@ def test_the_shipped_daylily_config_is_valid_and_names_only_real_steps(capsys: p
 def test_a_daemon_killed_while_it_watches_is_taken_over_and_the_run_is_not_started_twice(
     aws_endpoint: str, tmp_path: Path, node: HeadNodeSite, fleet: dict[str, Any]
 ) -> None:
-    """The operator's story: a workset dropped in S3 is launched on the head node by one daemon, which is SIGKILLed
-    while it watches the run; the other daemon takes the workset over after a lease, re-attaches to the same tmux
-    session, and completes it when the run succeeds: exactly one pipeline run. Beside it, a run that fails ends in
-    ``error`` with the end of its log in the audit trail."""
+    """The operator's story, all seven steps with two daemons: worksets dropped in S3 go cluster → stage → clone →
+    launch → watch → export → teardown. The first daemon is SIGKILLed while it watches ws-ok's run; the second takes
+    the worksets over after a lease, re-attaches to the same tmux session and completes ws-ok: exactly one pipeline
+    run, exported once. ws-ok's teardown leaves the cluster running while ws-slow's run goes on; ws-slow's teardown
+    deletes it once idle. ws-bad's failed run ends in ``error`` with the end of its log in the audit trail."""
     s3 = boto3.client("s3", region_name=REGION, endpoint_url=aws_endpoint)
     s3.create_bucket(Bucket=LAB_BUCKET)
     dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_endpoint)
     schema.ensure_table(dynamodb, TableConfig(name="daylily-e2e"))
     store = DynamoStore(dynamodb, "daylily-e2e")
-    node.pipeline_dir("ws-ok", "succeed 10")
-    node.pipeline_dir("ws-bad", "fail 1")
+    tools = node.root
+    for name, text in (("fake-stage", FAKE_STAGE), ("fake-day-clone", FAKE_CLONE), ("fake-export", FAKE_EXPORT)):
+        (tools / name).write_text(text)
+        (tools / name).chmod(0o755)
+    (tools / "export.mode").write_text("success")
+    release = tmp_path / "ws-slow.release"
+    node.mode("ws-ok", "succeed 10")
+    node.mode("ws-bad", "fail 1")
+    node.mode("ws-slow", f"until {release}")
     clusters(fleet, lab=fake_pcluster.cluster("lab", ip="127.0.0.1"))  # the loopback head node, found by `cluster`
     daylily = write_config(
-        tmp_path, node, region="us-west-2", pcluster=fleet["pcluster"], create_command=[fleet["create"]]
+        tmp_path,
+        node,
+        region="us-west-2",
+        pcluster=fleet["pcluster"],
+        create_command=[fleet["create"]],
+        stage_command=[str(tools / "fake-stage"), "{analysis_samples}", str(node.workdir), "{workset_id}"],
+        clone_command=f"{tools}/fake-day-clone {{clone_args}}",
+        clone_dest_root=str(tools / "clones"),
+        export_command=[str(tools / "fake-export"), "{output_dir}", "{target_uri}"],
+        export_uri="s3://lab-results/{workset_id}/",
+        auto_teardown=True,
+        idle_teardown_minutes=0.03,  # 1.8 s
+        queue_command="true",
     ).read_text()
     daylily = "".join(
         line + "\n" for line in daylily.split("[daylily]\n", 1)[1].splitlines() if "head_node" not in line
@@ -595,7 +642,7 @@ def test_a_daemon_killed_while_it_watches_is_taken_over_and_the_run_is_not_start
     def step(name: str, **kw: Any) -> str:
         command = json.dumps([sys.executable, "-m", "monitor.daylily.cli", "--config", str(config), name])
         return f'[[pipeline.steps]]\nname = "{name}"\ncommand = {command}\n' + "".join(
-            f"{k} = {json.dumps(v)}\n" for k, v in kw.items()
+            f"{k} = {json.dumps(v)}\n" for k, v in ({"timeout_s": 60} | kw).items()
         )
 
     config.write_text(
@@ -605,16 +652,20 @@ def test_a_daemon_killed_while_it_watches_is_taken_over_and_the_run_is_not_start
         "[run]\nshutdown_grace_s = 1\nretry_backoff_base_s = 1\nretry_backoff_max_s = 1\n"
         'step_env_passthrough = ["PATH", "HOME", "AWS_*", "FAKE_PCLUSTER_DB"]\n'
         f'[log]\nformat = "json"\n[metrics]\nport = 0\n[daylily]\n{daylily}\n'
-        + step("cluster", timeout_s=60)
-        + step("launch", timeout_s=60)
+        + "".join(step(name) for name in ("cluster", "stage", "clone", "launch"))
         + step("watch", kind="poll", interval_s=0.5, timeout_s=120)
+        + step("export")
+        + step("teardown", kind="poll", interval_s=0.5, timeout_s=120)
     )
     lab = Lab(s3)
-    lab.workset("ws-ok", prefix="w/")
-    lab.workset("ws-bad", prefix="w/")
+    for name in ("ws-ok", "ws-bad", "ws-slow"):
+        lab.workset(name, prefix="w/")
 
     def get(name: str) -> Any:
         return run(store.get(WorksetId(name)))
+
+    def trail(name: str) -> list[Any]:
+        return run(store.history(WorksetId(name)))
 
     first = Child(config, tmp_path / "first.log", cwd=ROOT)
     second = None
@@ -626,6 +677,9 @@ def test_a_daemon_killed_while_it_watches_is_taken_over_and_the_run_is_not_start
         second = Child(config, tmp_path / "second.log", cwd=ROOT)
         ok = until(lambda: (w := get("ws-ok")) and w.state is State.COMPLETE and w, what="ws-ok complete", timeout_s=60)
         bad = until(lambda: (w := get("ws-bad")) and w.state is State.ERROR and w, what="ws-bad in error", timeout_s=60)
+        assert "deleted" not in clusters(fleet) and get("ws-slow").current_step == "watch"
+        release.touch()  # ws-slow's run ends: the cluster goes idle, and ws-slow's teardown deletes it
+        until(lambda: get("ws-slow").state is State.COMPLETE, what="ws-slow complete", timeout_s=60)
     finally:
         for daemon in (first, second):
             if daemon is not None and daemon.running():
@@ -635,15 +689,24 @@ def test_a_daemon_killed_while_it_watches_is_taken_over_and_the_run_is_not_start
     assert ok.epoch >= 2
     recorded = json.loads(s3.get_object(Bucket=LAB_BUCKET, Key="w/ws-ok/" + STATE_KEY)["Body"].read())
     assert recorded["launched_epoch"] < ok.epoch  # launched by the first daemon; the second one only watched
-    assert (recorded["cluster"], recorded["head_node"]) == ("lab", "127.0.0.1")
+    pdir = tools / "clones" / "ws-ok" / "daylily-omics-analysis"
+    assert recorded["pipeline_dir"] == str(pdir) and f"pwd={pdir} " in node.runs("ws-ok")[0]
+    assert (pdir / "sample_data/S1/S1_R1.fastq.gz").read_text() == "reads1\n"  # staged, cloned, pushed
+    assert recorded["exported"] == "s3://lab-results/ws-ok/"
     assert "created" not in clusters(fleet)
-    trail = run(store.history(WorksetId("ws-ok")))
-    types = [e.type for e in trail]
+    history = trail("ws-ok")
+    types = [e.type for e in history]
     assert EventType.LEASE_EXPIRED in types and types[-1] is EventType.COMPLETE
     second_start = max(i for i, t in enumerate(types) if t is EventType.STARTED)
-    assert trail[second_start].actor != trail[1].actor  # the other daemon
-    assert "the run succeeded" in trail[-2].detail  # the second daemon's watch, recorded
+    assert history[second_start].actor != history[1].actor  # the other daemon
+    said = "\n".join(e.detail for e in history)
+    assert "the run succeeded" in said and "exported to s3://lab-results/ws-ok/" in said
+    assert "cluster lab is busy (1 session(s)" in said  # ws-slow was still running: ws-ok left the cluster up
+    assert clusters(fleet)["deleted"] == ["lab"]  # by ws-slow's teardown, once, after its run
+    assert "deleting it (pcluster delete-cluster)" in "\n".join(e.detail for e in trail("ws-slow"))
+    assert len(node.runs("ws-slow")) == 1
+    assert (tools / "export.calls").read_text().count("x") == 2  # ws-ok and ws-slow, each once
     assert len(node.runs("ws-bad")) == 1
     assert "Error in rule call_variants: exit status 137" in bad.last_error or any(
-        "Error in rule call_variants" in e.detail for e in run(store.history(WorksetId("ws-bad")))
+        "Error in rule call_variants" in e.detail for e in trail("ws-bad")
     )

@@ -335,6 +335,11 @@ def teardown(step: Step) -> int:
     try:
         found = scripts.answers(step.head_node(address).run(scripts.idle(cfg.queue_command)).out)
     except Unreachable as exc:
+        gone = _gone(step.pcluster, name)
+        if gone is not None:  # another workset's teardown deleted it: its head node will never answer again
+            update(step.states, step.workset.epoch, lambda s: dataclasses.replace(s, cluster=None, head_node=None))
+            step.say(f"cluster {name} {gone}: nothing to tear down")
+            return DONE
         step.say(f"head node unreachable, will look again: {exc}")
         return TEMPORARY
     if "busy" in found:
@@ -356,6 +361,18 @@ def teardown(step: Step) -> int:
     update(step.states, step.workset.epoch, lambda s: dataclasses.replace(s, cluster=None, head_node=None))
     step.say(f"cluster {name} was idle for {idle_s // 60} min: deleting it (pcluster delete-cluster)")
     return DONE
+
+
+def _gone(pcluster: Pcluster, name: str) -> str | None:
+    """How ``name`` is gone ("no longer exists", "is already being deleted (...)"), or None when it is not, or
+    when pcluster cannot tell (then the caller keeps trying)."""
+    try:
+        status = pcluster.describe(name).status
+    except NoSuchCluster:
+        return "no longer exists"
+    except PclusterError:
+        return None
+    return f"is already being deleted ({status})" if status.startswith("DELETE") else None
 
 
 # --- export -------------------------------------------------------------------------------------------------------
