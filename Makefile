@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint typecheck unit tools faketime tmux sshd bench chaos soak demo clean deploy-test deploy-tools
+.PHONY: test lint typecheck unit tools faketime tmux sshd pcluster bench chaos soak demo clean deploy-test deploy-tools
 
 test: lint typecheck tools unit
 
@@ -24,7 +24,7 @@ endef
 # the chaos suite's operator with a slow clock; tmux for the test that drives `workset-monitor watch` in a terminal
 # and for the Daylily head node, whose sshd is Debian's openssh-server (tests/headnode.py: loopback only; the package's
 # own service is not started without systemd).
-tools: faketime tmux sshd
+tools: faketime tmux sshd pcluster
 	$(call apt_tool,promtool,prometheus)
 	$(call apt_tool,prometheus,prometheus)
 
@@ -41,6 +41,23 @@ sshd:
 	  else \
 	    echo "sshd missing: install Debian's 'openssh-server' package (sudo apt-get install openssh-server)"; exit 1; \
 	  fi; }
+
+# The real `pcluster` (AWS ParallelCluster 3) and a moto server that speaks CloudFormation and EC2 for it, in a venv
+# of their own made with Debian's python3, so the same venv also runs inside the Debian test containers (tests/deploy).
+PCLUSTER_VENV := .tools/pcluster
+pcluster: $(PCLUSTER_VENV)/.installed
+
+$(PCLUSTER_VENV)/.installed: tests/pcluster-requirements.txt
+	@/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's python3-venv"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; \
+	  else \
+	    echo "Debian's python3 cannot make a venv: install python3-venv (sudo apt-get install python3-venv)"; exit 1; \
+	  fi; }
+	rm -rf $(PCLUSTER_VENV) && /usr/bin/python3 -m venv $(PCLUSTER_VENV)
+	$(PCLUSTER_VENV)/bin/python -m pip install --quiet -r tests/pcluster-requirements.txt
+	touch $@
 
 faketime:
 	$(call apt_tool,faketime,faketime)
@@ -117,4 +134,4 @@ deploy-tools:
 	  fi; }
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,6 +1,9 @@
 """Stand-ins for AWS ParallelCluster's ``pcluster`` and Daylily's ``daylily-create-ephemeral-cluster``, answering as
 the real ones do (pcluster 3's JSON, its "does not exist" message and exit 1), from a JSON file of clusters named by
-``FAKE_PCLUSTER_DB``. A cluster being created stays ``CREATE_IN_PROGRESS`` for ``looks`` describe calls.
+``FAKE_PCLUSTER_DB``. A cluster being created stays ``CREATE_IN_PROGRESS`` for ``looks`` describe calls. Like
+pcluster 3 (``pcluster/cli/logger.py``), ``pcluster`` first makes ``~/.parallelcluster/`` and logs to
+``pcluster-cli.log`` there, and dies with a traceback when it cannot (a read-only or missing ``HOME``: what the
+shipped unit's sandbox gives it without the Daylily drop-in).
 
     python tests/fake_pcluster.py pcluster list-clusters --region R
     python tests/fake_pcluster.py create --cluster-name NAME [--config TEMPLATE]
@@ -28,8 +31,9 @@ def install(bin_dir: Path) -> tuple[Path, Path]:
     return made[0], made[1]
 
 
-def cluster(name: str, *, status: str = "CREATE_COMPLETE", zone: str = "us-west-2b", ip: str = "127.0.0.1") -> dict:
-    return {"status": status, "fleet": "RUNNING", "zone": zone, "public": ip, "private": "10.0.0.9", "looks": 0}
+def cluster(name: str, *, status: str = "CREATE_COMPLETE", instance: str = "i-0f00d", ip: str = "127.0.0.1") -> dict:
+    """A cluster whose head node is EC2 instance ``instance`` (where it runs is EC2's to say, not pcluster's)."""
+    return {"status": status, "fleet": "RUNNING", "instance": instance, "public": ip, "private": "10.0.0.9", "looks": 0}
 
 
 def _arg(args: list[str], flag: str) -> str | None:
@@ -37,6 +41,11 @@ def _arg(args: list[str], flag: str) -> str | None:
 
 
 def main(argv: list[str]) -> int:
+    if argv[0] == "pcluster":  # as pcluster 3's config_logger(), before anything else (a traceback if it cannot)
+        logfile = os.path.expanduser(os.path.join("~", ".parallelcluster", "pcluster-cli.log"))
+        os.makedirs(os.path.dirname(logfile), exist_ok=True)
+        with open(logfile, "a") as log:
+            log.write(f"INFO - cli.py - {' '.join(argv[1:])}\n")
     db_path = Path(os.environ["FAKE_PCLUSTER_DB"])
     # Steps of two worksets may ask at once: one at a time, and a reader never sees a half-written file.
     with open(f"{db_path}.lock", "w") as lock:
@@ -77,7 +86,13 @@ def _answer(db: dict[str, Any], role: str, args: list[str]) -> int:
             c["looks"] -= 1
             if c["looks"] == 0:
                 c["status"] = "CREATE_COMPLETE"
-        head = {"availabilityZone": c["zone"], "publicIpAddress": c["public"], "privateIpAddress": c["private"]}
+        head = {  # as pcluster 3.16's EC2Instance: no availability zone
+            "instanceId": c["instance"],
+            "instanceType": "r7i.2xlarge",
+            "state": "running",
+            "publicIpAddress": c["public"],
+            "privateIpAddress": c["private"],
+        }
         status = {"clusterName": name, "clusterStatus": c["status"], "computeFleetStatus": c["fleet"]}
         print(json.dumps(status | {"headNode": head}))
         return 0

@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
         "monitor.memory",
         "monitor.aws.backup",
         "monitor.aws.run_states",
+        "monitor.aws.instances",
     },
     {"monitor.aws.outbox_rows"},
     {"monitor.aws.dynamo"},

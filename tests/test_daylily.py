@@ -347,6 +347,7 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     db = tmp_path / "clusters.json"
     db.write_text(json.dumps({"clusters": {}}))
     monkeypatch.setenv("FAKE_PCLUSTER_DB", str(db))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # pcluster logs under ~/.parallelcluster/
     return {"pcluster": str(pcluster), "create": str(create), "db": db}
 
 
@@ -370,14 +371,23 @@ def clusters(fleet: dict[str, Any], **found: dict[str, Any]) -> dict[str, Any]:
     return db
 
 
+def head_instance(zone: str) -> str:
+    """A head node's EC2 instance in ``zone`` (the in-process emulator): where a cluster is, as EC2 says."""
+    ec2 = boto3.client("ec2", region_name="us-west-2")
+    subnet = next(s for s in ec2.describe_subnets()["Subnets"] if s["AvailabilityZone"] == zone)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    [made] = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, SubnetId=subnet["SubnetId"])["Instances"]
+    return str(made["InstanceId"])
+
+
 def test_the_cluster_step_uses_a_ready_cluster_in_the_zone_and_records_its_head_node(
     tmp_path: Path, fleet: dict[str, Any], s3: Any
 ) -> None:
     clusters(
         fleet,
-        other=fake_pcluster.cluster("other", zone="us-west-2a"),
-        busy=fake_pcluster.cluster("busy", status="UPDATE_IN_PROGRESS"),
-        mine=fake_pcluster.cluster("mine", ip="198.51.100.7"),
+        other=fake_pcluster.cluster("other", instance=head_instance("us-west-2a")),
+        busy=fake_pcluster.cluster("busy", status="UPDATE_IN_PROGRESS", instance=head_instance("us-west-2b")),
+        mine=fake_pcluster.cluster("mine", ip="198.51.100.7", instance=head_instance("us-west-2b")),
     )
     config = cluster_config(tmp_path, fleet, availability_zone="us-west-2b")
     code, out = step(config, "cluster", epoch=1)
@@ -393,7 +403,7 @@ def test_the_cluster_step_uses_a_ready_cluster_in_the_zone_and_records_its_head_
 def test_with_none_ready_it_creates_one_waits_for_it_and_a_rerun_never_creates_another(
     tmp_path: Path, fleet: dict[str, Any], s3: Any
 ) -> None:
-    clusters(fleet, far=fake_pcluster.cluster("far", zone="eu-west-1a"))
+    clusters(fleet, far=fake_pcluster.cluster("far", instance=head_instance("us-west-2a")))
     config = cluster_config(tmp_path, fleet, availability_zone="us-west-2b", cluster_template="/etc/daylily/t.yaml")
     code, out = step(config, "cluster", epoch=1)
     assert code == 0, out

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from monitor import config, errors
+from monitor.aws import instances
 from monitor.aws.clients import Clients
 from monitor.aws.run_states import S3RunStates, read_workset_file
 from monitor.daylily import steps, work
@@ -89,6 +90,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     cfg = settings.daylily
     region = cfg.region or settings.aws.region
     aws = Clients(settings.aws)
+    # EC2 where pcluster looks: the cluster's region, as [daylily] aws_profile (built only when a step asks)
+    cluster_aws = Clients(
+        settings.aws.model_copy(update={"region": region, "profile": cfg.aws_profile or settings.aws.profile})
+    )
     try:
         s3 = aws.get("s3")
         step = steps.Step(
@@ -100,6 +105,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             pcluster=None if region is None else Pcluster(cfg.pcluster, region=region, profile=cfg.aws_profile),
             work=functools.cache(lambda: _work(s3, env, workset.workset_id)),
             workset_file=lambda name: read_workset_file(s3, env["WORKSET_BUCKET"], env["WORKSET_PREFIX"] + name),
+            zone_of=lambda instance: instances.zone_of(cluster_aws.get("ec2"), instance),
         )
         return STEPS[args.step](step)
     except errors.MonitorError as exc:
@@ -113,6 +119,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return steps.FAILED
     finally:
         aws.close()
+        cluster_aws.close()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """AWS ParallelCluster's ``pcluster`` command, as the ``cluster`` step uses it: JSON out, one call per question.
 
 - ``list-clusters --region R``: ``{"clusters": [{"clusterName", "clusterStatus", ...}]}``
-- ``describe-cluster -n NAME --region R``: ``{"clusterName", "clusterStatus", "computeFleetStatus", "headNode": {...}}``
+- ``describe-cluster -n NAME --region R``: ``{"clusterName", "clusterStatus", "computeFleetStatus", "headNode":
+  {"instanceId", "publicIpAddress", "privateIpAddress", ...}}`` (no availability zone: see ``monitor.aws.instances``)
 - ``describe-cluster-instances -n NAME --region R --node-type HeadNode``: ``{"instances": [{"publicIpAddress",
   "privateIpAddress", ...}]}``
 - ``delete-cluster -n NAME --region R``: starts the deletion
@@ -37,7 +38,7 @@ class Cluster:
     name: str
     status: str
     fleet: str
-    zone: str | None
+    head_instance: str | None  # the head node's EC2 instance id (None while it has none)
 
     @property
     def ready(self) -> bool:
@@ -55,7 +56,7 @@ def cluster_from(data: Mapping[str, Any]) -> Cluster:
             name=str(data["clusterName"]),
             status=str(data.get("clusterStatus", "")),
             fleet=str(data.get("computeFleetStatus") or ""),
-            zone=head.get("availabilityZone") if isinstance(head, Mapping) else None,
+            head_instance=head.get("instanceId") if isinstance(head, Mapping) else None,
         )
     except KeyError:
         raise PclusterError(f"describe-cluster answered without a clusterName: {json.dumps(data)[:200]}") from None

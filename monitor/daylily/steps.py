@@ -51,6 +51,7 @@ class Step:
     pcluster: Pcluster | None = None  # None: no region configured
     work: Callable[[], Work] = Work  # the workset's daylily_work.yaml (read when a step needs it)
     workset_file: Callable[[str], bytes | None] = lambda _name: None  # a file of the workset's folder
+    zone_of: Callable[[str], str] = lambda _instance: ""  # an EC2 instance id -> its availability zone
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
 
@@ -253,12 +254,16 @@ def cluster(step: Step) -> int:
 
 
 def _ready_cluster(step: Step, pc: Pcluster) -> str | None:
+    """The first ready cluster (in ``availability_zone``, where its head node's instance runs), or None."""
     zone = step.cfg.availability_zone
     for name in pc.names():
         found = pc.describe(name)
-        if found.ready and (zone is None or found.zone == zone):
-            step.say(f"using ready cluster {name}" + (f" in {zone}" if zone else ""))
-            return name
+        if not found.ready:
+            continue
+        if zone is not None and (found.head_instance is None or step.zone_of(found.head_instance) != zone):
+            continue
+        step.say(f"using ready cluster {name}" + (f" in {zone}" if zone else ""))
+        return name
     return None
 
 

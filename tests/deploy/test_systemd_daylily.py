@@ -3,10 +3,13 @@ container on the host's network, the daemon as the unit runs it (DynamicUser, th
 sshd and tmux on this machine's loopback (tests/headnode.py), S3 and DynamoDB the emulator.
 
 The operator's story: the SSH key is given to the service as a credential by the shipped drop-in
-(deploy/daylily/daylily.conf: the dynamic user cannot read a root-owned key); a workset dropped in S3 is launched in
-its tmux session and watched; the service is SIGKILLed mid-watch (``systemctl kill -s KILL``); systemd restarts it,
-the new process takes the workset over after a lease, re-attaches to the same run and completes it — exactly one
-pipeline run — with the run lasting well over five leases.
+(deploy/daylily/daylily.conf: the dynamic user cannot read a root-owned key; it also gives the steps a writable
+``HOME``, where pcluster keeps its log); a workset dropped in S3 goes through all seven steps: ``cluster`` finds a
+ready cluster with ``pcluster`` (a stand-in that, like pcluster 3, dies unless ``~/.parallelcluster`` is writable),
+``stage`` and ``export`` run their local tools inside the sandbox, ``clone`` and ``launch`` work on the head node; the
+service is SIGKILLed mid-watch (``systemctl kill -s KILL``); systemd restarts it, the new process takes the workset
+over after a lease, re-attaches to the same run and completes it — exactly one pipeline run — with the run lasting
+well over five leases; ``teardown`` deletes the cluster once it is idle.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,16 +25,34 @@ from monitor.aws import schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.config import TableConfig
 from monitor.model import EventType, State, WorksetId
+from tests import fake_pcluster
 from tests.conftest import REGION, ROOT, run
 from tests.deploy.conftest import aws, boot_systemd_host, free_port, wait_for
 from tests.deploy.images import podman
 from tests.deploy.systemd_host import SystemdHost
 from tests.headnode import HeadNodeSite, head_node
 from tests.lab import BUCKET, Lab
+from tests.test_daylily import FAKE_CLONE
 
 TABLE = "deploy-daylily"
 CREDENTIAL = "/run/credentials/workset-monitor.service/daylily.pem"
 LEASE_S = 6.0
+FLEET_DB = "/var/lib/workset-monitor/fake-pcluster/clusters.json"  # in the StateDirectory: writable by the unit
+STAGE_TS = "20261205T120000"
+
+# The local tools, inside the container (the sandbox: a read-only /usr, a private /tmp). The staging tool names the
+# stage directory the test put on the head node (the real one copies there over SSH); the export tool writes its
+# report where it is told.
+CONTAINER_STAGE = """#!/bin/sh
+dir="$1/staged/$2/remote_stage_{ts}"
+echo "Remote FSx stage directory: $dir"
+echo "Staged files:"
+for f in S1/S1_R1.fastq.gz {ts}_samples.tsv; do echo "  $dir/$f"; done
+"""
+CONTAINER_EXPORT = """#!/bin/sh
+echo "exporting to $2"
+printf 'fsx_export:\\n  status: success\\n  s3_uri: "%s"\\n' "$2" > "$1/fsx_export.yaml"
+"""
 
 
 @pytest.fixture
@@ -52,7 +74,9 @@ def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
         return f'[[pipeline.steps]]\nname = "{name}"\ncommand = {command}\ntimeout_s = 600\n{extra}'
 
     daylily = {
-        "head_node": "127.0.0.1",
+        "region": "us-west-2",
+        "pcluster": "/usr/local/bin/pcluster",
+        "cluster_poll_s": 1,
         "ssh_user": "root",
         "ssh_port": node.port,
         "ssh_identity_file": CREDENTIAL,
@@ -60,19 +84,51 @@ def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
         "run_command": node.run_command(),
         "login_shell_init": "true",
         "tmux_session_prefix": f"sd{node.port}",
+        "stage_command": ["/usr/local/bin/fake-stage", str(node.workdir), "{workset_id}"],
+        "clone_command": f"{node.root}/fake-day-clone {{clone_args}}",
+        "clone_dest_root": str(node.root / "clones"),
+        "export_command": ["/usr/local/bin/fake-export", "{output_dir}", "{target_uri}"],
+        "export_uri": "s3://lab-results/{workset_id}/",
+        "auto_teardown": True,
+        "idle_teardown_minutes": 0.05,
+        "queue_command": "true",
     }
+    poll = 'kind = "poll"\ninterval_s = 1\n'
     return (
         f'[aws]\nregion = "{REGION}"\nendpoint_url = "{emulator}"\n'
         f'[table]\nname = "{TABLE}"\n'
         f'[scan]\nbucket = "{BUCKET}"\nprefixes = ["w/"]\ninterval_s = 1\n'
         f"[lease]\nduration_s = {LEASE_S}\nheartbeat_s = 1.5\nsweep_interval_s = 2\ngrace_s = 1\n"
-        '[run]\nretry_backoff_base_s = 1\nretry_backoff_max_s = 1\nstep_env_passthrough = ["PATH", "HOME", "AWS_*"]\n'
+        "[run]\nretry_backoff_base_s = 1\nretry_backoff_max_s = 1\n"
+        'step_env_passthrough = ["PATH", "HOME", "AWS_*", "FAKE_PCLUSTER_DB"]\n'
         f"[metrics]\nport = {port}\n"
         "[daylily]\n"
         + "".join(f"{k} = {json.dumps(v)}\n" for k, v in daylily.items())
-        + step("launch")
-        + step("watch", 'kind = "poll"\ninterval_s = 1\n')
+        + "".join(step(name) for name in ("cluster", "stage", "clone", "launch"))
+        + step("watch", poll)
+        + step("export")
+        + step("teardown", poll)
     )
+
+
+def install_tools(host: SystemdHost, node: HeadNodeSite) -> None:
+    """The stand-in pcluster (tests/fake_pcluster.py, with its cluster ``lab`` whose head node is the loopback one)
+    and the local tools in the container; day-clone and the staged files on the head node."""
+    podman("cp", str(ROOT / "tests/fake_pcluster.py"), f"{host.name}:/usr/local/lib/fake_pcluster.py")
+    host.write("/usr/local/bin/pcluster", '#!/bin/sh\nexec python3 /usr/local/lib/fake_pcluster.py pcluster "$@"\n')
+    host.write("/usr/local/bin/fake-stage", CONTAINER_STAGE.format(ts=STAGE_TS))
+    host.write("/usr/local/bin/fake-export", CONTAINER_EXPORT)
+    host.sh("chmod 0755 /usr/local/bin/pcluster /usr/local/bin/fake-stage /usr/local/bin/fake-export")
+    (node.root / "fake-day-clone").write_text(FAKE_CLONE)
+    (node.root / "fake-day-clone").chmod(0o755)
+    staged = node.workdir / "staged" / "ws-sd" / f"remote_stage_{STAGE_TS}"
+    (staged / "S1").mkdir(parents=True)
+    (staged / "S1" / "S1_R1.fastq.gz").write_text("reads1\n")
+    (staged / f"{STAGE_TS}_samples.tsv").write_text("sample\nS1\n")
+
+
+def fleet(host: SystemdHost) -> Any:
+    return json.loads(host.sh(f"cat {FLEET_DB}").stdout)
 
 
 @pytest.mark.timeout(1200)
@@ -84,7 +140,7 @@ def test_the_daylily_steps_run_under_systemd_and_survive_a_sigkill_with_exactly_
     schema.ensure_table(aws("dynamodb", emulator), TableConfig(name=TABLE))
     store = DynamoStore(aws("dynamodb", emulator), TABLE)
     run_s = 8 * LEASE_S  # the run outlasts five leases, and the takeover happens in its middle
-    node.pipeline_dir("ws-sd", f"succeed {run_s:.0f}")
+    node.mode("ws-sd", f"succeed {run_s:.0f}")
 
     # --- install: the package from the wheels, the unit as shipped, the config, the key and the drop-in -------------
     host.sh(
@@ -92,6 +148,7 @@ def test_the_daylily_steps_run_under_systemd_and_survive_a_sigkill_with_exactly_
         "--find-links /wheels workset-monitor",
         timeout_s=600,
     )
+    install_tools(host, node)
     podman("cp", str(ROOT / "deploy/systemd/workset-monitor.service"), f"{host.name}:/etc/systemd/system/")
     host.sh("mkdir -p /etc/workset-monitor /etc/systemd/system/workset-monitor.service.d")
     host.write("/etc/workset-monitor/config.toml", config(emulator=emulator, port=free_port(), node=node))
@@ -99,8 +156,15 @@ def test_the_daylily_steps_run_under_systemd_and_survive_a_sigkill_with_exactly_
     host.sh("chmod 0600 /etc/workset-monitor/daylily.pem")
     dropins = "/etc/systemd/system/workset-monitor.service.d/"
     podman("cp", str(ROOT / "deploy/daylily/daylily.conf"), f"{host.name}:{dropins}")
-    host.write("/etc/default/workset-monitor", "AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\n")
+    host.write(
+        "/etc/default/workset-monitor",
+        f"AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\nFAKE_PCLUSTER_DB={FLEET_DB}\n",
+    )
     host.sh("systemctl daemon-reload && systemctl start workset-monitor")
+    clusters = {"clusters": {"lab": fake_pcluster.cluster("lab", ip="127.0.0.1")}}
+    host.sh(f"mkdir -p {Path(FLEET_DB).parent}")
+    host.write(FLEET_DB, json.dumps(clusters))
+    host.sh(f"chmod -R a+rwX {Path(FLEET_DB).parent}")
 
     # --- a workset: launched in its session on the head node, then watched ----------------------------------------
     lab.workset("ws-sd", prefix="w/")
@@ -126,10 +190,14 @@ def test_the_daylily_steps_run_under_systemd_and_survive_a_sigkill_with_exactly_
     )
 
     assert len(node.runs("ws-sd")) == 1, node.runs("ws-sd")  # exactly one pipeline run across the restart
+    pdir = node.root / "clones" / "ws-sd" / "daylily-omics-analysis"
+    assert f"pwd={pdir} " in node.runs("ws-sd")[0] and (pdir / "sample_data/S1/S1_R1.fastq.gz").exists()
     assert done.epoch >= 2
     trail = run(store.history(WorksetId("ws-sd")))
+    said = "\n".join(e.detail for e in trail)
     assert EventType.LEASE_EXPIRED in [e.type for e in trail]
-    assert "the run succeeded" in trail[-2].detail
+    assert "the run succeeded" in said and "exported to s3://lab-results/ws-sd/" in said
+    assert "cluster lab was idle" in said and fleet(host)["deleted"] == ["lab"]
     state = host.show("NRestarts", "ActiveState")
     assert state == {"NRestarts": "1", "ActiveState": "active"}, state
     host.sh("systemctl stop workset-monitor")
