@@ -119,7 +119,7 @@ soak: $(BENCH_STAMP)
 
 # The shipped systemd unit under a real systemd and the shipped Docker image in a real container (podman, images
 # built from Debian packages on this machine, cached after the first run). Needs root; about 10 minutes.
-deploy-test: $(STAMP) deploy-tools sshd tmux
+deploy-test: $(STAMP) deploy-tools sshd tmux pcluster
 	$(BIN)/python -m tests.deploy.images
 	$(BIN)/pytest -q -n 2 --dist loadfile tests/deploy
 

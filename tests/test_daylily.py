@@ -438,6 +438,18 @@ def test_a_creation_that_fails_or_a_named_cluster_that_is_missing_fails_the_step
 # --- teardown: only an idle cluster, only after idle_teardown_minutes, on the head node's clock ----------------
 
 
+def test_a_pcluster_that_crashes_is_reported_by_its_exception_not_a_cut_traceback(
+    tmp_path: Path, fleet: dict[str, Any], s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pcluster 3 dies with a traceback when it cannot write ~/.parallelcluster (the shipped unit without the
+    Daylily drop-in): the operator reads the exception, once."""
+    monkeypatch.setenv("HOME", "/proc/no-home")
+    code, out = step(cluster_config(tmp_path, fleet), "cluster", epoch=1)
+    assert code == 75, out
+    assert "exited 1: FileNotFoundError: [Errno 2] No such file or directory: '/proc/no-home'" in out, out
+    assert "Traceback" not in out and "line " not in out, out
+
+
 def test_teardown_deletes_the_cluster_only_once_it_has_been_idle_long_enough(
     tmp_path: Path, node: HeadNodeSite, fleet: dict[str, Any], s3: Any
 ) -> None:

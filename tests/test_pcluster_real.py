@@ -86,6 +86,9 @@ def test_pcluster_answers_as_the_steps_read_it(aws: dict[str, Any]) -> None:
     with pytest.raises(NoSuchCluster):
         pc.describe("nope")
     pc.delete("nope")  # "does not exist": nothing to do
+    pc.delete("lab")
+    with pytest.raises(NoSuchCluster):  # its stack is DELETE_COMPLETE: pcluster says it does not exist
+        pc.describe("lab")
 
 
 def test_the_cluster_step_picks_the_ready_cluster_in_its_zone_by_the_head_node_instance(

@@ -71,6 +71,13 @@ def head_address(data: Mapping[str, Any], *, private: bool) -> str:
     raise PclusterError(f"describe-cluster-instances shows no head node with a {key}")
 
 
+def _said(output: str) -> str:
+    """What a failed pcluster said, in short: a Python traceback's last line (the exception), else its end."""
+    if "Traceback (most recent call last):" in output:
+        return output.splitlines()[-1].strip()[:500]
+    return output[-500:]
+
+
 class Pcluster:
     def __init__(self, command: str, *, region: str, profile: str | None, timeout_s: float = 300) -> None:
         self._command = command
@@ -92,7 +99,7 @@ class Pcluster:
             data = None
         if done.returncode != 0:
             message = data.get("message") if isinstance(data, dict) else None
-            text = message or (done.stderr.strip() or done.stdout.strip())[-500:]
+            text = message or _said(done.stderr.strip() or done.stdout.strip())
             if "does not exist" in str(text):
                 raise NoSuchCluster(text)
             raise PclusterError(f"{' '.join(argv)} exited {done.returncode}: {text}")

@@ -109,13 +109,16 @@ def wait_for(what: str, check: Callable[[], Any], *, timeout_s: float, every_s: 
         time.sleep(every_s)
 
 
-def boot_systemd_host(containers: Callable[..., str], base_image: str, wheelhouse: Path) -> SystemdHost:
-    """A Debian host with systemd as PID 1 on the host's network, the wheelhouse at /wheels, booted."""
+def boot_systemd_host(
+    containers: Callable[..., str], base_image: str, wheelhouse: Path, *, mounts: tuple[Path, ...] = ()
+) -> SystemdHost:
+    """A Debian host with systemd as PID 1 on the host's network, the wheelhouse at /wheels, ``mounts`` read-only at
+    their own paths, booted."""
     # On a real machine systemd makes / a shared mount at boot; in a container it leaves that to the engine, and
     # without it LoadCredential= hands the service an empty $CREDENTIALS_DIRECTORY. So: shared first, then systemd.
     init = "mount --make-rshared / && exec /sbin/init"
-    volume = f"--volume={wheelhouse}:/wheels:ro"
-    name = containers("--privileged", "--systemd=always", "--network=host", volume, base_image, "/bin/sh", "-c", init)
+    volumes = [f"--volume={wheelhouse}:/wheels:ro", *(f"--volume={path}:{path}:ro" for path in mounts)]
+    name = containers("--privileged", "--systemd=always", "--network=host", *volumes, base_image, "/bin/sh", "-c", init)
     machine = SystemdHost(name)
     wait_for(
         "systemd to boot",

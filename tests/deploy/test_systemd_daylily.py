@@ -4,12 +4,16 @@ sshd and tmux on this machine's loopback (tests/headnode.py), S3 and DynamoDB th
 
 The operator's story: the SSH key is given to the service as a credential by the shipped drop-in
 (deploy/daylily/daylily.conf: the dynamic user cannot read a root-owned key; it also gives the steps a writable
-``HOME``, where pcluster keeps its log); a workset dropped in S3 goes through all seven steps: ``cluster`` finds a
-ready cluster with ``pcluster`` (a stand-in that, like pcluster 3, dies unless ``~/.parallelcluster`` is writable),
+``HOME``, where pcluster keeps its log); a workset dropped in S3 goes through all seven steps: ``cluster`` finds the
+ready cluster in its zone with the real ``pcluster`` (3.16, ``make pcluster``, mounted into the host) and EC2,
 ``stage`` and ``export`` run their local tools inside the sandbox, ``clone`` and ``launch`` work on the head node; the
 service is SIGKILLed mid-watch (``systemctl kill -s KILL``); systemd restarts it, the new process takes the workset
 over after a lease, re-attaches to the same run and completes it — exactly one pipeline run — with the run lasting
-well over five leases; ``teardown`` deletes the cluster once it is idle.
+well over five leases; ``teardown`` deletes the cluster (``pcluster delete-cluster``) once it is idle.
+
+AWS here is the emulator that speaks CloudFormation and EC2 for pcluster (tests/pcluster_lab.py), for the daemon too.
+The head node's address is the one pcluster reports (an emulated public IP); ``ssh -o HostName=127.0.0.1`` (in
+``ssh_extra_args``) takes every SSH connection to the loopback head node instead.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,7 +28,7 @@ from monitor.aws import schema
 from monitor.aws.dynamo import DynamoStore
 from monitor.config import TableConfig
 from monitor.model import EventType, State, WorksetId
-from tests import fake_pcluster
+from tests import pcluster_lab
 from tests.conftest import REGION, ROOT, run
 from tests.deploy.conftest import aws, boot_systemd_host, free_port, wait_for
 from tests.deploy.images import podman
@@ -37,7 +40,6 @@ from tests.test_daylily import FAKE_CLONE
 TABLE = "deploy-daylily"
 CREDENTIAL = "/run/credentials/workset-monitor.service/daylily.pem"
 LEASE_S = 6.0
-FLEET_DB = "/var/lib/workset-monitor/fake-pcluster/clusters.json"  # in the StateDirectory: writable by the unit
 STAGE_TS = "20261205T120000"
 
 # The local tools, inside the container (the sandbox: a read-only /usr, a private /tmp). The staging tool names the
@@ -63,7 +65,14 @@ def node(tmp_path: Path) -> Iterator[HeadNodeSite]:
 
 @pytest.fixture
 def host(containers: Callable[..., str], base_image: str, wheelhouse: Path) -> Iterator[SystemdHost]:
-    yield boot_systemd_host(containers, base_image, wheelhouse)
+    yield boot_systemd_host(containers, base_image, wheelhouse, mounts=(pcluster_lab.TOOLS,))
+
+
+@pytest.fixture
+def emulator() -> Iterator[str]:
+    """This test's AWS: moto's server from pcluster's venv (CloudFormation and EC2 besides S3 and DynamoDB)."""
+    with pcluster_lab.emulator() as url:
+        yield url
 
 
 def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
@@ -75,10 +84,12 @@ def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
 
     daylily = {
         "region": "us-west-2",
-        "pcluster": "/usr/local/bin/pcluster",
+        "pcluster": str(pcluster_lab.PCLUSTER),
+        "availability_zone": "us-west-2a",
         "cluster_poll_s": 1,
         "ssh_user": "root",
         "ssh_port": node.port,
+        "ssh_extra_args": ["-o", "HostName=127.0.0.1"],
         "ssh_identity_file": CREDENTIAL,
         "workdir": str(node.workdir),
         "run_command": node.run_command(),
@@ -100,7 +111,7 @@ def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
         f'[scan]\nbucket = "{BUCKET}"\nprefixes = ["w/"]\ninterval_s = 1\n'
         f"[lease]\nduration_s = {LEASE_S}\nheartbeat_s = 1.5\nsweep_interval_s = 2\ngrace_s = 1\n"
         "[run]\nretry_backoff_base_s = 1\nretry_backoff_max_s = 1\n"
-        'step_env_passthrough = ["PATH", "HOME", "AWS_*", "FAKE_PCLUSTER_DB"]\n'
+        'step_env_passthrough = ["PATH", "HOME", "AWS_*"]\n'
         f"[metrics]\nport = {port}\n"
         "[daylily]\n"
         + "".join(f"{k} = {json.dumps(v)}\n" for k, v in daylily.items())
@@ -112,13 +123,10 @@ def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
 
 
 def install_tools(host: SystemdHost, node: HeadNodeSite) -> None:
-    """The stand-in pcluster (tests/fake_pcluster.py, with its cluster ``lab`` whose head node is the loopback one)
-    and the local tools in the container; day-clone and the staged files on the head node."""
-    podman("cp", str(ROOT / "tests/fake_pcluster.py"), f"{host.name}:/usr/local/lib/fake_pcluster.py")
-    host.write("/usr/local/bin/pcluster", '#!/bin/sh\nexec python3 /usr/local/lib/fake_pcluster.py pcluster "$@"\n')
+    """The local tools in the container; day-clone and the staged files on the head node."""
     host.write("/usr/local/bin/fake-stage", CONTAINER_STAGE.format(ts=STAGE_TS))
     host.write("/usr/local/bin/fake-export", CONTAINER_EXPORT)
-    host.sh("chmod 0755 /usr/local/bin/pcluster /usr/local/bin/fake-stage /usr/local/bin/fake-export")
+    host.sh("chmod 0755 /usr/local/bin/fake-stage /usr/local/bin/fake-export")
     (node.root / "fake-day-clone").write_text(FAKE_CLONE)
     (node.root / "fake-day-clone").chmod(0o755)
     staged = node.workdir / "staged" / "ws-sd" / f"remote_stage_{STAGE_TS}"
@@ -127,16 +135,15 @@ def install_tools(host: SystemdHost, node: HeadNodeSite) -> None:
     (staged / f"{STAGE_TS}_samples.tsv").write_text("sample\nS1\n")
 
 
-def fleet(host: SystemdHost) -> Any:
-    return json.loads(host.sh(f"cat {FLEET_DB}").stdout)
-
-
 @pytest.mark.timeout(1200)
 def test_the_daylily_steps_run_under_systemd_and_survive_a_sigkill_with_exactly_one_run(
     host: SystemdHost, emulator: str, node: HeadNodeSite
 ) -> None:
     lab = Lab(aws("s3", emulator))
     lab.s3.create_bucket(Bucket=BUCKET)
+    cloud = pcluster_lab.clients(emulator, "us-west-2")
+    pcluster_lab.make_cluster(cloud, "elsewhere", zone="us-west-2b")  # ready, but not in the zone
+    head = pcluster_lab.make_cluster(cloud, "lab", zone="us-west-2a")
     schema.ensure_table(aws("dynamodb", emulator), TableConfig(name=TABLE))
     store = DynamoStore(aws("dynamodb", emulator), TABLE)
     run_s = 8 * LEASE_S  # the run outlasts five leases, and the takeover happens in its middle
@@ -158,13 +165,9 @@ def test_the_daylily_steps_run_under_systemd_and_survive_a_sigkill_with_exactly_
     podman("cp", str(ROOT / "deploy/daylily/daylily.conf"), f"{host.name}:{dropins}")
     host.write(
         "/etc/default/workset-monitor",
-        f"AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\nFAKE_PCLUSTER_DB={FLEET_DB}\n",
+        f"AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\nAWS_ENDPOINT_URL={emulator}\n",  # for pcluster
     )
     host.sh("systemctl daemon-reload && systemctl start workset-monitor")
-    clusters = {"clusters": {"lab": fake_pcluster.cluster("lab", ip="127.0.0.1")}}
-    host.sh(f"mkdir -p {Path(FLEET_DB).parent}")
-    host.write(FLEET_DB, json.dumps(clusters))
-    host.sh(f"chmod -R a+rwX {Path(FLEET_DB).parent}")
 
     # --- a workset: launched in its session on the head node, then watched ----------------------------------------
     lab.workset("ws-sd", prefix="w/")
@@ -197,7 +200,10 @@ def test_the_daylily_steps_run_under_systemd_and_survive_a_sigkill_with_exactly_
     said = "\n".join(e.detail for e in trail)
     assert EventType.LEASE_EXPIRED in [e.type for e in trail]
     assert "the run succeeded" in said and "exported to s3://lab-results/ws-sd/" in said
-    assert "cluster lab was idle" in said and fleet(host)["deleted"] == ["lab"]
+    assert "using ready cluster lab in us-west-2a" in said and f"head node {head['PublicIpAddress']}" in said
+    assert "cluster lab was idle" in said
+    stacks = {s["StackName"]: s["StackStatus"] for s in cloud["cloudformation"].list_stacks()["StackSummaries"]}
+    assert stacks == {"lab": "DELETE_COMPLETE", "elsewhere": "CREATE_COMPLETE"}, stacks  # by pcluster delete-cluster
     state = host.show("NRestarts", "ActiveState")
     assert state == {"NRestarts": "1", "ActiveState": "active"}, state
     host.sh("systemctl stop workset-monitor")
