@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from monitor.aws.codec import FINISHED_GSI, GSI_NAME, OUTBOX_GSI
 from monitor.config import Settings
+from monitor.daylily.state import STATE_DIR
 
 Role = Literal["daemon", "admin"]
 
@@ -49,6 +50,8 @@ OPERATIONS: dict[tuple[str, str], tuple[frozenset[str], Role]] = {
     ("sqs", "GetQueueAttributes"): (frozenset({"sqs:GetQueueAttributes"}), "daemon"),
     ("cloudwatch", "PutMetricData"): (frozenset({"cloudwatch:PutMetricData"}), "daemon"),
     ("sts", "GetCallerIdentity"): (frozenset(), "daemon"),
+    # the Daylily `cluster` step, with [daylily] availability_zone: where a head node's instance runs
+    ("ec2", "DescribeInstances"): (frozenset({"ec2:DescribeInstances"}), "daemon"),
 }
 
 
@@ -94,6 +97,12 @@ def render(
         if settings.run.step_logs == "s3":  # reading them back (``logs``) is ListWorksetFolders and ReadWorksets
             step_logs = [f"arn:aws:s3:::{bucket}/{p}*/.workset-monitor/logs/*" for p in prefixes]
             allow("WriteStepLogs", {"s3:PutObject"}, step_logs)
+        if settings.daylily is not None:  # the workset-daylily steps run as the daemon; they read with ReadWorksets
+            run_states = [f"arn:aws:s3:::{bucket}/{p}*/{STATE_DIR}*" for p in prefixes]
+            allow("DaylilyRunState", {"s3:PutObject"}, run_states)
+    if settings.daylily is not None and settings.daylily.availability_zone:
+        # ec2:DescribeInstances has no resource-level permissions: "*" is the only resource it takes
+        allow("DaylilyHeadNodeZone", {"ec2:DescribeInstances"}, ["*"])
     if settings.notify.sns is not None:
         allow("PublishNotifications", {"sns:Publish", "sns:GetTopicAttributes"}, [settings.notify.sns.topic_arn])
     if settings.scan.sqs_queue_url:

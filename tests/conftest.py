@@ -288,6 +288,7 @@ def _audit(calls: set[tuple[str, ...]]) -> list[str]:
             },
             "notify": {"sns": {"topic_arn": "arn:aws:sns:us-east-1:123456789012:t"}},
             "metrics": {"cloudwatch": {"namespace": "N"}},
+            "daylily": {"run_command": "dy-r", "availability_zone": "us-east-1a"},
         }
     )
     granted = iam.actions(iam.render(everything, role="admin"))

@@ -1,26 +1,32 @@
 """The real ``pcluster`` (AWS ParallelCluster 3, installed by ``make pcluster`` in ``.tools/pcluster``) and an
 emulator that speaks what it calls — CloudFormation, EC2, DynamoDB: moto's server from the same venv, on 127.0.0.1 —
 with clusters made as pcluster reads them back: a CloudFormation stack tagged with its version, the compute fleet's
-status item in the ``parallelcluster-<name>`` table, and a head node instance tagged with the cluster's name."""
+status item in the ``parallelcluster-<name>`` table, and a head node instance tagged with the cluster's name.
+
+Also a stand-in for the last part of Daylily's create tool, run by pcluster's venv (no project imports here):
+
+    python tests/pcluster_lab.py --cluster-name NAME --region R --zone Z    (AWS_ENDPOINT_URL: the emulator)
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
 
-from tests.conftest import ROOT
-from tests.headnode import free_port
-
-TOOLS = ROOT / ".tools/pcluster"
+TOOLS = Path(__file__).resolve().parent.parent / ".tools/pcluster"
 PCLUSTER = TOOLS / "bin/pcluster"
 VERSION = "3.16.1"
 STACK_PARAMETERS = ("Scheduler", "ResourcesS3Bucket", "ArtifactS3RootDirectory", "ClusterUser", "ConfigVersion")
@@ -31,7 +37,9 @@ def emulator() -> Iterator[str]:
     """moto's server from pcluster's venv on a free loopback port; its URL."""
     if not PCLUSTER.exists():
         raise RuntimeError("the real pcluster is missing: `make pcluster` (part of `make test`) installs it")
-    port = free_port()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
     server = subprocess.Popen(
         [str(TOOLS / "bin/moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -106,3 +114,19 @@ def make_cluster(aws: dict[str, Any], name: str, *, zone: str, fleet: str = "RUN
         TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
     )["Instances"]
     return instance  # type: ignore[no-any-return]
+
+
+def main(argv: list[str]) -> int:
+    """Make the cluster as pcluster's creation leaves it (CREATE_COMPLETE at once), in the emulator."""
+    p = argparse.ArgumentParser(prog="pcluster_lab")
+    p.add_argument("--cluster-name", required=True)
+    p.add_argument("--region", required=True)
+    p.add_argument("--zone", required=True)
+    args = p.parse_args(argv)
+    make_cluster(clients(os.environ["AWS_ENDPOINT_URL"], args.region), args.cluster_name, zone=args.zone)
+    print(f"Cluster {args.cluster_name} creation started")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

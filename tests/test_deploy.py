@@ -21,6 +21,7 @@ from dockerfile_parse import DockerfileParser
 from monitor import cli, config, iam
 from monitor.aws import codec
 from monitor.config import DEFAULT_METRICS_PORT, Settings
+from monitor.daylily.state import STATE_KEY
 from monitor.sideport import SidePort
 from monitor.step_logs import RunName
 from tests.conftest import REGION, ROOT
@@ -192,9 +193,28 @@ def test_step_logs_add_exactly_their_writes_and_every_log_key_is_inside_them() -
     )
 
 
+def test_the_daylily_steps_add_their_run_state_writes_and_the_zone_lookup() -> None:
+    """The steps run as the daemon's identity: ``iam-policy`` for a config with ``[daylily]`` covers them."""
+    off = iam.render(full_settings())
+    on = iam.render(full_settings(daylily={"run_command": "dy-r"}))
+    added = [s for s in on["Statement"] if s not in off["Statement"]]
+    assert [(s["Sid"], s["Action"]) for s in added] == [("DaylilyRunState", ["s3:PutObject"])]
+    assert fnmatch.fnmatchcase(f"arn:aws:s3:::my-genomics-bucket/urgent/ws-1/{STATE_KEY}", added[0]["Resource"][1])
+    assert not any(
+        fnmatch.fnmatchcase("arn:aws:s3:::my-genomics-bucket/active/ws-1/x", r) for r in added[0]["Resource"]
+    )
+    zoned = iam.render(full_settings(daylily={"run_command": "dy-r", "availability_zone": "us-west-2b"}))
+    extra = [s for s in zoned["Statement"] if s not in on["Statement"]]
+    # DescribeInstances has no resource-level permissions: "*" is the only resource it accepts
+    assert extra == [
+        {"Sid": "DaylilyHeadNodeZone", "Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": ["*"]}
+    ]
+
+
 def test_every_action_granted_is_needed_by_some_operation() -> None:
     needed = {a for actions, _ in iam.OPERATIONS.values() for a in actions}
-    assert iam.actions(iam.render(full_settings(), role="admin")) == needed
+    everything = full_settings(daylily={"run_command": "dy-r", "availability_zone": "us-west-2b"})
+    assert iam.actions(iam.render(everything, role="admin")) == needed
 
 
 def test_the_committed_policy_template_is_what_iam_policy_renders() -> None:

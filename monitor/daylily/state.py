@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-STATE_KEY = ".workset-monitor/daylily/state.json"
+STATE_DIR = ".workset-monitor/daylily/"
+STATE_KEY = STATE_DIR + "state.json"
 FORMAT = "workset-daylily-state"
 _TRIES = 5
 

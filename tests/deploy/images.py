@@ -35,7 +35,8 @@ CONTAINERS_CONF = HERE / "containers.conf"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 # openssh-client: the Daylily steps SSH to the head node (tests/deploy/test_systemd_daylily.py); libnss-systemd, as
-# on a standard Debian install: ssh needs a name for the unit's DynamicUser uid ("No user exists for uid" without it).
+# on a standard Debian install: ssh needs a name for the unit's DynamicUser uid ("No user exists for uid" without it);
+# nodejs: creating a ParallelCluster runs the AWS CDK on Node.js (pcluster create-cluster requires it).
 PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -46,6 +47,7 @@ PACKAGES = (
     "curl",
     "openssh-client",
     "libnss-systemd",
+    "nodejs",
 )
 _KEY = hashlib.sha256(f"{SUITE} {MIRROR} {' '.join(PACKAGES)}".encode()).hexdigest()[:10]
 BASE = f"localhost/workset-monitor-deploy/debian:{SUITE}-{_KEY}"

@@ -4,9 +4,11 @@ sshd and tmux on this machine's loopback (tests/headnode.py), S3 and DynamoDB th
 
 The operator's story: the SSH key is given to the service as a credential by the shipped drop-in
 (deploy/daylily/daylily.conf: the dynamic user cannot read a root-owned key; it also gives the steps a writable
-``HOME``, where pcluster keeps its log); a workset dropped in S3 goes through all seven steps: ``cluster`` finds the
-ready cluster in its zone with the real ``pcluster`` (3.16, ``make pcluster``, mounted into the host) and EC2,
-``stage`` and ``export`` run their local tools inside the sandbox, ``clone`` and ``launch`` work on the head node; the
+``HOME``, where pcluster keeps its log, and lets Node.js's JIT run); a workset dropped in S3 goes through all seven
+steps: ``cluster`` finds no ready cluster in its zone with the real ``pcluster`` (3.16, ``make pcluster``, mounted
+into the host) and EC2, so it creates one (a stand-in for Daylily's create tool that runs JavaScript on Node.js, as
+``pcluster create-cluster`` runs the AWS CDK, then makes the cluster) and waits for it; ``stage`` and ``export`` run
+their local tools inside the sandbox, ``clone`` and ``launch`` work on the head node; the
 service is SIGKILLed mid-watch (``systemctl kill -s KILL``); systemd restarts it, the new process takes the workset
 over after a lease, re-attaches to the same run and completes it — exactly one pipeline run — with the run lasting
 well over five leases; ``teardown`` deletes the cluster (``pcluster delete-cluster``) once it is idle.
@@ -19,6 +21,7 @@ The head node's address is the one pcluster reports (an emulated public IP); ``s
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,6 +53,14 @@ dir="$1/staged/$2/remote_stage_{ts}"
 echo "Remote FSx stage directory: $dir"
 echo "Staged files:"
 for f in S1/S1_R1.fastq.gz {ts}_samples.tsv; do echo "  $dir/$f"; done
+"""
+CONTAINER_CREATE = """#!/bin/sh
+# pcluster create-cluster synthesizes the cluster's stack with the AWS CDK, on Node.js: here JavaScript hot enough
+# for the JIT; then the cluster exists (made in the emulator by tests/pcluster_lab.py, with pcluster's python)
+node -e 'function f(n) {{ let s = 0; for (let i = 0; i < n; i++) s += i % 7; return s }}
+  let t = 0; for (let k = 0; k < 200; k++) t += f(1e5); console.log("synthesized", t)' || {{
+  echo "Node.js failed: the CDK cannot run" >&2; exit 1; }}
+exec {python} /usr/local/lib/pcluster_lab.py "$@"
 """
 CONTAINER_EXPORT = """#!/bin/sh
 echo "exporting to $2"
@@ -86,6 +97,10 @@ def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
         "region": "us-west-2",
         "pcluster": str(pcluster_lab.PCLUSTER),
         "availability_zone": "us-west-2a",
+        "create_command": [
+            "/usr/local/bin/daylily-create-ephemeral-cluster",
+            *("--cluster-name", "{cluster}", "--region", "{region}", "--zone", "us-west-2a"),
+        ],
         "cluster_poll_s": 1,
         "ssh_user": "root",
         "ssh_port": node.port,
@@ -124,9 +139,12 @@ def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
 
 def install_tools(host: SystemdHost, node: HeadNodeSite) -> None:
     """The local tools in the container; day-clone and the staged files on the head node."""
+    podman("cp", str(ROOT / "tests/pcluster_lab.py"), f"{host.name}:/usr/local/lib/pcluster_lab.py")
+    create = "/usr/local/bin/daylily-create-ephemeral-cluster"
+    host.write(create, CONTAINER_CREATE.format(python=pcluster_lab.TOOLS / "bin/python"))
     host.write("/usr/local/bin/fake-stage", CONTAINER_STAGE.format(ts=STAGE_TS))
     host.write("/usr/local/bin/fake-export", CONTAINER_EXPORT)
-    host.sh("chmod 0755 /usr/local/bin/fake-stage /usr/local/bin/fake-export")
+    host.sh(f"chmod 0755 {create} /usr/local/bin/fake-stage /usr/local/bin/fake-export")
     (node.root / "fake-day-clone").write_text(FAKE_CLONE)
     (node.root / "fake-day-clone").chmod(0o755)
     staged = node.workdir / "staged" / "ws-sd" / f"remote_stage_{STAGE_TS}"
@@ -143,7 +161,6 @@ def test_the_daylily_steps_run_under_systemd_and_survive_a_sigkill_with_exactly_
     lab.s3.create_bucket(Bucket=BUCKET)
     cloud = pcluster_lab.clients(emulator, "us-west-2")
     pcluster_lab.make_cluster(cloud, "elsewhere", zone="us-west-2b")  # ready, but not in the zone
-    head = pcluster_lab.make_cluster(cloud, "lab", zone="us-west-2a")
     schema.ensure_table(aws("dynamodb", emulator), TableConfig(name=TABLE))
     store = DynamoStore(aws("dynamodb", emulator), TABLE)
     run_s = 8 * LEASE_S  # the run outlasts five leases, and the takeover happens in its middle
@@ -200,10 +217,19 @@ def test_the_daylily_steps_run_under_systemd_and_survive_a_sigkill_with_exactly_
     said = "\n".join(e.detail for e in trail)
     assert EventType.LEASE_EXPIRED in [e.type for e in trail]
     assert "the run succeeded" in said and "exported to s3://lab-results/ws-sd/" in said
-    assert "using ready cluster lab in us-west-2a" in said and f"head node {head['PublicIpAddress']}" in said
-    assert "cluster lab was idle" in said
+    created = re.search(r"no ready cluster: creating (daylily-\d+)", said)
+    assert created is not None and "synthesized" in said, said  # the create tool's JavaScript ran
+    name = created.group(1)
+    [head] = [
+        i
+        for r in cloud["ec2"].describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if {"Key": "parallelcluster:cluster-name", "Value": name} in i["Tags"]
+    ]
+    assert f"cluster {name} is ready; head node {head['PublicIpAddress']}" in said
+    assert f"cluster {name} was idle" in said
     stacks = {s["StackName"]: s["StackStatus"] for s in cloud["cloudformation"].list_stacks()["StackSummaries"]}
-    assert stacks == {"lab": "DELETE_COMPLETE", "elsewhere": "CREATE_COMPLETE"}, stacks  # by pcluster delete-cluster
+    assert stacks == {name: "DELETE_COMPLETE", "elsewhere": "CREATE_COMPLETE"}, stacks  # by pcluster delete-cluster
     state = host.show("NRestarts", "ActiveState")
     assert state == {"NRestarts": "1", "ActiveState": "active"}, state
     host.sh("systemctl stop workset-monitor")
