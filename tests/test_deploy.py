@@ -65,9 +65,10 @@ def test_the_systemd_unit_keeps_its_promises() -> None:
 # --- Docker --------------------------------------------------------------------------------------------------------
 
 
-def test_hadolint_has_nothing_to_say() -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, ROOT / "deploy/daylily/Dockerfile"], ids=["shipped", "daylily"])
+def test_hadolint_has_nothing_to_say(dockerfile: Path) -> None:
     hadolint = Path(sys.executable).with_name("hadolint")
-    result = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True, check=False)
+    result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
 
 

@@ -93,8 +93,8 @@ def containers() -> Iterator[Callable[..., str]]:
 
 
 @pytest.fixture(scope="session")
-def base_image() -> str:
-    return images.ensure_base()
+def host_image() -> str:
+    return images.ensure_host()
 
 
 def wait_for(what: str, check: Callable[[], Any], *, timeout_s: float, every_s: float = 1.0) -> Any:
@@ -110,7 +110,7 @@ def wait_for(what: str, check: Callable[[], Any], *, timeout_s: float, every_s: 
 
 
 def boot_systemd_host(
-    containers: Callable[..., str], base_image: str, wheelhouse: Path, *, mounts: tuple[Path, ...] = ()
+    containers: Callable[..., str], host_image: str, wheelhouse: Path, *, mounts: tuple[Path, ...] = ()
 ) -> SystemdHost:
     """A Debian host with systemd as PID 1 on the host's network, the wheelhouse at /wheels, ``mounts`` read-only at
     their own paths, booted."""
@@ -118,7 +118,7 @@ def boot_systemd_host(
     # without it LoadCredential= hands the service an empty $CREDENTIALS_DIRECTORY. So: shared first, then systemd.
     init = "mount --make-rshared / && exec /sbin/init"
     volumes = [f"--volume={wheelhouse}:/wheels:ro", *(f"--volume={path}:{path}:ro" for path in mounts)]
-    name = containers("--privileged", "--systemd=always", "--network=host", *volumes, base_image, "/bin/sh", "-c", init)
+    name = containers("--privileged", "--systemd=always", "--network=host", *volumes, host_image, "/bin/sh", "-c", init)
     machine = SystemdHost(name)
     wait_for(
         "systemd to boot",

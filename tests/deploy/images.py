@@ -1,8 +1,9 @@
 """The container images ``make deploy-test`` runs, built on this machine from Debian packages and cached in podman's
 own image store, so a second run on one machine skips them.
 
-- ``BASE``: Debian bookworm (debootstrap, minbase) with systemd, D-Bus, Python 3.11 and curl. The systemd test boots
-  it with ``/sbin/init`` as PID 1.
+- ``BASE``: Debian bookworm (debootstrap, minbase) with systemd, D-Bus, Python 3.11 and curl.
+- ``HOST``: ``BASE`` plus what a machine running the Daylily steps has (``HOST_PACKAGES``, by apt-get). The systemd
+  tests boot it with ``/sbin/init`` as PID 1.
 - ``PYTHON``: a local stand-in for ``python:3.11-slim-bookworm``, which ``deploy/docker/Dockerfile`` starts from and
   which cannot be pulled here (no image registry is reachable). It is ``BASE`` plus ``/usr/local/bin/python`` ->
   Debian's ``python3`` (3.11) and the official image's ``PATH`` and ``LANG``; it is tagged with the official name,
@@ -10,7 +11,7 @@ own image store, so a second run on one machine skips them.
   An image of that name that is not ours (a real pull, on a machine with a registry) is used as it is.
 
 Each image's tag carries a hash of what it is built from, so changing the package list rebuilds it. Building is
-serialized by a file lock: two test workers never debootstrap twice. ``python -m tests.deploy.images`` builds both.
+serialized by a file lock: two test workers never debootstrap twice. ``python -m tests.deploy.images`` builds them all.
 
 Not guaranteed: the stand-in is not byte-for-byte the official image (Debian's Python 3.11.2 instead of the image's
 own 3.11.x build in /usr/local); it has what the Dockerfile uses (``python -m venv``, pip, apt-get, useradd).
@@ -34,9 +35,6 @@ HERE = Path(__file__).resolve().parent
 CONTAINERS_CONF = HERE / "containers.conf"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-# openssh-client: the Daylily steps SSH to the head node (tests/deploy/test_systemd_daylily.py); libnss-systemd, as
-# on a standard Debian install: ssh needs a name for the unit's DynamicUser uid ("No user exists for uid" without it);
-# nodejs: creating a ParallelCluster runs the AWS CDK on Node.js (pcluster create-cluster requires it).
 PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -45,12 +43,16 @@ PACKAGES = (
     "python3",
     "python3-venv",
     "curl",
-    "openssh-client",
-    "libnss-systemd",
-    "nodejs",
 )
+# openssh-client: the Daylily steps SSH to the head node (tests/deploy/test_systemd_daylily.py); libnss-systemd, as
+# on a standard Debian install: ssh needs a name for the unit's DynamicUser uid ("No user exists for uid" without it);
+# nodejs: creating a ParallelCluster runs the AWS CDK on Node.js (pcluster create-cluster requires it). Not in BASE,
+# so the stand-in for the official Python image has none of them either (deploy/daylily/Dockerfile adds them).
+HOST_PACKAGES = ("openssh-client", "libnss-systemd", "nodejs")
 _KEY = hashlib.sha256(f"{SUITE} {MIRROR} {' '.join(PACKAGES)}".encode()).hexdigest()[:10]
 BASE = f"localhost/workset-monitor-deploy/debian:{SUITE}-{_KEY}"
+_HOST_KEY = hashlib.sha256(f"{_KEY} {' '.join(HOST_PACKAGES)}".encode()).hexdigest()[:10]
+HOST = f"localhost/workset-monitor-deploy/debian-host:{SUITE}-{_HOST_KEY}"
 PYTHON = "docker.io/library/python:3.11-slim-bookworm"
 STAND_IN_LABEL = "org.workset-monitor.stand-in"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "workset-monitor-deploy"
@@ -118,6 +120,25 @@ def ensure_base() -> str:
         return BASE
 
 
+def ensure_host() -> str:
+    """``HOST``: ``BASE`` plus ``HOST_PACKAGES`` from Debian's mirror (once per machine)."""
+    ensure_base()
+    with _locked():
+        if exists(HOST):
+            return HOST
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="wm-host-") as tmp:
+            Path(tmp, "Containerfile").write_text(
+                f"FROM {BASE}\n"
+                "RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                f"--no-install-recommends {' '.join(HOST_PACKAGES)} >/dev/null && rm -rf /var/lib/apt/lists/*\n"
+                'CMD ["/sbin/init"]\n'
+            )
+            podman("build", "--pull=never", "--network=host", "--layers=false", "-t", HOST, tmp, timeout_s=1200)
+        _say(f"{HOST} built in {time.monotonic() - started:.0f} s (with {', '.join(HOST_PACKAGES)})")
+        return HOST
+
+
 def ensure_python() -> str:
     """``PYTHON``: the stand-in for the official image (built from ``BASE`` when missing or out of date)."""
     ensure_base()
@@ -161,4 +182,5 @@ def pip_mounts() -> list[str]:
 
 if __name__ == "__main__":
     ensure_base()
+    ensure_host()
     ensure_python()

@@ -59,8 +59,8 @@ path.write_text(text.replace(marker, marker + add, 1) if marker in text else add
 
 
 @pytest.fixture
-def host(containers: Callable[..., str], base_image: str, wheelhouse: Path, tmp_path: Path) -> Iterator[SystemdHost]:
-    machine = boot_systemd_host(containers, base_image, wheelhouse)
+def host(containers: Callable[..., str], host_image: str, wheelhouse: Path, tmp_path: Path) -> Iterator[SystemdHost]:
+    machine = boot_systemd_host(containers, host_image, wheelhouse)
     name = machine.name
     source = copy_source(tmp_path / "workset-monitor")
     machine.sh(f"mkdir -p {Path(CHECKOUT).parent}")

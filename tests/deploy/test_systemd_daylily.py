@@ -75,8 +75,8 @@ def node(tmp_path: Path) -> Iterator[HeadNodeSite]:
 
 
 @pytest.fixture
-def host(containers: Callable[..., str], base_image: str, wheelhouse: Path) -> Iterator[SystemdHost]:
-    yield boot_systemd_host(containers, base_image, wheelhouse, mounts=(pcluster_lab.TOOLS,))
+def host(containers: Callable[..., str], host_image: str, wheelhouse: Path) -> Iterator[SystemdHost]:
+    yield boot_systemd_host(containers, host_image, wheelhouse, mounts=(pcluster_lab.TOOLS,))
 
 
 @pytest.fixture
