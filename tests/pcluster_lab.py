@@ -116,6 +116,18 @@ def make_cluster(aws: dict[str, Any], name: str, *, zone: str, fleet: str = "RUN
     return instance  # type: ignore[no-any-return]
 
 
+def create_tool(*, python: str, lab: str) -> str:
+    """A stand-in for Daylily's create tool, as a shell script: ``pcluster create-cluster`` synthesizes the cluster's
+    stack with the AWS CDK, on Node.js — here JavaScript hot enough for the JIT (it prints ``synthesized``) — and then
+    the cluster exists: ``python`` (with boto3) runs this file (at ``lab``) to make it in the emulator."""
+    return f"""#!/bin/sh
+node -e 'function f(n) {{ let s = 0; for (let i = 0; i < n; i++) s += i % 7; return s }}
+  let t = 0; for (let k = 0; k < 200; k++) t += f(1e5); console.log("synthesized", t)' || {{
+  echo "Node.js failed: the CDK cannot run" >&2; exit 1; }}
+exec {python} {lab} "$@"
+"""
+
+
 def main(argv: list[str]) -> int:
     """Make the cluster as pcluster's creation leaves it (CREATE_COMPLETE at once), in the emulator."""
     p = argparse.ArgumentParser(prog="pcluster_lab")

@@ -8,12 +8,13 @@ test`` does not collect this folder (``norecursedirs`` in pyproject.toml).
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from tests.conftest import REGION, ROOT
 from tests.deploy import images
 from tests.deploy.images import podman
 from tests.deploy.systemd_host import SystemdHost
+from tests.lab import BUCKET
 
 
 @pytest.fixture(scope="session")
@@ -126,3 +128,27 @@ def boot_systemd_host(
         timeout_s=60,
     )
     return machine
+
+
+def daylily_daemon_config(
+    *, emulator: str, table: str, command: str, daylily: dict[str, Any], steps: Sequence[str], sections: str = ""
+) -> str:
+    """The daemon's config for the Daylily deploy tests: the emulator, ``table``, the lab bucket's ``w/`` scanned
+    every second, ``sections`` (more TOML), the steps' AWS environment passed through, ``[daylily]`` and one
+    ``command``-run step per name (``watch`` and ``teardown`` as poll steps)."""
+
+    def step(name: str) -> str:
+        argv = json.dumps([command, "--config", "/etc/workset-monitor/config.toml", name])
+        poll = 'kind = "poll"\ninterval_s = 1\n' if name in ("watch", "teardown") else ""
+        return f'[[pipeline.steps]]\nname = "{name}"\ncommand = {argv}\ntimeout_s = 600\n{poll}'
+
+    return (
+        f'[aws]\nregion = "{REGION}"\nendpoint_url = "{emulator}"\n'
+        f'[table]\nname = "{table}"\n'
+        f'[scan]\nbucket = "{BUCKET}"\nprefixes = ["w/"]\ninterval_s = 1\n'
+        f"{sections}"
+        '[run]\nretry_backoff_base_s = 1\nretry_backoff_max_s = 1\nstep_env_passthrough = ["PATH", "HOME", "AWS_*"]\n'
+        "[daylily]\n"
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in daylily.items())
+        + "".join(step(name) for name in steps)
+    )

@@ -13,7 +13,6 @@ install them.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import uuid
@@ -27,9 +26,9 @@ from monitor.aws.dynamo import DynamoStore
 from monitor.config import TableConfig
 from monitor.model import State, WorksetId
 from tests import pcluster_lab
-from tests.conftest import REGION, ROOT, run
+from tests.conftest import ROOT, run
 from tests.deploy import images
-from tests.deploy.conftest import aws, free_port, wait_for
+from tests.deploy.conftest import aws, daylily_daemon_config, free_port, wait_for
 from tests.deploy.images import podman
 from tests.deploy.test_container import build
 from tests.headnode import HeadNodeSite, head_node
@@ -37,12 +36,6 @@ from tests.lab import BUCKET, Lab
 
 TABLE = "deploy-container-daylily"
 KEY = "/run/secrets/daylily.pem"
-CREATE = """#!/bin/sh
-node -e 'function f(n) { let s = 0; for (let i = 0; i < n; i++) s += i % 7; return s }
-  let t = 0; for (let k = 0; k < 200; k++) t += f(1e5); console.log("synthesized", t)' || {
-  echo "Node.js failed: the CDK cannot run" >&2; exit 1; }
-exec /opt/workset-monitor/bin/python /opt/daylily/lib/pcluster_lab.py "$@"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +76,6 @@ def emulator() -> Iterator[str]:
 
 
 def config(*, emulator: str, node: HeadNodeSite) -> str:
-    def step(name: str, extra: str = "") -> str:
-        command = json.dumps(["workset-daylily", "--config", "/etc/workset-monitor/config.toml", name])
-        return f'[[pipeline.steps]]\nname = "{name}"\ncommand = {command}\ntimeout_s = 600\n{extra}'
-
     daylily = {
         "region": "us-west-2",
         "availability_zone": "us-west-2a",
@@ -107,18 +96,12 @@ def config(*, emulator: str, node: HeadNodeSite) -> str:
         "idle_teardown_minutes": 0.05,
         "queue_command": "true",
     }
-    poll = 'kind = "poll"\ninterval_s = 1\n'
-    return (
-        f'[aws]\nregion = "{REGION}"\nendpoint_url = "{emulator}"\n'
-        f'[table]\nname = "{TABLE}"\n'
-        f'[scan]\nbucket = "{BUCKET}"\nprefixes = ["w/"]\ninterval_s = 1\n'
-        '[run]\nstep_env_passthrough = ["PATH", "HOME", "AWS_*"]\n'
-        "[daylily]\n"
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in daylily.items())
-        + step("cluster")
-        + step("launch")
-        + step("watch", poll)
-        + step("teardown", poll)
+    return daylily_daemon_config(
+        emulator=emulator,
+        table=TABLE,
+        command="workset-daylily",
+        daylily=daylily,
+        steps=("cluster", "launch", "watch", "teardown"),
     )
 
 
@@ -144,7 +127,8 @@ def test_the_daylily_image_runs_the_steps_with_its_own_pcluster_node_and_ssh(
     daylily = tmp_path / "daylily"  # a lab's Daylily tools, mounted
     (daylily / "bin").mkdir(parents=True)
     (daylily / "lib").mkdir()
-    (daylily / "bin/daylily-create-ephemeral-cluster").write_text(CREATE)
+    create = pcluster_lab.create_tool(python="/opt/workset-monitor/bin/python", lab="/opt/daylily/lib/pcluster_lab.py")
+    (daylily / "bin/daylily-create-ephemeral-cluster").write_text(create)
     (daylily / "bin/daylily-create-ephemeral-cluster").chmod(0o755)
     (daylily / "lib/pcluster_lab.py").write_text((ROOT / "tests/pcluster_lab.py").read_text())
 

@@ -20,7 +20,6 @@ The head node's address is the one pcluster reports (an emulated public IP); ``s
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,8 +31,8 @@ from monitor.aws.dynamo import DynamoStore
 from monitor.config import TableConfig
 from monitor.model import EventType, State, WorksetId
 from tests import pcluster_lab
-from tests.conftest import REGION, ROOT, run
-from tests.deploy.conftest import aws, boot_systemd_host, free_port, wait_for
+from tests.conftest import ROOT, run
+from tests.deploy.conftest import aws, boot_systemd_host, daylily_daemon_config, free_port, wait_for
 from tests.deploy.images import podman
 from tests.deploy.systemd_host import SystemdHost
 from tests.headnode import HeadNodeSite, head_node
@@ -53,14 +52,6 @@ dir="$1/staged/$2/remote_stage_{ts}"
 echo "Remote FSx stage directory: $dir"
 echo "Staged files:"
 for f in S1/S1_R1.fastq.gz {ts}_samples.tsv; do echo "  $dir/$f"; done
-"""
-CONTAINER_CREATE = """#!/bin/sh
-# pcluster create-cluster synthesizes the cluster's stack with the AWS CDK, on Node.js: here JavaScript hot enough
-# for the JIT; then the cluster exists (made in the emulator by tests/pcluster_lab.py, with pcluster's python)
-node -e 'function f(n) {{ let s = 0; for (let i = 0; i < n; i++) s += i % 7; return s }}
-  let t = 0; for (let k = 0; k < 200; k++) t += f(1e5); console.log("synthesized", t)' || {{
-  echo "Node.js failed: the CDK cannot run" >&2; exit 1; }}
-exec {python} /usr/local/lib/pcluster_lab.py "$@"
 """
 CONTAINER_EXPORT = """#!/bin/sh
 echo "exporting to $2"
@@ -87,12 +78,6 @@ def emulator() -> Iterator[str]:
 
 
 def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
-    def step(name: str, extra: str = "") -> str:
-        command = json.dumps(
-            ["/opt/workset-monitor/bin/workset-daylily", "--config", "/etc/workset-monitor/config.toml", name]
-        )
-        return f'[[pipeline.steps]]\nname = "{name}"\ncommand = {command}\ntimeout_s = 600\n{extra}'
-
     daylily = {
         "region": "us-west-2",
         "pcluster": str(pcluster_lab.PCLUSTER),
@@ -119,21 +104,14 @@ def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
         "idle_teardown_minutes": 0.05,
         "queue_command": "true",
     }
-    poll = 'kind = "poll"\ninterval_s = 1\n'
-    return (
-        f'[aws]\nregion = "{REGION}"\nendpoint_url = "{emulator}"\n'
-        f'[table]\nname = "{TABLE}"\n'
-        f'[scan]\nbucket = "{BUCKET}"\nprefixes = ["w/"]\ninterval_s = 1\n'
-        f"[lease]\nduration_s = {LEASE_S}\nheartbeat_s = 1.5\nsweep_interval_s = 2\ngrace_s = 1\n"
-        "[run]\nretry_backoff_base_s = 1\nretry_backoff_max_s = 1\n"
-        'step_env_passthrough = ["PATH", "HOME", "AWS_*"]\n'
-        f"[metrics]\nport = {port}\n"
-        "[daylily]\n"
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in daylily.items())
-        + "".join(step(name) for name in ("cluster", "stage", "clone", "launch"))
-        + step("watch", poll)
-        + step("export")
-        + step("teardown", poll)
+    return daylily_daemon_config(
+        emulator=emulator,
+        table=TABLE,
+        command="/opt/workset-monitor/bin/workset-daylily",
+        daylily=daylily,
+        steps=("cluster", "stage", "clone", "launch", "watch", "export", "teardown"),
+        sections=f"[lease]\nduration_s = {LEASE_S}\nheartbeat_s = 1.5\nsweep_interval_s = 2\ngrace_s = 1\n"
+        f"[metrics]\nport = {port}\n",
     )
 
 
@@ -141,7 +119,10 @@ def install_tools(host: SystemdHost, node: HeadNodeSite) -> None:
     """The local tools in the container; day-clone and the staged files on the head node."""
     podman("cp", str(ROOT / "tests/pcluster_lab.py"), f"{host.name}:/usr/local/lib/pcluster_lab.py")
     create = "/usr/local/bin/daylily-create-ephemeral-cluster"
-    host.write(create, CONTAINER_CREATE.format(python=pcluster_lab.TOOLS / "bin/python"))
+    host.write(
+        create,
+        pcluster_lab.create_tool(python=str(pcluster_lab.TOOLS / "bin/python"), lab="/usr/local/lib/pcluster_lab.py"),
+    )
     host.write("/usr/local/bin/fake-stage", CONTAINER_STAGE.format(ts=STAGE_TS))
     host.write("/usr/local/bin/fake-export", CONTAINER_EXPORT)
     host.sh(f"chmod 0755 {create} /usr/local/bin/fake-stage /usr/local/bin/fake-export")
