@@ -22,7 +22,7 @@ from monitor.aws.dynamo import DynamoStore
 from monitor.child import Child
 from monitor.config import TableConfig
 from monitor.daylily import cli, scripts, work
-from monitor.daylily.state import STATE_KEY
+from monitor.daylily.state import STATE_KEY, Stale
 from monitor.model import EventType, State, WorksetId
 from tests import fake_pcluster
 from tests.conftest import REGION, ROOT, run
@@ -138,6 +138,20 @@ def test_a_stale_holder_neither_launches_nor_watches(tmp_path: Path, node: HeadN
     assert code == 75 and "not watching" in out, out
     until(lambda: node.runs("ws-1"), what="the run to start")  # the session's shell starts it a moment after launch
     assert len(node.runs("ws-1")) == 1 and state(s3)["epoch"] == 5
+
+
+def test_a_holder_found_stale_mid_step_gets_75_and_a_sentence_not_a_traceback(
+    tmp_path: Path, node: HeadNodeSite, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A takeover can write the run state between a step's fenced read and its own write (teardown and export write
+    after their work): the late writer is refused, and says so."""
+
+    def overtaken(step: Any) -> int:
+        raise Stale("the run state was written by epoch 9")
+
+    monkeypatch.setitem(cli.STEPS, "teardown", overtaken)
+    code, out = step(write_config(tmp_path, node), "teardown", epoch=8)
+    assert code == 75 and "written by epoch 9" in out, out
 
 
 def test_a_failed_run_reports_the_end_of_its_log_and_a_new_launch_runs_it_again(

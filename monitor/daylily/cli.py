@@ -31,7 +31,7 @@ from monitor.aws.run_states import S3RunStates, read_workset_file
 from monitor.daylily import steps, work
 from monitor.daylily.pcluster import Pcluster
 from monitor.daylily.remote import HeadNode
-from monitor.daylily.state import Changed, Corrupt
+from monitor.daylily.state import Changed, Corrupt, Stale
 from monitor.daylily.work import Work
 from monitor.manifest import WORK_FILE
 
@@ -113,6 +113,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return steps.TEMPORARY if exc.temporary else steps.FAILED
     except Changed as exc:
         print(f"workset-daylily {args.step}: {exc}; will try again", file=out)
+        return steps.TEMPORARY
+    except Stale as exc:  # a newer holder wrote the run state while this step worked: its result is not ours to keep
+        print(f"workset-daylily {args.step}: not recorded: {exc}", file=out)
         return steps.TEMPORARY
     except Corrupt as exc:
         print(f"workset-daylily {args.step}: the run state is damaged: {exc}", file=out)
