@@ -27,6 +27,8 @@ async def register(
     imported: State = State.READY,
     imported_error: str | None = None,
     not_before_ms: int | None = None,
+    samples: int | None = None,
+    data_bytes: int | None = None,
 ) -> tuple[bool, Workset]:
     """Register a workset; returns (created, the stored record). An existing id is left exactly as it was."""
     decision = states.new_workset(
@@ -39,6 +41,8 @@ async def register(
         imported=imported,
         imported_error=imported_error,
         not_before_ms=not_before_ms,
+        samples=samples,
+        data_bytes=data_bytes,
     )
     if await store.register(decision):
         return True, decision.after

@@ -79,6 +79,7 @@ async def cmd_register(app: App) -> int:
     priority = args.priority
     not_before_ms = parse_when(args.not_before, now_ms=app.clock.now_ms()) if args.not_before else None
     known = await app.store.get(workset_id)
+    verdict = None
     if known is None and not args.no_validate:
         verdict = await validation.inspect(
             S3Source(app.clients.get("s3"), bucket),
@@ -96,6 +97,8 @@ async def cmd_register(app: App) -> int:
         priority=priority or Priority.NORMAL,
         ctx=app.context("registered by hand" + (" (not validated)" if args.no_validate else "")),
         not_before_ms=not_before_ms,
+        samples=verdict.samples if verdict is not None else None,
+        data_bytes=verdict.data_bytes if verdict is not None else None,
     )
     if created:
         text = f"registered {ws.workset_id} ({ws.priority.value}) at {ws.s3_uri}: {ws.state.value}"

@@ -122,6 +122,10 @@ class Workset:
     # fleet cap is set (so that no one item is written by every claim), None for the counter item (a cap is set, or
     # it was claimed before the shards). Set by the store at the claim, cleared when it leaves in_progress.
     fleet_slot: int | None = None
+    # What validation found at registration, for ``report`` (None: registered without validation, or before these
+    # were recorded): the manifest's rows and the total size of the distinct data objects it names.
+    samples: int | None = None
+    data_bytes: int | None = None
 
     def step_seconds(self, step: str) -> float | None:
         """How long ``step``'s successful run took, if it has finished."""

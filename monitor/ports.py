@@ -200,7 +200,9 @@ class Source(Protocol):
 
     async def has_objects(self, prefix: str) -> bool: ...
 
-    async def exists(self, bucket: str, key: str) -> bool: ...
+    async def size(self, bucket: str, key: str) -> int | None:
+        """The object's size in bytes (one HEAD), or None when it does not exist."""
+        ...
 
     async def read(self, key: str, *, max_bytes: int) -> bytes:
         """The object's bytes, or TooLarge."""

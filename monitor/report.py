@@ -32,6 +32,8 @@ class Row:
     finished_ms: int | None
     attempts: int
     steps: dict[str, float]  # step -> seconds of its successful run
+    samples: int | None = None  # what validation counted at registration (None: not recorded)
+    data_bytes: int | None = None
 
     @property
     def wall_s(self) -> float | None:
@@ -56,6 +58,8 @@ def row(ws: Workset) -> Row:
         finished_ms=ws.finished_at_ms,
         attempts=ws.attempts,
         steps={step: ms / 1000 for step, ms in ws.step_ms},
+        samples=ws.samples,
+        data_bytes=ws.data_bytes,
     )
 
 
@@ -85,10 +89,22 @@ def _p90(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, max(0, -(-9 * len(ordered) // 10) - 1))]  # nearest rank
 
 
-HEADERS = ("workset", "state", "priority", "registered", "started", "finished", "wall_s", "attempts", "claim_wait_s")
+HEADERS = (
+    "workset",
+    "state",
+    "priority",
+    "registered",
+    "started",
+    "finished",
+    "wall_s",
+    "attempts",
+    "claim_wait_s",
+    "samples",
+    "data_bytes",
+)
 
 
-def _cells(r: Row, steps: Sequence[str]) -> list[object]:
+def _cells(r: Row, steps: Sequence[str], *, human: bool = False) -> list[object]:
     return [
         r.workset_id,
         r.state.value,
@@ -99,8 +115,20 @@ def _cells(r: Row, steps: Sequence[str]) -> list[object]:
         _seconds(r.wall_s),
         r.attempts,
         _seconds(r.claim_wait_s),
+        r.samples,
+        size_text(r.data_bytes) if human and r.data_bytes is not None else r.data_bytes,
         *(_seconds(r.steps.get(step)) for step in steps),
     ]
+
+
+def size_text(n: int) -> str:
+    """Bytes for a person: 128 B, 3.4 KiB, 1.2 GiB."""
+    value, unit = float(n), "B"
+    for larger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
 def _seconds(value: float | None) -> str | None:
@@ -129,6 +157,8 @@ def as_json(rows: Sequence[Row], steps: Sequence[str]) -> str:
             "wall_s": r.wall_s,
             "attempts": r.attempts,
             "claim_wait_s": r.claim_wait_s,
+            "samples": r.samples,
+            "data_bytes": r.data_bytes,
             "steps": {step: r.steps[step] for step in steps if step in r.steps},
         }
         for r in rows
@@ -142,10 +172,14 @@ def as_json(rows: Sequence[Row], steps: Sequence[str]) -> str:
 def table_cells(rows: Sequence[Row], steps: Sequence[str]) -> tuple[list[str], list[list[object]]]:
     """The terminal table's headers and rows (``render.table`` draws them)."""
     headers = [h.upper() for h in HEADERS] + [f"{step.upper()}_S" for step in steps]
-    return headers, [_cells(r, steps) for r in rows]
+    return headers, [_cells(r, steps, human=True) for r in rows]
 
 
 def summary_lines(rows: Sequence[Row], steps: Sequence[str]) -> list[str]:
     lines = [f"{len(rows)} workset(s)"]
+    counted = [r for r in rows if r.samples is not None and r.data_bytes is not None]
+    if counted:
+        samples, data = sum(r.samples or 0 for r in counted), sum(r.data_bytes or 0 for r in counted)
+        lines[0] += f"; {samples} samples, {size_text(data)} of data (of {len(counted)} validated)"
     lines += [f"{s.what}: median {s.median_s:.1f} s, p90 {s.p90_s:.1f} s (of {s.count})" for s in summary(rows, steps)]
     return lines

@@ -208,8 +208,9 @@ class Scanner:
                 return Found.LEGACY
             if verdict.kind == "ignored":
                 return await self._register(folder, verdict.priority, imported=State.IGNORED, reason=verdict.reason)
-            invalid = verdict.reason if verdict.kind == "invalid" else None
-            return await self._register(folder, verdict.priority, invalid=invalid, not_before_ms=verdict.not_before_ms)
+            if verdict.kind == "invalid":
+                return await self._register(folder, verdict.priority, invalid=verdict.reason)
+            return await self._register(folder, verdict.priority, not_before_ms=verdict.not_before_ms, verdict=verdict)
         except errors.MonitorError as exc:
             log.warning("could not look at folder; will retry next cycle", workset_id=workset_id, error=str(exc))
             return Found.ERROR
@@ -226,6 +227,7 @@ class Scanner:
         imported: State = State.READY,
         reason: str = "found in S3",
         not_before_ms: int | None = None,
+        verdict: validation.Verdict | None = None,
     ) -> Found:
         workset_id = folder.workset_id
         ctx = Context(now_ms=self._clock.now_ms(), actor=self._actor, reason=reason, notify=self._notify)
@@ -239,6 +241,8 @@ class Scanner:
             invalid_reason=invalid,
             imported=imported,
             not_before_ms=not_before_ms,
+            samples=verdict.samples if verdict is not None else None,
+            data_bytes=verdict.data_bytes if verdict is not None else None,
         )
         self._learn({workset_id: f"{ws.bucket}/{ws.prefix}"})
         if not created:

@@ -236,8 +236,11 @@ def new_workset(
     imported: State = State.READY,
     imported_error: str | None = None,
     not_before_ms: int | None = None,
+    samples: int | None = None,
+    data_bytes: int | None = None,
 ) -> Decision:
-    """The first record of a workset (a ready one scheduled for ``not_before_ms`` if that is later than now).
+    """The first record of a workset (a ready one scheduled for ``not_before_ms`` if that is later than now), with
+    what validation counted (``samples``, ``data_bytes``) when it did.
 
     Normally ``ready``; ``error`` with category validation (and an ``invalid`` event) when ``invalid_reason`` is
     given; or the ``imported`` state a migration found in legacy sentinels (``imported_error`` for a legacy error).
@@ -257,6 +260,8 @@ def new_workset(
         last_error=_short(error) if error else None,
         error_category=category,
         finished_at_ms=ctx.now_ms if state in FINISHED_STATES else None,  # imported finished: finished as registered
+        samples=samples,
+        data_bytes=data_bytes,
     )
     event = Event(
         workset_id=workset_id,

@@ -2,7 +2,8 @@
 
 Cost of a new folder: one listing of its own top level, one request to see that ``sample_data/`` is not empty, two
 bounded reads (``daylily_info.yaml``, ``stage_samples.tsv``) and one HEAD per distinct data reference in the manifest
-(eight at a time). Nothing under ``sample_data/`` is ever listed in full.
+(eight at a time; their sizes add up to the workset's data bytes). Nothing under ``sample_data/`` is ever listed in
+full.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Verdict:
     not_before_ms: int | None = None  # daylily_info.yaml's not_before: not run before then
     samples: int = 0  # rows of the manifest
     references: int = 0  # distinct data objects the manifest names
+    data_bytes: int = 0  # their total size (of those that exist)
 
 
 async def inspect(source: Source, *, folder: str, max_manifest_bytes: int) -> Verdict:
@@ -66,7 +68,7 @@ async def validate(source: Source, *, folder: str, listing: Listing, max_manifes
     ]
     if SAMPLE_DATA not in listing.folders or not await source.has_objects(f"{folder}{SAMPLE_DATA}/"):
         problems.append(Invalid(f"{SAMPLE_DATA}/", "is missing or empty: it must hold the workset's data"))
-    priority, samples, references, not_before_ms = Priority.NORMAL, 0, 0, None
+    priority, samples, references, data_bytes, not_before_ms = Priority.NORMAL, 0, 0, 0, None
     if INFO_FILE in listing.files:
         try:
             info = await _read(source, folder + INFO_FILE, INFO_FILE, INFO_MAX_BYTES)
@@ -87,7 +89,8 @@ async def validate(source: Source, *, folder: str, listing: Listing, max_manifes
                     targets[reference] = resolve(reference, bucket=source.bucket, folder=folder)
                 except Invalid as exc:
                     found.append(exc)
-            found += await _missing(source, targets)
+            missing, data_bytes = await _sizes(source, targets)
+            found += missing
             found.sort(key=lambda p: (p.line or 0, p.column or 0))
             problems += found
             samples, references = len(manifest.rows), len(set(targets.values()))
@@ -102,6 +105,7 @@ async def validate(source: Source, *, folder: str, listing: Listing, max_manifes
             problems=tuple(problems),
             samples=samples,
             references=references,
+            data_bytes=data_bytes,
         )
     return Verdict(
         kind="new",
@@ -109,6 +113,7 @@ async def validate(source: Source, *, folder: str, listing: Listing, max_manifes
         sentinel=legacy.READY,
         samples=samples,
         references=references,
+        data_bytes=data_bytes,
         not_before_ms=not_before_ms,
     )
 
@@ -120,18 +125,20 @@ async def _read(source: Source, key: str, name: str, max_bytes: int) -> bytes:
         raise Invalid(name, f"is larger than {max_bytes} bytes (limit: scan.max_manifest_bytes)") from None
 
 
-async def _missing(source: Source, targets: dict[Reference, tuple[str, str]]) -> list[Invalid]:
-    """A problem for each reference whose object does not exist (one HEAD per distinct object, eight at a time)."""
+async def _sizes(source: Source, targets: dict[Reference, tuple[str, str]]) -> tuple[list[Invalid], int]:
+    """A problem for each reference whose object does not exist, and the total size of the distinct ones that do
+    (one HEAD per distinct object, eight at a time)."""
     distinct = sorted(set(targets.values()))
     gate = asyncio.Semaphore(HEAD_CONCURRENCY)
 
-    async def exists(target: tuple[str, str]) -> bool:
+    async def size(target: tuple[str, str]) -> int | None:
         async with gate:
-            return await source.exists(*target)
+            return await source.size(*target)
 
-    found = dict(zip(distinct, await asyncio.gather(*(exists(t) for t in distinct)), strict=True))
-    return [
+    found = dict(zip(distinct, await asyncio.gather(*(size(t) for t in distinct)), strict=True))
+    missing = [
         Invalid(MANIFEST, f"{ref.header}: s3://{bucket}/{key} does not exist", line=ref.line, column=ref.column)
         for ref, (bucket, key) in targets.items()
-        if not found[(bucket, key)]
+        if found[(bucket, key)] is None
     ]
+    return missing, sum(n for n in found.values() if n is not None)

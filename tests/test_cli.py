@@ -640,9 +640,12 @@ def test_report_after_a_two_step_run_gives_each_step_s_duration_as_its_process_m
             assert any(abs(recorded - m) <= 1.0 for m in measured[name]), (name, recorded, measured)
         assert float(r["wall_s"]) >= float(r["stage_s"]) + float(r["analyse_s"]) - 0.2  # rounding of each to 0.1 s
         assert float(r["claim_wait_s"]) >= 0 and r["attempts"] == "1"
+        # what validation counted at registration: 2 manifest rows, 4 FASTQ objects of 16 bytes (tests/lab.py)
+        assert (r["samples"], r["data_bytes"]) == ("2", "64"), r
     tsv = ok(sh(ready_table, "report", "--state", "complete", "--since", "1h"))  # not a terminal: TSV
     assert tsv.splitlines()[0].split("\t")[-2:] == ["stage_s", "analyse_s"] and len(tsv.splitlines()) == 3
     data = json.loads(ok(sh(ready_table, "report", "--json", "--prefix", "worksets/ws-2")))
+    assert (data["worksets"][0]["samples"], data["worksets"][0]["data_bytes"]) == (2, 64)
     assert [w["workset"] for w in data["worksets"]] == ["ws-2"] and set(data["worksets"][0]["steps"]) == {
         "stage",
         "analyse",
@@ -652,3 +655,4 @@ def test_report_after_a_two_step_run_gives_each_step_s_duration_as_its_process_m
     text = ok(sh(ready_table, "report", "--format", "table"))  # what a terminal gets by default
     assert text.splitlines()[0].split()[-2:] == ["STAGE_S", "ANALYSE_S"] and "2 workset(s)" in text
     assert "analyse: median" in text and "wall time: median" in text
+    assert "4 samples, 128 B of data" in text  # the summary's totals

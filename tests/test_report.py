@@ -91,3 +91,20 @@ def test_json_keeps_numbers_as_numbers_and_nulls_for_what_was_not_recorded() -> 
     assert data["worksets"][0]["steps"] == {"stage": 10.0} and data["worksets"][0]["wall_s"] == 100.0
     assert data["worksets"][1]["wall_s"] is None and data["worksets"][1]["steps"] == {}
     assert data["summary"][0] == {"what": "wall time", "count": 1, "median_s": 100.0, "p90_s": 100.0}
+
+
+@pytest.mark.parametrize(
+    ("n", "text"), [(0, "0 B"), (128, "128 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (5 * 2**30, "5.0 GiB")]
+)
+def test_sizes_read_as_a_person_reads_them(n: int, text: str) -> None:
+    assert report.size_text(n) == text
+
+
+def test_the_summary_totals_the_samples_and_data_of_the_validated_worksets_only() -> None:
+    counted = [
+        report.Row(**{**report.row(workset(f"v-{i}", started=None, finished=None, steps={})).__dict__, "samples": 2})
+        for i in range(2)
+    ]
+    counted = [report.Row(**{**r.__dict__, "data_bytes": 3 * 2**30}) for r in counted]
+    lines = report.summary_lines([*counted, ROWS[0]], [])
+    assert lines[0] == "3 workset(s); 4 samples, 6.0 GiB of data (of 2 validated)"

@@ -177,6 +177,23 @@ def test_s3_uris_in_the_manifest_are_checked_too(env: Env) -> None:
     assert env.get("ws-uri").state is State.READY
 
 
+def test_registration_records_the_samples_and_the_bytes_of_the_data_they_name_each_object_once(env: Env) -> None:
+    """``report``'s Daylily figures, from the HEADs validation makes anyway: no request is added."""
+    rows = manifest(3).decode().splitlines()
+    rows.append(rows[-1].replace("\tS2\t", "\tS2b\t"))  # a fourth row naming S2's objects again
+    big = b"@r\n" + b"A" * 1000 + b"\n+\n" + b"F" * 1000 + b"\n"
+    files: dict[str, bytes | None] = {"stage_samples.tsv": ("\n".join(rows) + "\n").encode()}
+    files["sample_data/S2_R1.fastq.gz"] = big
+    env.lab.workset("ws-sized", samples=3, files=files)
+    env.lab.workset("ws-bad", files={"sample_data/S1_R2.fastq.gz": None})
+    env.sends.clear()
+    run(env.scanner().scan_once())
+    ws = env.get("ws-sized")
+    assert (ws.samples, ws.data_bytes) == (4, 5 * 16 + len(big))  # 6 distinct objects, S2's counted once
+    assert env.sends["s3.HeadObject"] == 6 + 4  # one HEAD per distinct object, as before (ws-bad: 4, one missing)
+    assert (env.get("ws-bad").samples, env.get("ws-bad").data_bytes) == (None, None)  # invalid: not recorded
+
+
 def test_listing_folders_follows_every_page(env: Env) -> None:
     for i in range(1005):
         env.lab.put(f"many/f{i:04d}/daylily.complete")

@@ -210,6 +210,8 @@ def workset_fields(ws: Workset, *, in_finished_index: bool | None = None) -> dic
         "started_at_ms": ws.started_at_ms,
         "finished_at_ms": ws.finished_at_ms,
         FLEET_SLOT: ws.fleet_slot,
+        "samples": ws.samples,
+        "data_bytes": ws.data_bytes,
         "gsi_sk": None if finished else gsi_sort_key(ws),
         "done_pk": done_pk,
         "done_sk": done_sk,
@@ -256,6 +258,8 @@ def workset_from_item(item: Item, *, table: str) -> Workset:
         finished_at_ms=a.optional("finished_at_ms", int),
         step_ms=a.step_ms(),
         fleet_slot=a.optional(FLEET_SLOT, int),
+        samples=a.optional("samples", int),
+        data_bytes=a.optional("data_bytes", int),
     )
 
 

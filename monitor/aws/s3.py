@@ -48,9 +48,9 @@ class S3Source:
         )
         return any(obj["Key"] != prefix for obj in response.get("Contents", []))
 
-    async def exists(self, bucket: str, key: str) -> bool:
+    async def size(self, bucket: str, key: str) -> int | None:
         try:
-            await self._call(
+            response = await self._call(
                 "head_object",
                 what=f"checking s3://{bucket}/{key}",
                 Bucket=bucket,
@@ -58,8 +58,8 @@ class S3Source:
                 inspect=("404", "NoSuchKey", "NotFound", "NoSuchBucket"),
             )
         except botocore.exceptions.ClientError:
-            return False
-        return True
+            return None
+        return int(response.get("ContentLength", 0))
 
     async def read(self, key: str, *, max_bytes: int) -> bytes:
         """The object's bytes; TooLarge when it holds more than ``max_bytes`` (only max_bytes + 1 are transferred)."""
