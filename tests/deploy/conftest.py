@@ -112,14 +112,14 @@ def wait_for(what: str, check: Callable[[], Any], *, timeout_s: float, every_s: 
 
 
 def boot_systemd_host(
-    containers: Callable[..., str], host_image: str, wheelhouse: Path, *, mounts: tuple[Path, ...] = ()
+    containers: Callable[..., str], host_image: str, wheelhouse: Path, *, mounts: dict[Path, str] | None = None
 ) -> SystemdHost:
-    """A Debian host with systemd as PID 1 on the host's network, the wheelhouse at /wheels, ``mounts`` read-only at
-    their own paths, booted."""
+    """A Debian host with systemd as PID 1 on the host's network, the wheelhouse at /wheels, ``mounts`` (this
+    machine's path -> the host's) read-only, booted."""
     # On a real machine systemd makes / a shared mount at boot; in a container it leaves that to the engine, and
     # without it LoadCredential= hands the service an empty $CREDENTIALS_DIRECTORY. So: shared first, then systemd.
     init = "mount --make-rshared / && exec /sbin/init"
-    volumes = [f"--volume={wheelhouse}:/wheels:ro", *(f"--volume={path}:{path}:ro" for path in mounts)]
+    volumes = [f"--volume={wheelhouse}:/wheels:ro", *(f"--volume={a}:{b}:ro" for a, b in (mounts or {}).items())]
     name = containers("--privileged", "--systemd=always", "--network=host", *volumes, host_image, "/bin/sh", "-c", init)
     machine = SystemdHost(name)
     wait_for(

@@ -43,6 +43,17 @@ TABLE = "deploy-daylily"
 CREDENTIAL = "/run/credentials/workset-monitor.service/daylily.pem"
 LEASE_S = 6.0
 STAGE_TS = "20261205T120000"
+# make pcluster's venv, installed on the host as an admin would: under /opt. Not at its path here, which may be under
+# /tmp (a CI checkout), where the unit's PrivateTmp= would hide it; so its scripts' #! lines do not apply, and
+# pcluster runs by the venv's python.
+PCLUSTER_VENV = "/opt/parallelcluster"
+PCLUSTER = f"""#!/bin/sh
+exec {PCLUSTER_VENV}/bin/python -c '
+import sys
+from pcluster.cli.entrypoint import main
+sys.argv[0] = "pcluster"
+sys.exit(main())' "$@"
+"""
 
 # The local tools, inside the container (the sandbox: a read-only /usr, a private /tmp). The staging tool names the
 # stage directory the test put on the head node (the real one copies there over SSH); the export tool writes its
@@ -67,7 +78,7 @@ def node(tmp_path: Path) -> Iterator[HeadNodeSite]:
 
 @pytest.fixture
 def host(containers: Callable[..., str], host_image: str, wheelhouse: Path) -> Iterator[SystemdHost]:
-    yield boot_systemd_host(containers, host_image, wheelhouse, mounts=(pcluster_lab.TOOLS,))
+    yield boot_systemd_host(containers, host_image, wheelhouse, mounts={pcluster_lab.TOOLS: PCLUSTER_VENV})
 
 
 @pytest.fixture
@@ -80,7 +91,7 @@ def emulator() -> Iterator[str]:
 def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
     daylily = {
         "region": "us-west-2",
-        "pcluster": str(pcluster_lab.PCLUSTER),
+        "pcluster": "/usr/local/bin/pcluster",
         "availability_zone": "us-west-2a",
         "create_command": [
             "/usr/local/bin/daylily-create-ephemeral-cluster",
@@ -119,13 +130,12 @@ def install_tools(host: SystemdHost, node: HeadNodeSite) -> None:
     """The local tools in the container; day-clone and the staged files on the head node."""
     podman("cp", str(ROOT / "tests/pcluster_lab.py"), f"{host.name}:/usr/local/lib/pcluster_lab.py")
     create = "/usr/local/bin/daylily-create-ephemeral-cluster"
-    host.write(
-        create,
-        pcluster_lab.create_tool(python=str(pcluster_lab.TOOLS / "bin/python"), lab="/usr/local/lib/pcluster_lab.py"),
-    )
+    python = f"{PCLUSTER_VENV}/bin/python"  # it has boto3
+    host.write(create, pcluster_lab.create_tool(python=python, lab="/usr/local/lib/pcluster_lab.py"))
+    host.write("/usr/local/bin/pcluster", PCLUSTER)
     host.write("/usr/local/bin/fake-stage", CONTAINER_STAGE.format(ts=STAGE_TS))
     host.write("/usr/local/bin/fake-export", CONTAINER_EXPORT)
-    host.sh(f"chmod 0755 {create} /usr/local/bin/fake-stage /usr/local/bin/fake-export")
+    host.sh(f"chmod 0755 {create} /usr/local/bin/pcluster /usr/local/bin/fake-stage /usr/local/bin/fake-export")
     (node.root / "fake-day-clone").write_text(FAKE_CLONE)
     (node.root / "fake-day-clone").chmod(0o755)
     staged = node.workdir / "staged" / "ws-sd" / f"remote_stage_{STAGE_TS}"
