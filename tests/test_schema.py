@@ -178,5 +178,9 @@ def test_the_index_projects_everything_but_what_heartbeats_rewrite() -> None:
     ws = dataclasses.replace(ws, fleet_slot=3)  # counted on a fleet shard: not projected (no claim needs it)
     attributes = set(codec.workset_fields(ws))
     assert codec.FLEET_SLOT in attributes
-    assert set(codec.GSI_PROJECTED) == attributes - keys - set(codec.HEARTBEAT_ATTRIBUTES) - timings - {"fleet_slot"}
+    ws = dataclasses.replace(ws, samples=4, data_bytes=64)  # what validation counted: not projected either
+    attributes = set(codec.workset_fields(ws))
+    assert set(codec.REGISTRATION_ATTRIBUTES) <= attributes
+    unprojected = set(codec.HEARTBEAT_ATTRIBUTES) | timings | {"fleet_slot"} | set(codec.REGISTRATION_ATTRIBUTES)
+    assert set(codec.GSI_PROJECTED) == attributes - keys - unprojected
     assert len(codec.GSI_PROJECTED) <= 20  # DynamoDB's limit for INCLUDE projections

@@ -82,6 +82,9 @@ TIMING_ATTRIBUTES = ("started_at_ms", "finished_at_ms")
 # Which fleet control item counts an in-progress workset: not projected either (claims nominate ready and retrying
 # worksets, which have none; the end of a run is decided on a consistent read or the holder's own copy).
 FLEET_SLOT = "fleet_slot"
+# What validation counted at registration (``report``): not projected either (no claim needs them; written once, at
+# registration, and left alone by every later write, which sets only what changed).
+REGISTRATION_ATTRIBUTES = ("samples", "data_bytes")
 GSI_PROJECTED = (
     "priority",
     "bucket",
