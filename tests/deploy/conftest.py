@@ -26,6 +26,7 @@ from tests.conftest import REGION, ROOT
 from tests.deploy import images
 from tests.deploy.images import podman
 from tests.deploy.systemd_host import SystemdHost
+from tests.headnode import HeadNodeSite
 from tests.lab import BUCKET
 
 
@@ -128,6 +129,29 @@ def boot_systemd_host(
         timeout_s=60,
     )
     return machine
+
+
+def daylily_section(node: HeadNodeSite, *, create: str, identity: str, tag: str) -> dict[str, Any]:
+    """``[daylily]`` for the deploy tests: clusters in us-west-2a, made by ``create`` when none is ready there; SSH as
+    root with ``identity`` to the loopback head node (the emulated head node's address is not reachable: ``-o
+    HostName`` takes every connection to 127.0.0.1); runs in sessions named ``<tag><port>``; teardown after 3 s idle."""
+    return {
+        "region": "us-west-2",
+        "availability_zone": "us-west-2a",
+        "create_command": [create, *("--cluster-name", "{cluster}", "--region", "{region}", "--zone", "us-west-2a")],
+        "cluster_poll_s": 1,
+        "ssh_user": "root",
+        "ssh_port": node.port,
+        "ssh_identity_file": identity,
+        "ssh_extra_args": ["-o", "HostName=127.0.0.1"],
+        "workdir": str(node.workdir),
+        "run_command": node.run_command(),
+        "login_shell_init": "true",
+        "tmux_session_prefix": f"{tag}{node.port}",
+        "auto_teardown": True,
+        "idle_teardown_minutes": 0.05,
+        "queue_command": "true",
+    }
 
 
 def daylily_daemon_config(

@@ -28,7 +28,7 @@ from monitor.model import State, WorksetId
 from tests import pcluster_lab
 from tests.conftest import ROOT, run
 from tests.deploy import images
-from tests.deploy.conftest import aws, daylily_daemon_config, free_port, wait_for
+from tests.deploy.conftest import aws, daylily_daemon_config, daylily_section, free_port, wait_for
 from tests.deploy.images import podman
 from tests.deploy.test_container import build
 from tests.headnode import HeadNodeSite, head_node
@@ -76,26 +76,7 @@ def emulator() -> Iterator[str]:
 
 
 def config(*, emulator: str, node: HeadNodeSite) -> str:
-    daylily = {
-        "region": "us-west-2",
-        "availability_zone": "us-west-2a",
-        "create_command": [
-            "/opt/daylily/bin/daylily-create-ephemeral-cluster",
-            *("--cluster-name", "{cluster}", "--region", "{region}", "--zone", "us-west-2a"),
-        ],
-        "cluster_poll_s": 1,
-        "ssh_user": "root",
-        "ssh_port": node.port,
-        "ssh_identity_file": KEY,
-        "ssh_extra_args": ["-o", "HostName=127.0.0.1"],  # the emulated head node's address is not reachable
-        "workdir": str(node.workdir),
-        "run_command": node.run_command(),
-        "login_shell_init": "true",
-        "tmux_session_prefix": f"ct{node.port}",
-        "auto_teardown": True,
-        "idle_teardown_minutes": 0.05,
-        "queue_command": "true",
-    }
+    daylily = daylily_section(node, create="/opt/daylily/bin/daylily-create-ephemeral-cluster", identity=KEY, tag="ct")
     return daylily_daemon_config(
         emulator=emulator,
         table=TABLE,

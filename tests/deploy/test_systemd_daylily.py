@@ -32,7 +32,14 @@ from monitor.config import TableConfig
 from monitor.model import EventType, State, WorksetId
 from tests import pcluster_lab
 from tests.conftest import ROOT, run
-from tests.deploy.conftest import aws, boot_systemd_host, daylily_daemon_config, free_port, wait_for
+from tests.deploy.conftest import (
+    aws,
+    boot_systemd_host,
+    daylily_daemon_config,
+    daylily_section,
+    free_port,
+    wait_for,
+)
 from tests.deploy.images import podman
 from tests.deploy.systemd_host import SystemdHost
 from tests.headnode import HeadNodeSite, head_node
@@ -43,6 +50,7 @@ TABLE = "deploy-daylily"
 CREDENTIAL = "/run/credentials/workset-monitor.service/daylily.pem"
 LEASE_S = 6.0
 STAGE_TS = "20261205T120000"
+CREATE = "/usr/local/bin/daylily-create-ephemeral-cluster"  # the stand-in for Daylily's create tool
 # make pcluster's venv, installed on the host as an admin would: under /opt. Not at its path here, which may be under
 # /tmp (a CI checkout), where the unit's PrivateTmp= would hide it; so its scripts' #! lines do not apply, and
 # pcluster runs by the venv's python.
@@ -89,31 +97,13 @@ def emulator() -> Iterator[str]:
 
 
 def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
-    daylily = {
-        "region": "us-west-2",
+    daylily = daylily_section(node, create=CREATE, identity=CREDENTIAL, tag="sd") | {
         "pcluster": "/usr/local/bin/pcluster",
-        "availability_zone": "us-west-2a",
-        "create_command": [
-            "/usr/local/bin/daylily-create-ephemeral-cluster",
-            *("--cluster-name", "{cluster}", "--region", "{region}", "--zone", "us-west-2a"),
-        ],
-        "cluster_poll_s": 1,
-        "ssh_user": "root",
-        "ssh_port": node.port,
-        "ssh_extra_args": ["-o", "HostName=127.0.0.1"],
-        "ssh_identity_file": CREDENTIAL,
-        "workdir": str(node.workdir),
-        "run_command": node.run_command(),
-        "login_shell_init": "true",
-        "tmux_session_prefix": f"sd{node.port}",
         "stage_command": ["/usr/local/bin/fake-stage", str(node.workdir), "{workset_id}"],
         "clone_command": f"{node.root}/fake-day-clone {{clone_args}}",
         "clone_dest_root": str(node.root / "clones"),
         "export_command": ["/usr/local/bin/fake-export", "{output_dir}", "{target_uri}"],
         "export_uri": "s3://lab-results/{workset_id}/",
-        "auto_teardown": True,
-        "idle_teardown_minutes": 0.05,
-        "queue_command": "true",
     }
     return daylily_daemon_config(
         emulator=emulator,
@@ -129,13 +119,12 @@ def config(*, emulator: str, port: int, node: HeadNodeSite) -> str:
 def install_tools(host: SystemdHost, node: HeadNodeSite) -> None:
     """The local tools in the container; day-clone and the staged files on the head node."""
     podman("cp", str(ROOT / "tests/pcluster_lab.py"), f"{host.name}:/usr/local/lib/pcluster_lab.py")
-    create = "/usr/local/bin/daylily-create-ephemeral-cluster"
     python = f"{PCLUSTER_VENV}/bin/python"  # it has boto3
-    host.write(create, pcluster_lab.create_tool(python=python, lab="/usr/local/lib/pcluster_lab.py"))
+    host.write(CREATE, pcluster_lab.create_tool(python=python, lab="/usr/local/lib/pcluster_lab.py"))
     host.write("/usr/local/bin/pcluster", PCLUSTER)
     host.write("/usr/local/bin/fake-stage", CONTAINER_STAGE.format(ts=STAGE_TS))
     host.write("/usr/local/bin/fake-export", CONTAINER_EXPORT)
-    host.sh(f"chmod 0755 {create} /usr/local/bin/pcluster /usr/local/bin/fake-stage /usr/local/bin/fake-export")
+    host.sh(f"chmod 0755 {CREATE} /usr/local/bin/pcluster /usr/local/bin/fake-stage /usr/local/bin/fake-export")
     (node.root / "fake-day-clone").write_text(FAKE_CLONE)
     (node.root / "fake-day-clone").chmod(0o755)
     staged = node.workdir / "staged" / "ws-sd" / f"remote_stage_{STAGE_TS}"
